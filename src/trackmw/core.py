@@ -1,0 +1,398 @@
+"""The framework-neutral core: a plain request description in, an outcome out.
+
+No I/O happens here: the ASGI and WSGI adapters describe the request as a
+``Request``, ask ``Core`` for the ``Visitor`` (or, under the prefix, for a whole
+``Response``), and when the app's response starts, ask ``Core.finish`` which headers to
+add. Events go to the pipeline, which only appends to a buffer.
+
+Cookie rules, applied when a response starts (``Core.cookie_headers``):
+
+| cookie            | set when                                        | deleted when                               |
+|-------------------|-------------------------------------------------|--------------------------------------------|
+| ``trackmw_id``    | analytics consented and the id is new, was      | analytics not consented and the browser    |
+|                   | signed with an older key, or its user changed   | sent one                                   |
+| ``trackmw_consent``| the visitor made a choice during this request  | never (a choice is kept, even a rejection) |
+| ``trackmw_prefs`` | preferences consented and changed               | preferences not consented and sent, or     |
+|                   |                                                 | emptied                                    |
+
+Every response that sets or deletes one gets ``Vary: Cookie`` and ``Cache-Control:
+private`` (unless the app already said ``no-store`` or ``private``), so a shared cache
+never hands one visitor's cookie to another.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .consent import ConsentRecord, decide
+from .cookies import delete_cookie_header, parse_cookies, set_cookie_header
+from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
+from .pipeline import local_day
+from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query
+from .signing import CookieSigner
+from .visitor import Visitor
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .settings import Settings
+
+__all__ = ["Core", "Request", "Response"]
+
+log = logging.getLogger("trackmw")
+
+ID_COOKIE = "trackmw_id"
+CONSENT_COOKIE = "trackmw_consent"
+PREFS_COOKIE = "trackmw_prefs"
+
+
+@dataclass(slots=True)
+class Request:
+    """What the core needs to know about one HTTP request.
+
+    ``headers`` has lower-case names; repeated ``Cookie`` headers are joined with
+    ``"; "``. ``native`` is the framework's own request object (or a function making
+    it), handed to the ``authorize`` setting.
+    """
+
+    method: str
+    path: str
+    query: str = ""
+    scheme: str = "http"
+    headers: dict[str, str] = field(default_factory=dict)
+    client: str | None = None
+    native: Any = None
+    now: float = 0.0
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("host", "").lower()
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete response from one of trackmw's own endpoints."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+class Core:
+    """Decides, for one request, the visitor, the cookies and the events."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        keys = settings.secret_keys
+        max_age = settings.cookie_max_age
+        self.id_signer = CookieSigner(keys, "trackmw.visitor", max_age)
+        self.consent_signer = CookieSigner(keys, "trackmw.consent", max_age)
+        self.prefs_signer = CookieSigner(keys, "trackmw.prefs", max_age)
+        self.prefix = settings.prefix
+        self._prefix_slash = settings.prefix + "/"
+        self.pixel_path = settings.prefix + "/pixel.gif"
+        self._excluded = settings.exclude_paths
+        from .endpoints import Endpoints  # endpoints use Core; import late
+
+        self.endpoints = Endpoints(self)
+
+    # -- routing ------------------------------------------------------------------------
+
+    def owns(self, path: str) -> bool:
+        """Is ``path`` one of trackmw's own endpoints?"""
+        return path.startswith(self._prefix_slash) or path == self.prefix
+
+    def excluded(self, path: str) -> bool:
+        """Is ``path`` under ``exclude_paths`` (no cookie work at all)?"""
+        for prefix in self._excluded:
+            if path.startswith(prefix) and (
+                len(path) == len(prefix) or path[len(prefix)] == "/" or prefix == "/"
+            ):
+                return True
+        return False
+
+    # -- the visitor ----------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """A fresh random visitor id: 128 bits from the OS's CSPRNG."""
+        return secrets.token_urlsafe(16)
+
+    def signals(self, req: Request) -> tuple[bool, bool]:
+        """(DNT, GPC) as honoured by the settings: exactly ``"1"`` counts."""
+        headers = req.headers
+        s = self.settings
+        return (
+            s.honor_dnt and headers.get("dnt", "").strip() == "1",
+            s.honor_gpc and headers.get("sec-gpc", "").strip() == "1",
+        )
+
+    def visitor(self, req: Request) -> Visitor:
+        """The ``Visitor`` of ``req``: cookies verified, consent decided, id issued if due."""
+        now = req.now or time.time()
+        cookies = parse_cookies(req.headers.get("cookie"))
+        record: ConsentRecord | None = None
+        for value in cookies.get(CONSENT_COOKIE, ()):
+            signed = self.consent_signer.loads(value, now)
+            if signed is not None:
+                record = ConsentRecord.from_payload(signed.payload)
+                if record is not None:
+                    break
+        signals = self.signals(req)
+        s = self.settings
+        consent = decide(
+            record, mode=s.consent, policy_version=s.policy_version,
+            dnt=signals[0], gpc=signals[1],
+        )
+        id_values = cookies.get(ID_COOKIE)
+        visitor_id = user_id = None
+        id_dirty = False
+        sent_id = None
+        if id_values:
+            for value in id_values:
+                signed = self.id_signer.loads(value, now)
+                if signed is not None and _valid_id_payload(signed.payload):
+                    sent_id = signed.payload[0]
+                    user_id = signed.payload[1] if len(signed.payload) > 1 else None
+                    id_dirty = signed.stale_key
+                    break
+        if consent.analytics:
+            if sent_id is None:
+                visitor_id, user_id, id_dirty = self.new_id(), None, True
+            else:
+                visitor_id = sent_id
+        else:
+            user_id = None
+        prefs_payload: Any = None
+        prefs_values = cookies.get(PREFS_COOKIE)
+        if prefs_values and consent.preferences:
+            for value in prefs_values:
+                signed = self.prefs_signer.loads(value, now)
+                if signed is not None:
+                    prefs_payload = signed.payload
+                    break
+        visitor = Visitor(
+            self, req,
+            visitor_id=visitor_id,
+            user_id=user_id,
+            id_sent=id_values is not None,
+            id_dirty=id_dirty,
+            record=record,
+            consent=consent,
+            signals=signals,
+            prefs_payload=prefs_payload,
+            prefs_sent=prefs_values is not None,
+            sent_id=sent_id,
+        )
+        return visitor
+
+    # -- the response ------------------------------------------------------------------------
+
+    def is_https(self, req: Request) -> bool:
+        if req.scheme == "https":
+            return True
+        if self.settings.trust_proxy:
+            proto = req.headers.get("x-forwarded-proto", "")
+            return proto.split(",", 1)[0].strip().lower() == "https"
+        return False
+
+    def cookie_domain(self, req: Request) -> str | None:
+        """``cookie_domain`` when the request's host lies inside it, else ``None``."""
+        domain = self.settings.cookie_domain
+        if domain is None:
+            return None
+        host = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
+        if host == domain or host.endswith("." + domain):
+            return domain
+        return None
+
+    def cookie_headers(self, visitor: Visitor) -> list[str]:
+        """The ``Set-Cookie`` values this visitor's state calls for (the table above)."""
+        out: list[str] = []
+        req = visitor._req
+        s = self.settings
+        consent = visitor._consent
+        secure = s.cookie_secure if s.cookie_secure is not None else self.is_https(req)
+        domain = self.cookie_domain(req)
+        max_age = s.cookie_max_age
+        samesite = s.cookie_samesite
+        if consent.analytics and visitor.id is not None and not visitor._erased:
+            if visitor._id_dirty:
+                payload = [visitor.id] if visitor.user_id is None else [visitor.id, visitor.user_id]
+                out.append(set_cookie_header(
+                    ID_COOKIE, self.id_signer.dumps(payload), max_age=max_age,
+                    domain=domain, secure=secure, httponly=True, samesite=samesite,
+                ))
+        elif visitor._id_sent:
+            out.append(delete_cookie_header(
+                ID_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
+            ))
+        if visitor._consent_dirty and visitor._record is not None:
+            out.append(set_cookie_header(
+                CONSENT_COOKIE, self.consent_signer.dumps(visitor._record.to_payload()),
+                max_age=max_age, domain=domain, secure=secure, httponly=False,
+                samesite=samesite,
+            ))
+        prefs = visitor._prefs
+        if consent.preferences and not visitor._erased:
+            if prefs is not None and prefs.changed:
+                if len(prefs):
+                    out.append(set_cookie_header(
+                        PREFS_COOKIE, self.prefs_signer.dumps(dict(prefs)), max_age=max_age,
+                        domain=domain, secure=secure, httponly=True, samesite=samesite,
+                    ))
+                elif visitor._prefs_sent:
+                    out.append(delete_cookie_header(
+                        PREFS_COOKIE, domain=domain, secure=secure, httponly=True,
+                        samesite=samesite,
+                    ))
+        elif visitor._prefs_sent:
+            out.append(delete_cookie_header(
+                PREFS_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
+            ))
+        return out
+
+    def finish(
+        self, visitor: Visitor, status: int, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]] | None:
+        """Headers for the app's response, or ``None`` when nothing changes.
+
+        ``headers`` are the app's, with lower- or mixed-case names.
+        """
+        if self.settings.count_server_side and status == 200 and visitor._req.method == "GET":
+            if any(k.lower() == "content-type" and v.startswith("text/html") for k, v in headers):
+                req = visitor._req
+                page = req.path + ("?" + req.query if req.query else "")
+                self.record_hit(visitor, page, req.headers.get("referer"), None)
+        cookies = self.cookie_headers(visitor)
+        if not cookies:
+            return None
+        return private_headers(headers, cookies)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def record_hit(
+        self, visitor: Visitor, page: str, referrer: str | None, campaign: str | None
+    ) -> bool:
+        """Queue one page view, as consent allows. True if something was queued."""
+        consent = visitor._consent
+        if not consent.analytics and self.settings.count_rejected == "none":
+            return False
+        req = visitor._req
+        identified = consent.analytics and visitor.id is not None
+        self.pipeline.add(Hit(
+            req.now or time.time(),
+            visitor.id if identified else None,
+            visitor.user_id if identified else None,
+            page[:MAX_LEN],
+            referrer[:MAX_LEN] if referrer else None,
+            campaign[:MAX_CAMPAIGN] if campaign else None,
+            req.headers.get("user-agent", "")[:MAX_UA],
+            req.host[:253],
+        ))
+        return True
+
+    def record_choice(self, visitor: Visitor, now: float) -> None:
+        """Queue the proof of a consent choice (time, id if any, categories, version)."""
+        record = visitor._record
+        if record is None:
+            return
+        visitor_id = visitor.id or visitor._sent_id
+        self.pipeline.add(ConsentChoice(
+            now, local_day(now, self.pipeline.tz), visitor_id, record.analytics,
+            record.preferences, record.policy_version or self.settings.policy_version,
+            record.minor, record.guardian,
+        ))
+
+    # -- trackmw's own endpoints -----------------------------------------------------------
+
+    def pixel(self, req: Request) -> Response:
+        """The beacon. Always the GIF, whatever the input."""
+        headers = list(PIXEL_HEADERS)
+        try:
+            visitor = self.visitor(req)
+            if req.method == "GET" and self._countable(req):
+                params = parse_pixel_query(req.query)
+                page = params.get("p") or page_from_referer(req.headers.get("referer"))
+                self.record_hit(visitor, page or UNKNOWN_PAGE, params.get("r"), params.get("c"))
+            cookies = self.cookie_headers(visitor)
+            if cookies:
+                headers.append(("vary", "Cookie"))
+                headers.extend(("set-cookie", c) for c in cookies)
+        except Exception:
+            log.exception("trackmw: the pixel failed to record a hit; serving the GIF")
+        return Response(200, headers, GIF if req.method != "HEAD" else b"")
+
+    def _countable(self, req: Request) -> bool:
+        headers = req.headers
+        if headers.get("sec-purpose", "").startswith("prefetch") or headers.get(
+            "purpose", ""
+        ) == "prefetch" or headers.get("x-moz", "") == "prefetch":
+            return False
+        if not headers.get("user-agent", "").strip():
+            return False
+        allowed = self.settings.allowed_hosts
+        if allowed is not None:
+            host = req.host.rsplit(":", 1)[0]
+            if host not in allowed:
+                return False
+        return True
+
+    def handle(self, req: Request, body: bytes = b"") -> Response:
+        """Answer a request to one of trackmw's own endpoints (``owns(path)`` is true)."""
+        if req.path == self.pixel_path:
+            return self.pixel(req)
+        try:
+            return self.endpoints.handle(req, body)
+        except Exception:
+            log.exception("trackmw: endpoint %s failed", req.path)
+            return Response(500, [("content-type", "text/plain; charset=utf-8")], b"internal error")
+
+
+def _valid_id_payload(payload: Any) -> bool:
+    return (
+        isinstance(payload, list)
+        and 1 <= len(payload) <= 2
+        and all(isinstance(x, str) for x in payload)
+        and 16 <= len(payload[0]) <= 64
+    )
+
+
+def private_headers(
+    headers: list[tuple[str, str]], set_cookies: list[str]
+) -> list[tuple[str, str]]:
+    """``headers`` plus ``set_cookies``, made safe for shared caches.
+
+    ``Vary`` gains ``Cookie``; ``Cache-Control`` becomes ``private`` (``public`` and
+    ``s-maxage`` removed) unless the app already forbids storing. Each cookie stays a
+    header of its own.
+    """
+    out: list[tuple[str, str]] = []
+    vary_done = cache_done = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "vary" and not vary_done:
+            tokens = [t.strip().lower() for t in value.split(",")]
+            if "*" not in tokens and "cookie" not in tokens:
+                value = value + ", Cookie" if value.strip() else "Cookie"
+            vary_done = True
+        elif lname == "cache-control" and not cache_done:
+            directives = [d.strip() for d in value.split(",") if d.strip()]
+            lowered = [d.lower() for d in directives]
+            if "no-store" not in lowered and "private" not in lowered:
+                kept = [
+                    d for d, low in zip(directives, lowered, strict=True)
+                    if low != "public" and not low.startswith("s-maxage")
+                ]
+                value = ", ".join(["private", *kept])
+            cache_done = True
+        out.append((name, value))
+    if not vary_done:
+        out.append(("vary", "Cookie"))
+    if not cache_done:
+        out.append(("cache-control", "private"))
+    out.extend(("set-cookie", c) for c in set_cookies)
+    return out

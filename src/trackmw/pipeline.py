@@ -1,0 +1,358 @@
+"""The bounded buffer between the request path and the store, and its writer thread.
+
+The request path only calls ``Pipeline.add``: one ``deque.append`` (atomic under the
+GIL, no lock). A daemon thread wakes every ``flush_interval`` seconds, or as soon as a
+batch is full, turns raw hits into page views (User-Agent classification, query
+stripping, the local day: all of it off the request path) and writes them to the store
+in batches of ``batch_size``, one transaction each.
+
+Nothing accepted is lost while the process lives:
+
+- A batch the store refuses is kept whole and retried with exponential backoff
+  (``retry_min`` … ``retry_max`` seconds), and written exactly once when the store is
+  back (a store writes a batch atomically, or not at all).
+- While the store is down, new hits wait in the buffer. Past ``buffer_size`` the oldest
+  are dropped; the drops are counted (``Pipeline.dropped``) and logged once per
+  ``flush_interval`` with the count.
+- ``flush()`` writes everything now; ``close()`` flushes and stops the thread; an
+  ``atexit`` hook closes every live pipeline (a gunicorn worker stopped by SIGTERM
+  exits through it); the ASGI middleware flushes on lifespan shutdown.
+- After ``os.fork()`` (gunicorn ``--preload``) the child starts its own thread and store
+  connections; nothing opened in the parent is used in the child.
+
+The largest loss on ``kill -9`` is what was buffered and not yet written: at most
+``flush_interval`` seconds of events (plus one batch in flight, which the store then
+never committed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+from .errors import StoreError
+from .events import MAX_CAMPAIGN, MAX_LEN, UNKNOWN_PAGE, ConsentChoice, Hit, PageView
+from .useragent import classify
+
+if TYPE_CHECKING:
+    from .stores.base import Store
+
+__all__ = ["Pipeline", "normalize"]
+
+log = logging.getLogger("trackmw")
+
+_live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+class Pipeline:
+    """Buffer and background writer for one store."""
+
+    retry_min = 0.5
+    retry_max = 30.0
+
+    def __init__(
+        self,
+        store_factory: Callable[[], Store],
+        *,
+        buffer_size: int = 100_000,
+        batch_size: int = 1_000,
+        flush_interval: float = 1.0,
+        timezone: str = "UTC",
+    ) -> None:
+        self._store_factory = store_factory
+        self._store: Store | None = None
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.tz = ZoneInfo(timezone)
+        self._buffer: deque[Hit | ConsentChoice] = deque()
+        self._pending: tuple[list[PageView], list[ConsentChoice]] | None = None
+        self._lock = threading.RLock()  # one drain at a time (writer thread, flush, erase)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None
+        self._backoff = 0.0
+        self.dropped = 0
+        self._dropped_logged = 0
+        self._last_drop_log = 0.0
+        self.written = 0
+        _live.add(self)
+
+    # -- request path -----------------------------------------------------------------
+
+    def add(self, item: Hit | ConsentChoice) -> None:
+        """Queue one hit or consent choice. Never blocks, never raises."""
+        buf = self._buffer
+        if len(buf) >= self.buffer_size:
+            try:
+                buf.popleft()
+                self.dropped += 1
+            except IndexError:
+                pass
+        buf.append(item)
+        if self._thread is None:
+            self._start()
+        elif len(buf) >= self.batch_size:
+            self._wake.set()
+
+    def __len__(self) -> int:
+        """Events waiting: buffered plus a batch waiting for the store to come back."""
+        pending = self._pending
+        return len(self._buffer) + (len(pending[0]) + len(pending[1]) if pending else 0)
+
+    # -- store access -----------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = self._store_factory()
+        return self._store
+
+    # -- the writer ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="trackmw-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self._backoff or self.flush_interval
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self.drain()
+
+    def drain(self) -> bool:
+        """Write everything buffered now. ``False`` if the store failed (kept for retry)."""
+        with self._lock:
+            self._log_drops()
+            while True:
+                batch = self._pending or self._take()
+                if batch is None:
+                    return True
+                self._pending = batch
+                try:
+                    self.store.write(*batch)
+                except Exception as exc:  # the store's errors must never escape the thread
+                    self._failed(exc)
+                    return False
+                self._pending = None
+                self.written += len(batch[0]) + len(batch[1])
+                if self._failing_since is not None:
+                    log.warning(
+                        "trackmw: store %r is back after %.1fs; buffered events written",
+                        self.store, time.monotonic() - self._failing_since,
+                    )
+                    self._failing_since = None
+                    self._backoff = 0.0
+
+    def _take(self) -> tuple[list[PageView], list[ConsentChoice]] | None:
+        buf = self._buffer
+        if not buf:
+            return None
+        pageviews: list[PageView] = []
+        consents: list[ConsentChoice] = []
+        tz = self.tz
+        for _ in range(min(self.batch_size, len(buf))):
+            try:
+                item = buf.popleft()
+            except IndexError:
+                break
+            if isinstance(item, Hit):
+                try:
+                    pageviews.append(normalize(item, tz))
+                except Exception:  # a hit we cannot make sense of is logged, not fatal
+                    log.exception("trackmw: dropped a page view that could not be normalized")
+            else:
+                consents.append(item)
+        return pageviews, consents
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        first = self._failing_since is None
+        if first:
+            self._failing_since = now
+        self._backoff = min(self.retry_max, max(self.retry_min, self._backoff * 2))
+        if first or self._backoff >= self.retry_max:
+            kind = "store error" if isinstance(exc, StoreError) else type(exc).__name__
+            log.error(
+                "trackmw: %s writing to %r: %s; %d events kept, retrying in %.1fs",
+                kind, self.store, exc, len(self), self._backoff,
+            )
+
+    def _log_drops(self) -> None:
+        dropped = self.dropped
+        now = time.monotonic()
+        if dropped != self._dropped_logged and now - self._last_drop_log >= self.flush_interval:
+            log.error(
+                "trackmw: buffer full (%d events): dropped the %d oldest since last report",
+                self.buffer_size, dropped - self._dropped_logged,
+            )
+            self._dropped_logged = dropped
+            self._last_drop_log = now
+
+    # -- control --------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Write everything buffered now, in the caller's thread."""
+        return self.drain()
+
+    def erase(self, visitor_id: str, user_id: str | None = None) -> int:
+        """Remove a visitor's events from the buffer and the store.
+
+        Holding the drain lock means no batch taken before the erasure can be written
+        after it: erased data cannot come back.
+        """
+
+        def keep(item: Hit | ConsentChoice | PageView) -> bool:
+            if item.visitor_id == visitor_id:
+                return False
+            return not (user_id and isinstance(item, Hit | PageView) and item.user_id == user_id)
+
+        with self._lock:
+            kept = [item for item in self._buffer if keep(item)]
+            removed = len(self._buffer) - len(kept)
+            self._buffer = deque(kept)
+            if self._pending:
+                pv, cc = self._pending
+                pv2 = [p for p in pv if keep(p)]
+                cc2 = [c for c in cc if keep(c)]
+                removed += len(pv) - len(pv2) + len(cc) - len(cc2)
+                self._pending = (pv2, cc2)
+            return removed + self.store.erase(visitor_id, user_id)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, stop the writer thread and close the store. Safe to call twice."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        ok = True
+        try:
+            ok = self.drain()
+        finally:
+            if not ok:
+                log.error("trackmw: %d events could not be written at close", len(self))
+            if self._store is not None:
+                try:
+                    self._store.close()
+                except Exception:
+                    log.exception("trackmw: closing the store failed")
+        return ok
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock and thread, no inherited connections."""
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        if self._store is not None:
+            self._store.after_fork()
+
+
+# -- normalization (writer thread) ------------------------------------------------------
+
+_day_cache: dict[tuple[int, str], str] = {}
+
+
+def local_day(ts: float, tz: ZoneInfo) -> str:
+    """The day ``ts`` falls on in ``tz``, cached per minute (tz offsets change on minutes)."""
+    key = (int(ts // 60), tz.key)
+    day = _day_cache.get(key)
+    if day is None:
+        if len(_day_cache) > 4096:
+            _day_cache.clear()
+        day = _day_cache[key] = datetime.fromtimestamp(ts, tz).date().isoformat()
+    return day
+
+
+def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
+    """Turn a raw hit into the page view a store writes."""
+    path, _, query = hit.page.partition("?")
+    path = path.split("#", 1)[0]
+    if "://" in path[:16]:  # a full URL given as the page
+        path = urlsplit(path).path
+    if not path.startswith("/") and path != UNKNOWN_PAGE:
+        path = "/" + path
+    campaign = hit.campaign
+    if query:
+        utm = [
+            (k, v)
+            for k, v in parse_qsl(query, keep_blank_values=True, max_num_fields=200)
+            if k.startswith("utm_")
+        ]
+        if utm:
+            path = path + "?" + urlencode(utm)
+            if not campaign:
+                campaign = dict(utm).get("utm_campaign")
+    referrer = _referrer_host(hit.referrer, hit.host)
+    ua = classify(hit.user_agent)
+    visitor_id, user_id = hit.visitor_id, hit.user_id
+    browser: str | None = ua.browser
+    os_name: str | None = ua.os
+    device: str | None = ua.device
+    if ua.bot or visitor_id is None:  # bots are never visitors; anonymous views carry nothing
+        visitor_id = user_id = None
+        browser = os_name = device = None
+    return PageView(
+        ts=hit.ts,
+        day=local_day(hit.ts, tz),
+        visitor_id=visitor_id,
+        user_id=user_id,
+        path=path[:MAX_LEN],
+        referrer=referrer,
+        campaign=(campaign or None) and campaign[:MAX_CAMPAIGN],
+        browser=browser,
+        os=os_name,
+        device=device,
+        bot=ua.bot,
+    )
+
+
+def _referrer_host(referrer: str | None, own_host: str) -> str | None:
+    if not referrer:
+        return None
+    try:
+        host = urlsplit(referrer).hostname
+    except ValueError:
+        return None
+    if not host or host == own_host.split(":", 1)[0].lower():
+        return None  # no host, or an internal link
+    return host[:253]
+
+
+def _close_all() -> None:
+    for pipeline in list(_live):
+        try:
+            pipeline.close()
+        except Exception:
+            log.exception("trackmw: flushing at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_live):
+        pipeline.after_fork()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,135 @@
+"""The store contract, and the registry that picks a store by URL.
+
+A store keeps normalized page views and consent choices and answers reports. The
+pipeline calls ``write`` from its one background thread, with a whole batch that must be
+written atomically (all or nothing): if ``write`` raises ``StoreError``, the pipeline
+keeps the batch and calls ``write`` again later with the same batch, so a store must not
+have written part of it. Reading methods may be called from any thread.
+
+Each store class names its URL ``schemes``; ``store_class(url)`` finds it, and an
+unknown scheme is a ``ConfigurationError``. Drivers for server stores are imported
+lazily: a missing one names the extra to install.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ConfigurationError
+from ..events import ConsentChoice, PageView
+from ..report import Report
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["Store", "register", "store_class"]
+
+_REGISTRY: dict[str, str] = {
+    # scheme -> "module:Class", imported only when used
+    "memory": "trackmw.stores.memory:MemoryStore",
+    "sqlite": "trackmw.stores.sqlite:SQLiteStore",
+    "redis": "trackmw.stores.redis:RedisStore",
+    "rediss": "trackmw.stores.redis:RedisStore",
+    "redis+cluster": "trackmw.stores.redis:RedisStore",
+    "postgresql": "trackmw.stores.postgres:PostgresStore",
+    "postgres": "trackmw.stores.postgres:PostgresStore",
+}
+
+
+def register(scheme: str, target: str) -> None:
+    """Make ``scheme://`` URLs open the store class at ``"module:Class"``."""
+    _REGISTRY[scheme] = target
+
+
+def store_class(url: str) -> type[Store]:
+    """The store class for ``url``; ``ConfigurationError`` for an unknown scheme."""
+    import importlib
+
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            "store", f"{url!r} is not a store URL such as 'sqlite:///trackmw.db'"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    target = _REGISTRY.get(scheme)
+    if target is None:
+        known = ", ".join(sorted(f"{s}://" for s in _REGISTRY))
+        raise ConfigurationError("store", f"unknown scheme {scheme!r}; use one of {known}")
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError("store", f"cannot load the {scheme} store: {exc}") from exc
+    cls: type[Store] = getattr(module, cls_name)
+    cls.check_url(url)
+    return cls
+
+
+class Store(ABC):
+    """Where page views and consent choices are kept.
+
+    Subclasses set ``schemes`` and implement the abstract methods; the conformance
+    suite in ``tests/stores`` states the expected behaviour of each.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, url: str, settings: Settings | None = None) -> None:
+        self.url = url
+        self.settings = settings
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        """Raise ``ConfigurationError`` if ``url`` cannot name a store of this class."""
+
+    @abstractmethod
+    def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Write one batch atomically, or raise ``StoreError`` having written nothing."""
+
+    @abstractmethod
+    def report(self, since: date, until: date) -> Report:
+        """Counts for the days ``since``..``until`` (inclusive, local days)."""
+
+    @abstractmethod
+    def visitor_data(self, visitor_id: str) -> dict[str, Any]:
+        """Everything held about one visitor.
+
+        ``{"pageviews": [{"time": iso, "page": path}, …], "consents": [{…}, …],
+        "user_ids": [str, …]}``, oldest first.
+        """
+
+    @abstractmethod
+    def erase(self, visitor_id: str, user_id: str | None = None) -> int:
+        """Delete everything held about the visitor (and rows of its linked user).
+
+        Returns the number of records removed.
+        """
+
+    @abstractmethod
+    def purge(self, before: date) -> int:
+        """Delete page views and consent records of days before ``before``."""
+
+    def close(self) -> None:
+        """Release connections. The store may be used again after (it reconnects)."""
+
+    def after_fork(self) -> None:
+        """Forget connections inherited from a parent process (never use them)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact(self.url)}>"
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and reprs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

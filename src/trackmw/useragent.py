@@ -1,0 +1,80 @@
+"""Browser, OS, device class and bot flag from a User-Agent, cached.
+
+Parsing uses ua-parser's fastest available resolver (ua-parser-rs when installed, a
+compiled Rust matcher, ~20-100 µs cold instead of ~1 ms for the pure-Python regexes),
+and the device classes and bot flag come from user-agents' rules applied to that
+parse. It runs in the background writer, never on the request path, and results are
+cached by the exact string.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import NamedTuple
+
+import ua_parser
+from user_agents.parsers import UserAgent, parse_browser, parse_device, parse_operating_system
+
+__all__ = ["UAClass", "classify"]
+
+
+class UAClass(NamedTuple):
+    browser: str
+    os: str
+    device: str  # desktop, mobile, tablet, other
+    bot: bool
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=20_000)
+def classify(ua: str) -> UAClass:
+    """Classify one User-Agent string.
+
+    >>> classify("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15"
+    ...          " (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")
+    UAClass(browser='Mobile Safari', os='iOS', device='mobile', bot=False)
+    """
+    if not ua.strip():
+        return UAClass("Other", "Other", "other", False)
+    result = ua_parser.parse(ua)
+    agent = UserAgent.__new__(UserAgent)  # user-agents' rules, on ua-parser's result
+    agent.ua_string = ua
+    b, o, d = result.user_agent, result.os, result.device
+    agent.browser = parse_browser(
+        b.family if b else "Other",
+        b.major if b else None,
+        b.minor if b else None,
+        b.patch if b else None,
+    )
+    agent.os = parse_operating_system(
+        o.family if o else "Other",
+        o.major if o else None,
+        o.minor if o else None,
+        o.patch if o else None,
+    )
+    agent.device = parse_device(
+        d.family if d else "Other", d.brand if d else None, d.model if d else None
+    )
+    bot = agent.is_bot or _looks_like_bot(ua)
+    if agent.is_tablet:
+        device = "tablet"
+    elif agent.is_mobile:
+        device = "mobile"
+    elif agent.is_pc:
+        device = "desktop"
+    else:
+        device = "other"
+    return UAClass(agent.browser.family, agent.os.family, device, bot)
+
+
+# Beyond ua-parser's "Spider" device: the obvious self-declared crawlers and tools.
+_BOT_WORDS = ("bot", "crawl", "spider", "slurp", "curl/", "wget/", "python-requests",
+              "python-urllib", "go-http-client", "scrapy", "headless-shell")
+
+
+def _looks_like_bot(ua: str) -> bool:
+    lowered = ua.lower()
+    return any(word in lowered for word in _BOT_WORDS)
