@@ -1,0 +1,42 @@
+"""Shared fixtures: a fresh tracker per test, and the service requirement switch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from trackmw import Tracker
+
+SECRET = "test-secret-key-0123456789"
+OLD_SECRET = "old-secret-key-9876543210"
+
+#: With TRACKMW_REQUIRE_SERVICES=1 (CI), a test whose server is missing fails instead of skipping.
+REQUIRE_SERVICES = os.environ.get("TRACKMW_REQUIRE_SERVICES") == "1"
+
+
+def need_service(available: bool, reason: str) -> None:
+    """Skip (or, when services are required, fail) a test whose server is missing."""
+    if available:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"TRACKMW_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def make_tracker() -> Iterator[object]:
+    """``make_tracker(**settings)``: a tracker on ``memory://`` unless told otherwise, closed after."""
+    made: list[Tracker] = []
+
+    def make(**settings: object) -> Tracker:
+        settings.setdefault("secret_keys", [SECRET])
+        settings.setdefault("store", "memory://")
+        tracker = Tracker(**settings)  # type: ignore[arg-type]
+        made.append(tracker)
+        return tracker
+
+    yield make
+    for tracker in made:
+        tracker.close()
