@@ -177,6 +177,7 @@ class Core:
         visitor = Visitor(
             self, req,
             visitor_id=visitor_id,
+            is_new=visitor_id is not None and sent_id is None,
             user_id=user_id,
             id_sent=id_values is not None,
             id_dirty=id_dirty,

@@ -111,6 +111,7 @@ class Visitor:
         req: Request,
         *,
         visitor_id: str | None,
+        is_new: bool,
         user_id: str | None,
         id_sent: bool,
         id_dirty: bool,
@@ -124,7 +125,7 @@ class Visitor:
         self._core = core
         self._req = req
         self.id = visitor_id
-        self.is_new = id_dirty and visitor_id is not None and id_sent is False
+        self.is_new = is_new
         self.user_id = user_id
         self._id_sent = id_sent
         self._id_dirty = id_dirty
