@@ -50,6 +50,21 @@ def text_response(status: int, reason: str) -> Response:
     )
 
 
+def redirect(target: str) -> Response:
+    """A 303 See Other to ``target`` (already checked by ``safe_next``)."""
+    return Response(
+        303,
+        [("location", target), ("content-type", "text/plain; charset=utf-8"), _NO_STORE],
+        b"See " + target.encode(),
+    )
+
+
+def not_allowed(allow: str) -> Response:
+    response = text_response(405, "method not allowed")
+    response.headers.append(("allow", allow))
+    return response
+
+
 def safe_next(value: Any) -> str | None:
     """``value`` if it is a path on this site, else ``None``.
 
@@ -190,7 +205,7 @@ class Endpoints:
         if req.method in ("GET", "HEAD"):
             return json_response(200, core.visitor(req).consent.to_dict())
         if req.method != "POST":
-            return Response(405, [("allow", "GET, POST"), _NO_STORE], b"method not allowed")
+            return not_allowed("GET, POST")
         https = core.is_https(req)
         if not same_origin(req, https):
             return text_response(403, "cross-origin request refused")
@@ -209,7 +224,7 @@ class Endpoints:
         cookies = core.cookie_headers(visitor)
         target = safe_next(data.get("next"))
         if target is not None:
-            response = Response(303, [("location", target)])
+            response = redirect(target)
         elif is_json:
             response = json_response(200, visitor.consent.to_dict())
         else:
@@ -223,7 +238,7 @@ class Endpoints:
         if req.method == "DELETE":
             return self._erase(req, body, via_form=False)
         if req.method not in ("GET", "HEAD"):
-            return Response(405, [("allow", "GET, DELETE"), _NO_STORE], b"method not allowed")
+            return not_allowed("GET, DELETE")
         core = self.core
         visitor = core.visitor(req)
         visitor_id = visitor._sent_id
@@ -246,7 +261,7 @@ class Endpoints:
 
     def me_delete(self, req: Request, body: bytes) -> Response:
         if req.method != "POST":
-            return Response(405, [("allow", "POST"), _NO_STORE], b"method not allowed")
+            return not_allowed("POST")
         return self._erase(req, body, via_form=True)
 
     def _erase(self, req: Request, body: bytes, *, via_form: bool) -> Response:
@@ -271,7 +286,7 @@ class Endpoints:
         visitor._prefs_sent = True
         cookies = core.cookie_headers(visitor)
         if target is not None:
-            response = Response(303, [("location", target)])
+            response = redirect(target)
         else:
             response = json_response(200, {"erased": removed})
         response.headers = private_headers(response.headers, cookies)
