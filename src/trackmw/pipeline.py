@@ -85,7 +85,7 @@ class Pipeline:
         self._backoff = 0.0
         self.dropped = 0
         self._dropped_logged = 0
-        self._last_drop_log = 0.0
+        self._last_drop_log: float | None = None
         self.written = 0
         _live.add(self)
 
@@ -201,7 +201,8 @@ class Pipeline:
     def _log_drops(self) -> None:
         dropped = self.dropped
         now = time.monotonic()
-        if dropped != self._dropped_logged and now - self._last_drop_log >= self.flush_interval:
+        last = self._last_drop_log
+        if dropped != self._dropped_logged and (last is None or now - last >= self.flush_interval):
             log.error(
                 "trackmw: buffer full (%d events): dropped the %d oldest since last report",
                 self.buffer_size, dropped - self._dropped_logged,

@@ -1,0 +1,193 @@
+"""The buffer and the writer: nothing accepted is lost, the request path never waits."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trackmw import StoreError, Tracker
+from trackmw.events import ConsentChoice, Hit, PageView
+from trackmw.pipeline import Pipeline
+from trackmw.stores.memory import MemoryStore
+from trackmw.useragent import classify
+
+from ..conftest import SECRET
+from .harness import BROWSER_UA
+
+
+def hit(i: int = 0, visitor: str | None = "v" * 22) -> Hit:
+    return Hit(time.time(), visitor, None, f"/p{i}", None, None, BROWSER_UA, "testserver")
+
+
+class FlakyStore(MemoryStore):
+    """A memory store that refuses writes while ``down`` (a fault a real store shows
+    too, made deterministic here; the real-server outage tests live in tests/stores)."""
+
+    def __init__(self) -> None:
+        super().__init__("memory://")
+        self.down = True
+        self.attempts = 0
+
+    def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        self.attempts += 1
+        if self.down:
+            raise StoreError("store is down")
+        super().write(pageviews, consents)
+
+
+def test_add_only_appends(make_tracker: Any) -> None:
+    pipeline = Pipeline(lambda: MemoryStore("memory://"), flush_interval=60)
+    pipeline.add(hit())
+    assert len(pipeline) == 1
+    assert pipeline._store is None  # the store was not even opened on the request path
+    pipeline.close()
+
+
+def test_the_writer_thread_writes_within_the_flush_interval() -> None:
+    store = MemoryStore("memory://")
+    pipeline = Pipeline(lambda: store, flush_interval=0.05)
+    pipeline.add(hit())
+    deadline = time.monotonic() + 10
+    while not store._pageviews and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(store._pageviews) == 1
+    pipeline.close()
+
+
+def test_a_refused_batch_is_kept_and_written_exactly_once_when_the_store_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlakyStore()
+    pipeline = Pipeline(lambda: store, flush_interval=3600, batch_size=10)
+    for i in range(25):
+        pipeline.add(hit(i))
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        assert pipeline.flush() is False
+        assert pipeline.flush() is False
+    assert len(pipeline) == 25
+    assert "store is down" in caplog.text
+    store.down = False
+    assert pipeline.flush() is True
+    assert sorted(pv.path for pv in store._pageviews) == sorted(f"/p{i}" for i in range(25))
+    pipeline.close()
+
+
+def test_overflow_drops_the_oldest_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    store = FlakyStore()
+    pipeline = Pipeline(lambda: store, buffer_size=10, flush_interval=3600)
+    for i in range(15):
+        pipeline.add(hit(i))
+    assert pipeline.dropped == 5
+    store.down = False
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        pipeline.flush()
+        pipeline.flush()
+    assert [pv.path for pv in store._pageviews] == [f"/p{i}" for i in range(5, 15)]
+    assert caplog.text.count("dropped the 5 oldest") == 1
+    pipeline.close()
+
+
+def test_close_flushes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    tracker = Tracker(secret_keys=[SECRET], store=url, flush_interval=3600)
+    tracker.pipeline.add(hit())
+    tracker.close()
+    fresh = Tracker(secret_keys=[SECRET], store=url)
+    assert fresh.stats().pageviews == 1
+    fresh.close()
+
+
+def test_process_exit_flushes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/exit.db"
+    script = textwrap.dedent(f"""
+        import time
+        from trackmw import Tracker
+        from trackmw.events import Hit
+        t = Tracker(secret_keys=[{SECRET!r}], store={url!r}, flush_interval=3600)
+        for i in range(100):
+            t.pipeline.add(Hit(time.time(), "v" * 22, None, "/", None, None, "Mozilla/5.0", "h"))
+        # no close(): the atexit hook must write them
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    tracker = Tracker(secret_keys=[SECRET], store=url)
+    assert tracker.stats().pageviews == 100
+    tracker.close()
+
+
+def test_asgi_lifespan_shutdown_flushes() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from trackmw.asgi import TrackingMiddleware
+
+    tracker = Tracker(secret_keys=[SECRET], store="memory://", flush_interval=3600)
+
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(TrackingMiddleware, tracker=tracker)
+    with TestClient(app) as client:
+        client.get("/_trackmw/pixel.gif?p=/", headers={"user-agent": BROWSER_UA})
+        assert tracker.store._pageviews == []  # type: ignore[attr-defined]
+    assert len(tracker.store._pageviews) == 1  # type: ignore[attr-defined]
+    tracker.close()
+
+
+def test_websocket_scopes_pass_through(make_tracker: Any) -> None:
+    import asyncio
+
+    from trackmw.asgi import TrackingMiddleware
+
+    seen = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    middleware = TrackingMiddleware(app, tracker=make_tracker())
+    asyncio.run(middleware({"type": "websocket", "path": "/ws", "headers": []}, None, None))
+    assert seen == ["websocket"] and "trackmw" not in seen
+
+
+def test_user_agents_are_classified_in_the_writer_and_cached() -> None:
+    classify.cache_clear()
+    store = MemoryStore("memory://")
+    pipeline = Pipeline(lambda: store, flush_interval=3600)
+    for i in range(10):
+        pipeline.add(hit(i))
+    assert classify.cache_info().currsize == 0  # nothing classified on the request path
+    pipeline.flush()
+    info = classify.cache_info()
+    assert (info.misses, info.hits) == (1, 9)
+    assert store._pageviews[0].browser == "Chrome"
+    pipeline.close()
+
+
+def test_erasure_reaches_into_the_buffer() -> None:
+    store = MemoryStore("memory://")
+    pipeline = Pipeline(lambda: store, flush_interval=3600)
+    pipeline.add(hit(1, visitor="a" * 22))
+    pipeline.flush()
+    pipeline.add(hit(2, visitor="a" * 22))
+    pipeline.add(hit(3, visitor="b" * 22))
+    assert pipeline.erase("a" * 22) == 2
+    pipeline.flush()
+    assert [pv.visitor_id for pv in store._pageviews] == ["b" * 22]
+    pipeline.close()
+
+
+def test_stats_default_range_is_the_last_30_days(make_tracker: Any) -> None:
+    report = make_tracker().stats()
+    assert (report.until - report.since).days == 29
+    assert report.until == date.today() or (report.until - date.today()).days in (-1, 1)
