@@ -27,7 +27,7 @@ def need_service(available: bool, reason: str) -> None:
 
 @pytest.fixture
 def make_tracker() -> Iterator[object]:
-    """``make_tracker(**settings)``: a tracker on ``memory://`` unless told otherwise, closed after."""
+    """``make_tracker(**settings)``: a tracker (``memory://`` by default), closed after."""
     made: list[Tracker] = []
 
     def make(**settings: object) -> Tracker:

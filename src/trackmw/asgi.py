@@ -120,7 +120,7 @@ class TrackingMiddleware:
         if scope["path"] == core.pixel_path:
             response = core.pixel(req)  # no I/O: answered on the event loop
         else:
-            body = b""
+            body: bytes | None = b""
             if req.method in ("POST", "PUT", "DELETE", "PATCH"):
                 body = await _read_body(receive)
             if body is None:

@@ -7,13 +7,15 @@ add. Events go to the pipeline, which only appends to a buffer.
 
 Cookie rules, applied when a response starts (``Core.cookie_headers``):
 
-| cookie            | set when                                        | deleted when                               |
-|-------------------|-------------------------------------------------|--------------------------------------------|
-| ``trackmw_id``    | analytics consented and the id is new, was      | analytics not consented and the browser    |
-|                   | signed with an older key, or its user changed   | sent one                                   |
-| ``trackmw_consent``| the visitor made a choice during this request  | never (a choice is kept, even a rejection) |
-| ``trackmw_prefs`` | preferences consented and changed               | preferences not consented and sent, or     |
-|                   |                                                 | emptied                                    |
+| cookie            | set when                            | deleted when                       |
+|-------------------|-------------------------------------|------------------------------------|
+| ``trackmw_id``    | analytics consented, and the id is  | analytics not consented and the    |
+|                   | new, signed with an older key, or   | browser sent one                   |
+|                   | its linked user changed             |                                    |
+| ``trackmw_consent`` | the visitor chose in this request | never (a choice is kept, even a    |
+|                   |                                     | rejection)                         |
+| ``trackmw_prefs`` | preferences consented and changed   | preferences not consented and      |
+|                   |                                     | sent, or emptied                   |
 
 Every response that sets or deletes one gets ``Vary: Cookie`` and ``Cache-Control:
 private`` (unless the app already said ``no-store`` or ``private``), so a shared cache
@@ -144,8 +146,11 @@ class Core:
         signals = self.signals(req)
         s = self.settings
         consent = decide(
-            record, mode=s.consent, policy_version=s.policy_version,
-            dnt=signals[0], gpc=signals[1],
+            record,
+            mode=s.consent,
+            policy_version=s.policy_version,
+            dnt=signals[0],
+            gpc=signals[1],
         )
         id_values = cookies.get(ID_COOKIE)
         visitor_id = user_id = None
@@ -175,7 +180,8 @@ class Core:
                     prefs_payload = signed.payload
                     break
         visitor = Visitor(
-            self, req,
+            self,
+            req,
             visitor_id=visitor_id,
             is_new=visitor_id is not None and sent_id is None,
             user_id=user_id,
@@ -223,37 +229,66 @@ class Core:
         if consent.analytics and visitor.id is not None and not visitor._erased:
             if visitor._id_dirty:
                 payload = [visitor.id] if visitor.user_id is None else [visitor.id, visitor.user_id]
-                out.append(set_cookie_header(
-                    ID_COOKIE, self.id_signer.dumps(payload), max_age=max_age,
-                    domain=domain, secure=secure, httponly=True, samesite=samesite,
-                ))
+                out.append(
+                    set_cookie_header(
+                        ID_COOKIE,
+                        self.id_signer.dumps(payload),
+                        max_age=max_age,
+                        domain=domain,
+                        secure=secure,
+                        httponly=True,
+                        samesite=samesite,
+                    )
+                )
         elif visitor._id_sent:
-            out.append(delete_cookie_header(
-                ID_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
-            ))
+            out.append(
+                delete_cookie_header(
+                    ID_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
+                )
+            )
         if visitor._consent_dirty and visitor._record is not None:
-            out.append(set_cookie_header(
-                CONSENT_COOKIE, self.consent_signer.dumps(visitor._record.to_payload()),
-                max_age=max_age, domain=domain, secure=secure, httponly=False,
-                samesite=samesite,
-            ))
+            out.append(
+                set_cookie_header(
+                    CONSENT_COOKIE,
+                    self.consent_signer.dumps(visitor._record.to_payload()),
+                    max_age=max_age,
+                    domain=domain,
+                    secure=secure,
+                    httponly=False,
+                    samesite=samesite,
+                )
+            )
         prefs = visitor._prefs
         if consent.preferences and not visitor._erased:
             if prefs is not None and prefs.changed:
                 if len(prefs):
-                    out.append(set_cookie_header(
-                        PREFS_COOKIE, self.prefs_signer.dumps(dict(prefs)), max_age=max_age,
-                        domain=domain, secure=secure, httponly=True, samesite=samesite,
-                    ))
+                    out.append(
+                        set_cookie_header(
+                            PREFS_COOKIE,
+                            self.prefs_signer.dumps(dict(prefs)),
+                            max_age=max_age,
+                            domain=domain,
+                            secure=secure,
+                            httponly=True,
+                            samesite=samesite,
+                        )
+                    )
                 elif visitor._prefs_sent:
-                    out.append(delete_cookie_header(
-                        PREFS_COOKIE, domain=domain, secure=secure, httponly=True,
-                        samesite=samesite,
-                    ))
+                    out.append(
+                        delete_cookie_header(
+                            PREFS_COOKIE,
+                            domain=domain,
+                            secure=secure,
+                            httponly=True,
+                            samesite=samesite,
+                        )
+                    )
         elif visitor._prefs_sent:
-            out.append(delete_cookie_header(
-                PREFS_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
-            ))
+            out.append(
+                delete_cookie_header(
+                    PREFS_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
+                )
+            )
         return out
 
     def finish(
@@ -284,16 +319,18 @@ class Core:
             return False
         req = visitor._req
         identified = consent.analytics and visitor.id is not None
-        self.pipeline.add(Hit(
-            req.now or time.time(),
-            visitor.id if identified else None,
-            visitor.user_id if identified else None,
-            page[:MAX_LEN],
-            referrer[:MAX_LEN] if referrer else None,
-            campaign[:MAX_CAMPAIGN] if campaign else None,
-            req.headers.get("user-agent", "")[:MAX_UA],
-            req.host[:253],
-        ))
+        self.pipeline.add(
+            Hit(
+                req.now or time.time(),
+                visitor.id if identified else None,
+                visitor.user_id if identified else None,
+                page[:MAX_LEN],
+                referrer[:MAX_LEN] if referrer else None,
+                campaign[:MAX_CAMPAIGN] if campaign else None,
+                req.headers.get("user-agent", "")[:MAX_UA],
+                req.host[:253],
+            )
+        )
         return True
 
     def record_choice(self, visitor: Visitor, now: float) -> None:
@@ -302,11 +339,18 @@ class Core:
         if record is None:
             return
         visitor_id = visitor.id or visitor._sent_id
-        self.pipeline.add(ConsentChoice(
-            now, local_day(now, self.pipeline.tz), visitor_id, record.analytics,
-            record.preferences, record.policy_version or self.settings.policy_version,
-            record.minor, record.guardian,
-        ))
+        self.pipeline.add(
+            ConsentChoice(
+                now,
+                local_day(now, self.pipeline.tz),
+                visitor_id,
+                record.analytics,
+                record.preferences,
+                record.policy_version or self.settings.policy_version,
+                record.minor,
+                record.guardian,
+            )
+        )
 
     # -- trackmw's own endpoints -----------------------------------------------------------
 
@@ -329,9 +373,11 @@ class Core:
 
     def _countable(self, req: Request) -> bool:
         headers = req.headers
-        if headers.get("sec-purpose", "").startswith("prefetch") or headers.get(
-            "purpose", ""
-        ) == "prefetch" or headers.get("x-moz", "") == "prefetch":
+        if (
+            headers.get("sec-purpose", "").startswith("prefetch")
+            or headers.get("purpose", "") == "prefetch"
+            or headers.get("x-moz", "") == "prefetch"
+        ):
             return False
         if not headers.get("user-agent", "").strip():
             return False
@@ -385,7 +431,8 @@ def private_headers(
             lowered = [d.lower() for d in directives]
             if "no-store" not in lowered and "private" not in lowered:
                 kept = [
-                    d for d, low in zip(directives, lowered, strict=True)
+                    d
+                    for d, low in zip(directives, lowered, strict=True)
                     if low != "public" and not low.startswith("s-maxage")
                 ]
                 value = ", ".join(["private", *kept])

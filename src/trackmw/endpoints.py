@@ -150,11 +150,12 @@ def parse_body(req: Request, body: bytes) -> tuple[dict[str, Any], bool]:
         if not isinstance(data, dict):
             raise BadRequest("JSON body must be an object")
         return data, True
-    if ctype in ("application/x-www-form-urlencoded", "") :
+    if ctype in ("application/x-www-form-urlencoded", ""):
         try:
             text = body.decode("utf-8")
-            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
-                              max_num_fields=50)
+            pairs = parse_qsl(
+                text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=50
+            )
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("malformed form body") from None
         return dict(pairs), False
@@ -190,7 +191,7 @@ class Endpoints:
         self.routes[subpath] = handler
 
     def handle(self, req: Request, body: bytes) -> Response:
-        handler = self.routes.get(req.path[len(self.core.prefix):])
+        handler = self.routes.get(req.path[len(self.core.prefix) :])
         if handler is None:
             return text_response(404, "not found")
         try:

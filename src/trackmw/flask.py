@@ -70,7 +70,7 @@ class Tracking:
     @staticmethod
     def _from_config(app: Flask) -> Tracker:
         overrides = {
-            key[len("TRACKMW_"):].lower(): app.config[key]
+            key[len("TRACKMW_") :].lower(): app.config[key]
             for key in CONFIG_KEYS
             if key in app.config
         }

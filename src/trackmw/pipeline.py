@@ -126,9 +126,7 @@ class Pipeline:
             if self._thread is not None:
                 return
             self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="trackmw-writer", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="trackmw-writer", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
@@ -159,7 +157,8 @@ class Pipeline:
                 if self._failing_since is not None:
                     log.warning(
                         "trackmw: store %r is back after %.1fs; buffered events written",
-                        self.store, time.monotonic() - self._failing_since,
+                        self.store,
+                        time.monotonic() - self._failing_since,
                     )
                     self._failing_since = None
                     self._backoff = 0.0
@@ -195,7 +194,11 @@ class Pipeline:
             kind = "store error" if isinstance(exc, StoreError) else type(exc).__name__
             log.error(
                 "trackmw: %s writing to %r: %s; %d events kept, retrying in %.1fs",
-                kind, self.store, exc, len(self), self._backoff,
+                kind,
+                self.store,
+                exc,
+                len(self),
+                self._backoff,
             )
 
     def _log_drops(self) -> None:
@@ -205,7 +208,8 @@ class Pipeline:
         if dropped != self._dropped_logged and (last is None or now - last >= self.flush_interval):
             log.error(
                 "trackmw: buffer full (%d events): dropped the %d oldest since last report",
-                self.buffer_size, dropped - self._dropped_logged,
+                self.buffer_size,
+                dropped - self._dropped_logged,
             )
             self._dropped_logged = dropped
             self._last_drop_log = now

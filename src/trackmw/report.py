@@ -134,8 +134,7 @@ def build_report(
     ]
     pages = sorted(page_pv.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]
     report.pages = [
-        {"path": path, "pageviews": n, "visitors": len(page_vis.get(path, ()))}
-        for path, n in pages
+        {"path": path, "pageviews": n, "visitors": len(page_vis.get(path, ()))} for path, n in pages
     ]
     report.browsers = ranked({k: len(v) for k, v in by_class["browser"].items()}, "visitors")
     report.os = ranked({k: len(v) for k, v in by_class["os"].items()}, "visitors")

@@ -42,8 +42,10 @@ _PUBLIC_SUFFIXES = frozenset(
 
 def _check_domain(value: str) -> str:
     domain = value.strip().lower().lstrip(".")
-    if not domain or any(c in value for c in ";, \t\r\n\"\\") or any(
-        ord(c) < 32 or ord(c) == 127 for c in value
+    if (
+        not domain
+        or any(c in value for c in ';, \t\r\n"\\')
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
     ):
         raise ConfigurationError(
             "cookie_domain", f"{value!r} is not a host name (no ';', ',', spaces or controls)"
@@ -169,7 +171,9 @@ class Settings:
                 "timezone", f"{self.timezone!r} is not an IANA time zone name"
             ) from None
         if self.allowed_hosts is not None:
-            hosts = (self.allowed_hosts,) if isinstance(self.allowed_hosts, str) else self.allowed_hosts
+            hosts = (
+                (self.allowed_hosts,) if isinstance(self.allowed_hosts, str) else self.allowed_hosts
+            )
             object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in hosts))
         if self.authorize is not None and not callable(self.authorize):
             raise ConfigurationError("authorize", "must be a callable taking the request")
@@ -179,9 +183,7 @@ class Settings:
         return ZoneInfo(self.timezone)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read ``TRACKMW_*`` variables; keyword ``overrides`` win over the environment."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -222,12 +224,16 @@ def _parse_env(name: str, type_: str, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigurationError(name, f"TRACKMW_{name.upper()}={raw!r} is not an integer") from None
+            raise ConfigurationError(
+                name, f"TRACKMW_{name.upper()}={raw!r} is not an integer"
+            ) from None
     if type_.startswith("float"):
         try:
             return float(raw)
         except ValueError:
-            raise ConfigurationError(name, f"TRACKMW_{name.upper()}={raw!r} is not a number") from None
+            raise ConfigurationError(
+                name, f"TRACKMW_{name.upper()}={raw!r} is not a number"
+            ) from None
     if "None" in type_ and raw.strip() == "":
         return None
     return raw

@@ -133,8 +133,10 @@ class Tracker:
             f'time. <a href="{privacy}">Privacy statement</a>.</p>'
             f'<form method="post" action="{action}">'
             f'<input type="hidden" name="next" value="{escape(target, quote=True)}">'
-            '<button type="submit" name="choice" value="accept" class="trackmw-choice">Accept</button> '
-            '<button type="submit" name="choice" value="reject" class="trackmw-choice">Reject</button>'
+            '<button type="submit" name="choice" value="accept" class="trackmw-choice">'
+            "Accept</button> "
+            '<button type="submit" name="choice" value="reject" class="trackmw-choice">'
+            "Reject</button>"
             "</form></section>"
         )
 

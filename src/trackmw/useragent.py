@@ -71,8 +71,19 @@ def classify(ua: str) -> UAClass:
 
 
 # Beyond ua-parser's "Spider" device: the obvious self-declared crawlers and tools.
-_BOT_WORDS = ("bot", "crawl", "spider", "slurp", "curl/", "wget/", "python-requests",
-              "python-urllib", "go-http-client", "scrapy", "headless-shell")
+_BOT_WORDS = (
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "curl/",
+    "wget/",
+    "python-requests",
+    "python-urllib",
+    "go-http-client",
+    "scrapy",
+    "headless-shell",
+)
 
 
 def _looks_like_bot(ua: str) -> bool:

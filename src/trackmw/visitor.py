@@ -83,8 +83,10 @@ class Preferences(MutableMapping[str, Any]):
         out: dict[str, Any] = {}
         if isinstance(payload, dict):
             for key, value in list(payload.items())[:MAX_PREFS]:
-                if isinstance(key, str) and _PREF_KEY.match(key) and isinstance(
-                    value, str | int | bool
+                if (
+                    isinstance(key, str)
+                    and _PREF_KEY.match(key)
+                    and isinstance(value, str | int | bool)
                 ):
                     out[key] = value
         return out
@@ -100,9 +102,22 @@ class Visitor:
     """
 
     __slots__ = (
-        "_core", "_req", "_record", "_prefs", "_consent", "_signals",
-        "id", "is_new", "user_id", "_id_sent", "_id_dirty", "_consent_dirty",
-        "_prefs_sent", "_prefs_payload", "_erased", "_sent_id",
+        "_core",
+        "_req",
+        "_record",
+        "_prefs",
+        "_consent",
+        "_signals",
+        "id",
+        "is_new",
+        "user_id",
+        "_id_sent",
+        "_id_dirty",
+        "_consent_dirty",
+        "_prefs_sent",
+        "_prefs_payload",
+        "_erased",
+        "_sent_id",
     )
 
     def __init__(
@@ -161,7 +176,7 @@ class Visitor:
         self._choose(False, False)
 
     def mark_minor(self, guardian_consent: bool = False) -> None:
-        """The visitor is a minor: no tracking and no preferences cookie until a guardian consents."""
+        """Mark a minor: no tracking, no preferences cookie until a guardian consents."""
         base = self._record or ConsentRecord()
         self._set_record(
             ConsentRecord(
@@ -202,8 +217,11 @@ class Visitor:
         settings = self._core.settings
         dnt, gpc = self._signals
         self._consent = decide(
-            record, mode=settings.consent, policy_version=settings.policy_version,
-            dnt=dnt, gpc=gpc,
+            record,
+            mode=settings.consent,
+            policy_version=settings.policy_version,
+            dnt=dnt,
+            gpc=gpc,
         )
         if self._consent.analytics:
             if self.id is None:

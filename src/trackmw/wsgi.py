@@ -31,9 +31,21 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _HEADERS = tuple(
     (name, "HTTP_" + name.upper().replace("-", "_"))
     for name in (
-        "cookie", "host", "user-agent", "referer", "dnt", "sec-gpc", "origin",
-        "sec-fetch-site", "sec-purpose", "purpose", "x-moz", "x-forwarded-proto",
-        "x-forwarded-for", "authorization", "accept",
+        "cookie",
+        "host",
+        "user-agent",
+        "referer",
+        "dnt",
+        "sec-gpc",
+        "origin",
+        "sec-fetch-site",
+        "sec-purpose",
+        "purpose",
+        "x-moz",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+        "authorization",
+        "accept",
     )
 )
 
@@ -86,7 +98,9 @@ class TrackingMiddleware:
             return self.app(environ, start_response)
         environ["trackmw.visitor"] = visitor
 
-        def start_with_cookies(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start_with_cookies(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
             try:
                 changed = core.finish(visitor, int(status[:3]), headers)
                 if changed is not None:

@@ -37,12 +37,21 @@ BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.htm
 
 def describe(v: Visitor) -> str:
     c = v.consent
-    return json.dumps({
-        "id": v.id, "new": v.is_new, "user": v.user_id, "analytics": c.analytics,
-        "preferences": c.preferences, "decided": c.decided, "stale": c.stale,
-        "reason": c.reason, "prefs": dict(v.preferences), "beacon": v.beacon_url(),
-        "tag": v.beacon_tag(),
-    })
+    return json.dumps(
+        {
+            "id": v.id,
+            "new": v.is_new,
+            "user": v.user_id,
+            "analytics": c.analytics,
+            "preferences": c.preferences,
+            "decided": c.decided,
+            "stale": c.stale,
+            "reason": c.reason,
+            "prefs": dict(v.preferences),
+            "beacon": v.beacon_url(),
+            "tag": v.beacon_tag(),
+        }
+    )
 
 
 def act(v: Visitor, action: str, arg: str | None) -> None:
@@ -200,15 +209,30 @@ class Client:
                     self.jar[name] = c["value"]
         return result
 
-    def _asgi(self, method: str, path: str, query: bytes, hdrs: dict[str, str], body: bytes,
-              scheme: str, raw: list[tuple[bytes, bytes]] | None) -> Result:
+    def _asgi(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        hdrs: dict[str, str],
+        body: bytes,
+        scheme: str,
+        raw: list[tuple[bytes, bytes]] | None,
+    ) -> Result:
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": scheme, "path": path, "raw_path": path.encode(),
-            "query_string": query, "root_path": "",
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": scheme,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in hdrs.items()]
             + (raw or []),
-            "client": ("203.0.113.9", 50000), "server": ("testserver", 80),
+            "client": ("203.0.113.9", 50000),
+            "server": ("testserver", 80),
         }
         messages: list[dict[str, Any]] = []
         sent = False
@@ -229,8 +253,16 @@ class Client:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
         return Result(start["status"], headers, data)
 
-    def _wsgi(self, method: str, path: str, query: bytes, hdrs: dict[str, str], body: bytes,
-              scheme: str, raw: list[tuple[bytes, bytes]] | None) -> Result:
+    def _wsgi(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        hdrs: dict[str, str],
+        body: bytes,
+        scheme: str,
+        raw: list[tuple[bytes, bytes]] | None,
+    ) -> Result:
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
             "SCRIPT_NAME": "",
@@ -261,7 +293,9 @@ class Client:
             )
         captured: dict[str, Any] = {}
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
             captured["status"] = status
             captured["headers"] = headers
             return lambda data: None

@@ -71,7 +71,8 @@ def headers_for(dnt: bool, gpc: bool) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "dnt", "gpc", "choice", "minor"), CASES,
+    ("mode", "dnt", "gpc", "choice", "minor"),
+    CASES,
     ids=[f"{m}-dnt{int(d)}-gpc{int(g)}-{c}-minor_{n}" for m, d, g, c, n in CASES],
 )
 def test_matrix(client_for: Any, mode: str, dnt: bool, gpc: bool, choice: str, minor: str) -> None:
@@ -98,14 +99,16 @@ def test_matrix(client_for: Any, mode: str, dnt: bool, gpc: bool, choice: str, m
     assert "trackmw_consent" not in page.cookies  # reading consent never rewrites it
 
     # A first visit without an id cookie: one is issued only when tracked.
-    fresh = client.get("/", headers=headers, cookie=f"trackmw_consent={consent}" if consent else "",
-                       use_jar=False)
+    fresh = client.get(
+        "/", headers=headers, cookie=f"trackmw_consent={consent}" if consent else "", use_jar=False
+    )
     assert ("trackmw_id" in fresh.cookies) is expect
     assert "trackmw_prefs" not in fresh.cookies
 
     # What the pixel records: the visitor, or an anonymous page view.
-    pixel = client.get("/_trackmw/pixel.gif", query="p=/m", headers=headers, cookie=cookie,
-                       use_jar=False)
+    pixel = client.get(
+        "/_trackmw/pixel.gif", query="p=/m", headers=headers, cookie=cookie, use_jar=False
+    )
     assert pixel.status == 200 and pixel.header("content-type") == "image/gif"
     client.tracker.flush()
     [pv] = client.tracker.store._pageviews  # type: ignore[attr-defined]
@@ -116,7 +119,9 @@ def test_matrix(client_for: Any, mode: str, dnt: bool, gpc: bool, choice: str, m
 
 
 @pytest.mark.parametrize("signal", ["dnt", "gpc"])
-def test_an_accept_given_while_sending_the_signal_overrides_it(client_for: Any, signal: str) -> None:
+def test_an_accept_given_while_sending_the_signal_overrides_it(
+    client_for: Any, signal: str
+) -> None:
     client: Client = client_for()
     headers = {"dnt" if signal == "dnt" else "sec-gpc": "1"}
     _, seen = client.page("/", headers=headers)

@@ -15,8 +15,9 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
 JSON = {"content-type": "application/json"}
 
 
-def post(client: Client, path: str, body: bytes | str, headers: dict[str, str] | None = None,
-         **kw: Any) -> Any:
+def post(
+    client: Client, path: str, body: bytes | str, headers: dict[str, str] | None = None, **kw: Any
+) -> Any:
     data = body.encode() if isinstance(body, str) else body
     return client.request("POST", path, body=data, headers={**FORM, **(headers or {})}, **kw)
 
@@ -58,15 +59,25 @@ def test_choices_are_recorded_as_proof(client: Client) -> None:
     client.tracker.flush()
     choices = client.tracker.store._consents  # type: ignore[attr-defined]
     assert [(c.visitor_id, c.analytics, c.preferences, c.policy_version) for c in choices] == [
-        (seen["id"], True, True, "1"), (seen["id"], False, True, "1"),
+        (seen["id"], True, True, "1"),
+        (seen["id"], False, True, "1"),
     ]
     assert client.tracker.stats().to_dict()["consent"] == {"accepted": 1, "rejected": 1}
 
 
 @pytest.mark.parametrize(
     "target",
-    ["//evil.example/x", "/\\evil.example", "https://evil.example/", "javascript:alert(1)",
-     "/\t/evil.example", "evil", "\\\\evil", " /x", "/\n/evil.example"],
+    [
+        "//evil.example/x",
+        "/\\evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "/\t/evil.example",
+        "evil",
+        "\\\\evil",
+        " /x",
+        "/\n/evil.example",
+    ],
 )
 def test_open_redirects_are_refused(client: Client, target: str) -> None:
     from urllib.parse import quote
@@ -78,9 +89,13 @@ def test_open_redirects_are_refused(client: Client, target: str) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"origin": "https://evil.example"}, {"origin": "null"},
-     {"referer": "https://evil.example/page"}, {"sec-fetch-site": "cross-site"},
-     {"origin": "https://testserver"}],  # scheme mismatch: the site is http here
+    [
+        {"origin": "https://evil.example"},
+        {"origin": "null"},
+        {"referer": "https://evil.example/page"},
+        {"sec-fetch-site": "cross-site"},
+        {"origin": "https://testserver"},
+    ],  # scheme mismatch: the site is http here
 )
 def test_cross_origin_posts_are_refused(client: Client, headers: dict[str, str]) -> None:
     client.page("/")
@@ -90,18 +105,31 @@ def test_cross_origin_posts_are_refused(client: Client, headers: dict[str, str])
 
 
 def test_same_origin_post_is_allowed(client: Client) -> None:
-    result = post(client, CONSENT, "choice=accept", {"origin": "http://testserver",
-                                                   "referer": "http://testserver/x"})
+    result = post(
+        client,
+        CONSENT,
+        "choice=accept",
+        {"origin": "http://testserver", "referer": "http://testserver/x"},
+    )
     assert result.status == 204
 
 
 @pytest.mark.parametrize(
     ("body", "headers"),
-    [("choice=maybe", FORM), ("nothing=1", FORM), ("analytics=2", FORM), ("%zz=&&==", FORM),
-     (b"\xff\xfe", FORM), ("{not json", JSON), ("[1, 2]", JSON), ("choice=accept",
-     {"content-type": "text/xml"})],
+    [
+        ("choice=maybe", FORM),
+        ("nothing=1", FORM),
+        ("analytics=2", FORM),
+        ("%zz=&&==", FORM),
+        (b"\xff\xfe", FORM),
+        ("{not json", JSON),
+        ("[1, 2]", JSON),
+        ("choice=accept", {"content-type": "text/xml"}),
+    ],
 )
-def test_malformed_bodies_get_4xx_with_a_reason(client: Client, body: Any, headers: dict[str, str]) -> None:
+def test_malformed_bodies_get_4xx_with_a_reason(
+    client: Client, body: Any, headers: dict[str, str]
+) -> None:
     result = post(client, CONSENT, body, headers)
     assert 400 <= result.status < 500
     assert result.body

@@ -44,7 +44,12 @@ def test_pixel_records_a_page_view_for_the_visitor(client: Client) -> None:
     result = client.get(PIXEL, query="p=/docs&r=https://News.Example.org/x?y=1&c=mail-1")
     assert_gif(result)
     [pv] = stored(client)
-    assert (pv.visitor_id, pv.path, pv.referrer, pv.campaign) == (seen["id"], "/docs", "news.example.org", "mail-1")
+    assert (pv.visitor_id, pv.path, pv.referrer, pv.campaign) == (
+        seen["id"],
+        "/docs",
+        "news.example.org",
+        "mail-1",
+    )
     assert (pv.browser, pv.os, pv.device, pv.bot) == ("Chrome", "Windows", "desktop", False)
 
 
@@ -58,7 +63,9 @@ def test_pixel_issues_the_cookie_to_a_new_visitor(client: Client) -> None:
 
 
 def test_page_falls_back_to_the_referer(client: Client) -> None:
-    client.get(PIXEL, headers={"referer": "http://testserver/blog/post?utm_source=news&session=123"})
+    client.get(
+        PIXEL, headers={"referer": "http://testserver/blog/post?utm_source=news&session=123"}
+    )
     [pv] = stored(client)
     assert pv.path == "/blog/post?utm_source=news"
 
@@ -85,11 +92,17 @@ def test_bots_are_counted_apart(client: Client) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"sec-purpose": "prefetch"}, {"purpose": "prefetch"}, {"sec-purpose": "prefetch;prerender"},
-     {"user-agent": ""}],
+    [
+        {"sec-purpose": "prefetch"},
+        {"purpose": "prefetch"},
+        {"sec-purpose": "prefetch;prerender"},
+        {"user-agent": ""},
+    ],
     ids=["sec-purpose", "purpose", "prerender", "no-user-agent"],
 )
-def test_prefetches_and_empty_user_agents_record_nothing(client: Client, headers: dict[str, str]) -> None:
+def test_prefetches_and_empty_user_agents_record_nothing(
+    client: Client, headers: dict[str, str]
+) -> None:
     assert_gif(client.get(PIXEL, query="p=/", headers=headers))
     assert stored(client) == []
 
@@ -113,8 +126,17 @@ def test_head_records_nothing(client: Client) -> None:
         (b"p=/x", {"referer": "http://[::1"}),
         (b"p=%00%01/ctl", {}),
     ],
-    ids=["100kb", "bad-percent", "non-utf8", "empty-fields", "huge-encoded", "no-headers",
-         "10kb-cookie", "bad-referer", "control-chars"],
+    ids=[
+        "100kb",
+        "bad-percent",
+        "non-utf8",
+        "empty-fields",
+        "huge-encoded",
+        "no-headers",
+        "10kb-cookie",
+        "bad-referer",
+        "control-chars",
+    ],
 )
 def test_malformed_input_always_gets_the_gif_and_stays_within_caps(
     client: Client, query: bytes, headers: dict[str, Any]

@@ -95,7 +95,10 @@ def test_from_env_reads_every_kind_of_setting() -> None:
     assert (s.cookie_domain, s.consent, s.honor_dnt) == ("example.com", "opt-in", False)
     assert s.exclude_paths == ("/static", "/assets")
     assert (s.buffer_size, s.flush_interval, s.cookie_secure, s.timezone) == (
-        500, 0.5, None, "Europe/Paris"
+        500,
+        0.5,
+        None,
+        "Europe/Paris",
     )
 
 
@@ -106,8 +109,9 @@ def test_from_env_overrides_win_and_missing_keys_are_named() -> None:
     assert s.settings.consent == "opt-in"
 
 
-@pytest.mark.parametrize(("var", "value"), [("TRACKMW_BUFFER_SIZE", "lots"),
-                                            ("TRACKMW_HONOR_GPC", "perhaps")])
+@pytest.mark.parametrize(
+    ("var", "value"), [("TRACKMW_BUFFER_SIZE", "lots"), ("TRACKMW_HONOR_GPC", "perhaps")]
+)
 def test_from_env_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ValueError, match=var):
         Tracker.from_env({"TRACKMW_SECRET_KEYS": SECRET, "TRACKMW_STORE": "memory://", var: value})

@@ -122,8 +122,18 @@ def test_a_key_no_longer_listed_is_rejected(client_for: Any) -> None:
         "é€",  # not ASCII
     ],
     ids=[
-        "garbage", "empty", "tampered-sig", "tampered-payload", "other-salt", "wrong-shape",
-        "short-id", "expired", "future", "oversized", "quoted", "non-ascii",
+        "garbage",
+        "empty",
+        "tampered-sig",
+        "tampered-payload",
+        "other-salt",
+        "wrong-shape",
+        "short-id",
+        "expired",
+        "future",
+        "oversized",
+        "quoted",
+        "non-ascii",
     ],
 )
 def test_bad_cookies_are_ignored(client: Client, value: str) -> None:
@@ -196,7 +206,9 @@ def test_several_set_cookie_headers_stay_separate(client: Client) -> None:
 
 
 def test_beacon_url_and_tag(client: Client) -> None:
-    _, seen = client.page("/docs?utm_source=x&q=1", headers={"referer": "https://news.example.org/a"})
+    _, seen = client.page(
+        "/docs?utm_source=x&q=1", headers={"referer": "https://news.example.org/a"}
+    )
     assert seen["beacon"].startswith("/_trackmw/pixel.gif?")
     assert "p=%2Fdocs%3Futm_source%3Dx%26q%3D1" in seen["beacon"]
     assert "r=https%3A%2F%2Fnews.example.org%2Fa" in seen["beacon"]

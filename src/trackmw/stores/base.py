@@ -83,6 +83,7 @@ class Store(ABC):
     @classmethod
     def check_url(cls, url: str) -> None:
         """Raise ``ConfigurationError`` if ``url`` cannot name a store of this class."""
+        return None
 
     @abstractmethod
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
@@ -113,9 +114,11 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release connections. The store may be used again after (it reconnects)."""
+        return None
 
     def after_fork(self) -> None:
         """Forget connections inherited from a parent process (never use them)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact(self.url)}>"
