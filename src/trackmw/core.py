@@ -29,12 +29,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .consent import ConsentRecord, decide
 from .cookies import delete_cookie_header, parse_cookies, set_cookie_header
 from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
 from .pipeline import local_day
 from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query
+from .ratelimit import RateLimiter
 from .signing import CookieSigner
 from .visitor import Visitor
 
@@ -97,6 +99,7 @@ class Core:
         self.prefix = settings.prefix
         self._prefix_slash = settings.prefix + "/"
         self.pixel_path = settings.prefix + "/pixel.gif"
+        self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = settings.exclude_paths
         from .endpoints import Endpoints  # endpoints use Core; import late
 
@@ -355,21 +358,40 @@ class Core:
     # -- trackmw's own endpoints -----------------------------------------------------------
 
     def pixel(self, req: Request) -> Response:
-        """The beacon. Always the GIF, whatever the input."""
+        """The beacon. Always the GIF, whatever the input (429 only when so configured)."""
         headers = list(PIXEL_HEADERS)
+        status = 200
         try:
             visitor = self.visitor(req)
             if req.method == "GET" and self._countable(req):
-                params = parse_pixel_query(req.query)
-                page = params.get("p") or page_from_referer(req.headers.get("referer"))
-                self.record_hit(visitor, page or UNKNOWN_PAGE, params.get("r"), params.get("c"))
+                if self._within_rate(req, visitor):
+                    params = parse_pixel_query(req.query)
+                    page = params.get("p") or page_from_referer(req.headers.get("referer"))
+                    self.record_hit(visitor, page or UNKNOWN_PAGE, params.get("r"), params.get("c"))
+                elif self.settings.pixel_rate_limit_status == 429:
+                    status = 429
             cookies = self.cookie_headers(visitor)
             if cookies:
                 headers.append(("vary", "Cookie"))
                 headers.extend(("set-cookie", c) for c in cookies)
         except Exception:
             log.exception("trackmw: the pixel failed to record a hit; serving the GIF")
-        return Response(200, headers, GIF if req.method != "HEAD" else b"")
+        return Response(status, headers, GIF if req.method != "HEAD" else b"")
+
+    def client_ip(self, req: Request) -> str | None:
+        """The client's address: ``X-Forwarded-For``'s first hop only when ``trust_proxy``."""
+        if self.settings.trust_proxy:
+            forwarded = req.headers.get("x-forwarded-for", "").split(",", 1)[0].strip()
+            if forwarded:
+                return forwarded
+        return req.client
+
+    def _within_rate(self, req: Request, visitor: Visitor) -> bool:
+        if visitor.id is not None:
+            key = visitor.id
+        else:
+            key = RateLimiter.anonymous_key(self.client_ip(req), req.headers.get("user-agent", ""))
+        return self.rate_limiter.allow(key, req.now or None)
 
     def _countable(self, req: Request) -> bool:
         headers = req.headers
@@ -383,7 +405,13 @@ class Core:
             return False
         allowed = self.settings.allowed_hosts
         if allowed is not None:
-            host = req.host.rsplit(":", 1)[0]
+            # The page's host (from Referer) must be allowed: a copy of the pixel on
+            # someone else's pages is not counted.
+            referer = req.headers.get("referer")
+            try:
+                host = urlsplit(referer).hostname if referer else req.host.rsplit(":", 1)[0]
+            except ValueError:
+                return False
             if host not in allowed:
                 return False
         return True
@@ -394,9 +422,13 @@ class Core:
             return self.pixel(req)
         try:
             return self.endpoints.handle(req, body)
-        except Exception:
+        except Exception:  # a bug: logged, answered without a 500 (the app is unharmed)
             log.exception("trackmw: endpoint %s failed", req.path)
-            return Response(500, [("content-type", "text/plain; charset=utf-8")], b"internal error")
+            return Response(
+                503,
+                [("content-type", "text/plain; charset=utf-8"), ("retry-after", "60")],
+                b"temporarily unavailable",
+            )
 
 
 def _valid_id_payload(payload: Any) -> bool:
