@@ -1,0 +1,355 @@
+"""``postgresql://…`` (or ``postgres://…``): PostgreSQL with psycopg 3 and a connection pool.
+
+The tables mirror the SQLite store's: raw ``pageviews`` and ``consents``, and two daily
+rollups kept in the same transaction (``daily_counts``: page views per day and
+dimension; ``daily_visitors``: one row per visitor and day with its browser, OS and
+device), so counts are exact and reports read small tables.
+
+- Schema: created on first use under ``pg_advisory_xact_lock``, so many processes can
+  start at once. The tables live in the schema named by ``?schema=name`` (default
+  ``trackmw``); the parameter is stripped before the URL reaches libpq.
+- Writes: one transaction per batch: page views and consents by ``COPY``, rollups by one
+  ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`` each, rows in key order so that
+  concurrent writers lock them in the same order (no deadlocks). The batch's content hash
+  goes into ``batches`` first: a batch retried after its commit reply was lost is
+  recognised and written once.
+- Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
+  before use so a restarted server is reconnected to. ``after_fork`` drops the pool
+  without closing it, so a forked child never touches its parent's sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import ConfigurationError, StoreError
+from ..events import ConsentChoice, PageView
+from ..report import TOP_N, Report, day_range, ranked
+from .base import Store, redact
+from .memory import visitor_document
+
+__all__ = ["PostgresStore"]
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS pageviews (
+    ts double precision NOT NULL, day date NOT NULL, visitor_id text, user_id text,
+    path text NOT NULL, referrer text, campaign text, browser text, os text, device text,
+    bot boolean NOT NULL DEFAULT false);
+CREATE INDEX IF NOT EXISTS pageviews_day_path ON pageviews (day, path);
+CREATE INDEX IF NOT EXISTS pageviews_visitor ON pageviews (visitor_id)
+    WHERE visitor_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS daily_counts (
+    day date NOT NULL, kind text NOT NULL, name text NOT NULL, pageviews bigint NOT NULL,
+    PRIMARY KEY (day, kind, name));
+CREATE TABLE IF NOT EXISTS daily_visitors (
+    day date NOT NULL, visitor_id text NOT NULL, user_id text NOT NULL,
+    browser text, os text, device text, pageviews bigint NOT NULL,
+    PRIMARY KEY (day, visitor_id, user_id));
+CREATE INDEX IF NOT EXISTS daily_visitors_visitor ON daily_visitors (visitor_id);
+CREATE TABLE IF NOT EXISTS consents (
+    ts double precision NOT NULL, day date NOT NULL, visitor_id text,
+    analytics boolean NOT NULL, preferences boolean NOT NULL, policy_version text NOT NULL,
+    minor boolean NOT NULL DEFAULT false, guardian boolean NOT NULL DEFAULT false);
+CREATE INDEX IF NOT EXISTS consents_day ON consents (day);
+CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id)
+    WHERE visitor_id IS NOT NULL;
+"""
+_PV_COLS = "ts, day, visitor_id, user_id, path, referrer, campaign, browser, os, device, bot"
+_CC_COLS = "ts, day, visitor_id, analytics, preferences, policy_version, minor, guardian"
+_UPSERT_COUNTS = (
+    "INSERT INTO daily_counts SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], "
+    "%s::bigint[]) ORDER BY 1, 2, 3 ON CONFLICT (day, kind, name) "
+    "DO UPDATE SET pageviews = daily_counts.pageviews + excluded.pageviews"
+)
+_UPSERT_VISITORS = (
+    "INSERT INTO daily_visitors SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::bigint[]) ORDER BY 1, 2, 3 "
+    "ON CONFLICT (day, visitor_id, user_id) "
+    "DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews"
+)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_orphans: list[Any] = []  # pools inherited over fork: never used, never closed, never freed
+
+
+class PostgresStore(Store):
+    """Raw events plus daily rollups in PostgreSQL, written in one transaction per batch."""
+
+    schemes = ("postgresql", "postgres")
+    connect_timeout = 5.0
+
+    def __init__(self, url: str, settings: Any = None) -> None:
+        super().__init__(url, settings)
+        self._conninfo, self.schema, self.pool_size = self._parse(url)
+        self._pool: Any = None
+        self._schema_ready = False
+        self._pid = os.getpid()
+        self._writes = 0
+
+    @staticmethod
+    def _parse(url: str) -> tuple[str, str, int]:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = {k: v for k, v in query if k in ("schema", "pool_size")}
+        rest = urlencode([(k, v) for k, v in query if k not in ours])
+        schema = ours.get("schema", "trackmw")
+        if not _IDENT.match(schema):
+            raise ConfigurationError("store", f"schema={schema!r} is not a plain SQL name")
+        size = ours.get("pool_size", "4")
+        if not size.isdigit() or int(size) < 1:
+            raise ConfigurationError("store", f"pool_size={size!r} must be a positive integer")
+        conninfo = urlunsplit(parts._replace(scheme="postgresql", query=rest))
+        return conninfo, schema, int(size)
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        cls._parse(url)
+
+    # -- connections -------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection inside a transaction; driver errors become ``StoreError``."""
+        import psycopg
+
+        if self._pid != os.getpid():
+            self.after_fork()
+        try:
+            pool = self._pool or self._open()
+            with pool.connection(timeout=self.connect_timeout) as conn:
+                if not self._schema_ready:
+                    self._migrate(conn)
+                with conn.transaction():
+                    yield conn
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(f"postgresql {redact(self.url)}: {exc}") from exc
+        except Exception as exc:
+            from psycopg_pool import PoolTimeout
+
+            if isinstance(exc, PoolTimeout):
+                raise StoreError(f"postgresql {redact(self.url)}: {exc}") from exc
+            raise
+
+    def _open(self) -> Any:
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "store", "the postgres store needs psycopg: pip install 'trackmw[postgres]'"
+            ) from exc
+        pool = ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            check=ConnectionPool.check_connection,
+            kwargs={
+                "connect_timeout": int(self.connect_timeout),
+                "options": f"-c search_path={self.schema}",
+                "application_name": "trackmw",
+            },
+            name="trackmw",
+        )
+        pool.open(wait=False)
+        self._pool = pool
+        return pool
+
+    def _migrate(self, conn: Any) -> None:
+        key = int.from_bytes(hashlib.blake2b(
+            b"trackmw:" + self.schema.encode(), digest_size=8).digest(), "big", signed=True)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            conn.execute(_SCHEMA)
+            conn.execute(
+                "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+        self._schema_ready = True
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def after_fork(self) -> None:
+        # Closing would send the parent's sessions a terminate message: just forget them.
+        if self._pool is not None:
+            _orphans.append(self._pool)
+        self._pool = None
+        self._pid = os.getpid()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        if not pageviews and not consents:
+            return
+        pageviews, consents = list(pageviews), list(consents)
+        batch_id = hashlib.blake2b(
+            pickle.dumps((pageviews, consents), protocol=5), digest_size=16).hexdigest()
+        counts: dict[tuple[str, str, str], int] = {}
+        visitors: dict[tuple[str, str, str], list[Any]] = {}
+        for pv in pageviews:
+            for key in _count_keys(pv):
+                counts[key] = counts.get(key, 0) + 1
+            if pv.visitor_id is not None and not pv.bot:
+                vkey = (pv.day, pv.visitor_id, pv.user_id or "")
+                row = visitors.get(vkey)
+                if row is None:
+                    visitors[vkey] = [pv.browser, pv.os, pv.device, 1]
+                else:
+                    row[3] += 1
+        with self._connection() as conn:
+            cur = conn.execute(
+                "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING", (batch_id,))
+            if cur.rowcount == 0:
+                return  # written already: its commit reply was lost, the retry is a no-op
+            self._writes += 1
+            if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
+                cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
+            if pageviews:
+                with cur.copy(f"COPY pageviews ({_PV_COLS}) FROM STDIN") as copy:
+                    for pv in pageviews:
+                        copy.write_row(pv)
+            if consents:
+                with cur.copy(f"COPY consents ({_CC_COLS}) FROM STDIN") as copy:
+                    for choice in consents:
+                        copy.write_row(choice)
+            if counts:
+                cur.execute(_UPSERT_COUNTS, [list(c) for c in zip(
+                    *((*k, n) for k, n in counts.items()), strict=True)])
+            if visitors:
+                cur.execute(_UPSERT_VISITORS, [list(c) for c in zip(
+                    *((*k, *v) for k, v in visitors.items()), strict=True)])
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._connection() as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def report(self, since: date, until: date) -> Report:
+        span = (since, until)
+        report = Report(since=since, until=until)
+        with self._connection() as conn:
+            def q(sql: str, params: Sequence[Any] = span) -> list[Any]:
+                return list(conn.execute(sql, params).fetchall())
+
+            totals = dict(q(
+                "SELECT kind, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
+                "AND %s AND kind IN ('total', 'anonymous', 'bot') GROUP BY kind"))
+            report.pageviews = totals.get("total") or 0
+            report.anonymous_pageviews = totals.get("anonymous") or 0
+            report.bot_hits = totals.get("bot") or 0
+            (report.visitors, report.registered_visitors), = q(
+                "SELECT count(DISTINCT visitor_id), count(DISTINCT nullif(user_id, '')) "
+                "FROM daily_visitors WHERE day BETWEEN %s AND %s")
+            day_pv = dict(q(
+                "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN %s AND %s "
+                "AND kind = 'total'"))
+            day_vis = dict(q(
+                "SELECT day, count(DISTINCT visitor_id) FROM daily_visitors "
+                "WHERE day BETWEEN %s AND %s GROUP BY day"))
+            report.days = [
+                {"day": d.isoformat(), "pageviews": day_pv.get(d, 0), "visitors": day_vis.get(d, 0)}
+                for d in day_range(since, until)
+            ]
+            pages = q(
+                "SELECT name, sum(pageviews)::bigint AS n FROM daily_counts WHERE day BETWEEN "
+                "%s AND %s AND kind = 'page' GROUP BY name ORDER BY n DESC, name COLLATE \"C\" "
+                "LIMIT %s", (since, until, TOP_N))
+            page_vis = dict(q(
+                "SELECT path, count(DISTINCT visitor_id) FROM pageviews WHERE day BETWEEN %s "
+                "AND %s AND NOT bot AND path = ANY(%s) GROUP BY path",
+                (since, until, [p for p, _ in pages])))
+            report.pages = [
+                {"path": p, "pageviews": n, "visitors": page_vis.get(p, 0)} for p, n in pages]
+            for attr, column in (("browsers", "browser"), ("os", "os"), ("devices", "device")):
+                rows = q(
+                    f"SELECT {column}, count(DISTINCT visitor_id) FROM daily_visitors "  # noqa: S608
+                    f"WHERE day BETWEEN %s AND %s AND {column} IS NOT NULL GROUP BY {column}")
+                setattr(report, attr, ranked(dict(rows), "visitors"))
+            for attr, kind in (("referrers", "referrer"), ("campaigns", "campaign")):
+                rows = q(
+                    "SELECT name, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
+                    "AND %s AND kind = %s GROUP BY name", (since, until, kind))
+                setattr(report, attr, ranked(dict(rows), "pageviews"))
+            (accepted, rejected), = q(
+                "SELECT count(*) FILTER (WHERE analytics), count(*) FILTER (WHERE NOT analytics) "
+                "FROM consents WHERE day BETWEEN %s AND %s")
+        report.consent = {"accepted": accepted, "rejected": rejected}
+        return report
+
+    # -- visitors' rights and retention ---------------------------------------------------
+
+    def visitor_data(self, visitor_id: str) -> dict[str, Any]:
+        rows = self._read(
+            f"SELECT {_PV_COLS} FROM pageviews WHERE visitor_id = %s", (visitor_id,))
+        choices = self._read(
+            f"SELECT {_CC_COLS} FROM consents WHERE visitor_id = %s", (visitor_id,))
+        return visitor_document(
+            [PageView(r[0], r[1].isoformat(), *r[2:]) for r in rows],
+            [ConsentChoice(r[0], r[1].isoformat(), *r[2:]) for r in choices],
+        )
+
+    def erase(self, visitor_id: str, user_id: str | None = None) -> int:
+        who = "visitor_id = %s" + (" OR user_id = %s" if user_id else "")
+        args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
+        with self._connection() as conn:
+            # Page views leave the rollups too, so the report is as if they never were.
+            victims = conn.execute(
+                f"SELECT {_PV_COLS} FROM pageviews WHERE {who} FOR UPDATE", args  # noqa: S608
+            ).fetchall()
+            counts: dict[tuple[str, str, str], int] = {}
+            for row in victims:
+                for key in _count_keys(PageView(*row)):
+                    counts[key] = counts.get(key, 0) + 1
+            if counts:
+                keys = sorted(counts)
+                conn.execute(
+                    "UPDATE daily_counts d SET pageviews = d.pageviews - u.n FROM unnest("
+                    "%s::date[], %s::text[], %s::text[], %s::bigint[]) AS u(day, kind, name, n) "
+                    "WHERE d.day = u.day AND d.kind = u.kind AND d.name = u.name",
+                    [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+                     [counts[k] for k in keys]],
+                )
+                conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
+            removed = conn.execute(f"DELETE FROM pageviews WHERE {who}", args).rowcount  # noqa: S608
+            conn.execute(f"DELETE FROM daily_visitors WHERE {who}", args)  # noqa: S608
+            removed += conn.execute(
+                "DELETE FROM consents WHERE visitor_id = %s", (visitor_id,)).rowcount
+        return int(removed)
+
+    def purge(self, before: date) -> int:
+        with self._connection() as conn:
+            removed = conn.execute("DELETE FROM pageviews WHERE day < %s", (before,)).rowcount
+            removed += conn.execute("DELETE FROM consents WHERE day < %s", (before,)).rowcount
+            conn.execute("DELETE FROM daily_counts WHERE day < %s", (before,))
+            conn.execute("DELETE FROM daily_visitors WHERE day < %s", (before,))
+            conn.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
+        return int(removed)
+
+
+def _count_keys(pv: PageView) -> list[tuple[Any, str, str]]:
+    """The ``daily_counts`` rows one page view adds one to."""
+    if pv.bot:
+        return [(pv.day, "bot", "")]
+    keys = [(pv.day, "total", ""), (pv.day, "page", pv.path)]
+    if pv.visitor_id is None:
+        keys.append((pv.day, "anonymous", ""))
+    if pv.referrer:
+        keys.append((pv.day, "referrer", pv.referrer))
+    if pv.campaign:
+        keys.append((pv.day, "campaign", pv.campaign))
+    return keys

@@ -1,0 +1,259 @@
+"""``redis://host:port/db``, ``rediss://…`` and ``redis+cluster://host:port``: Redis.
+
+Layout. Every key starts with one hash tag, ``{trackmw}`` (``?prefix=name`` makes it
+``{name}``), so all of a site's keys live in one cluster slot: a batch is one atomic
+script on one node and a report can union any of its keys. The price on a cluster is
+that one site's data sits on one node; run several sites (prefixes) to spread them.
+
+- ``P:d:DAY`` hash: page views ``t``, anonymous ``a``, bots ``b``, consent ``ca``/``cr``,
+  and per name ``p:PATH``, ``r:HOST``, ``c:CAMPAIGN``, ``B:BROWSER``, ``O:OS``, ``D:DEVICE``.
+- ``P:M:v:DAY``, ``P:M:u:DAY``, ``P:M:p:DAY:PATH``, ``P:M:B:DAY:NAME`` (``O``, ``D``):
+  unique visitors (users for ``u``), as HyperLogLog (``M`` = ``h``, ``redis_uniques="hll"``,
+  12 KB at most per key, ±0.81 %) or exact sets (``M`` = ``x``, ``"exact"``).
+- ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure),
+  ``P:usr:USER`` the visitors linked to a user, ``P:first`` (zset) each visitor's oldest
+  day and ``P:days`` (zset) the days held, both for ``purge``.
+
+Writes. A batch is one Lua script (one ``EVALSHA``): Redis runs it as a unit, like
+``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
+The script first sets ``P:batch:ID`` (the batch's content hash, kept a day): a batch
+retried after a reply was lost is recognised and not counted twice. On a cluster the
+same holds, as every key is in one slot; a failover to a replica that had not yet
+received the last writes loses them (Redis replication is asynchronous).
+
+Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
+after their day and a visitor's list that long after its last event; ``purge`` trims
+exactly. Erasure removes a visitor's events, counters and (exact mode) set members;
+a HyperLogLog cannot un-count one member, so in ``hll`` mode an erased visitor still
+weighs in the unique estimates of its days until those keys expire or are purged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import ConfigurationError, StoreError
+from ..events import ConsentChoice, PageView
+from ..report import TOP_N, Report, day_range, ranked
+from .base import Store, redact
+from .memory import visitor_document
+from .redis_scripts import ERASE, PURGE, UNION, WRITE
+
+__all__ = ["RedisStore"]
+
+_PARAMS = ("prefix", "uniques")
+_orphans: list[Any] = []  # clients inherited over fork: never used, never closed, never freed
+
+
+class RedisStore(Store):
+    """Counters, HyperLogLogs (or sets) and per-visitor lists in Redis or Redis Cluster."""
+
+    schemes = ("redis", "rediss", "redis+cluster")
+    socket_timeout = 5.0
+
+    def __init__(self, url: str, settings: Any = None) -> None:
+        super().__init__(url, settings)
+        self._driver_url, params, self.cluster = self._parse(url)
+        self.prefix = "{" + params.get("prefix", "trackmw") + "}"
+        self._uniques = params.get("uniques") or (settings.redis_uniques if settings else None)
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _parse(url: str) -> tuple[str, dict[str, str], bool]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = {k: v for k, v in query if k in _PARAMS}
+        rest = urlencode([(k, v) for k, v in query if k not in _PARAMS])
+        cluster = scheme == "redis+cluster"
+        driver = urlunsplit(parts._replace(scheme="redis" if cluster else scheme, query=rest))
+        if not parts.hostname and not parts.path.startswith("/") and "unix" not in scheme:
+            raise ConfigurationError("store", f"{redact(url)!r}: use redis://host:port/db")
+        if ours.get("uniques") not in (None, "hll", "exact"):
+            raise ConfigurationError("store", "uniques= must be 'hll' or 'exact'")
+        if not ours.get("prefix", "x") or any(c in ours.get("prefix", "") for c in "{}"):
+            raise ConfigurationError("store", "prefix= must be a non-empty name without braces")
+        return driver, ours, cluster
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        cls._parse(url)
+
+    # -- connections -------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (``Redis`` or ``RedisCluster``), connected on first use."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        if self._client is None:
+            try:
+                import redis
+                from redis.cluster import RedisCluster
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise ConfigurationError(
+                    "store", "the redis store needs redis-py: pip install 'trackmw[redis]'"
+                ) from exc
+            opts = {"decode_responses": True, "socket_timeout": self.socket_timeout,
+                    "socket_connect_timeout": self.socket_timeout}
+            try:
+                cls = RedisCluster if self.cluster else redis.Redis
+                client = cls.from_url(self._driver_url, **opts)
+            except (redis.RedisError, ValueError) as exc:
+                raise StoreError(f"cannot connect to {redact(self.url)}: {exc}") from exc
+            self._scripts = {name: client.register_script(src) for name, src in
+                             (("write", WRITE), ("union", UNION), ("erase", ERASE),
+                              ("purge", PURGE))}
+            self._client = client
+        return self._client
+
+    @property
+    def mode(self) -> str:
+        """``"h"`` (HyperLogLog) or ``"x"`` (exact sets): the unique-count keys in use."""
+        if self._uniques is None:  # no setting (e.g. the CLI): use what the writers chose
+            stored = self._call(lambda c: c.hget(self.prefix + ":meta", "uniques"))
+            self._uniques = "exact" if stored == "x" else "hll"
+        return "x" if self._uniques == "exact" else "h"
+
+    def _call(self, fn: Any) -> Any:
+        from redis import RedisError
+
+        try:
+            return fn(self.client)
+        except RedisError as exc:
+            raise StoreError(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._call(lambda c: self._scripts[name](keys=keys, args=args, client=c))
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing is best effort
+                pass
+
+    def after_fork(self) -> None:
+        # Keep the parent's client referenced so that nothing closes its sockets here.
+        if self._client is not None:
+            _orphans.append(self._client)
+        self._client = None
+        self._pid = os.getpid()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        if not pageviews and not consents:
+            return
+        mode = self.mode
+        retention = getattr(self.settings, "retention_days", None)
+        expiry: dict[str, int] = {}
+        if retention:
+            for day in {pv.day for pv in pageviews} | {c.day for c in consents}:
+                midnight = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
+                expiry[day] = int(midnight) + (retention + 1) * 86400
+        payload = json.dumps({"p": pageviews, "c": consents, "x": expiry}, separators=(",", ":"))
+        batch_id = hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+        vttl = (retention + 1) * 86400 if retention else 0
+        self._script("write", [self.prefix + ":days"], [payload, batch_id, self.prefix, mode, vttl])
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _unique(self, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        if self.mode == "h":
+            return int(self._call(lambda c: c.pfcount(*keys)))
+        return int(self._script("union", keys, []))
+
+    def report(self, since: date, until: date) -> Report:
+        P, M = self.prefix, self.prefix + ":" + self.mode
+        days = [d.isoformat() for d in day_range(since, until)]
+
+        def fetch(c: Any) -> list[Any]:
+            pipe = c.pipeline(transaction=False)
+            for d in days:
+                pipe.hgetall(f"{P}:d:{d}")
+            for d in days:
+                (pipe.pfcount if self.mode == "h" else pipe.scard)(f"{M}:v:{d}")
+            return list(pipe.execute())
+
+        rows = self._call(fetch)
+        hashes: list[dict[str, str]] = rows[: len(days)]
+        report = Report(since=since, until=until)
+        totals: dict[str, int] = {}
+        named: dict[str, dict[str, int]] = {}
+        seen: dict[str, list[str]] = {}  # "kind:name" -> days it appears on
+        for d, h in zip(days, hashes, strict=True):
+            for field, raw in h.items():
+                n = int(raw)
+                kind, sep, name = field.partition(":")
+                if not sep:
+                    totals[field] = totals.get(field, 0) + n
+                    continue
+                bucket = named.setdefault(kind, {})
+                bucket[name] = bucket.get(name, 0) + n
+                seen.setdefault(field, []).append(d)
+        report.pageviews = totals.get("t", 0)
+        report.anonymous_pageviews = totals.get("a", 0)
+        report.bot_hits = totals.get("b", 0)
+        report.consent = {"accepted": totals.get("ca", 0), "rejected": totals.get("cr", 0)}
+        report.visitors = self._unique([f"{M}:v:{d}" for d in days])
+        report.registered_visitors = self._unique([f"{M}:u:{d}" for d in days])
+        report.days = [
+            {"day": d, "pageviews": int(h.get("t", 0)), "visitors": int(v)}
+            for d, h, v in zip(days, hashes, rows[len(days):], strict=True)
+        ]
+        pages = sorted(named.get("p", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]
+        report.pages = [
+            {"path": path, "pageviews": n,
+             "visitors": self._unique([f"{M}:p:{d}:{path}" for d in seen["p:" + path]])}
+            for path, n in pages
+        ]
+        for attr, kind in (("browsers", "B"), ("os", "O"), ("devices", "D")):
+            counts = {
+                name: self._unique([f"{M}:{kind}:{d}:{name}" for d in seen[f"{kind}:{name}"]])
+                for name in named.get(kind, {})
+            }
+            setattr(report, attr, ranked({k: v for k, v in counts.items() if v}, "visitors"))
+        report.referrers = ranked(named.get("r", {}), "pageviews")
+        report.campaigns = ranked(named.get("c", {}), "pageviews")
+        return report
+
+    # -- visitors' rights and retention ---------------------------------------------------
+
+    def visitor_data(self, visitor_id: str) -> dict[str, Any]:
+        raw = self._call(lambda c: c.lrange(f"{self.prefix}:e:{visitor_id}", 0, -1))
+        pageviews: list[PageView] = []
+        consents: list[ConsentChoice] = []
+        for entry in map(json.loads, raw):
+            if entry[0] == "p":
+                ts, day, uid, path, ref, camp, browser, os_, device = entry[1:]
+                pageviews.append(
+                    PageView(ts, day, visitor_id, uid, path, ref, camp, browser, os_, device, False)
+                )
+            else:
+                consents.append(ConsentChoice(entry[1], entry[2], visitor_id, *entry[3:]))
+        return visitor_document(pageviews, consents)
+
+    def erase(self, visitor_id: str, user_id: str | None = None) -> int:
+        args = [self.prefix, self.mode, visitor_id, user_id or ""]
+        return int(self._script("erase", [f"{self.prefix}:e:{visitor_id}"], args))
+
+    def purge(self, before: date) -> int:
+        cut = int(before.strftime("%Y%m%d"))
+        removed = 0
+        while True:  # in slices, so that Redis is never blocked for long
+            n, more = self._script("purge", [self.prefix + ":days"], [self.prefix, cut, 200])
+            removed += int(n)
+            if not int(more):
+                return removed
