@@ -266,11 +266,17 @@ class Pipeline:
         return ok
 
     def after_fork(self) -> None:
-        """In a forked child: a new lock and thread, no inherited connections."""
+        """In a forked child: a new lock and thread, no inherited connections or events.
+
+        Events buffered before the fork stay the parent's to write; keeping a copy here
+        would write them twice.
+        """
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
+        self._buffer = deque()
+        self._pending = None
         if self._store is not None:
             self._store.after_fork()
 

@@ -191,3 +191,26 @@ def test_stats_default_range_is_the_last_30_days(make_tracker: Any) -> None:
     report = make_tracker().stats()
     assert (report.until - report.since).days == 29
     assert report.until == date.today() or (report.until - date.today()).days in (-1, 1)
+
+
+def test_a_forked_child_writes_its_own_events_and_not_the_parents(tmp_path: Path) -> None:
+    import os
+
+    url = f"sqlite:///{tmp_path}/fork.db"
+    tracker = Tracker(secret_keys=[SECRET], store=url, flush_interval=3600)
+    tracker.stats()  # the parent opens the store before forking, as with --preload
+    tracker.pipeline.add(hit(1))
+    pid = os.fork()
+    if pid == 0:  # the child: its own thread and connection; exits through atexit
+        try:
+            tracker.pipeline.add(hit(2))
+            tracker.close()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    tracker.close()
+    fresh = Tracker(secret_keys=[SECRET], store=url)
+    pages = sorted(p["path"] for p in fresh.stats().to_dict()["pages"])
+    assert pages == ["/p1", "/p2"] and fresh.stats().pageviews == 2
+    fresh.close()
