@@ -1,0 +1,72 @@
+"""Framework integrations beyond the shared scenarios: Flask's extension, server-side counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, render_template_string
+
+from trackmw import Tracker
+from trackmw.flask import CONFIG_KEYS, Tracking, current_visitor
+
+from ..conftest import SECRET
+from .harness import BROWSER_UA, Client
+
+
+def test_flask_init_app_reads_trackmw_config_keys() -> None:
+    app = Flask(__name__)
+    app.config.update(
+        TRACKMW_SECRET_KEYS=[SECRET], TRACKMW_STORE="memory://", TRACKMW_CONSENT="opt-in"
+    )
+    tracking = Tracking()
+    tracker = tracking.init_app(app)
+    assert app.extensions["trackmw"] is tracker
+    assert tracker.settings.consent == "opt-in"
+    assert "TRACKMW_COOKIE_DOMAIN" in CONFIG_KEYS
+    tracker.close()
+
+
+def test_flask_current_visitor_and_template_beacon() -> None:
+    app = Flask(__name__)
+    tracker = Tracker(secret_keys=[SECRET], store="memory://")
+    Tracking(app, tracker)
+
+    @app.route("/")
+    def home() -> str:
+        return render_template_string(
+            "{{ visitor_id }}|{{ trackmw_beacon() }}", visitor_id=current_visitor.id
+        )
+
+    response = app.test_client().get("/", headers={"user-agent": BROWSER_UA})
+    visitor_id, tag = response.get_data(as_text=True).split("|")
+    assert len(visitor_id) >= 22
+    assert tag.startswith('<img src="/_trackmw/pixel.gif?p=%2F')
+    tracker.close()
+
+
+def test_count_server_side_counts_html_responses(client_for: Any) -> None:
+    client: Client = client_for(count_server_side=True)
+    client.get("/docs")  # text/plain here: not a page
+    assert client.tracker.stats().pageviews == 0
+
+
+def test_count_server_side_counts_html_pages(make_tracker: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from trackmw.asgi import TrackingMiddleware
+
+    tracker = make_tracker(count_server_side=True)
+
+    async def page(request: Any) -> HTMLResponse:
+        return HTMLResponse("<p>hi</p>")
+
+    app = Starlette(routes=[Route("/a", page)])
+    app.add_middleware(TrackingMiddleware, tracker=tracker)
+    with TestClient(app) as c:
+        c.get("/a", headers={"user-agent": BROWSER_UA})
+        c.get("/a", headers={"user-agent": BROWSER_UA})
+    report = tracker.stats()
+    assert (report.pageviews, report.visitors) == (2, 1)
