@@ -149,6 +149,13 @@ def _header(visitor: Visitor, path: str) -> str:
     return f'<header><nav aria-label="Main">{links}</nav>{account}</header>'
 
 
+def _owner_link(tracker: Tracker) -> str:
+    if not tracker.settings.dashboard_token:  # no token: no dashboard (it answers 404)
+        return ""
+    href = escape(tracker.settings.prefix + "/dashboard", quote=True)
+    return f' · <a href="{href}">Site owner: dashboard</a>'
+
+
 def page(
     tracker: Tracker,
     visitor: Visitor,
@@ -176,7 +183,7 @@ def page(
         f"{_header(visitor, path)}{banner}"
         f"<main><h1>{escape(title)}</h1>{body}</main>"
         '<footer><a href="/privacy">Privacy statement</a> · '
-        '<a href="/settings">Privacy settings</a></footer>'
+        f'<a href="/settings">Privacy settings</a>{_owner_link(tracker)}</footer>'
         f"{visitor.beacon_tag()}</body></html>\n"
     )
 

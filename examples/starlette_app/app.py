@@ -41,9 +41,11 @@ def _html(request: Request, title: str, body: str, status: int = 200) -> HTMLRes
 
 async def _form(request: Request) -> dict[str, str] | None:
     """A small url-encoded form (no python-multipart needed), or ``None`` if too big."""
-    body = await request.body()
-    if len(body) > MAX_FORM:
-        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return None
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 

@@ -85,6 +85,20 @@ def test_static_files_get_no_cookie_work(tmp_path: Path) -> None:
     assert body
 
 
+def test_dashboard_link_only_with_a_dashboard_token(tmp_path: Path) -> None:
+    pages: dict[bool, str] = {}
+    for with_token in (False, True):
+        port = free_port()
+        token = {"DASHBOARD_TOKEN": "demo-dashboard-token-0123"} if with_token else {}
+        env = server_env(**token)
+        with running(
+            demo_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "demo.log", port=port
+        ):
+            pages[with_token] = request(port, "GET", "/about")[2].decode()
+    link = '<a href="/_trackmw/dashboard">'
+    assert link in pages[True] and link not in pages[False]
+
+
 def test_both_examples_share_one_page_module() -> None:
     # Each example directory runs on its own, so the module is copied, not imported.
     assert filecmp.cmp(FLASK_DIR / "demo_pages.py", STARLETTE_DIR / "demo_pages.py", False)
