@@ -107,7 +107,7 @@ class RedisStore(Store):
             try:
                 cls = RedisCluster if self.cluster else redis.Redis
                 client = cls.from_url(self._driver_url, **opts)
-            except (redis.RedisError, ValueError) as exc:
+            except (*_errors(), ValueError) as exc:
                 raise StoreError(f"cannot connect to {redact(self.url)}: {exc}") from exc
             self._scripts = {name: client.register_script(src) for name, src in
                              (("write", WRITE), ("union", UNION), ("erase", ERASE),
@@ -124,11 +124,9 @@ class RedisStore(Store):
         return "x" if self._uniques == "exact" else "h"
 
     def _call(self, fn: Any) -> Any:
-        from redis import RedisError
-
         try:
             return fn(self.client)
-        except RedisError as exc:
+        except _errors() as exc:
             raise StoreError(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -257,3 +255,10 @@ class RedisStore(Store):
             removed += int(n)
             if not int(more):
                 return removed
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    """redis-py's exceptions (cluster ones are not ``RedisError``), to wrap in ``StoreError``."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError)

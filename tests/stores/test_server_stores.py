@@ -1,0 +1,193 @@
+"""What only the server stores (Redis, Redis Cluster, PostgreSQL) promise beyond the suite."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+
+import pytest
+
+from tests.conftest import SECRET
+from trackmw.errors import ConfigurationError, StoreError
+from trackmw.settings import Settings
+from trackmw.stores import Store, open_store, store_class
+
+from .conftest import PG_URL, free_port
+from .data import START, events, pageview
+
+pytestmark = pytest.mark.services
+
+SERVER_STORES = ("redis", "redis-cluster", "postgresql")
+
+
+@pytest.fixture
+def server_store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
+def test_a_batch_retried_after_a_lost_reply_is_written_once(server_store: Store) -> None:
+    pvs, choices = events(n=300)
+    server_store.write(pvs, choices)
+    server_store.write(pvs, choices)  # the pipeline's retry of the very same batch
+    r = server_store.report(START, START + timedelta(days=3))
+    assert r.pageviews == sum(1 for p in pvs if not p.bot)
+    assert r.bot_hits == sum(1 for p in pvs if p.bot)
+    assert sum(r.consent.values()) == len(choices)
+    server_store.write(pvs[:1], [])  # a different batch (a prefix) is new
+    assert server_store.report(START, START + timedelta(days=3)).pageviews == r.pageviews + 1
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:{port}/0",
+    "redis+cluster://127.0.0.1:{port}",
+    "postgresql://postgres@127.0.0.1:{port}/test?schema=nothing_here",
+])
+def test_an_unreachable_server_raises_store_error(url: str) -> None:
+    store = open_store(url.format(port=free_port()))
+    try:
+        with pytest.raises(StoreError):
+            store.write([pageview(START, 1, "a")], [])
+        with pytest.raises(StoreError):
+            store.report(START, START)
+        with pytest.raises(StoreError):
+            store.visitor_data("a")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379/0?uniques=some",
+    "redis://127.0.0.1:6379/0?prefix={x}",
+    "postgresql://127.0.0.1/test?schema=drop;table",
+    "postgresql://127.0.0.1/test?pool_size=0",
+])
+def test_a_bad_store_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        store_class(url)
+
+
+@pytest.mark.parametrize("store_kind", ["redis-hll"])
+def test_hyperloglog_visitors_stay_within_two_percent(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        n = 5_000
+        pvs = [pageview(START, i % 86400, f"visitor-{i}", f"/p{i % 3}") for i in range(n)]
+        for i in range(0, n, 1000):
+            store.write(pvs[i:i + 1000], [])
+        r = store.report(START, START)
+        assert r.pageviews == n
+        assert abs(r.visitors - n) <= n * 0.02
+        assert all(abs(p["visitors"] - n / 3) <= n / 3 * 0.02 for p in r.pages)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+def test_without_settings_redis_reads_the_unique_mode_its_writers_chose(store_url: str) -> None:
+    writer = open_store(store_url)  # uniques=exact in the URL
+    writer.write([pageview(START, 1, "a"), pageview(START, 2, "b")], [])
+    writer.close()
+    reader = open_store(store_url.replace("&uniques=exact", ""))  # as the CLI would
+    try:
+        assert reader.report(START, START).visitors == 2
+        assert reader.mode == "x"  # type: ignore[attr-defined]
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "redis-hll"])
+def test_redis_keys_expire_after_the_retention_period(store_url: str) -> None:
+    settings = Settings(secret_keys=(SECRET,), store=store_url, retention_days=30)
+    store = open_store(store_url, settings)
+    try:
+        day = date.today()
+        store.write([pageview(day, 5, "a", "/x")], [])
+        client = store.client  # type: ignore[attr-defined]
+        prefix = store.prefix  # type: ignore[attr-defined]
+        keys = list(client.scan_iter(match=prefix + "*"))
+        day_keys = [k for k in keys if day.isoformat() in k]
+        assert len(day_keys) >= 5  # the counters and every unique-count key of the day
+        midnight = datetime(day.year, day.month, day.day).timestamp()
+        for key in day_keys:
+            expires = client.expiretime(key)
+            assert midnight + 30 * 86400 < expires <= midnight + 32 * 86400, key
+        assert 30 * 86400 < client.ttl(f"{prefix}:e:a") <= 31 * 86400
+    finally:
+        store.close()
+
+
+def _write_in_child(url: str, visitor: str, queue: multiprocessing.Queue[str]) -> None:
+    try:
+        store = open_store(url)
+        store.write([pageview(START, 7, visitor)], [])
+        store.close()
+        queue.put("ok")
+    except BaseException as exc:  # reported to the parent
+        queue.put(repr(exc))
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_schema_is_created_once_by_racing_processes(store_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[str] = ctx.Queue()
+    procs = [ctx.Process(target=_write_in_child, args=(store_url, f"p{i}", queue))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert results == ["ok"] * 4
+    store = open_store(store_url)
+    try:
+        assert store.report(START, START).visitors == 4
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql", "redis"])
+def test_a_forked_child_never_uses_its_parents_connections(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        store.write([pageview(START, 1, "parent")], [])
+        pid = os.fork()
+        if pid == 0:  # the child: its own connections, then exit without cleanup
+            code = 1
+            try:
+                store.write([pageview(START, 2, "child")], [])
+                code = 0 if store.report(START, START).visitors == 2 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's pooled connections still work after the child came and went.
+        store.write([pageview(START, 3, "parent-again")], [])
+        assert store.report(START, START).visitors == 3
+    finally:
+        store.close()
+
+
+def test_postgres_url_schema_isolates_sites() -> None:
+    from .conftest import postgres_up
+    from tests.conftest import need_service
+
+    need_service(postgres_up(), f"no PostgreSQL at {PG_URL}")
+    import psycopg
+
+    names = [f"iso_{os.getpid()}_{i}" for i in range(2)]
+    stores = [open_store(f"{PG_URL}?schema={n}") for n in names]
+    try:
+        stores[0].write([pageview(START, 1, "a")], [])
+        assert stores[1].report(START, START).pageviews == 0
+        assert stores[0].report(START, START).pageviews == 1
+    finally:
+        for s in stores:
+            s.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            for n in names:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{n}" CASCADE')
