@@ -31,7 +31,10 @@ def _html(title: str, body: str, status: int = 200) -> Response:
 
 
 def _foreign() -> bool:
-    return not pages.same_origin_post(request.headers, request.host, request.scheme)
+    headers = request.headers
+    return not pages.same_origin_post(
+        headers.get("origin"), headers.get("referer"), request.host, request.scheme
+    )
 
 
 def _see_other(location: str) -> Response:

@@ -50,8 +50,10 @@ async def _form(request: Request) -> dict[str, str] | None:
 
 
 def _foreign(request: Request) -> bool:
-    host = request.headers.get("host", "")
-    return not pages.same_origin_post(request.headers, host, request.url.scheme)
+    headers = request.headers
+    return not pages.same_origin_post(
+        headers.get("origin"), headers.get("referer"), headers.get("host", ""), request.url.scheme
+    )
 
 
 async def content(request: Request) -> Response:
