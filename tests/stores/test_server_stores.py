@@ -9,12 +9,12 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from tests.conftest import SECRET
+from tests.conftest import SECRET, need_service
 from trackmw.errors import ConfigurationError, StoreError
 from trackmw.settings import Settings
 from trackmw.stores import Store, open_store, store_class
 
-from .conftest import PG_URL, free_port
+from .conftest import PG_URL, free_port, postgres_up
 from .data import START, events, pageview
 
 pytestmark = pytest.mark.services
@@ -173,9 +173,6 @@ def test_a_forked_child_never_uses_its_parents_connections(store_url: str) -> No
 
 
 def test_postgres_url_schema_isolates_sites() -> None:
-    from .conftest import postgres_up
-    from tests.conftest import need_service
-
     need_service(postgres_up(), f"no PostgreSQL at {PG_URL}")
     import psycopg
 
