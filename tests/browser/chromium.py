@@ -9,6 +9,7 @@ from pathlib import Path
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import need_service
+from tests.servers.running import ARTIFACTS
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = (
@@ -44,3 +45,9 @@ def beacon_size(page: Page) -> tuple[int, int]:
     )
     size = page.eval_on_selector(BEACON, "i => [i.naturalWidth, i.naturalHeight]")
     return int(size[0]), int(size[1])
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save the whole page as ``tests/artifacts/<name>.png`` (a test artefact)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page
 
-from tests.browser.chromium import beacon_size, chromium
+from tests.browser.chromium import beacon_size, chromium, screenshot
 from tests.conftest import SECRET
 from tests.servers.running import (
-    ARTIFACTS,
     UVICORN_DONE,
     free_port,
     report_via_tracker,
@@ -45,7 +44,6 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     port = free_port()
     env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
     with running(
         uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
@@ -59,7 +57,7 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path) -> None:
         assert banner.is_visible()
         assert beacon_size(page) == (1, 1)
         assert "trackmw_id" in _names(context)
-        page.screenshot(path=str(ARTIFACTS / "browser_consent_banner.png"), full_page=True)
+        screenshot(page, "browser_consent_banner")
 
         # Reject: back on the same page, no tracking cookie, no banner.
         _click_and_land(page, "Reject", base + "/")
@@ -79,7 +77,7 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path) -> None:
         _click_and_land(page, "Accept cookies", base + "/settings")
         assert "trackmw_id" in _names(context)
         assert "Visit counting: allowed." in page.inner_text("main")
-        page.screenshot(path=str(ARTIFACTS / "browser_consent_settings.png"), full_page=True)
+        screenshot(page, "browser_consent_settings")
         context.close()
 
         server.stop()

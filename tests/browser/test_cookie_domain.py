@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page
 
-from tests.browser.chromium import beacon_size, chromium
+from tests.browser.chromium import beacon_size, chromium, screenshot
 from tests.conftest import SECRET
 from tests.servers.running import (
-    ARTIFACTS,
     UVICORN_DONE,
     free_port,
     report_via_tracker,
@@ -53,7 +52,6 @@ def test_cookie_domain_spans_subdomains_only(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     port = free_port()
     env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db), COOKIE_DOMAIN="example.test")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with running(
         uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
     ) as server, chromium(HOST_RULES) as browser:
@@ -74,7 +72,7 @@ def test_cookie_domain_spans_subdomains_only(tmp_path: Path) -> None:
         assert f"trackmw_id={cookie['value']}" in _sent_cookie(page, shop)
         assert beacon_size(page) == (1, 1)
         assert _me(page)["id"] == visitor
-        page.screenshot(path=str(ARTIFACTS / "browser_cookie_domain_shop.png"), full_page=True)
+        screenshot(page, "browser_cookie_domain_shop")
 
         other = f"http://other.test:{port}/"
         assert not [c for c in context.cookies(other) if c["name"] == "trackmw_id"]
@@ -83,7 +81,7 @@ def test_cookie_domain_spans_subdomains_only(tmp_path: Path) -> None:
         own = [c for c in context.cookies(other) if c["name"] == "trackmw_id"]
         assert [c["domain"] for c in own] == ["other.test"]  # a host-only cookie of its own
         assert _me(page)["id"] not in (None, visitor)
-        page.screenshot(path=str(ARTIFACTS / "browser_cookie_domain_other.png"), full_page=True)
+        screenshot(page, "browser_cookie_domain_other")
         context.close()
 
         server.stop()
@@ -94,3 +92,30 @@ def test_cookie_domain_spans_subdomains_only(tmp_path: Path) -> None:
     assert report["pages"] == [{"path": "/", "pageviews": 3, "visitors": 2}]
     assert [b["visitors"] for b in report["browsers"]] == [2]  # (Headless)Chrome
     assert report["devices"] == [{"name": "desktop", "visitors": 2}]
+
+
+def test_reject_on_a_subdomain_deletes_the_domain_cookie(tmp_path: Path) -> None:
+    port = free_port()
+    env = server_env(
+        SECRET_KEYS=SECRET, STORE=sqlite_url(tmp_path / "store.db"), COOKIE_DOMAIN="example.test"
+    )
+    with running(
+        uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
+    ), chromium(HOST_RULES) as browser:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"http://www.example.test:{port}/")
+        assert [c["domain"] for c in context.cookies() if c["name"] == "trackmw_id"] == [
+            ".example.test"
+        ]
+        # Reject on another subdomain: the deletion must carry the same Domain to work.
+        page.goto(f"http://shop.example.test:{port}/")
+        with page.expect_navigation(url=f"http://shop.example.test:{port}/"):
+            page.get_by_role("button", name="Reject", exact=True).click()
+        names = {(c["name"], c["domain"]) for c in context.cookies()}
+        assert ("trackmw_consent", ".example.test") in names
+        assert not [name for name, _ in names if name == "trackmw_id"]
+        page.goto(f"http://www.example.test:{port}/")
+        assert page.get_by_role("region", name="Cookies").count() == 0  # the choice is shared
+        screenshot(page, "browser_cookie_domain_reject")
+        context.close()
