@@ -115,6 +115,7 @@ def _run_and_count(
 
 def test_flask_example_under_gunicorn_two_workers_counts_exactly(tmp_path: Path) -> None:
     _run_and_count(tmp_path, lambda port: gunicorn_argv(port, workers=2), GUNICORN_DONE)
+    assert (tmp_path / "server.log").read_text().count("Booting worker with pid") == 2
 
 
 def test_starlette_example_under_uvicorn_counts_exactly(tmp_path: Path) -> None:
