@@ -281,3 +281,38 @@ def test_an_oversize_cookie_value_is_not_verified(make_tracker: Callable[..., Tr
     )
     assert len(big) > MAX_COOKIE_VALUE
     assert tracker.core.visitor(describe_request(f"trackmw_id={big}")).is_new is True
+
+
+@pytest.mark.parametrize("cookie", ["trackmw_consent", "trackmw_prefs"])
+def test_every_cookie_signed_with_an_older_key_is_reissued(
+    kind: str, make_tracker: Callable[..., Tracker], cookie: str
+) -> None:
+    """SPEC: a cookie signed with an older key "verifies and is re-issued signed with the
+    newest key": otherwise the next rotation drops it, and with it the visitor's choice."""
+    old = Client(kind, make_tracker(secret_keys=[OLD_SECRET]))
+    old.get("/?do=reject" if cookie == "trackmw_consent" else "/?do=pref")
+    old_value = old.jar[cookie]
+    rotated = Client(kind, make_tracker(secret_keys=[SECRET, OLD_SECRET]))
+    result = rotated.get("/", cookie=f"{cookie}={old_value}", use_jar=False)
+    assert cookie in result.cookies, f"{cookie} signed with the old key was not re-issued"
+    salt = "trackmw.consent" if cookie == "trackmw_consent" else "trackmw.prefs"
+    assert CookieSigner([SECRET], salt, 3600).loads(result.cookies[cookie]["value"]) is not None
+
+
+def test_a_rejection_survives_two_key_rotations_of_a_returning_visitor(
+    kind: str, make_tracker: Callable[..., Tracker]
+) -> None:
+    """Keys K1 -> (K2, K1) -> (K3, K2): a visitor who rejected under K1 and came back
+    under (K2, K1) must still be a rejecting visitor under (K3, K2)."""
+    k1, k2, k3 = ("key-one-0123456789", "key-two-0123456789", "key-three-0123456789")
+    browser = Client(kind, make_tracker(secret_keys=[k1]))
+    browser.get("/?do=reject")
+    assert "trackmw_consent" in browser.jar
+    second = Client(kind, make_tracker(secret_keys=[k2, k1]))
+    second.jar = browser.jar
+    assert second.page("/")[1]["analytics"] is False
+    third = Client(kind, make_tracker(secret_keys=[k3, k2]))
+    third.jar = browser.jar
+    _, seen = third.page("/")
+    assert (seen["analytics"], seen["decided"], seen["id"]) == (False, True, None)
+    assert "trackmw_id" not in browser.jar
