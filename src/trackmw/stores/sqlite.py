@@ -5,11 +5,12 @@ The file is opened in WAL mode (readers never block the writer), each batch is o
 up to ``busy_timeout``), so several gunicorn workers can write one file. A batch that
 still cannot get the lock raises ``StoreError`` and the pipeline retries it whole.
 
-Reports read from two small tables kept up to date in the same transaction as the
-events (daily rollups): ``daily_visitors`` (one row per visitor and day, with its
-browser, OS and device) and ``daily_counts`` (page views per day and dimension).
-The raw ``pageviews`` table is kept for what rollups cannot answer: a visitor's own
-data, erasure and distinct counts per page.
+Reports never read the raw events. Rollups kept up to date in the same transaction
+as the events answer them: ``daily_counts`` (page views per day and dimension: totals,
+pages, referrers, campaigns) and the link tables of ``sqlite_uniques`` (exact distinct
+visitors and users, overall, per day, per page, browser, OS and device, over any range
+of days). A 30-day report over a million events reads a few thousand small rows. The
+raw ``pageviews`` table is kept for a visitor's own data, erasure and rebuilding.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from .base import Store
 from .memory import visitor_document
+from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques, memberships
+from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: distinct counts from uniq_* link tables instead of daily_visitors
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pageviews (
@@ -45,8 +48,8 @@ CREATE TABLE IF NOT EXISTS pageviews (
     device TEXT,
     bot INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS pageviews_day_path ON pageviews (day, path);
 CREATE INDEX IF NOT EXISTS pageviews_visitor ON pageviews (visitor_id) WHERE visitor_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS daily_counts (
     day TEXT NOT NULL,
     kind TEXT NOT NULL,      -- 'total', 'anonymous', 'bot', 'referrer', 'campaign', 'page'
@@ -54,17 +57,6 @@ CREATE TABLE IF NOT EXISTS daily_counts (
     pageviews INTEGER NOT NULL,
     PRIMARY KEY (day, kind, name)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS daily_visitors (
-    day TEXT NOT NULL,
-    visitor_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,   -- '' when no user is linked
-    browser TEXT,
-    os TEXT,
-    device TEXT,
-    pageviews INTEGER NOT NULL,
-    PRIMARY KEY (day, visitor_id, user_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS daily_visitors_visitor ON daily_visitors (visitor_id);
 CREATE TABLE IF NOT EXISTS consents (
     ts REAL NOT NULL,
     day TEXT NOT NULL,
@@ -91,6 +83,7 @@ class SQLiteStore(Store):
         self.path = self.path_of(url)
         self._local = threading.local()
         self._schema_ready = False
+        self._uniques = Uniques()
         self._pid = os.getpid()
 
     @staticmethod
@@ -132,20 +125,32 @@ class SQLiteStore(Store):
     def _connections(self) -> list[sqlite3.Connection]:
         conns: list[sqlite3.Connection] | None = getattr(self, "_all_conns", None)
         if conns is None:
-            conns = self._all_conns = []
+            conns = []
+            self._all_conns = conns
         return conns
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executescript("SAVEPOINT schema;" + _SCHEMA + "RELEASE schema;")
+            # One statement at a time: executescript() would commit the transaction first.
+            for statement in (_SCHEMA + UNIQUES_SCHEMA).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and row[0] == "1":
+                # Schema 1 counted distinct visitors from daily_visitors: rebuild the links.
+                conn.execute("DROP INDEX IF EXISTS pageviews_day_path")
+                conn.execute("DROP TABLE IF EXISTS daily_visitors")
+                self._uniques.rebuild_all(conn)
             conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
             conn.execute("COMMIT")
+            self._uniques.committed(True)
         except BaseException:
             conn.execute("ROLLBACK")
+            self._uniques.committed(False)
             raise
         self._schema_ready = True
 
@@ -170,22 +175,14 @@ class SQLiteStore(Store):
         if not pageviews and not consents:
             return
         counts: dict[tuple[str, str, str], int] = {}
-        visitors: dict[tuple[str, str, str], list[Any]] = {}
         for pv in pageviews:
-            day = pv.day
             if pv.bot:
-                key = (day, "bot", "")
+                key = (pv.day, "bot", "")
                 counts[key] = counts.get(key, 0) + 1
                 continue
             for key in _count_keys(pv):
                 counts[key] = counts.get(key, 0) + 1
-            if pv.visitor_id is not None:
-                vkey = (day, pv.visitor_id, pv.user_id or "")
-                row = visitors.get(vkey)
-                if row is None:
-                    visitors[vkey] = [*vkey, pv.browser, pv.os, pv.device, 1]
-                else:
-                    row[6] += 1
+        visits = memberships(pageviews)
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -198,19 +195,16 @@ class SQLiteStore(Store):
                     "DO UPDATE SET pageviews = pageviews + excluded.pageviews",
                     [(d, k, n, c) for (d, k, n), c in counts.items()],
                 )
-                conn.executemany(
-                    "INSERT INTO daily_visitors VALUES (?,?,?,?,?,?,?) "
-                    "ON CONFLICT (day, visitor_id, user_id) DO UPDATE SET "
-                    "pageviews = pageviews + excluded.pageviews",
-                    list(visitors.values()),
-                )
+                self._uniques.add(conn, visits)
                 conn.executemany(
                     "INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents
                 )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._uniques.committed(False)
                 raise
+            self._uniques.committed(True)
         except sqlite3.Error as exc:
             raise StoreError(f"writing to {self.path} failed: {exc}") from exc
 
@@ -223,85 +217,73 @@ class SQLiteStore(Store):
             raise StoreError(f"reading {self.path} failed: {exc}") from exc
 
     def report(self, since: date, until: date) -> Report:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")  # one snapshot for every query of the report
+            try:
+                return self._report(conn, since, until)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading {self.path} failed: {exc}") from exc
+
+    def _report(self, conn: sqlite3.Connection, since: date, until: date) -> Report:
         lo, hi = since.isoformat(), until.isoformat()
-        span = (lo, hi)
         report = Report(since=since, until=until)
-        totals = dict(
-            self._read(
-                "SELECT kind, sum(pageviews) FROM daily_counts WHERE day BETWEEN ? AND ? "
-                "AND kind IN ('total', 'anonymous', 'bot') GROUP BY kind",
-                span,
-            )
-        )
-        report.pageviews = totals.get("total") or 0
-        report.anonymous_pageviews = totals.get("anonymous") or 0
-        report.bot_hits = totals.get("bot") or 0
-        (report.visitors, report.registered_visitors), = self._read(
-            "SELECT count(DISTINCT visitor_id), count(DISTINCT nullif(user_id, '')) "
-            "FROM daily_visitors "
-            "WHERE day BETWEEN ? AND ?",
-            span,
-        )
-        day_pv = dict(
-            self._read(
-                "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN ? AND ? "
-                "AND kind = 'total'",
-                span,
-            )
-        )
-        day_vis = dict(
-            self._read(
-                "SELECT day, count(DISTINCT visitor_id) FROM daily_visitors "
-                "WHERE day BETWEEN ? AND ? GROUP BY day",
-                span,
-            )
-        )
-        report.days = [
-            {"day": d, "pageviews": day_pv.get(d, 0), "visitors": day_vis.get(d, 0)}
-            for d in (x.isoformat() for x in day_range(since, until))
-        ]
-        pages = self._read(
+        counts: dict[str, dict[str, int]] = {}
+        for kind, name, n in conn.execute(
+            "SELECT kind, name, sum(pageviews) FROM daily_counts WHERE day BETWEEN ? AND ? "
+            "AND kind IN ('total', 'anonymous', 'bot', 'referrer', 'campaign') "
+            "GROUP BY kind, name",
+            (lo, hi),
+        ):
+            counts.setdefault(kind, {})[name] = n
+        report.pageviews = counts.get("total", {}).get("", 0)
+        report.anonymous_pageviews = counts.get("anonymous", {}).get("", 0)
+        report.bot_hits = counts.get("bot", {}).get("", 0)
+        report.referrers = ranked(counts.get("referrer", {}), "pageviews")
+        report.campaigns = ranked(counts.get("campaign", {}), "pageviews")
+        day_pv = dict(conn.execute(
+            "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN ? AND ? "
+            "AND kind = 'total' AND name = ''",
+            (lo, hi),
+        ).fetchall())
+        pages = conn.execute(
             "SELECT name, sum(pageviews) AS n FROM daily_counts WHERE day BETWEEN ? AND ? "
             "AND kind = 'page' GROUP BY name ORDER BY n DESC, name LIMIT ?",
             (lo, hi, TOP_N),
-        )
-        page_visitors = self._page_visitors(lo, hi, [p for p, _ in pages])
+        ).fetchall()
+        uniques = self._uniques
+        dims = uniques.dims(conn, ("visitors", "users", "browser", "os", "device"))
+        page_dims = uniques.page_dims(conn, [path for path, _ in pages])
+        distinct = uniques.count(conn, [*dims, *page_dims], since, until)
+        by_kind: dict[str, dict[str, int]] = {}
+        for dim, (kind, name) in dims.items():
+            if dim in distinct:
+                by_kind.setdefault(kind, {})[name] = distinct[dim]
+        report.visitors = by_kind.get(ALL_VISITORS[0], {}).get("", 0)
+        report.registered_visitors = by_kind.get(ALL_USERS[0], {}).get("", 0)
+        report.browsers = ranked(by_kind.get("browser", {}), "visitors")
+        report.os = ranked(by_kind.get("os", {}), "visitors")
+        report.devices = ranked(by_kind.get("device", {}), "visitors")
+        page_visitors = {path: distinct.get(dim, 0) for dim, path in page_dims.items()}
         report.pages = [
             {"path": path, "pageviews": n, "visitors": page_visitors.get(path, 0)}
             for path, n in pages
         ]
-        for attr, column in (("browsers", "browser"), ("os", "os"), ("devices", "device")):
-            rows = self._read(
-                f"SELECT {column}, count(DISTINCT visitor_id) FROM daily_visitors "  # noqa: S608
-                f"WHERE day BETWEEN ? AND ? AND {column} IS NOT NULL GROUP BY {column}",
-                span,
-            )
-            setattr(report, attr, ranked(dict(rows), "visitors"))
-        for attr, kind in (("referrers", "referrer"), ("campaigns", "campaign")):
-            rows = self._read(
-                "SELECT name, sum(pageviews) FROM daily_counts WHERE day BETWEEN ? AND ? "
-                "AND kind = ? GROUP BY name",
-                (lo, hi, kind),
-            )
-            setattr(report, attr, ranked(dict(rows), "pageviews"))
-        (accepted, rejected), = self._read(
+        all_dim = next((d for d, key in dims.items() if key == ALL_VISITORS), None)
+        day_vis = uniques.per_day(conn, all_dim, since, until) if all_dim is not None else {}
+        report.days = [
+            {"day": d, "pageviews": day_pv.get(d, 0), "visitors": day_vis.get(d, 0)}
+            for d in (x.isoformat() for x in day_range(since, until))
+        ]
+        (accepted, rejected), = conn.execute(
             "SELECT coalesce(sum(analytics), 0), coalesce(sum(1 - analytics), 0) "
             "FROM consents WHERE day BETWEEN ? AND ?",
-            span,
-        )
+            (lo, hi),
+        ).fetchall()
         report.consent = {"accepted": accepted, "rejected": rejected}
         return report
-
-    def _page_visitors(self, lo: str, hi: str, paths: list[str]) -> dict[str, int]:
-        if not paths:
-            return {}
-        marks = ",".join("?" * len(paths))
-        rows = self._read(
-            "SELECT path, count(DISTINCT visitor_id) FROM pageviews "  # noqa: S608
-            f"WHERE day BETWEEN ? AND ? AND bot = 0 AND path IN ({marks}) GROUP BY path",
-            (lo, hi, *paths),
-        )
-        return dict(rows)
 
     # -- visitors' rights and retention ---------------------------------------------------
 
@@ -309,8 +291,11 @@ class SQLiteStore(Store):
         rows = self._read("SELECT * FROM pageviews WHERE visitor_id = ?", (visitor_id,))
         choices = self._read("SELECT * FROM consents WHERE visitor_id = ?", (visitor_id,))
         return visitor_document(
-            [PageView(*r[:10], bool(r[10])) for r in rows],
-            [ConsentChoice(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], bool(r[6]), bool(r[7])) for r in choices],
+            [PageView._make((*r[:10], bool(r[10]))) for r in rows],
+            [
+                ConsentChoice._make((*r[:3], *map(bool, r[3:5]), r[5], *map(bool, r[6:8])))
+                for r in choices
+            ],
         )
 
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:
@@ -323,13 +308,20 @@ class SQLiteStore(Store):
                 args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
                 # Page views leave the rollups too, so the report is as if they never were.
                 victims = conn.execute(
-                    f"SELECT day, path, referrer, campaign, visitor_id, bot FROM pageviews WHERE {who}",  # noqa: S608
+                    "SELECT day, path, referrer, campaign, visitor_id, user_id, bot "  # noqa: S608
+                    f"FROM pageviews WHERE {who}",
                     args,
                 ).fetchall()
                 counts: dict[tuple[str, str, str], int] = {}
-                for day, path, referrer, campaign, vid, bot in victims:
+                # Chains to recompute: the visitor's, its users', and (when a user is
+                # erased) those of the user's other visitors.
+                visitors = {visitor_id} | {v[4] for v in victims if v[4] is not None}
+                users = {v[5] for v in victims if v[5]} | ({user_id} if user_id else set())
+                for day, path, referrer, campaign, vid, _, bot in victims:
                     keys = [(day, "bot", "")] if bot else _count_keys(
-                        PageView(0, day, vid, None, path, referrer, campaign, None, None, None, False)
+                        PageView(
+                            0, day, vid, None, path, referrer, campaign, None, None, None, False
+                        )
                     )
                     for key in keys:
                         counts[key] = counts.get(key, 0) + 1
@@ -340,14 +332,16 @@ class SQLiteStore(Store):
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
                 removed += conn.execute(f"DELETE FROM pageviews WHERE {who}", args).rowcount  # noqa: S608
-                conn.execute(f"DELETE FROM daily_visitors WHERE {who}", args)  # noqa: S608
+                self._uniques.rebuild(conn, sorted(visitors), sorted(users))
                 removed += conn.execute(
                     "DELETE FROM consents WHERE visitor_id = ?", (visitor_id,)
                 ).rowcount
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._uniques.committed(False)
                 raise
+            self._uniques.committed(True)
         except sqlite3.Error as exc:
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
         return removed
@@ -361,7 +355,7 @@ class SQLiteStore(Store):
                 removed = conn.execute("DELETE FROM pageviews WHERE day < ?", (cut,)).rowcount
                 removed += conn.execute("DELETE FROM consents WHERE day < ?", (cut,)).rowcount
                 conn.execute("DELETE FROM daily_counts WHERE day < ?", (cut,))
-                conn.execute("DELETE FROM daily_visitors WHERE day < ?", (cut,))
+                self._uniques.purge(conn, before)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
