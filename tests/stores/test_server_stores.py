@@ -49,6 +49,7 @@ def test_a_batch_retried_after_a_lost_reply_is_written_once(server_store: Store)
 ])
 def test_an_unreachable_server_raises_store_error(url: str) -> None:
     store = open_store(url.format(port=free_port()))
+    store.connect_timeout = 1.0  # type: ignore[attr-defined]  # (PostgreSQL's pool wait)
     try:
         with pytest.raises(StoreError):
             store.write([pageview(START, 1, "a")], [])

@@ -8,11 +8,12 @@ device), so counts are exact and reports read small tables.
 - Schema: created on first use under ``pg_advisory_xact_lock``, so many processes can
   start at once. The tables live in the schema named by ``?schema=name`` (default
   ``trackmw``); the parameter is stripped before the URL reaches libpq.
-- Writes: one transaction per batch: page views and consents by ``COPY``, rollups by one
-  ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`` each, rows in key order so that
-  concurrent writers lock them in the same order (no deadlocks). The batch's content hash
-  goes into ``batches`` first: a batch retried after its commit reply was lost is
-  recognised and written once.
+- Writes: one transaction per batch: page views are copied (``COPY``) into a temporary
+  staging table, from which the server inserts them and computes the rollups
+  (``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE``), rows in key order so that
+  concurrent writers lock them in the same order (no deadlocks); consents by ``COPY``.
+  The batch's content hash goes into ``batches`` first: a batch retried after its commit
+  reply was lost is recognised and written once.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
   before use so a restarted server is reconnected to. ``after_fork`` drops the pool
   without closing it, so a forked child never touches its parent's sockets.
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
@@ -68,17 +69,30 @@ CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id)
 """
 _PV_COLS = "ts, day, visitor_id, user_id, path, referrer, campaign, browser, os, device, bot"
 _CC_COLS = "ts, day, visitor_id, analytics, preferences, policy_version, minor, guardian"
-_UPSERT_COUNTS = (
-    "INSERT INTO daily_counts SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], "
-    "%s::bigint[]) ORDER BY 1, 2, 3 ON CONFLICT (day, kind, name) "
-    "DO UPDATE SET pageviews = daily_counts.pageviews + excluded.pageviews"
-)
-_UPSERT_VISITORS = (
-    "INSERT INTO daily_visitors SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::bigint[]) ORDER BY 1, 2, 3 "
-    "ON CONFLICT (day, visitor_id, user_id) "
-    "DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews"
-)
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS trackmw_stage (
+    ts double precision, day date, visitor_id text, user_id text, path text, referrer text,
+    campaign text, browser text, os text, device text, bot boolean) ON COMMIT DELETE ROWS
+"""
+# The rollups of one batch, computed by the server from the staged rows, in key order so
+# that concurrent writers lock rollup rows in the same order.
+_ROLLUP_COUNTS = """
+INSERT INTO daily_counts
+SELECT s.day, k.kind, k.name, count(*) FROM trackmw_stage s CROSS JOIN LATERAL (VALUES
+    ('bot', '', s.bot), ('total', '', NOT s.bot), ('page', s.path, NOT s.bot),
+    ('anonymous', '', NOT s.bot AND s.visitor_id IS NULL),
+    ('referrer', s.referrer, NOT s.bot AND coalesce(s.referrer, '') <> ''),
+    ('campaign', s.campaign, NOT s.bot AND coalesce(s.campaign, '') <> '')
+) AS k(kind, name, yes) WHERE k.yes GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+ON CONFLICT (day, kind, name) DO UPDATE SET pageviews = daily_counts.pageviews + excluded.pageviews
+"""
+_ROLLUP_VISITORS = """
+INSERT INTO daily_visitors
+SELECT day, visitor_id, coalesce(user_id, ''), min(browser), min(os), min(device), count(*)
+FROM trackmw_stage WHERE NOT bot AND visitor_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+ON CONFLICT (day, visitor_id, user_id)
+DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews
+"""
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _orphans: list[Any] = []  # pools inherited over fork: never used, never closed, never freed
 
@@ -96,6 +110,7 @@ class PostgresStore(Store):
         self._schema_ready = False
         self._pid = os.getpid()
         self._writes = 0
+        self._token = uuid.uuid4().hex  # batch ids of different processes never collide
 
     @staticmethod
     def _parse(url: str) -> tuple[str, str, int]:
@@ -195,21 +210,8 @@ class PostgresStore(Store):
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         if not pageviews and not consents:
             return
-        pageviews, consents = list(pageviews), list(consents)
-        batch_id = hashlib.blake2b(
-            pickle.dumps((pageviews, consents), protocol=5), digest_size=16).hexdigest()
-        counts: dict[tuple[str, str, str], int] = {}
-        visitors: dict[tuple[str, str, str], list[Any]] = {}
-        for pv in pageviews:
-            for key in _count_keys(pv):
-                counts[key] = counts.get(key, 0) + 1
-            if pv.visitor_id is not None and not pv.bot:
-                vkey = (pv.day, pv.visitor_id, pv.user_id or "")
-                row = visitors.get(vkey)
-                if row is None:
-                    visitors[vkey] = [pv.browser, pv.os, pv.device, 1]
-                else:
-                    row[3] += 1
+        # Same content, same id: a retry of this batch (from this process) is recognised.
+        batch_id = f"{self._token}:{hash((tuple(pageviews), tuple(consents))) & (2**64 - 1):x}"
         with self._connection() as conn:
             cur = conn.execute(
                 "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING", (batch_id,))
@@ -219,19 +221,17 @@ class PostgresStore(Store):
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
             if pageviews:
-                with cur.copy(f"COPY pageviews ({_PV_COLS}) FROM STDIN") as copy:
+                cur.execute(_STAGE)
+                with cur.copy(f"COPY trackmw_stage ({_PV_COLS}) FROM STDIN") as copy:
                     for pv in pageviews:
                         copy.write_row(pv)
+                cur.execute(f"INSERT INTO pageviews ({_PV_COLS}) SELECT * FROM trackmw_stage")
+                cur.execute(_ROLLUP_COUNTS)
+                cur.execute(_ROLLUP_VISITORS)
             if consents:
                 with cur.copy(f"COPY consents ({_CC_COLS}) FROM STDIN") as copy:
                     for choice in consents:
                         copy.write_row(choice)
-            if counts:
-                cur.execute(_UPSERT_COUNTS, [list(c) for c in zip(
-                    *((*k, n) for k, n in counts.items()), strict=True)])
-            if visitors:
-                cur.execute(_UPSERT_VISITORS, [list(c) for c in zip(
-                    *((*k, *v) for k, v in visitors.items()), strict=True)])
 
     # -- reading -----------------------------------------------------------------------
 

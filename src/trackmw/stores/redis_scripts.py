@@ -15,74 +15,104 @@ local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 if not redis.call('SET', P .. ':batch:' .. ARGV[2], '1', 'NX', 'EX', 86400) then return -1 end
 local batch, null = cjson.decode(ARGV[1]), cjson.null
 local U = P .. ':' .. mode
-local incr, sets, lists, firsts, keyday = {}, {}, {}, {}, {}
-local function bump(day, field)
-  local k = P .. ':d:' .. day
-  local h = incr[k]; if not h then h = {}; incr[k] = h; keyday[k] = day end
-  h[field] = (h[field] or 0) + 1
+-- Aggregate first, in tables keyed by plain values (no string building per event) ...
+local days, lists, firsts, users = {}, {}, {}, {}
+local function of(day)
+  local d = days[day]
+  if not d then
+    d = {t = 0, a = 0, b = 0, ca = 0, cr = 0, v = {}, u = {},
+         p = {}, r = {}, c = {}, B = {}, O = {}, D = {},
+         pv = {}, Bv = {}, Ov = {}, Dv = {}, num = tonumber((string.gsub(day, '-', '')))}
+    days[day] = d
+  end
+  return d
 end
-local function member(day, key, m)
-  local s = sets[key]; if not s then s = {}; sets[key] = s; keyday[key] = day end
-  s[m] = true
-end
-local function push(vid, day, entry)
-  local k = P .. ':e:' .. vid
-  local l = lists[k]; if not l then l = {}; lists[k] = l end
+local function push(vid, num, entry)
+  local l = lists[vid]
+  if not l then l = {}; lists[vid] = l end
   l[#l + 1] = cjson.encode(entry)
-  local n = tonumber((string.gsub(day, '-', '')))
-  if not firsts[vid] or n < firsts[vid] then firsts[vid] = n end
+  if not firsts[vid] or num < firsts[vid] then firsts[vid] = num end
+end
+local function member(t, name, vid)
+  local s = t[name]
+  if not s then s = {}; t[name] = s end
+  s[vid] = true
 end
 for _, e in ipairs(batch.p) do
-  local day, vid, uid, path = e[2], e[3], e[4], e[5]
-  if e[11] then bump(day, 'b') else
-    bump(day, 't'); bump(day, 'p:' .. path)
-    if e[6] ~= null then bump(day, 'r:' .. e[6]) end
-    if e[7] ~= null then bump(day, 'c:' .. e[7]) end
-    if vid == null then bump(day, 'a') else
-      member(day, U .. ':v:' .. day, vid)
-      member(day, U .. ':p:' .. day .. ':' .. path, vid)
-      if uid ~= null then
-        member(day, U .. ':u:' .. day, uid)
-        member(nil, P .. ':usr:' .. uid, vid)
-      end
-      for i, c in ipairs({'B', 'O', 'D'}) do
-        local name = e[7 + i]
-        if name ~= null then
-          bump(day, c .. ':' .. name)
-          member(day, U .. ':' .. c .. ':' .. day .. ':' .. name, vid)
-        end
-      end
-      push(vid, day, {'p', e[1], day, uid, path, e[6], e[7], e[8], e[9], e[10]})
+  local day = e[2]
+  local d = of(day)
+  if e[11] then d.b = d.b + 1 else
+    local vid, uid, path, ref, camp = e[3], e[4], e[5], e[6], e[7]
+    d.t = d.t + 1
+    d.p[path] = (d.p[path] or 0) + 1
+    if ref ~= null then d.r[ref] = (d.r[ref] or 0) + 1 end
+    if camp ~= null then d.c[camp] = (d.c[camp] or 0) + 1 end
+    if vid == null then d.a = d.a + 1 else
+      d.v[vid] = true
+      member(d.pv, path, vid)
+      if uid ~= null then d.u[uid] = true; member(users, uid, vid) end
+      local b, o, dv = e[8], e[9], e[10]
+      if b ~= null then d.B[b] = (d.B[b] or 0) + 1; member(d.Bv, b, vid) end
+      if o ~= null then d.O[o] = (d.O[o] or 0) + 1; member(d.Ov, o, vid) end
+      if dv ~= null then d.D[dv] = (d.D[dv] or 0) + 1; member(d.Dv, dv, vid) end
+      push(vid, d.num, {'p', e[1], day, uid, path, ref, camp, b, o, dv})
     end
   end
 end
 for _, c in ipairs(batch.c) do
-  bump(c[2], c[4] and 'ca' or 'cr')
-  if c[3] ~= null then push(c[3], c[2], {'c', c[1], c[2], c[4], c[5], c[6], c[7], c[8]}) end
+  local d = of(c[2])
+  if c[4] then d.ca = d.ca + 1 else d.cr = d.cr + 1 end
+  if c[3] ~= null then push(c[3], d.num, {'c', c[1], c[2], c[4], c[5], c[6], c[7], c[8]}) end
 end
+-- ... then one command per key.
 local add = mode == 'x' and 'SADD' or 'PFADD'
-local function expire(k)
-  local at = keyday[k] and batch.x[keyday[k]]
-  if at then redis.call('EXPIREAT', k, at) end
-end
-for k, h in pairs(incr) do
-  for f, n in pairs(h) do redis.call('HINCRBY', k, f, n) end
-  redis.call('ZADD', P .. ':days', 'NX', tonumber((string.gsub(keyday[k], '-', ''))), keyday[k])
-  expire(k)
-end
-for k, s in pairs(sets) do
+local function keys_of(set)
   local m = {}
-  for x in pairs(s) do m[#m + 1] = x end
-  for i = 1, #m, 500 do
-    redis.call(keyday[k] and add or 'SADD', k, unpack(m, i, math.min(i + 499, #m)))
-  end
-  expire(k)
+  for x in pairs(set) do m[#m + 1] = x end
+  return m
 end
-for k, l in pairs(lists) do
-  for i = 1, #l, 500 do redis.call('RPUSH', k, unpack(l, i, math.min(i + 499, #l))) end
+local function put(cmd, key, members)
+  for i = 1, #members, 500 do
+    redis.call(cmd, key, unpack(members, i, math.min(i + 499, #members)))
+  end
+end
+local daynums = {}
+for day, d in pairs(days) do
+  local at = batch.x[day]
+  local H = P .. ':d:' .. day
+  for _, f in ipairs({'t', 'a', 'b', 'ca', 'cr'}) do
+    if d[f] > 0 then redis.call('HINCRBY', H, f, d[f]) end
+  end
+  for _, k in ipairs({'p', 'r', 'c', 'B', 'O', 'D'}) do
+    for name, n in pairs(d[k]) do redis.call('HINCRBY', H, k .. ':' .. name, n) end
+  end
+  if at then redis.call('EXPIREAT', H, at) end
+  local sets = {}
+  if next(d.v) then sets[U .. ':v:' .. day] = d.v end
+  if next(d.u) then sets[U .. ':u:' .. day] = d.u end
+  for _, k in ipairs({'p', 'B', 'O', 'D'}) do
+    for name, vids in pairs(d[k .. 'v']) do
+      sets[U .. ':' .. k .. ':' .. day .. ':' .. name] = vids
+    end
+  end
+  for key, set in pairs(sets) do
+    put(add, key, keys_of(set))
+    if at then redis.call('EXPIREAT', key, at) end
+  end
+  daynums[#daynums + 1] = d.num; daynums[#daynums + 1] = day
+end
+put('ZADD', P .. ':days', daynums)
+for vid, l in pairs(lists) do
+  local k = P .. ':e:' .. vid
+  put('RPUSH', k, l)
   if vttl > 0 then redis.call('EXPIRE', k, vttl) end
 end
-for vid, n in pairs(firsts) do redis.call('ZADD', P .. ':first', 'LT', n, vid) end
+for uid, vids in pairs(users) do put('SADD', P .. ':usr:' .. uid, keys_of(vids)) end
+local order = {}
+for vid, n in pairs(firsts) do order[#order + 1] = n; order[#order + 1] = vid end
+for i = 1, #order, 1000 do
+  redis.call('ZADD', P .. ':first', 'LT', unpack(order, i, math.min(i + 999, #order)))
+end
 redis.call('HSETNX', P .. ':meta', 'uniques', mode)
 return #batch.p + #batch.c
 """

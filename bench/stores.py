@@ -1,0 +1,172 @@
+"""Store write rates (events/s) and the memory one buffered event costs.
+
+``run(quick=False, quiet=False)`` writes the same realistic page views (``bench.report_1m``'s
+generator: sessions, Zipf-like pages, a browser mix, anonymous and bot hits, a few
+consent choices) to SQLite, Redis (HyperLogLog and exact uniques) and PostgreSQL in
+batches of 1,000, the pipeline's batch size, each batch one ``store.write`` (indexes,
+rollups and per-visitor lists included), and measures with ``tracemalloc`` the bytes held
+per event by 100,000 ``Pipeline.add(Hit(...))`` with strings as a request makes them.
+
+Returns ``{"writes": {name: events/s or None}, "bytes_per_event": float, "notes": [...]}``;
+a store whose server is not reachable is ``None``. ``python -m bench.stores`` prints it.
+Servers: Redis at ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, keys under a
+prefix of their own, deleted after), PostgreSQL at ``BENCH_PG_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``, a schema of its own, dropped after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+from trackmw.errors import StoreError
+from trackmw.events import ConsentChoice, Hit, PageView
+from trackmw.pipeline import Pipeline
+from trackmw.stores import Store, open_store
+
+from .report_1m import _consents, generate
+
+__all__ = ["buffer_bytes_per_event", "run", "write_rate"]
+
+BATCH = 1_000
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]) -> float:
+    """Events per second for ``rows`` written in batches of ``BATCH`` (after one warm-up)."""
+    store.write(rows[:BATCH], consents[:5])  # connect, create the schema, load scripts
+    rest = rows[BATCH:]
+    n = len(rest)
+    start = time.perf_counter()
+    for i in range(0, n, BATCH):
+        j = i // BATCH + 1
+        store.write(rest[i:i + BATCH], consents[j * 5:(j + 1) * 5])
+    elapsed = time.perf_counter() - start
+    return n / elapsed
+
+
+def buffer_bytes_per_event(n: int = 100_000) -> float:
+    """Bytes held per event by ``n`` hits sitting in a pipeline's buffer.
+
+    Each hit gets strings of its own, as a request decodes them from its headers: a
+    ~130-character User-Agent, a page with a query, a referrer URL, a host and a visitor id.
+    """
+    agents = [
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+    ]
+    raw = [
+        (a.encode(), f"/articles/{i % 300}?utm_source=mail".encode(),
+         b"https://news.example.org/item?id=%d" % i, b"www.example.com",
+         uuid.uuid4().hex.encode())
+        for i, a in zip(range(n), agents * (n // 2 + 1), strict=False)
+    ]
+    pipeline = Pipeline(_never_opened, buffer_size=n * 2, batch_size=n * 10,
+                        flush_interval=3600)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    now = time.time()
+    for ua, page, ref, host, vid in raw:
+        pipeline.add(Hit(now, vid.decode(), None, page.decode(), ref.decode(), None,
+                         ua.decode(), host.decode()))
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(pipeline) == n
+    pipeline._buffer.clear()  # nothing to write: these were only counted
+    pipeline.close()
+    return (after - before) / n
+
+
+def _never_opened() -> Store:
+    return open_store("memory://")
+
+
+def _redis(mode: str) -> tuple[str, Callable[[], None]]:
+    prefix = "bench" + uuid.uuid4().hex[:8]
+    url = f"{REDIS_URL}?prefix={prefix}&uniques={mode}"
+
+    def cleanup() -> None:
+        store = open_store(url)
+        try:
+            client = store.client  # type: ignore[attr-defined]
+            for key in client.scan_iter(match="{" + prefix + "}*", count=1000):
+                client.delete(key)
+        finally:
+            store.close()
+
+    return url, cleanup
+
+
+def _postgres() -> tuple[str, Callable[[], None]]:
+    schema = "bench_" + uuid.uuid4().hex[:8]
+
+    def cleanup() -> None:
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    return f"{PG_URL}?schema={schema}", cleanup
+
+
+def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Measure every store's write rate and the buffer's bytes per event (see the module)."""
+    events = 21_000 if quick else 201_000
+    until = date.today()
+    # A live site's batches hold the last second's events: the stream in time order.
+    rows = sorted(generate(events, until=until, seed=3), key=lambda pv: pv.ts)
+    consents = _consents(events // BATCH * 5 + 5, until, 3)
+    writes: dict[str, float | None] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="trackmw-bench-") as tmp:
+        targets: list[tuple[str, str, Callable[[], None]]] = [
+            ("sqlite", f"sqlite:///{os.path.join(tmp, 'bench.db')}", lambda: None),
+            ("redis", *_redis("hll")),
+            ("redis_exact", *_redis("exact")),
+            ("postgres", *_postgres()),
+        ]
+        for name, url, cleanup in targets:
+            store = open_store(url)
+            try:
+                writes[name] = write_rate(store, rows, consents)
+            except StoreError as exc:
+                writes[name] = None
+                notes.append(f"{name}: {exc}")
+            finally:
+                store.close()
+                try:
+                    cleanup()
+                except Exception as exc:  # a server that is down has nothing to clean
+                    notes.append(f"{name} cleanup: {type(exc).__name__}")
+            if not quiet:
+                rate = writes[name]
+                print(f"{name:12} {'unreachable' if rate is None else f'{rate:,.0f} events/s'}")
+    per_event = buffer_bytes_per_event(20_000 if quick else 100_000)
+    if not quiet:
+        print(f"buffer       {per_event:,.0f} bytes per buffered event")
+    notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,}")
+    return {"writes": writes, "bytes_per_event": per_event, "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stores", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events: a smoke test")
+    args = parser.parse_args(argv)
+    run(quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
