@@ -54,11 +54,13 @@ def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]
     return n / elapsed
 
 
-def buffer_bytes_per_event(n: int = 100_000) -> float:
+def buffer_bytes_per_event(n: int = 100_000, shared: bool = False) -> float:
     """Bytes held per event by ``n`` hits sitting in a pipeline's buffer.
 
     Each hit gets strings of its own, as a request decodes them from its headers: a
-    ~130-character User-Agent, a page with a query, a referrer URL, a host and a visitor id.
+    ~130-character User-Agent, a page with a query, a referrer URL, a host and a visitor
+    id. With ``shared``, hits reuse one User-Agent and host object per distinct value, as
+    they would if the request path interned them.
     """
     agents = [
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -78,9 +80,15 @@ def buffer_bytes_per_event(n: int = 100_000) -> float:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     now = time.time()
+    canonical: dict[bytes, str] = {}
     for ua, page, ref, host, vid in raw:
+        if shared:
+            agent, site = canonical.setdefault(ua, ua.decode()), canonical.setdefault(
+                host, host.decode())
+        else:
+            agent, site = ua.decode(), host.decode()
         pipeline.add(Hit(now, vid.decode(), None, page.decode(), ref.decode(), None,
-                         ua.decode(), host.decode()))
+                         agent, site))
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(pipeline) == n
@@ -154,8 +162,12 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                 rate = writes[name]
                 print(f"{name:12} {'unreachable' if rate is None else f'{rate:,.0f} events/s'}")
     per_event = buffer_bytes_per_event(20_000 if quick else 100_000)
+    shared = buffer_bytes_per_event(20_000 if quick else 100_000, shared=True)
     if not quiet:
-        print(f"buffer       {per_event:,.0f} bytes per buffered event")
+        print(f"buffer       {per_event:,.0f} bytes per buffered event "
+              f"({shared:,.0f} if User-Agent and host strings were interned)")
+    notes.append(f"buffer: {per_event:,.0f} bytes per event; {shared:,.0f} with User-Agent "
+                 "and host strings shared between hits")
     notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,}")
     return {"writes": writes, "bytes_per_event": per_event, "notes": notes}
 

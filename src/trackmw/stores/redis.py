@@ -104,10 +104,11 @@ class RedisStore(Store):
                 ) from exc
             opts = {"decode_responses": True, "socket_timeout": self.socket_timeout,
                     "socket_connect_timeout": self.socket_timeout}
+            wrapped: tuple[type[Exception], ...] = (*_errors(), ValueError)
             try:
                 cls = RedisCluster if self.cluster else redis.Redis
                 client = cls.from_url(self._driver_url, **opts)
-            except (*_errors(), ValueError) as exc:
+            except wrapped as exc:
                 raise StoreError(f"cannot connect to {redact(self.url)}: {exc}") from exc
             self._scripts = {name: client.register_script(src) for name, src in
                              (("write", WRITE), ("union", UNION), ("erase", ERASE),
