@@ -1,0 +1,302 @@
+"""In-process cost per request: ASGI and WSGI apps called directly, no server, no socket.
+
+Each variant is an app plus the request it gets (an ASGI scope or a WSGI environ, with
+the headers a browser sends). ``measure`` first checks each variant answers as it
+should (status, and whether a cookie is set), then runs them interleaved: every round
+times a batch of each variant in turn (the order rotating between rounds), and the
+figure is the median batch's µs per request.
+
+The trackers record into a SQLite file, as a site would, but their writer thread is
+kept asleep while a batch is timed (a long ``flush_interval`` and a batch size larger
+than a timed batch) and the buffered hits are written after each batch, untimed: the
+figure is the request path's cost, and the writer's cost is the ``stores`` section's
+write rate. Over the wire (``bench.wire``) the writer runs as it does in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import apps
+
+#: What a browser sends with a page request (minus the cookie, added per variant).
+BROWSER_HEADERS = [
+    ("host", apps.HOST),
+    ("user-agent", apps.UA),
+    ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    ("accept-language", "en-GB,en;q=0.9"),
+    ("accept-encoding", "gzip, deflate, br"),
+    ("referer", "https://news.example.org/"),
+    ("sec-fetch-dest", "document"),
+    ("sec-fetch-mode", "navigate"),
+    ("sec-fetch-site", "cross-site"),
+    ("connection", "keep-alive"),
+]
+
+
+@dataclass
+class Variant:
+    """One thing to time."""
+
+    name: str
+    label: str
+    call: Callable[[int], float]  # runs n requests, returns seconds
+    check: Callable[[], str | None]  # None when the answer is right, else what is wrong
+    baseline: str | None = None
+    after: Callable[[], Any] | None = None  # untimed work after each batch
+    samples: list[float] = field(default_factory=list)
+
+
+def asgi_scope(path: str, query: str = "", cookie: str | None = None) -> dict[str, Any]:
+    headers = list(BROWSER_HEADERS)
+    if cookie:
+        headers.append(("cookie", cookie))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+def wsgi_environ(path: str, cookie: str | None = None) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in BROWSER_HEADERS:
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    return environ
+
+
+# -- drivers ---------------------------------------------------------------------------------
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _discard(message: Any) -> None:
+    return None
+
+
+def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, scope: dict[str, Any]) -> Callable:
+    async def batch(n: int) -> float:
+        start = time.thread_time()
+        for _ in range(n):
+            await app(dict(scope), _receive, _discard)
+        return time.thread_time() - start
+
+    return lambda n: loop.run_until_complete(batch(n))
+
+
+def asgi_checker(
+    loop: asyncio.AbstractEventLoop, app: Any, scope: dict[str, Any], status: int, cookie: bool
+) -> Callable[[], str | None]:
+    async def once() -> list[Any]:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app(dict(scope), _receive, send)
+        return sent
+
+    def check() -> str | None:
+        sent = loop.run_until_complete(once())
+        start = sent[0]
+        got_cookie = any(k == b"set-cookie" for k, _ in start.get("headers", []))
+        if start["status"] != status or got_cookie != cookie:
+            return f"status {start['status']}, set-cookie {got_cookie}"
+        return None
+
+    return check
+
+
+def _start_response(status: str, headers: list[Any], exc_info: Any = None) -> Callable:
+    return _write
+
+
+def _write(data: bytes) -> None:
+    return None
+
+
+def wsgi_runner(app: Any, environ: dict[str, Any]) -> Callable[[int], float]:
+    def batch(n: int) -> float:
+        start = time.thread_time()
+        for _ in range(n):
+            body = app(dict(environ), _start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return time.thread_time() - start
+
+    return batch
+
+
+def wsgi_checker(
+    app: Any, environ: dict[str, Any], status: int, cookie: bool
+) -> Callable[[], str | None]:
+    def check() -> str | None:
+        seen: list[Any] = []
+
+        def start_response(s: str, headers: list[Any], exc_info: Any = None) -> Callable:
+            seen.append((s, headers))
+            return _write
+
+        body = app(dict(environ), start_response)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+        s, headers = seen[0]
+        got_cookie = any(k.lower() == "set-cookie" for k, _ in headers)
+        if int(s[:3]) != status or got_cookie != cookie:
+            return f"status {s}, set-cookie {got_cookie}"
+        return None
+
+    return check
+
+
+# -- the variants ------------------------------------------------------------------------------
+
+
+def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant], list[str]]:
+    """Every in-process variant, and notes on the ones that could not be built."""
+    notes: list[str] = []
+    trackers: list[Any] = []
+
+    def tracker(name: str) -> Any:
+        t = apps.make_tracker(
+            f"sqlite:///{store_dir}/{name}.db", flush_interval=3600, batch_size=10**6 - 1,
+            buffer_size=10**6,
+        )
+        trackers.append(t)
+        return t
+
+    returning = apps.returning_cookie()
+    session = apps.session_cookie()
+    variants: list[Variant] = []
+
+    def asgi(name: str, label: str, app: Any, scope: dict[str, Any], status: int = 200,
+             cookie: bool = False, baseline: str | None = None, after: Any = None) -> None:
+        variants.append(Variant(
+            name, label, asgi_runner(loop, app, scope),
+            asgi_checker(loop, app, scope, status, cookie), baseline, after,
+        ))
+
+    def wsgi(name: str, label: str, app: Any, environ: dict[str, Any], cookie: bool = False,
+             baseline: str | None = None, after: Any = None) -> None:
+        variants.append(Variant(
+            name, label, wsgi_runner(app, environ), wsgi_checker(app, environ, 200, cookie),
+            baseline, after,
+        ))
+
+    bare = apps.starlette_bare()
+    asgi("asgi.bare", "Starlette hello, bare", bare, asgi_scope("/", cookie=returning))
+    t = tracker("asgi")
+    tracked = apps.starlette_tracked(t)
+    asgi("asgi.trackmw.returning", "+ trackmw, returning visitor", tracked,
+         asgi_scope("/", cookie=returning), baseline="asgi.bare", after=t.flush)
+    asgi("asgi.trackmw.new", "+ trackmw, new visitor (cookie signed)", tracked,
+         asgi_scope("/"), cookie=True, baseline="asgi.bare", after=t.flush)
+    asgi("asgi.bare.static", "Starlette /static/x, bare", bare,
+         asgi_scope("/static/x", cookie=returning))
+    asgi("asgi.trackmw.static", "+ trackmw, excluded /static path", tracked,
+         asgi_scope("/static/x", cookie=returning), baseline="asgi.bare.static")
+    asgi("asgi.noop", "+ no-op pure ASGI middleware (floor)", apps.starlette_noop(),
+         asgi_scope("/", cookie=returning), baseline="asgi.bare")
+    asgi("asgi.session", "+ SessionMiddleware, valid cookie (peer)", apps.starlette_session(),
+         asgi_scope("/", cookie=session), baseline="asgi.bare")
+    asgi("asgi.basehttp", "+ no-op BaseHTTPMiddleware (peer)", apps.starlette_basehttp(),
+         asgi_scope("/", cookie=returning), baseline="asgi.bare")
+    asgi("gif.raw", "raw ASGI GIF (beacon floor)", apps.raw_gif,
+         asgi_scope("/gif", apps.PIXEL_QUERY, cookie=returning))
+    asgi("gif.route", "Starlette route answering the GIF", bare,
+         asgi_scope("/gif", apps.PIXEL_QUERY, cookie=returning), baseline="gif.raw")
+    asgi("pixel.returning", "trackmw pixel, returning visitor", tracked,
+         asgi_scope("/_trackmw/pixel.gif", apps.PIXEL_QUERY, cookie=returning),
+         baseline="gif.raw", after=t.flush)
+    asgi("pixel.new", "trackmw pixel, new visitor", tracked,
+         asgi_scope("/_trackmw/pixel.gif", apps.PIXEL_QUERY), cookie=True,
+         baseline="gif.raw", after=t.flush)
+
+    fbare = apps.flask_bare()
+    wsgi("wsgi.flask", "Flask hello, bare", fbare, wsgi_environ("/", cookie=returning))
+    ft = tracker("flask")
+    ftracked = apps.flask_tracked(ft)
+    wsgi("wsgi.trackmw.returning", "Flask + trackmw, returning visitor", ftracked,
+         wsgi_environ("/", cookie=returning), baseline="wsgi.flask", after=ft.flush)
+    wsgi("wsgi.trackmw.new", "Flask + trackmw, new visitor", ftracked,
+         wsgi_environ("/"), cookie=True, baseline="wsgi.flask", after=ft.flush)
+    ftu = apps.flask_track_usage(f"{store_dir}/ftu.db")
+    if isinstance(ftu, str):
+        notes.append(f"Flask-Track-Usage skipped: {ftu}")
+    else:
+        wsgi("wsgi.track_usage", "Flask + Flask-Track-Usage, SQLite file (peer)", ftu,
+             wsgi_environ("/", cookie=returning), baseline="wsgi.flask")
+    return variants, notes
+
+
+def measure(variants: list[Variant], rounds: int, batch_seconds: float,
+            log: Callable[[str], None]) -> dict[str, float]:
+    """Median µs per request of each variant, rounds interleaved."""
+    for v in variants:
+        problem = v.check()
+        if problem is not None:
+            raise RuntimeError(f"{v.name} answered wrongly ({problem}): not benchmarking it")
+        if v.after:
+            v.after()
+    sizes: dict[str, int] = {}
+    for v in variants:  # warm up, and size the batches to about batch_seconds each
+        n = 20
+        while True:
+            elapsed = v.call(n)
+            if elapsed > batch_seconds / 10 or n > 10**6:
+                break
+            n *= 4
+        sizes[v.name] = max(20, int(n * batch_seconds / max(elapsed, 1e-9)))
+        if v.after:
+            v.after()
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            gc.collect()
+            n = sizes[v.name]
+            v.samples.append(v.call(n) / n * 1e6)
+            if v.after:
+                v.after()
+        log(f"  in-process round {r + 1}/{rounds} done")
+    return {v.name: statistics.median(v.samples) for v in variants}

@@ -1,0 +1,179 @@
+"""Over the wire: uvicorn and gunicorn on 127.0.0.1, loaded by ``wrk`` in another process.
+
+Every server is started once (one worker each, uvicorn with uvloop and httptools when
+installed, gunicorn with the sync worker), then the rounds run ``wrk`` against each in
+turn, so a busy moment of the machine spreads over all variants instead of hitting one.
+The figures are the median requests/s and the median p99 latency over the rounds.
+The trackers record into a SQLite file with the default pipeline settings: their
+writer thread shares the server's CPU as it does in production.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import apps
+
+ROOT = Path(__file__).resolve().parent.parent
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+
+@dataclass
+class Server:
+    name: str
+    label: str
+    command: list[str]
+    path: str
+    cookie: str | None
+    baseline: str | None = None
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    rps: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def uvicorn_command(factory: str, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", f"bench.apps:{factory}",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--no-access-log", "--log-level", "warning"]
+    for module, flag, value in (("uvloop", "--loop", "uvloop"),
+                                ("httptools", "--http", "httptools")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        cmd += [flag, value]
+    return cmd
+
+
+def gunicorn_command(factory: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync", "-b", f"127.0.0.1:{port}",
+            "--log-level", "warning", f"bench.apps:{factory}()"]
+
+
+def servers() -> list[Server]:
+    returning = apps.returning_cookie()
+    session = apps.session_cookie()
+    pixel = f"/_trackmw/pixel.gif?{apps.PIXEL_QUERY}"
+    specs = [  # name, label, server, factory, path, cookie, baseline
+        ("wire.asgi.bare", "uvicorn: Starlette hello, bare", "u", "starlette_bare_app", "/",
+         returning, None),
+        ("wire.asgi.trackmw", "uvicorn: + trackmw, returning visitor", "u",
+         "starlette_tracked_app", "/", returning, "wire.asgi.bare"),
+        ("wire.asgi.session", "uvicorn: + SessionMiddleware (peer)", "u",
+         "starlette_session_app", "/", session, "wire.asgi.bare"),
+        ("wire.gif.raw", "uvicorn: raw ASGI GIF (floor)", "u", "raw_gif_app", pixel, returning,
+         None),
+        ("wire.pixel", "uvicorn: trackmw pixel, returning visitor", "u", "starlette_tracked_app",
+         pixel, returning, "wire.gif.raw"),
+        ("wire.flask.bare", "gunicorn: Flask hello, bare", "g", "flask_bare_app", "/", returning,
+         None),
+        ("wire.flask.trackmw", "gunicorn: Flask + trackmw, returning visitor", "g",
+         "flask_tracked_app", "/", returning, "wire.flask.bare"),
+    ]
+    out = []
+    for name, label, kind, factory, path, cookie, baseline in specs:
+        port = free_port()
+        cmd = uvicorn_command(factory, port) if kind == "u" else gunicorn_command(factory, port)
+        out.append(Server(name, label, cmd, path, cookie, baseline, port))
+    return out
+
+
+def start(all_servers: list[Server], store_dir: str) -> None:
+    for s in all_servers:
+        env = dict(os.environ, TRACKMW_BENCH_STORE=f"sqlite:///{store_dir}/{s.name}.db",
+                   PYTHONPATH=str(ROOT))
+        s.proc = subprocess.Popen(s.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    for s in all_servers:
+        while True:
+            if s.proc is not None and s.proc.poll() is not None:
+                err = s.proc.stderr.read().decode(errors="replace") if s.proc.stderr else ""
+                raise RuntimeError(f"{s.name} exited: {err[-2000:]}")
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{s.port}{s.path}",
+                                                 headers=_headers(s))
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{s.name} did not start on port {s.port}")
+            time.sleep(0.1)
+
+
+def stop(all_servers: list[Server]) -> None:
+    for s in all_servers:
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.terminate()
+    for s in all_servers:
+        if s.proc is None:
+            continue
+        try:
+            s.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+            s.proc.wait()
+        if s.proc.stderr:
+            s.proc.stderr.close()
+
+
+def _headers(s: Server) -> dict[str, str]:
+    headers = {"Host": apps.HOST, "User-Agent": apps.UA, "Referer": "https://bench.example/a/42",
+               "Accept": "*/*"}
+    if s.cookie:
+        headers["Cookie"] = s.cookie
+    return headers
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
+    """(requests/s, p99 in ms) of one ``wrk`` run; non-2xx answers are an error."""
+    cmd = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for k, v in _headers(s).items():
+        cmd += ["-H", f"{k}: {v}"]
+    cmd.append(f"http://127.0.0.1:{s.port}{s.path}")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"{s.name}: wrk saw errors:\n{out}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    if not rps or not p99:
+        raise RuntimeError(f"{s.name}: could not read wrk's output:\n{out}")
+    return float(rps.group(1)), float(p99.group(1)) * _UNITS[p99.group(2)]
+
+
+def measure(all_servers: list[Server], rounds: int, seconds: float, connections: int,
+            log: Callable[[str], None]) -> dict[str, tuple[float, float]]:
+    """Median (requests/s, p99 ms) of each server, rounds interleaved."""
+    for s in all_servers:  # warm up: caches, connections, the writer thread
+        run_wrk(s, 1, connections)
+    for r in range(rounds):
+        order = all_servers[r % len(all_servers):] + all_servers[: r % len(all_servers)]
+        for s in order:
+            rps, p99 = run_wrk(s, seconds, connections)
+            s.rps.append(rps)
+            s.p99.append(p99)
+        log(f"  wire round {r + 1}/{rounds} done")
+    return {s.name: (statistics.median(s.rps), statistics.median(s.p99)) for s in all_servers}
