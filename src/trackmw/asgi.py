@@ -4,23 +4,27 @@
 
 Per request: trackmw's own paths are answered here without calling the app; excluded
 paths go straight to the app; every other request gets its ``Visitor`` in
-``scope["trackmw"]`` and, when the response starts, the cookies the core asks for.
+``scope["trackmw"]`` (built when first asked for: see ``LazyVisitor``) and, when the
+response starts, the cookies the core asks for.
 Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import anyio.to_thread
 
-from .core import Request, Response
+from .core import CookieState, Core, Request, Response
 from .endpoints import MAX_BODY, text_response
+from .pixel import PIXEL_HEADERS
 from .tracker import Tracker
+from .visitor import Visitor
 
-__all__ = ["TrackingMiddleware"]
+__all__ = ["LazyVisitor", "TrackingMiddleware"]
 
 log = logging.getLogger("trackmw")
 
@@ -31,16 +35,58 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def request_from_scope(scope: Scope) -> Request:
-    """Describe an ASGI HTTP scope for the core."""
+#: The headers the core reads on the page and pixel paths, by their raw ASGI name.
+#: Servers and Starlette itself use lower-case names, as the ASGI spec recommends.
+_CORE_HEADERS = {
+    name.encode("latin-1"): name
+    for name in (
+        "cookie",
+        "host",
+        "user-agent",
+        "referer",
+        "dnt",
+        "sec-gpc",
+        "sec-purpose",
+        "purpose",
+        "x-moz",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+    )
+}
+
+
+def request_from_scope(scope: Scope, names: dict[bytes, str] | None = None) -> Request:
+    """Describe an ASGI HTTP scope for the core.
+
+    With ``names``, only those headers are decoded (the page and pixel paths need a
+    dozen of a request's headers; the endpoints get them all).
+    """
+    raw_headers = scope["headers"]
+    if names is not None and type(raw_headers) is list:
+        by_name = dict(raw_headers)
+        if len(by_name) == len(raw_headers):  # no repeated name: set operations in C
+            return _request(
+                scope,
+                {names[k]: by_name[k].decode("latin-1") for k in by_name.keys() & names.keys()},
+            )
     headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
+    for raw_name, raw_value in raw_headers:
+        if names is None:
+            name = raw_name.decode("latin-1").lower()
+        else:
+            found = names.get(raw_name)
+            if found is None:
+                continue
+            name = found
         value = raw_value.decode("latin-1")
         if name == "cookie" and name in headers:
             headers[name] = headers[name] + "; " + value
         else:
             headers.setdefault(name, value)
+    return _request(scope, headers)
+
+
+def _request(scope: Scope, headers: dict[str, str]) -> Request:
     if "host" not in headers and scope.get("server"):
         host, port = scope["server"][0], scope["server"][1]
         headers["host"] = f"{host}:{port}" if port else host
@@ -59,44 +105,131 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
+_PIXEL_RAW = _encode(PIXEL_HEADERS)
+
+
+class _Decoded:
+    """The app's raw headers as text, decoded only if the core iterates them."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for k, v in self.raw:
+            yield k.decode("latin-1"), v.decode("latin-1")
+
+
+class LazyVisitor:
+    """What ``scope["trackmw"]`` holds: the request's ``Visitor``, built on first call.
+
+    A returning visitor's page usually never asks for its ``Visitor``, and then needs
+    no cookie either, so building it (and a full request description) would be wasted.
+    ``trackmw.get_visitor`` calls it; calling it again returns the same ``Visitor``.
+    """
+
+    __slots__ = ("_core", "_scope", "_state", "visitor")
+
+    def __init__(self, core: Core, scope: Scope, state: CookieState) -> None:
+        self._core = core
+        self._scope = scope
+        self._state = state
+        self.visitor: Visitor | None = None
+
+    def __call__(self) -> Visitor:
+        visitor = self.visitor
+        if visitor is None:
+            try:
+                req = request_from_scope(self._scope, _CORE_HEADERS)
+                visitor = self._core.visitor_from_state(req, self._state)
+            except Exception as exc:  # never break the host app: as if untracked
+                log.exception("trackmw: could not read the visitor")
+                raise LookupError("trackmw could not read this request's visitor") from exc
+            self.visitor = visitor
+        return visitor
+
+
+def _state(core: Core, raw_headers: Any) -> CookieState:
+    """The cookie state of a request, from its ``Cookie``, ``DNT`` and ``Sec-GPC`` headers."""
+    if type(raw_headers) is list:
+        # Usually no header name repeats: then one C-level dict() finds all three.
+        by_name = dict(raw_headers)
+        if len(by_name) == len(raw_headers):
+            cookie = by_name.get(b"cookie")
+            dnt = by_name.get(b"dnt")
+            gpc = by_name.get(b"sec-gpc")
+            text = cookie.decode("latin-1") if cookie is not None else None
+            if dnt is None and gpc is None:
+                return core.state(text, False, False, time.time())
+            flags = core.signal_flags(
+                dnt.decode("latin-1") if dnt is not None else None,
+                gpc.decode("latin-1") if gpc is not None else None,
+            )
+            return core.state(text, *flags, time.time())
+    cookie_text, dnt_text, gpc_text = _scan(raw_headers)
+    return core.state(cookie_text, *core.signal_flags(dnt_text, gpc_text), time.time())
+
+
+def _scan(raw_headers: Any) -> tuple[str | None, str | None, str | None]:
+    """``Cookie`` (repeats joined), ``DNT`` and ``Sec-GPC`` (first of each), in one pass."""
+    cookie = dnt = gpc = None
+    for name, value in raw_headers:
+        if name == b"cookie":
+            text = value.decode("latin-1")
+            cookie = text if cookie is None else cookie + "; " + text
+        elif name == b"dnt":
+            if dnt is None:
+                dnt = value.decode("latin-1")
+        elif name == b"sec-gpc" and gpc is None:
+            gpc = value.decode("latin-1")
+    return cookie, dnt, gpc
+
+
 class TrackingMiddleware:
     """Track visitors of an ASGI app (see the module docstring)."""
 
     def __init__(self, app: ASGIApp, tracker: Tracker) -> None:
         self.app = app
         self.tracker = tracker
-        self.core = tracker.core
+        core = self.core = tracker.core
+        # Paths that may be trackmw's or excluded start with one of these; any other
+        # path is a tracked page, decided by one C-level ``startswith``.
+        self._special = (core.prefix, *core.settings.exclude_paths)
+        self._quiet_ok = not core.settings.count_server_side
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
                 await self.app(scope, receive, self._lifespan_send(send))
             else:
                 await self.app(scope, receive, send)
             return
         core = self.core
         path: str = scope["path"]
-        if core.owns(path):
-            await self._endpoint(scope, receive, send)
-            return
-        if core.excluded(path):
-            await self.app(scope, receive, send)
-            return
+        if path.startswith(self._special):
+            if core.owns(path):
+                await self._endpoint(scope, receive, send)
+                return
+            if core.excluded(path):
+                await self.app(scope, receive, send)
+                return
         try:
-            visitor = core.visitor(request_from_scope(scope))
+            state = _state(core, scope["headers"])
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
             await self.app(scope, receive, send)
             return
-        scope["trackmw"] = visitor
+        lazy = LazyVisitor(core, scope, state)
+        scope["trackmw"] = lazy
+        # A returning visitor the app leaves alone gets no cookie: nothing to do at all.
+        quiet = state.quiet and self._quiet_ok
 
         async def send_with_cookies(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not (quiet and lazy.visitor is None):
                 try:
                     raw = message.get("headers", [])
-                    app_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-                    changed = core.finish(visitor, message["status"], app_headers)
+                    changed = core.finish(lazy(), message["status"], _Decoded(raw))
                     if changed is not None:
                         message = dict(message)
                         message["headers"] = _encode(changed)
@@ -116,10 +249,10 @@ class TrackingMiddleware:
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         core = self.core
-        req = request_from_scope(scope)
         if scope["path"] == core.pixel_path:
-            response = core.pixel(req)  # no I/O: answered on the event loop
+            response = core.pixel(request_from_scope(scope, _CORE_HEADERS))  # no I/O
         else:
+            req = request_from_scope(scope)
             body: bytes | None = b""
             if req.method in ("POST", "PUT", "DELETE", "PATCH"):
                 body = await _read_body(receive)
@@ -151,11 +284,12 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 async def send_response(send: Send, response: Response) -> None:
+    headers = response.headers
     await send(
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": _encode(response.headers),
+            "headers": _PIXEL_RAW if headers is PIXEL_HEADERS else _encode(headers),
         }
     )
     await send({"type": "http.response.body", "body": response.body})

@@ -31,22 +31,25 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .consent import ConsentRecord, decide
+from .consent import Consent, ConsentRecord, decide
 from .cookies import delete_cookie_header, parse_cookies, set_cookie_header
 from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
 from .pipeline import local_day
 from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query
 from .ratelimit import RateLimiter
-from .signing import CookieSigner
+from .signing import MAX_SKEW, CookieSigner, SignedValue
 from .visitor import Visitor
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .settings import Settings
 
-__all__ = ["Core", "Request", "Response"]
+__all__ = ["CookieState", "Core", "Request", "Response"]
 
 log = logging.getLogger("trackmw")
+
+#: Distinct ``Cookie`` headers whose state is kept (dropped all at once when full).
+_STATE_CACHE = 10_000
 
 ID_COOKIE = "trackmw_id"
 CONSENT_COOKIE = "trackmw_consent"
@@ -85,6 +88,63 @@ class Response:
     body: bytes = b""
 
 
+class CookieState:
+    """What one ``Cookie`` header (with the request's signals) says about its visitor.
+
+    Immutable and shared between the requests that send the same header. ``quiet``: a
+    visitor built from it, left untouched by the app, needs no ``Set-Cookie`` at all
+    (a returning visitor), so the adapters need not even build the ``Visitor``.
+    """
+
+    __slots__ = (
+        "record",
+        "consent",
+        "signals",
+        "sent_id",
+        "user_id",
+        "id_stale",
+        "id_sent",
+        "prefs_payload",
+        "prefs_sent",
+        "not_before",
+        "not_after",
+        "quiet",
+    )
+
+    def __init__(
+        self,
+        *,
+        record: ConsentRecord | None,
+        consent: Consent,
+        signals: tuple[bool, bool],
+        sent_id: str | None,
+        user_id: str | None,
+        id_stale: bool,
+        id_sent: bool,
+        prefs_payload: Any,
+        prefs_sent: bool,
+        not_before: float,
+        not_after: float,
+    ) -> None:
+        self.record = record
+        self.consent = consent
+        self.signals = signals
+        self.sent_id = sent_id
+        self.user_id = user_id
+        self.id_stale = id_stale
+        self.id_sent = id_sent
+        self.prefs_payload = prefs_payload
+        self.prefs_sent = prefs_sent
+        self.not_before = not_before
+        self.not_after = not_after
+        # The cookie rules at the top of this module, for a visitor nobody changed.
+        if consent.analytics:
+            id_ok = sent_id is not None and not id_stale
+        else:
+            id_ok = not id_sent
+        self.quiet = id_ok and not (prefs_sent and not consent.preferences)
+
+
 class Core:
     """Decides, for one request, the visitor, the cookies and the events."""
 
@@ -101,6 +161,7 @@ class Core:
         self.pixel_path = settings.prefix + "/pixel.gif"
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = settings.exclude_paths
+        self._states: dict[Any, CookieState] = {}
         from .endpoints import Endpoints  # endpoints use Core; import late
 
         self.endpoints = Endpoints(self)
@@ -129,75 +190,124 @@ class Core:
     def signals(self, req: Request) -> tuple[bool, bool]:
         """(DNT, GPC) as honoured by the settings: exactly ``"1"`` counts."""
         headers = req.headers
+        return self.signal_flags(headers.get("dnt"), headers.get("sec-gpc"))
+
+    def signal_flags(self, dnt: str | None, gpc: str | None) -> tuple[bool, bool]:
+        """(DNT, GPC) from the two headers' values (``None`` when absent)."""
         s = self.settings
         return (
-            s.honor_dnt and headers.get("dnt", "").strip() == "1",
-            s.honor_gpc and headers.get("sec-gpc", "").strip() == "1",
+            s.honor_dnt and dnt is not None and dnt.strip() == "1",
+            s.honor_gpc and gpc is not None and gpc.strip() == "1",
         )
 
     def visitor(self, req: Request) -> Visitor:
         """The ``Visitor`` of ``req``: cookies verified, consent decided, id issued if due."""
-        now = req.now or time.time()
-        cookies = parse_cookies(req.headers.get("cookie"))
+        dnt, gpc = self.signals(req)
+        state = self.state(req.headers.get("cookie"), dnt, gpc, req.now or time.time())
+        return self.visitor_from_state(req, state)
+
+    def state(self, cookie: str | None, dnt: bool, gpc: bool, now: float) -> CookieState:
+        """What a ``Cookie`` header and the honoured signals say (cached by their text).
+
+        The same header always says the same thing, except that its signed values age:
+        a cached state keeps the time window in which all of them are fresh, and one
+        where a value was rejected for its age is never cached. So a returning visitor
+        costs one dict lookup and two comparisons here.
+        """
+        if not cookie or "trackmw_" not in cookie:
+            cookie = ""  # every visitor without our cookies is in the same state
+        key: Any = (cookie, dnt, gpc) if dnt or gpc else cookie
+        state = self._states.get(key)
+        if state is not None and state.not_before <= now <= state.not_after:
+            return state
+        state = self._read_state(cookie, dnt, gpc, now)
+        if state.not_before <= now <= state.not_after:
+            states = self._states
+            if len(states) >= _STATE_CACHE:
+                states.clear()
+            states[key] = state
+        return state
+
+    def _read_state(self, cookie: str, dnt: bool, gpc: bool, now: float) -> CookieState:
+        cookies = parse_cookies(cookie)
+        window = [float("-inf"), float("inf")]  # when every accepted value is fresh
+
+        def load(signer: CookieSigner, value: str) -> SignedValue | None:
+            signed = signer.verify(value)
+            if signed is None:
+                return None  # a bad signature is bad forever
+            if not signer.fresh(signed, now):
+                window[0], window[1] = float("inf"), float("-inf")  # time-dependent: no cache
+                return None
+            window[0] = max(window[0], signed.signed_at - MAX_SKEW)
+            window[1] = min(window[1], signed.signed_at + signer.max_age)
+            return signed
+
         record: ConsentRecord | None = None
         for value in cookies.get(CONSENT_COOKIE, ()):
-            signed = self.consent_signer.loads(value, now)
+            signed = load(self.consent_signer, value)
             if signed is not None:
                 record = ConsentRecord.from_payload(signed.payload)
                 if record is not None:
                     break
-        signals = self.signals(req)
         s = self.settings
-        consent = decide(
-            record,
-            mode=s.consent,
-            policy_version=s.policy_version,
-            dnt=signals[0],
-            gpc=signals[1],
-        )
+        consent = decide(record, mode=s.consent, policy_version=s.policy_version, dnt=dnt, gpc=gpc)
         id_values = cookies.get(ID_COOKIE)
-        visitor_id = user_id = None
-        id_dirty = False
-        sent_id = None
-        if id_values:
-            for value in id_values:
-                signed = self.id_signer.loads(value, now)
-                if signed is not None and _valid_id_payload(signed.payload):
-                    sent_id = signed.payload[0]
-                    user_id = signed.payload[1] if len(signed.payload) > 1 else None
-                    id_dirty = signed.stale_key
-                    break
-        if consent.analytics:
-            if sent_id is None:
-                visitor_id, user_id, id_dirty = self.new_id(), None, True
-            else:
-                visitor_id = sent_id
-        else:
-            user_id = None
+        sent_id = user_id = None
+        id_stale = False
+        for value in id_values or ():
+            signed = load(self.id_signer, value)
+            if signed is not None and _valid_id_payload(signed.payload):
+                sent_id = signed.payload[0]
+                user_id = signed.payload[1] if len(signed.payload) > 1 else None
+                id_stale = signed.stale_key
+                break
         prefs_payload: Any = None
         prefs_values = cookies.get(PREFS_COOKIE)
         if prefs_values and consent.preferences:
             for value in prefs_values:
-                signed = self.prefs_signer.loads(value, now)
+                signed = load(self.prefs_signer, value)
                 if signed is not None:
                     prefs_payload = signed.payload
                     break
-        visitor = Visitor(
+        return CookieState(
+            record=record,
+            consent=consent,
+            signals=(dnt, gpc),
+            sent_id=sent_id,
+            user_id=user_id,
+            id_stale=id_stale,
+            id_sent=id_values is not None,
+            prefs_payload=prefs_payload,
+            prefs_sent=prefs_values is not None,
+            not_before=window[0],
+            not_after=window[1],
+        )
+
+    def visitor_from_state(self, req: Request, state: CookieState) -> Visitor:
+        """The request's ``Visitor``: the state's, with a new id issued when due."""
+        visitor_id = user_id = None
+        id_dirty = state.id_stale
+        if state.consent.analytics:
+            if state.sent_id is None:
+                visitor_id, id_dirty = self.new_id(), True
+            else:
+                visitor_id, user_id = state.sent_id, state.user_id
+        return Visitor(
             self,
             req,
             visitor_id=visitor_id,
-            is_new=visitor_id is not None and sent_id is None,
+            is_new=visitor_id is not None and state.sent_id is None,
             user_id=user_id,
-            id_sent=id_values is not None,
+            id_sent=state.id_sent,
             id_dirty=id_dirty,
-            record=record,
-            consent=consent,
-            signals=signals,
-            prefs_payload=prefs_payload,
-            prefs_sent=prefs_values is not None,
-            sent_id=sent_id,
+            record=state.record,
+            consent=state.consent,
+            signals=state.signals,
+            prefs_payload=state.prefs_payload,
+            prefs_sent=state.prefs_sent,
+            sent_id=state.sent_id,
         )
-        return visitor
 
     # -- the response ------------------------------------------------------------------------
 
@@ -317,21 +427,36 @@ class Core:
         self, visitor: Visitor, page: str, referrer: str | None, campaign: str | None
     ) -> bool:
         """Queue one page view, as consent allows. True if something was queued."""
-        consent = visitor._consent
+        return self._queue_hit(
+            visitor._req, visitor._consent, visitor.id, visitor.user_id, page, referrer, campaign
+        )
+
+    def _queue_hit(
+        self,
+        req: Request,
+        consent: Consent,
+        visitor_id: str | None,
+        user_id: str | None,
+        page: str,
+        referrer: str | None,
+        campaign: str | None,
+    ) -> bool:
         if not consent.analytics and self.settings.count_rejected == "none":
             return False
-        req = visitor._req
-        identified = consent.analytics and visitor.id is not None
+        identified = consent.analytics and visitor_id is not None
+        headers = req.headers
         self.pipeline.add(
             Hit(
                 req.now or time.time(),
-                visitor.id if identified else None,
-                visitor.user_id if identified else None,
+                visitor_id if identified else None,
+                user_id if identified else None,
                 page[:MAX_LEN],
                 referrer[:MAX_LEN] if referrer else None,
                 campaign[:MAX_CAMPAIGN] if campaign else None,
-                req.headers.get("user-agent", "")[:MAX_UA],
-                req.host[:253],
+                # Buffered hits share one copy of each User-Agent and host (a few
+                # hundred bytes per hit otherwise: see "bytes per buffered event").
+                _intern(headers.get("user-agent", "")[:MAX_UA]),
+                _intern(headers.get("host", "").lower()[:253]),
             )
         )
         return True
@@ -358,21 +483,45 @@ class Core:
     # -- trackmw's own endpoints -----------------------------------------------------------
 
     def pixel(self, req: Request) -> Response:
-        """The beacon. Always the GIF, whatever the input (429 only when so configured)."""
-        headers = list(PIXEL_HEADERS)
+        """The beacon. Always the GIF, whatever the input (429 only when so configured).
+
+        A returning visitor's beacon (the common case) sets no cookie, so it is answered
+        from the cached cookie state without building a ``Visitor``.
+        """
+        headers = PIXEL_HEADERS  # shared, never changed: copied below before adding
         status = 200
         try:
-            visitor = self.visitor(req)
+            h = req.headers
+            state = self.state(
+                h.get("cookie"),
+                *self.signal_flags(h.get("dnt"), h.get("sec-gpc")),
+                req.now or time.time(),
+            )
+            visitor = None if state.quiet else self.visitor_from_state(req, state)
+            if visitor is None:
+                analytics = state.consent.analytics
+                visitor_id = state.sent_id if analytics else None
+                user_id = state.user_id if analytics else None
+            else:
+                visitor_id, user_id = visitor.id, visitor.user_id
             if req.method == "GET" and self._countable(req):
-                if self._within_rate(req, visitor):
+                if self._within_rate(req, visitor_id):
                     params = parse_pixel_query(req.query)
-                    page = params.get("p") or page_from_referer(req.headers.get("referer"))
-                    self.record_hit(visitor, page or UNKNOWN_PAGE, params.get("r"), params.get("c"))
+                    page = params.get("p") or page_from_referer(h.get("referer"))
+                    self._queue_hit(
+                        req,
+                        state.consent,
+                        visitor_id,
+                        user_id,
+                        page or UNKNOWN_PAGE,
+                        params.get("r"),
+                        params.get("c"),
+                    )
                 elif self.settings.pixel_rate_limit_status == 429:
                     status = 429
-            cookies = self.cookie_headers(visitor)
+            cookies = self.cookie_headers(visitor) if visitor is not None else None
             if cookies:
-                headers.append(("vary", "Cookie"))
+                headers = [*PIXEL_HEADERS, ("vary", "Cookie")]
                 headers.extend(("set-cookie", c) for c in cookies)
         except Exception:
             log.exception("trackmw: the pixel failed to record a hit; serving the GIF")
@@ -386,9 +535,9 @@ class Core:
                 return forwarded
         return req.client
 
-    def _within_rate(self, req: Request, visitor: Visitor) -> bool:
-        if visitor.id is not None:
-            key = visitor.id
+    def _within_rate(self, req: Request, visitor_id: str | None) -> bool:
+        if visitor_id is not None:
+            key = visitor_id
         else:
             key = RateLimiter.anonymous_key(self.client_ip(req), req.headers.get("user-agent", ""))
         return self.rate_limiter.allow(key, req.now or None)
@@ -429,6 +578,19 @@ class Core:
                 [("content-type", "text/plain; charset=utf-8"), ("retry-after", "60")],
                 b"temporarily unavailable",
             )
+
+
+_interned: dict[str, str] = {}
+
+
+def _intern(text: str) -> str:
+    """One shared copy of a string that repeats (User-Agents, hosts); bounded."""
+    found = _interned.get(text)
+    if found is None:
+        if len(_interned) >= 4096:
+            _interned.clear()
+        _interned[text] = found = text
+    return found
 
 
 def _valid_id_payload(payload: Any) -> bool:
