@@ -12,15 +12,14 @@ whose previous visit lies before ``lo``, so::
     distinct(dimension, lo, hi) = count of links with lo <= day <= hi and prev < lo
 
 ``uniq_links`` holds those links counted per ``(dim, day, prev)``: a report is one
-indexed range sum per dimension, whatever the number of events. ``uniq_entities``
-keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chains so that writes (also
-of days out of order), erasure and retention add and remove links exactly.
+indexed range sum per dimension, whatever the number of events. ``uniq_chains``
+keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chain per dimension so that
+writes (also of days out of order), erasure and retention add and remove links exactly.
 Days are ``date.toordinal()`` numbers.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -45,9 +44,11 @@ CREATE TABLE IF NOT EXISTS uniq_links (
     n INTEGER NOT NULL,
     PRIMARY KEY (dim, day, prev)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uniq_entities (
-    key TEXT PRIMARY KEY,    -- 'v:<visitor id>' or 'u:<user id>'
-    days TEXT NOT NULL       -- JSON {dim id: [day, ...] sorted}
+CREATE TABLE IF NOT EXISTS uniq_chains (
+    key TEXT NOT NULL,       -- 'v:<visitor id>' or 'u:<user id>'
+    dim INTEGER NOT NULL,
+    days TEXT NOT NULL,      -- the visit days, ascending, comma-separated
+    PRIMARY KEY (key, dim)
 ) WITHOUT ROWID;
 """
 
@@ -99,19 +100,35 @@ class Uniques:
         """Add visits to the chains and their links."""
         if not items:
             return
-        by_entity: dict[str, list[tuple[int, int]]] = {}
+        wanted: dict[tuple[str, int], set[int]] = {}
         dim_of = self._dim_ids(conn, {m[1] for m in items})
-        day_of = self._ordinal
+        day_of = self._days
         for entity, key, iso_day in items:
-            by_entity.setdefault(entity, []).append((dim_of[key], day_of(iso_day)))
-        chains = self._load(conn, list(by_entity))
+            day = day_of.get(iso_day)
+            if day is None:
+                day = self._ordinal(iso_day)
+            pair = (entity, dim_of[key])
+            days = wanted.get(pair)
+            if days is None:
+                wanted[pair] = {day}
+            else:
+                days.add(day)
+        chains = self._load(conn, list(wanted))
         delta: Delta = {}
-        changed: list[tuple[str, str]] = []
-        for entity, visits in by_entity.items():
-            chain = chains.get(entity) or {}
+        changed: list[tuple[str, int, str]] = []
+        for pair, new_days in wanted.items():
+            dim = pair[1]
+            days = chains.get(pair)
+            if days is None:  # a new chain: the common case, and a simple one
+                ordered = sorted(new_days)
+                prev = -1
+                for day in ordered:
+                    _bump(delta, (dim, day, prev), 1)
+                    prev = day
+                changed.append((*pair, ",".join(map(str, ordered))))
+                continue
             dirty = False
-            for dim, day in visits:
-                days = chain.setdefault(str(dim), [])
+            for day in sorted(new_days):
                 i = bisect_left(days, day)
                 if i < len(days) and days[i] == day:
                     continue
@@ -124,25 +141,22 @@ class Uniques:
                 days.insert(i, day)
                 dirty = True
             if dirty:
-                changed.append((entity, json.dumps(chain, separators=(",", ":"))))
-        conn.executemany(
-            "INSERT INTO uniq_entities VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET days = excluded.days",
-            changed,
-        )
+                changed.append((*pair, ",".join(map(str, days))))
+        conn.executemany("INSERT OR REPLACE INTO uniq_chains VALUES (?, ?, ?)", changed)
         _apply(conn, delta)
 
     def remove(self, conn: sqlite3.Connection, entities: Sequence[str]) -> None:
         """Forget these visitors' and users' chains, and their links."""
-        chains = self._load(conn, entities)
         delta: Delta = {}
-        for chain in chains.values():
-            for dim, days in chain.items():
+        for entity in entities:
+            for dim, text in conn.execute(
+                "SELECT dim, days FROM uniq_chains WHERE key = ?", (entity,)
+            ).fetchall():
                 prev = -1
-                for day in days:
-                    _bump(delta, (int(dim), day, prev), -1)
+                for day in _days(text):
+                    _bump(delta, (dim, day, prev), -1)
                     prev = day
-        conn.executemany("DELETE FROM uniq_entities WHERE key = ?", [(e,) for e in entities])
+        conn.executemany("DELETE FROM uniq_chains WHERE key = ?", [(e,) for e in entities])
         _apply(conn, delta)
 
     def rebuild(
@@ -165,7 +179,7 @@ class Uniques:
     def rebuild_all(self, conn: sqlite3.Connection) -> None:
         """Recompute every chain from the stored page views (migration from schema 1)."""
         conn.execute("DELETE FROM uniq_links")
-        conn.execute("DELETE FROM uniq_entities")
+        conn.execute("DELETE FROM uniq_chains")
         cursor = conn.execute(
             "SELECT * FROM pageviews WHERE visitor_id IS NOT NULL AND bot = 0"
         )
@@ -183,18 +197,17 @@ class Uniques:
             (cut,),
         )
         conn.execute("DELETE FROM uniq_links WHERE prev >= 0 AND prev < ?", (cut,))
-        updates: list[tuple[str, str]] = []
-        gone: list[tuple[str]] = []
-        for key, text in conn.execute("SELECT key, days FROM uniq_entities").fetchall():
-            chain = json.loads(text)
-            kept = {d: [x for x in days if x >= cut] for d, days in chain.items()}
-            kept = {d: days for d, days in kept.items() if days}
+        updates: list[tuple[str, str, int]] = []
+        gone: list[tuple[str, int]] = []
+        for key, dim, text in conn.execute("SELECT key, dim, days FROM uniq_chains").fetchall():
+            days = _days(text)
+            kept = [d for d in days if d >= cut]
             if not kept:
-                gone.append((key,))
-            elif kept != chain:
-                updates.append((json.dumps(kept, separators=(",", ":")), key))
-        conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
-        conn.executemany("UPDATE uniq_entities SET days = ? WHERE key = ?", updates)
+                gone.append((key, dim))
+            elif len(kept) != len(days):
+                updates.append((",".join(map(str, kept)), key, dim))
+        conn.executemany("DELETE FROM uniq_chains WHERE key = ? AND dim = ?", gone)
+        conn.executemany("UPDATE uniq_chains SET days = ? WHERE key = ? AND dim = ?", updates)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -281,17 +294,26 @@ class Uniques:
         return out
 
     @staticmethod
-    def _load(conn: sqlite3.Connection, entities: Sequence[str]) -> dict[str, dict[str, list[int]]]:
-        out: dict[str, dict[str, list[int]]] = {}
-        for start in range(0, len(entities), 500):
-            chunk = entities[start:start + 500]
+    def _load(
+        conn: sqlite3.Connection, pairs: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], list[int]]:
+        wanted = set(pairs)
+        keys = sorted({key for key, _ in pairs})
+        out: dict[tuple[str, int], list[int]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT key, days FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
-                tuple(chunk),
-            ).fetchall()
-            out.update((key, json.loads(days)) for key, days in rows)
+            for key, dim, days in conn.execute(  # a key prefix: the primary key's own order
+                f"SELECT key, dim, days FROM uniq_chains WHERE key IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                if (key, dim) in wanted:
+                    out[(key, dim)] = _days(days)
         return out
+
+
+def _days(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
 
 
 def _bump(delta: Delta, key: tuple[int, int, int], by: int) -> None:
