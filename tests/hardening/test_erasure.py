@@ -148,3 +148,22 @@ def test_erasure_racing_many_requests_loses_no_one_elses_events(
     assert errors == []
     tracker.flush()
     assert tracker.stats().pageviews == total
+
+
+def test_an_erasure_reaches_events_buffered_in_another_process(
+    make_tracker: Callable[..., Tracker], tmp_path: Path
+) -> None:
+    """Two workers on one SQLite file: a hit buffered in worker A, then the erasure
+    answered by worker B. When A's writer runs, the erased visitor must not come back
+    (the store has to refuse events of an erased visitor, e.g. by a tombstone)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    worker_a = make_tracker(store=url, flush_interval=3600)
+    worker_b = make_tracker(store=url, flush_interval=3600)
+    worker_a.pipeline.add(hit(A))
+    worker_a.flush()
+    worker_a.pipeline.add(hit(A, "/buffered-before-the-erasure"))
+    worker_a.pipeline.add(hit(B))
+    assert worker_b.erase(A) >= 1
+    worker_a.flush()
+    assert worker_b.visitor_data(A)["pageviews"] == []
+    assert worker_b.stats().pageviews == 1
