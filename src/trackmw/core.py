@@ -106,6 +106,8 @@ class CookieState:
         "id_sent",
         "prefs_payload",
         "prefs_sent",
+        "consent_stale",
+        "prefs_stale",
         "not_before",
         "not_after",
         "quiet",
@@ -125,6 +127,8 @@ class CookieState:
         prefs_sent: bool,
         not_before: float,
         not_after: float,
+        consent_stale: bool = False,
+        prefs_stale: bool = False,
     ) -> None:
         self.record = record
         self.consent = consent
@@ -135,6 +139,10 @@ class CookieState:
         self.id_sent = id_sent
         self.prefs_payload = prefs_payload
         self.prefs_sent = prefs_sent
+        # Signed with an older key: re-issued under the newest, or the next rotation
+        # would drop them (and with them the visitor's choice).
+        self.consent_stale = consent_stale and record is not None
+        self.prefs_stale = prefs_stale and consent.preferences and prefs_payload is not None
         self.not_before = not_before
         self.not_after = not_after
         # The cookie rules at the top of this module, for a visitor nobody changed.
@@ -142,7 +150,12 @@ class CookieState:
             id_ok = sent_id is not None and not id_stale
         else:
             id_ok = not id_sent
-        self.quiet = id_ok and not (prefs_sent and not consent.preferences)
+        self.quiet = (
+            id_ok
+            and not (prefs_sent and not consent.preferences)
+            and not self.consent_stale
+            and not self.prefs_stale
+        )
 
 
 class Core:
@@ -244,11 +257,13 @@ class Core:
             return signed
 
         record: ConsentRecord | None = None
+        consent_stale = False
         for value in cookies.get(CONSENT_COOKIE, ()):
             signed = load(self.consent_signer, value)
             if signed is not None:
                 record = ConsentRecord.from_payload(signed.payload)
                 if record is not None:
+                    consent_stale = signed.stale_key
                     break
         s = self.settings
         consent = decide(record, mode=s.consent, policy_version=s.policy_version, dnt=dnt, gpc=gpc)
@@ -263,12 +278,14 @@ class Core:
                 id_stale = signed.stale_key
                 break
         prefs_payload: Any = None
+        prefs_stale = False
         prefs_values = cookies.get(PREFS_COOKIE)
         if prefs_values and consent.preferences:
             for value in prefs_values:
                 signed = load(self.prefs_signer, value)
                 if signed is not None:
                     prefs_payload = signed.payload
+                    prefs_stale = signed.stale_key
                     break
         return CookieState(
             record=record,
@@ -282,6 +299,8 @@ class Core:
             prefs_sent=prefs_values is not None,
             not_before=window[0],
             not_after=window[1],
+            consent_stale=consent_stale,
+            prefs_stale=prefs_stale,
         )
 
     def visitor_from_state(self, req: Request, state: CookieState) -> Visitor:
@@ -293,7 +312,7 @@ class Core:
                 visitor_id, id_dirty = self.new_id(), True
             else:
                 visitor_id, user_id = state.sent_id, state.user_id
-        return Visitor(
+        visitor = Visitor(
             self,
             req,
             visitor_id=visitor_id,
@@ -308,6 +327,11 @@ class Core:
             prefs_sent=state.prefs_sent,
             sent_id=state.sent_id,
         )
+        if state.consent_stale:
+            visitor._consent_dirty = True
+        if state.prefs_stale:
+            visitor.preferences.changed = True
+        return visitor
 
     # -- the response ------------------------------------------------------------------------
 
