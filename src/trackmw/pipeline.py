@@ -221,10 +221,12 @@ class Pipeline:
         return self.drain()
 
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:
-        """Remove a visitor's events from the buffer and the store.
+        """Remove a visitor's events from the store and the buffer.
 
-        Holding the drain lock means no batch taken before the erasure can be written
-        after it: erased data cannot come back.
+        The store goes first: if it fails (``StoreError``), nothing is changed, the
+        buffer included. Holding the drain lock means no batch taken before the erasure
+        can be written after it, so erased data cannot come back. The buffer is
+        filtered in place (requests keep appending to it meanwhile).
         """
 
         def keep(item: Hit | ConsentChoice | PageView) -> bool:
@@ -233,16 +235,24 @@ class Pipeline:
             return not (user_id and isinstance(item, Hit | PageView) and item.user_id == user_id)
 
         with self._lock:
-            kept = [item for item in self._buffer if keep(item)]
-            removed = len(self._buffer) - len(kept)
-            self._buffer = deque(kept)
+            removed = self.store.erase(visitor_id, user_id)
+            buf = self._buffer
+            for _ in range(len(buf)):  # exactly the items present now, oldest first
+                try:
+                    item = buf.popleft()
+                except IndexError:
+                    break
+                if keep(item):
+                    buf.append(item)
+                else:
+                    removed += 1
             if self._pending:
                 pv, cc = self._pending
                 pv2 = [p for p in pv if keep(p)]
                 cc2 = [c for c in cc if keep(c)]
                 removed += len(pv) - len(pv2) + len(cc) - len(cc2)
                 self._pending = (pv2, cc2)
-            return removed + self.store.erase(visitor_id, user_id)
+            return removed
 
     def close(self, timeout: float = 10.0) -> bool:
         """Flush, stop the writer thread and close the store. Safe to call twice."""
