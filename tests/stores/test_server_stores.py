@@ -72,7 +72,7 @@ def test_a_bad_store_url_is_a_configuration_error(url: str) -> None:
         store_class(url)
 
 
-@pytest.mark.parametrize("store_kind", ["redis-hll"])
+@pytest.mark.parametrize("store_kind", ["redis-hll", "redis-cluster-hll"])
 def test_hyperloglog_visitors_stay_within_two_percent(store_url: str) -> None:
     store = open_store(store_url)
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -43,7 +44,7 @@ from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from .base import Store, redact
 from .memory import visitor_document
-from .redis_scripts import ERASE, PURGE, UNION, WRITE
+from .redis_scripts import ERASE, PURGE, WRITE
 
 __all__ = ["RedisStore"]
 
@@ -111,8 +112,7 @@ class RedisStore(Store):
             except wrapped as exc:
                 raise StoreError(f"cannot connect to {redact(self.url)}: {exc}") from exc
             self._scripts = {name: client.register_script(src) for name, src in
-                             (("write", WRITE), ("union", UNION), ("erase", ERASE),
-                              ("purge", PURGE))}
+                             (("write", WRITE), ("erase", ERASE), ("purge", PURGE))}
             self._client = client
         return self._client
 
@@ -167,12 +167,28 @@ class RedisStore(Store):
 
     # -- reading -----------------------------------------------------------------------
 
-    def _unique(self, keys: list[str]) -> int:
-        if not keys:
-            return 0
-        if self.mode == "h":
-            return int(self._call(lambda c: c.pfcount(*keys)))
-        return int(self._script("union", keys, []))
+    def _union_sizes(self, groups: list[list[str]]) -> list[int]:
+        """The size of the union of each group of unique-count keys.
+
+        HyperLogLogs merge in ``PFCOUNT``; exact sets are unioned into a scratch key by
+        ``SUNIONSTORE``, which answers the union's size. One pipelined round trip on a
+        single Redis; one call per group on a cluster, where redis-py refuses multi-key
+        commands in pipelines (each call still works: every key is in the same slot).
+        """
+        scratch = f"{self.prefix}:scratch:{uuid.uuid4().hex}"
+        hll = self.mode == "h"
+        asked = [g for g in groups if g]
+
+        def fetch(c: Any) -> list[Any]:
+            target = c if self.cluster else c.pipeline(transaction=False)
+            answers = [target.pfcount(*keys) if hll else target.sunionstore(scratch, keys)
+                       for keys in asked]
+            if not hll:
+                target.delete(scratch)
+            return answers if self.cluster else list(target.execute())[: len(asked)]
+
+        answers = iter(self._call(fetch) if asked else [])
+        return [int(next(answers)) if g else 0 for g in groups]
 
     def report(self, since: date, until: date) -> Report:
         P, M = self.prefix, self.prefix + ":" + self.mode
@@ -206,24 +222,26 @@ class RedisStore(Store):
         report.anonymous_pageviews = totals.get("a", 0)
         report.bot_hits = totals.get("b", 0)
         report.consent = {"accepted": totals.get("ca", 0), "rejected": totals.get("cr", 0)}
-        report.visitors = self._unique([f"{M}:v:{d}" for d in days])
-        report.registered_visitors = self._unique([f"{M}:u:{d}" for d in days])
+        pages = sorted(named.get("p", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]
+        classes = [(kind, name) for kind in "BOD" for name in named.get(kind, {})]
+        counts = iter(self._union_sizes(
+            [[f"{M}:v:{d}" for d in days], [f"{M}:u:{d}" for d in days]]
+            + [[f"{M}:p:{d}:{path}" for d in seen["p:" + path]] for path, _ in pages]
+            + [[f"{M}:{k}:{d}:{name}" for d in seen[f"{k}:{name}"]] for k, name in classes]
+        ))
+        report.visitors, report.registered_visitors = next(counts), next(counts)
         report.days = [
             {"day": d, "pageviews": int(h.get("t", 0)), "visitors": int(v)}
             for d, h, v in zip(days, hashes, rows[len(days):], strict=True)
         ]
-        pages = sorted(named.get("p", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]
         report.pages = [
-            {"path": path, "pageviews": n,
-             "visitors": self._unique([f"{M}:p:{d}:{path}" for d in seen["p:" + path]])}
-            for path, n in pages
-        ]
+            {"path": path, "pageviews": n, "visitors": next(counts)} for path, n in pages]
+        by_kind: dict[str, dict[str, int]] = {"B": {}, "O": {}, "D": {}}
+        for kind, name in classes:
+            by_kind[kind][name] = next(counts)
         for attr, kind in (("browsers", "B"), ("os", "O"), ("devices", "D")):
-            counts = {
-                name: self._unique([f"{M}:{kind}:{d}:{name}" for d in seen[f"{kind}:{name}"]])
-                for name in named.get(kind, {})
-            }
-            setattr(report, attr, ranked({k: v for k, v in counts.items() if v}, "visitors"))
+            visible = {k: v for k, v in by_kind[kind].items() if v}
+            setattr(report, attr, ranked(visible, "visitors"))
         report.referrers = ranked(named.get("r", {}), "pageviews")
         report.campaigns = ranked(named.get("c", {}), "pageviews")
         return report

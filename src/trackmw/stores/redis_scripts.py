@@ -2,13 +2,12 @@
 
 Each runs atomically in Redis. ``WRITE`` applies one batch (once: it starts by setting
 the batch's marker key), ``ERASE`` removes one visitor (and a linked user's page views)
-from lists, counters and exact sets, ``PURGE`` drops days before a cut-off in slices,
-``UNION`` counts the members of several exact sets.
+from lists, counters and exact sets, and ``PURGE`` drops days before a cut-off in slices.
 """
 
 from __future__ import annotations
 
-__all__ = ["ERASE", "PURGE", "UNION", "WRITE"]
+__all__ = ["ERASE", "PURGE", "WRITE"]
 
 WRITE = """
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -116,8 +115,6 @@ end
 redis.call('HSETNX', P .. ':meta', 'uniques', mode)
 return #batch.p + #batch.c
 """
-
-UNION = "return #redis.call('SUNION', unpack(KEYS))"
 
 ERASE = """
 local P, mode, vid, uid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
