@@ -198,12 +198,9 @@ class RedisStore(Store):
             pipe = c.pipeline(transaction=False)
             for d in days:
                 pipe.hgetall(f"{P}:d:{d}")
-            for d in days:
-                (pipe.pfcount if self.mode == "h" else pipe.scard)(f"{M}:v:{d}")
             return list(pipe.execute())
 
-        rows = self._call(fetch)
-        hashes: list[dict[str, str]] = rows[: len(days)]
+        hashes: list[dict[str, str]] = self._call(fetch)
         report = Report(since=since, until=until)
         totals: dict[str, int] = {}
         named: dict[str, dict[str, int]] = {}
@@ -226,13 +223,14 @@ class RedisStore(Store):
         classes = [(kind, name) for kind in "BOD" for name in named.get(kind, {})]
         counts = iter(self._union_sizes(
             [[f"{M}:v:{d}" for d in days], [f"{M}:u:{d}" for d in days]]
+            + [[f"{M}:v:{d}"] if h.get("t") else [] for d, h in zip(days, hashes, strict=True)]
             + [[f"{M}:p:{d}:{path}" for d in seen["p:" + path]] for path, _ in pages]
             + [[f"{M}:{k}:{d}:{name}" for d in seen[f"{k}:{name}"]] for k, name in classes]
         ))
         report.visitors, report.registered_visitors = next(counts), next(counts)
         report.days = [
-            {"day": d, "pageviews": int(h.get("t", 0)), "visitors": int(v)}
-            for d, h, v in zip(days, hashes, rows[len(days):], strict=True)
+            {"day": d, "pageviews": int(h.get("t", 0)), "visitors": next(counts)}
+            for d, h in zip(days, hashes, strict=True)
         ]
         report.pages = [
             {"path": path, "pageviews": n, "visitors": next(counts)} for path, n in pages]
