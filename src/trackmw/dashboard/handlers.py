@@ -42,7 +42,7 @@ PAGE_CSP = (
 _SECURITY = [
     ("cache-control", "no-store"),
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    ("referrer-policy", "same-origin"),  # no-referrer would make Origin "null"
     ("x-frame-options", "DENY"),
 ]
 _HTML = ("content-type", "text/html; charset=utf-8")

@@ -42,7 +42,7 @@ def _head(title: str, prefix: str) -> str:
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
+        '<meta name="referrer" content="same-origin">'
         f"<title>{escape(title)}</title>"
         f'<link rel="stylesheet" href="{escape(prefix)}/dashboard.css">'
         "</head>"
