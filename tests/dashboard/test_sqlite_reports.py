@@ -140,3 +140,29 @@ def test_reports_survive_reopening(stores: tuple[SQLiteStore, MemoryStore], tmp_
         assert_same(reopened, mem, 21)
     finally:
         reopened.close()
+
+
+def test_a_schema_1_file_is_migrated(stores: tuple[SQLiteStore, MemoryStore]) -> None:
+    import sqlite3
+
+    sql, mem = stores
+    fill(sql, mem, 31)
+    sql.close()
+    # Schema 1 had daily_visitors (and no link tables): the distinct counts are rebuilt
+    # from the raw page views on open.
+    conn = sqlite3.connect(sql.path, isolation_level=None)
+    for table in ("uniq_links", "uniq_chains", "uniq_dims"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("CREATE TABLE daily_visitors (day TEXT)")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    reopened = SQLiteStore(sql.url)
+    try:
+        assert_same(reopened, mem, 31)
+        conn = sqlite3.connect(sql.path)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        conn.close()
+        assert "daily_visitors" not in tables and version == ("2",)
+    finally:
+        reopened.close()
