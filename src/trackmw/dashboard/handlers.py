@@ -57,10 +57,11 @@ def html(status: int, body: str, extra: list[tuple[str, str]] | None = None) -> 
 
 
 def _query(req: Request) -> dict[str, str]:
+    """The query's fields (the first of repeated ones); ``RangeError`` if it has too many."""
     try:
         pairs = parse_qsl(req.query, keep_blank_values=True, max_num_fields=20)
     except ValueError:
-        return {"": "malformed"}  # too many fields: no valid range has them
+        raise RangeError("too many query parameters") from None
     out: dict[str, str] = {}
     for key, value in pairs:
         out.setdefault(key, value)
@@ -83,8 +84,6 @@ class DashboardEndpoints:
 
     def _range(self, req: Request) -> tuple[str | None, str | None]:
         q = _query(req)
-        if "" in q and q[""] == "malformed":
-            raise RangeError("too many query parameters")
         return q.get("since") or None, q.get("until") or None
 
     def _report(self, req: Request) -> Report:

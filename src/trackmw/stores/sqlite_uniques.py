@@ -108,18 +108,18 @@ class Uniques:
             if day is None:
                 day = self._ordinal(iso_day)
             pair = (entity, dim_of[key])
-            days = wanted.get(pair)
-            if days is None:
+            seen = wanted.get(pair)
+            if seen is None:
                 wanted[pair] = {day}
             else:
-                days.add(day)
+                seen.add(day)
         chains = self._load(conn, list(wanted))
         delta: Delta = {}
         changed: list[tuple[str, int, str]] = []
         for pair, new_days in wanted.items():
             dim = pair[1]
-            days = chains.get(pair)
-            if days is None:  # a new chain: the common case, and a simple one
+            chain = chains.get(pair)
+            if chain is None:  # a new chain: the common case, and a simple one
                 ordered = sorted(new_days)
                 prev = -1
                 for day in ordered:
@@ -128,6 +128,7 @@ class Uniques:
                 changed.append((*pair, ",".join(map(str, ordered))))
                 continue
             dirty = False
+            days = chain
             for day in sorted(new_days):
                 i = bisect_left(days, day)
                 if i < len(days) and days[i] == day:
