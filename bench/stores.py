@@ -168,7 +168,11 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
               f"({shared:,.0f} if User-Agent and host strings were interned)")
     notes.append(f"buffer: {per_event:,.0f} bytes per event; {shared:,.0f} with User-Agent "
                  "and host strings shared between hits")
-    notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,}; "
+                 f"load average at the end {load} on {os.cpu_count()} cores")
+    if not quiet:
+        print(notes[-1])
     return {"writes": writes, "bytes_per_event": per_event, "notes": notes}
 
 
