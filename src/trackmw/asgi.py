@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .core import CookieState, Core, Request, Response
+from .core import PRIVATE_ADDED, CookieState, Core, Request, Response, private_headers
 from .endpoints import MAX_BODY, text_response
 from .pixel import PIXEL_HEADERS
 from .tracker import Tracker
@@ -106,6 +106,20 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 
 _PIXEL_RAW = _encode(PIXEL_HEADERS)
+_PRIVATE_RAW = _encode(list(PRIVATE_ADDED))
+_CACHE_NAMES = (b"vary", b"cache-control")
+
+
+def _with_cookies(raw: list[tuple[bytes, bytes]], cookies: list[str]) -> list[tuple[bytes, bytes]]:
+    """The app's raw headers plus ``cookies``, made private (``core.private_headers``).
+
+    Without ``Vary`` and ``Cache-Control`` in the app's headers (the usual case), that
+    is the app's headers as they are plus fixed ones; only otherwise are they decoded.
+    """
+    set_cookies = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+    if not any(name.lower() in _CACHE_NAMES for name, _ in raw):
+        return [*raw, *_PRIVATE_RAW, *set_cookies]
+    return _encode(private_headers(_Decoded(raw), cookies))
 
 
 class _Decoded:
@@ -229,10 +243,10 @@ class TrackingMiddleware:
             if message["type"] == "http.response.start" and not (quiet and lazy.visitor is None):
                 try:
                     raw = message.get("headers", [])
-                    changed = core.finish(lazy(), message["status"], _Decoded(raw))
-                    if changed is not None:
+                    cookies = core.response_cookies(lazy(), message["status"], _Decoded(raw))
+                    if cookies:
                         message = dict(message)
-                        message["headers"] = _encode(changed)
+                        message["headers"] = _with_cookies(raw, cookies)
                 except Exception:
                     log.exception("trackmw: could not add cookies; response sent unchanged")
             await send(message)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -429,21 +430,30 @@ class Core:
         return out
 
     def finish(
-        self, visitor: Visitor, status: int, headers: list[tuple[str, str]]
+        self, visitor: Visitor, status: int, headers: Iterable[tuple[str, str]]
     ) -> list[tuple[str, str]] | None:
         """Headers for the app's response, or ``None`` when nothing changes.
 
         ``headers`` are the app's, with lower- or mixed-case names.
+        """
+        cookies = self.response_cookies(visitor, status, headers)
+        if not cookies:
+            return None
+        return private_headers(headers, cookies)
+
+    def response_cookies(
+        self, visitor: Visitor, status: int, headers: Iterable[tuple[str, str]]
+    ) -> list[str]:
+        """The ``Set-Cookie`` values for the app's response (``finish`` without merging).
+
+        Also counts the response as a page view when ``count_server_side`` says so.
         """
         if self.settings.count_server_side and status == 200 and visitor._req.method == "GET":
             if any(k.lower() == "content-type" and v.startswith("text/html") for k, v in headers):
                 req = visitor._req
                 page = req.path + ("?" + req.query if req.query else "")
                 self.record_hit(visitor, page, req.headers.get("referer"), None)
-        cookies = self.cookie_headers(visitor)
-        if not cookies:
-            return None
-        return private_headers(headers, cookies)
+        return self.cookie_headers(visitor)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -626,8 +636,13 @@ def _valid_id_payload(payload: Any) -> bool:
     )
 
 
+#: What ``private_headers`` adds, before the cookies, to a response that has neither
+#: ``Vary`` nor ``Cache-Control`` (adapters may append these directly in that case).
+PRIVATE_ADDED = (("vary", "Cookie"), ("cache-control", "private"))
+
+
 def private_headers(
-    headers: list[tuple[str, str]], set_cookies: list[str]
+    headers: Iterable[tuple[str, str]], set_cookies: list[str]
 ) -> list[tuple[str, str]]:
     """``headers`` plus ``set_cookies``, made safe for shared caches.
 

@@ -14,20 +14,23 @@ verified once per process, and only its age is checked again.
 Signing runs on every new visitor's request, so the serializer is itsdangerous' own
 with four costs taken out (the token format is unchanged): the signer is built once
 per salt instead of on every call, each key is derived once instead of on every
-sign and verify (a SHA-1 each time), the keyed HMAC state is copied rather than
-rebuilt, and short JSON payloads are not run through zlib
+sign and verify (a SHA-1 each time), the HMAC is OpenSSL's one-shot function rather
+than a Python object per call, and short JSON payloads are not run through zlib
 (it cannot make a few dozen bytes shorter, and trying cost more than the HMAC). Values
 that were compressed still load.
 """
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import hmac
+import json
 import time
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_encode, int_to_bytes
 from itsdangerous.signer import HMACAlgorithm
 
 __all__ = ["CookieSigner", "SignedValue"]
@@ -36,29 +39,20 @@ __all__ = ["CookieSigner", "SignedValue"]
 MAX_COOKIE_VALUE = 3072
 _CACHE_SIZE = 10_000
 #: JSON payloads shorter than this are signed uncompressed (see the module docstring).
-_COMPRESS_FROM = 96
+_COMPRESS_FROM = 48
 #: A cookie dated this far in the future (clock skew between servers) is still accepted.
 MAX_SKEW = 60
 
 
-class _KeyedHMAC(HMACAlgorithm):
-    """itsdangerous' HMAC, keeping each key's initialised HMAC state to copy.
+class _OneShotHMAC(HMACAlgorithm):
+    """itsdangerous' HMAC, computed by ``hmac.digest`` (OpenSSL's one-shot HMAC in C).
 
-    ``hmac.new`` hashes the padded key on every call; copying a keyed state skips that.
-    The digest is the same bytes.
+    ``hmac.new`` builds a Python ``HMAC`` object around the C one on every call; the
+    one-shot function gives the same bytes for a fraction of the cost.
     """
 
-    def __init__(self, digest_method: Any) -> None:
-        super().__init__(digest_method)
-        self._keyed: dict[bytes, Any] = {}
-
     def get_signature(self, key: bytes, value: bytes) -> bytes:
-        base = self._keyed.get(key)
-        if base is None:
-            base = self._keyed[key] = hmac.new(key, digestmod=self.digest_method)
-        mac = base.copy()
-        mac.update(value)
-        return mac.digest()
+        return hmac.digest(key, value, self.digest_method)
 
 
 class _Signer(TimestampSigner):
@@ -68,7 +62,7 @@ class _Signer(TimestampSigner):
         super().__init__(*args, **kwargs)
         self._derived: dict[Any, bytes] = {}
         if type(self.algorithm) is HMACAlgorithm:
-            self.algorithm = _KeyedHMAC(self.digest_method)
+            self.algorithm = _OneShotHMAC(self.digest_method)
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         key = self._derived.get(secret_key)
@@ -93,10 +87,44 @@ class _Serializer(URLSafeTimedSerializer):
         return signer
 
     def dump_payload(self, obj: Any) -> bytes:
-        json = self.serializer.dumps(obj, **self.serializer_kwargs).encode("utf-8")
-        if len(json) >= _COMPRESS_FROM:
+        text = _COMPACT.encode(obj).encode("utf-8")
+        if len(text) >= _COMPRESS_FROM:
             return super().dump_payload(obj)
-        return base64_encode(json)
+        return base64_encode(text)
+
+    def sign_now(self, obj: Any) -> str:
+        """``dumps(obj)``, composed from the same itsdangerous parts with fewer layers.
+
+        The token is what ``dumps`` gives in the same second (payload, ``.``, timestamp,
+        ``.``, the signer's signature), except that a short payload is never compressed.
+        """
+        value = (
+            self.dump_payload(obj) + b"." + base64_encode(int_to_bytes(int(time.time())))
+        )
+        return (value + b"." + self.make_signer().get_signature(value)).decode("ascii")
+
+
+#: itsdangerous' compact JSON (``json.dumps(obj, ensure_ascii=False, separators=(",",
+#: ":"))``), built once: ``json.dumps`` with any option builds an encoder on every call.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+_PROBE = ["0123456789abcdefghijkl", "probe"]
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(data: bytes) -> bytes:
+    """itsdangerous' ``base64_encode`` (URL-safe, unpadded), without its Python layers."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE)
+
+
+class _ProbeSigner(TimestampSigner):
+    """A ``TimestampSigner`` at a fixed time, to compare tokens with the short path."""
+
+    at = 1_700_000_000
+
+    def get_timestamp(self) -> int:
+        return self.at
 
 
 class SignedValue:
@@ -124,10 +152,30 @@ class CookieSigner:
         self._newest = _Serializer(oldest_first[-1], salt=salt)
         self.max_age = max_age
         self._cache: dict[str, SignedValue | None] = {}
+        signer = self._newest.make_signer()
+        self._key = signer.derive_key()  # the newest key, derived as itsdangerous does
+        # The short path below writes itsdangerous' token format itself; it is used only
+        # if it gives exactly itsdangerous' token for a probe (else: itsdangerous' dumps).
+        reference = URLSafeTimedSerializer(oldest_first[-1], salt=salt, signer=_ProbeSigner)
+        probe = _COMPACT.encode(_PROBE).encode("utf-8")
+        self._short = self._token(probe, _ProbeSigner.at) == reference.dumps(_PROBE)
 
     def dumps(self, payload: Any) -> str:
         """Sign ``payload`` with the newest key; the result is cookie-safe text."""
-        return self._newest.dumps(payload)
+        if self._short:
+            text = _COMPACT.encode(payload).encode("utf-8")
+            if len(text) < _COMPRESS_FROM:
+                return self._token(text, int(time.time()))
+        return self._newest.sign_now(payload)
+
+    def _token(self, text: bytes, timestamp: int) -> str:
+        """itsdangerous' token for a JSON text that is not compressed, in few C calls.
+
+        A new visitor's request signs one cookie; itsdangerous' layers (a dozen Python
+        calls, three of them base64) cost more than the HMAC itself.
+        """
+        value = _b64(text) + b"." + _b64(int_to_bytes(timestamp))
+        return (value + b"." + _b64(hmac.digest(self._key, value, hashlib.sha1))).decode()
 
     def loads(self, value: str, now: float | None = None) -> SignedValue | None:
         """The verified value, or ``None`` if tampered, expired, future-dated or garbled."""
