@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -196,23 +197,38 @@ def set_cookie(headers: http.client.HTTPMessage, name: str) -> str | None:
     return None
 
 
-def report_via_tracker(store_url: str) -> dict[str, Any]:
+def report_days() -> tuple[date, date]:
+    """Yesterday and today (UTC, the servers' default time zone): a period holding
+    everything a test sent, even across midnight, and the same for every reader."""
+    today = datetime.now(UTC).date()
+    return today - timedelta(days=1), today
+
+
+def report_via_tracker(
+    store_url: str, since: date | None = None, until: date | None = None
+) -> dict[str, Any]:
     """The report document read through ``Tracker.stats()`` (the Python API)."""
     from tests.conftest import SECRET
     from trackmw import Tracker
 
     tracker = Tracker(secret_keys=[SECRET], store=store_url)
     try:
-        return tracker.stats().to_dict()
+        return tracker.stats(since, until).to_dict()
     finally:
         tracker.close()
 
 
-def report_via_cli(store_url: str) -> dict[str, Any]:
+def report_via_cli(
+    store_url: str, since: date | None = None, until: date | None = None
+) -> dict[str, Any]:
     """The report document from the installed ``trackmw stats --json`` console script."""
+    argv = [str(BIN / "trackmw"), "stats", "--store", store_url, "--json"]
+    if since is not None:
+        argv += ["--since", since.isoformat()]
+    if until is not None:
+        argv += ["--until", until.isoformat()]
     done = subprocess.run(
-        [str(BIN / "trackmw"), "stats", "--store", store_url, "--json"],
-        capture_output=True, env=server_env(), timeout=120, check=False,
+        argv, capture_output=True, env=server_env(), timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     document: dict[str, Any] = json.loads(done.stdout)

@@ -27,6 +27,7 @@ from tests.servers.running import (
     UVICORN_DONE,
     free_port,
     gunicorn_argv,
+    report_days,
     report_via_cli,
     report_via_tracker,
     request,
@@ -110,9 +111,10 @@ def _run_and_count(
         _load(port)
         server.stop()
     assert stopped_cleanly(server, last_line), server.log()
-    document = report_via_cli(sqlite_url(db))  # the installed console script
+    since, until = report_days()
+    document = report_via_cli(sqlite_url(db), since, until)  # the installed console script
     _check(document)
-    assert report_via_tracker(sqlite_url(db)) == document
+    assert report_via_tracker(sqlite_url(db), since, until) == document
 
 
 def test_flask_example_under_gunicorn_two_workers_counts_exactly(tmp_path: Path) -> None:
