@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 
@@ -225,3 +226,30 @@ def test_reports_never_include_days_outside_the_range(store: Store) -> None:
     r = store.report(D1, D1)
     assert (r.pageviews, r.visitors, r.pages) == (0, 0, [])
     assert store.report(date(2020, 1, 1), date(2020, 1, 2)).pageviews == 0
+
+
+def test_a_site_on_the_store_counts_serves_me_and_erases(store_url: str, make_tracker: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from trackmw.asgi import TrackingMiddleware
+
+    tracker = make_tracker(store=store_url, pixel_rate_limit=0)
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("home"))])
+    app.add_middleware(TrackingMiddleware, tracker=tracker)
+    chrome = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+              "Gecko) Chrome/120.0.0.0 Safari/537.36")
+    with TestClient(app, headers={"User-Agent": chrome}) as client:
+        assert client.get("/").status_code == 200
+        for page in ("/a", "/b", "/a"):
+            assert client.get("/_trackmw/pixel.gif", params={"p": page}).status_code == 200
+        report = tracker.stats()
+        assert (report.pageviews, report.visitors) == (3, 1)
+        assert report.browsers == [{"name": "Chrome", "visitors": 1}]
+        me = client.get("/_trackmw/me").json()
+        assert [p["page"] for p in me["pageviews"]] == ["/a", "/b", "/a"]
+        erased = client.delete("/_trackmw/me", headers={"Origin": "http://testserver"})
+        assert erased.status_code < 300
+        assert tracker.stats().pageviews == 0
