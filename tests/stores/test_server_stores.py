@@ -189,3 +189,15 @@ def test_postgres_url_schema_isolates_sites() -> None:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             for n in names:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{n}" CASCADE')
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_url_options_reach_the_server_next_to_the_schema(store_url: str) -> None:
+    store = open_store(store_url + "&options=-c%20synchronous_commit%3Doff")
+    try:
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+            schema = conn.execute("SHOW search_path").fetchone()[0]
+        assert schema == store.schema  # type: ignore[attr-defined]
+    finally:
+        store.close()

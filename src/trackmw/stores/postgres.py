@@ -106,6 +106,9 @@ class PostgresStore(Store):
     def __init__(self, url: str, settings: Any = None) -> None:
         super().__init__(url, settings)
         self._conninfo, self.schema, self.pool_size = self._parse(url)
+        given = dict(parse_qsl(urlsplit(url).query)).get("options", "")
+        # The URL's own server options (e.g. -c synchronous_commit=off) are kept.
+        self._options = f"{given} -c search_path={self.schema}".strip()
         self._pool: Any = None
         self._schema_ready = False
         self._pid = os.getpid()
@@ -116,7 +119,7 @@ class PostgresStore(Store):
     def _parse(url: str) -> tuple[str, str, int]:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        ours = {k: v for k, v in query if k in ("schema", "pool_size")}
+        ours = {k: v for k, v in query if k in ("schema", "pool_size", "options")}
         rest = urlencode([(k, v) for k, v in query if k not in ours])
         schema = ours.get("schema", "trackmw")
         if not _IDENT.match(schema):
@@ -171,7 +174,7 @@ class PostgresStore(Store):
             check=ConnectionPool.check_connection,
             kwargs={
                 "connect_timeout": int(self.connect_timeout),
-                "options": f"-c search_path={self.schema}",
+                "options": self._options,
                 "application_name": "trackmw",
             },
             name="trackmw",
