@@ -1,9 +1,10 @@
 """In a real browser, the consent banner and the privacy settings work (issue 3).
 
-The Starlette example (opt-out mode) shows the banner on the first visit. Clicking
-Reject leaves no ``trackmw_id`` in the browser's cookie jar and the following page views
-are counted as anonymous; clicking Accept on the privacy settings page brings the
-cookie back. The counts are read from the store after the server shuts down.
+Each example (Flask under gunicorn, Starlette under uvicorn; opt-out mode) shows the
+banner on the first visit. Clicking Reject leaves no ``trackmw_id`` in the browser's
+cookie jar and the following page views are counted as anonymous; clicking Accept on
+the privacy settings page brings the cookie back. The counts are read from the store
+after the server shuts down.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from playwright.sync_api import BrowserContext, Page
 from tests.browser.chromium import beacon_size, chromium, screenshot
 from tests.conftest import SECRET
 from tests.servers.running import (
-    UVICORN_DONE,
+    EXAMPLES,
     free_port,
     report_via_tracker,
     running,
     server_env,
     sqlite_url,
     stopped_cleanly,
-    uvicorn_argv,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -40,13 +40,15 @@ def _click_and_land(page: Page, button: str, url: str) -> None:
     assert beacon_size(page) == (1, 1)
 
 
-def test_reject_then_accept_in_the_browser(tmp_path: Path) -> None:
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_reject_then_accept_in_the_browser(tmp_path: Path, example: str) -> None:
+    argv_for, last_line = EXAMPLES[example]
     db = tmp_path / "store.db"
     port = free_port()
     env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db))
     base = f"http://127.0.0.1:{port}"
     with running(
-        uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
+        argv_for(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
     ) as server, chromium() as browser:
         context = browser.new_context()
         page = context.new_page()
@@ -57,7 +59,7 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path) -> None:
         assert banner.is_visible()
         assert beacon_size(page) == (1, 1)
         assert "trackmw_id" in _names(context)
-        screenshot(page, "browser_consent_banner")
+        screenshot(page, f"browser_consent_banner_{example}")
 
         # Reject: back on the same page, no tracking cookie, no banner.
         _click_and_land(page, "Reject", base + "/")
@@ -77,11 +79,11 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path) -> None:
         _click_and_land(page, "Accept cookies", base + "/settings")
         assert "trackmw_id" in _names(context)
         assert "Visit counting: allowed." in page.inner_text("main")
-        screenshot(page, "browser_consent_settings")
+        screenshot(page, f"browser_consent_settings_{example}")
         context.close()
 
         server.stop()
-    assert stopped_cleanly(server, UVICORN_DONE), server.log()
+    assert stopped_cleanly(server, last_line), server.log()
     report = report_via_tracker(sqlite_url(db))
     # Tracked: "/" before the choice and "/settings" after Accept (a new id: the old one
     # was deleted with the rejection). Anonymous: "/" after Reject, "/about", "/settings".

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -95,6 +95,15 @@ def gunicorn_argv(port: int, workers: int = 2) -> list[str]:
         # Its default control socket is one path per user: parallel servers would clash.
         "--no-control-socket",
     ]
+
+
+#: Both examples, by name: how to start each on a port, and its last clean-exit line.
+#: (One gunicorn worker: enough for behaviour tests, and ``/_trackmw/me`` then reads
+#: what the same process buffered.)
+EXAMPLES: dict[str, tuple[Callable[[int], list[str]], str]] = {
+    "flask-gunicorn": (lambda port: gunicorn_argv(port, workers=1), GUNICORN_DONE),
+    "starlette-uvicorn": (lambda port: uvicorn_argv(port), UVICORN_DONE),
+}
 
 
 @dataclass

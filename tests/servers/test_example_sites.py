@@ -1,16 +1,16 @@
 """Both example sites do what issue 2 (item 10) and issue 3 (item 8) ask, over real HTTP.
 
-Each site runs under its real server (Flask under gunicorn, one worker here so that
-``/_trackmw/me`` reads what the same process buffered; Starlette under uvicorn) and is
-walked through by a small cookie-keeping client: sign in, welcome back, preferences,
-sign out, see the data, erase it.
+Each site runs under its real server (``EXAMPLES``: Flask under gunicorn with one
+worker, so that ``/_trackmw/me`` reads what the same process buffered; Starlette under
+uvicorn) and is walked through by a small cookie-keeping client: sign in, welcome back,
+preferences, sign out, see the data, erase it.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -19,26 +19,18 @@ import pytest
 from tests.conftest import SECRET
 from tests.servers.running import (
     CHROME_UA,
-    GUNICORN_DONE,
-    UVICORN_DONE,
+    EXAMPLES,
     Server,
     free_port,
-    gunicorn_argv,
     report_via_tracker,
     request,
     running,
     server_env,
     sqlite_url,
     stopped_cleanly,
-    uvicorn_argv,
 )
 
 pytestmark = pytest.mark.server
-
-SERVERS: dict[str, tuple[Callable[[int], list[str]], str]] = {
-    "flask-gunicorn": (lambda port: gunicorn_argv(port, workers=1), GUNICORN_DONE),
-    "starlette-uvicorn": (uvicorn_argv, UVICORN_DONE),
-}
 
 
 class Browserish:
@@ -84,9 +76,9 @@ class Browserish:
         return status, headers.get("location", "")
 
 
-@pytest.fixture(params=sorted(SERVERS))
+@pytest.fixture(params=sorted(EXAMPLES))
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, Path]]:
-    argv_for, last_line = SERVERS[request.param]
+    argv_for, last_line = EXAMPLES[request.param]
     db = tmp_path / "store.db"
     port = free_port()
     env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db))
