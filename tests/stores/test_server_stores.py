@@ -107,7 +107,7 @@ def test_redis_keys_expire_after_the_retention_period(store_url: str) -> None:
     store = open_store(store_url, settings)
     try:
         day = date.today()
-        store.write([pageview(day, 5, "a", "/x")], [])
+        store.write([pageview(day, 5, "a", "/x", user="alice")], [])
         client = store.client  # type: ignore[attr-defined]
         prefix = store.prefix  # type: ignore[attr-defined]
         keys = list(client.scan_iter(match=prefix + "*"))
@@ -118,6 +118,7 @@ def test_redis_keys_expire_after_the_retention_period(store_url: str) -> None:
             expires = client.expiretime(key)
             assert midnight + 30 * 86400 < expires <= midnight + 32 * 86400, key
         assert 30 * 86400 < client.ttl(f"{prefix}:e:a") <= 31 * 86400
+        assert 30 * 86400 < client.ttl(f"{prefix}:usr:alice") <= 31 * 86400
     finally:
         store.close()
 

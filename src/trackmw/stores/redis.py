@@ -12,18 +12,23 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
   12 KB at most per key, ±0.81 %) or exact sets (``M`` = ``x``, ``"exact"``).
 - ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure),
   ``P:usr:USER`` the visitors linked to a user, ``P:first`` (zset) each visitor's oldest
-  day and ``P:days`` (zset) the days held, both for ``purge``.
+  day and ``P:days`` (zset) the days held, both for ``purge``; ``P:meta`` records the
+  unique-count mode, which a reader without settings (the CLI) follows; ``?uniques=``
+  in the URL overrides the setting.
 
 Writes. A batch is one Lua script (one ``EVALSHA``): Redis runs it as a unit, like
 ``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
 The script first sets ``P:batch:ID`` (the batch's content hash, kept a day): a batch
 retried after a reply was lost is recognised and not counted twice. On a cluster the
 same holds, as every key is in one slot; a failover to a replica that had not yet
-received the last writes loses them (Redis replication is asynchronous).
+received the last writes loses them (Redis replication is asynchronous). Redis does not
+undo a script that fails half-way, so the script computes everything before its first
+write; under ``maxmemory`` a full Redis refuses its first write (the marker), and
+nothing of the batch is written.
 
 Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
-after their day and a visitor's list that long after its last event; ``purge`` trims
-exactly. Erasure removes a visitor's events, counters and (exact mode) set members;
+after their day, and a visitor's list and user links that long after their last event;
+``purge`` trims exactly. Erasure removes a visitor's events, counters and (exact mode) set members;
 a HyperLogLog cannot un-count one member, so in ``hll`` mode an erased visitor still
 weighs in the unique estimates of its days until those keys expire or are purged.
 """

@@ -106,7 +106,11 @@ for vid, l in pairs(lists) do
   put('RPUSH', k, l)
   if vttl > 0 then redis.call('EXPIRE', k, vttl) end
 end
-for uid, vids in pairs(users) do put('SADD', P .. ':usr:' .. uid, keys_of(vids)) end
+for uid, vids in pairs(users) do
+  local k = P .. ':usr:' .. uid
+  put('SADD', k, keys_of(vids))
+  if vttl > 0 then redis.call('EXPIRE', k, vttl) end
+end
 local order = {}
 for vid, n in pairs(firsts) do order[#order + 1] = n; order[#order + 1] = vid end
 for i = 1, #order, 1000 do
