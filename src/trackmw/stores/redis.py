@@ -18,13 +18,14 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
 
 Writes. A batch is one Lua script (one ``EVALSHA``): Redis runs it as a unit, like
 ``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
-The script first sets ``P:batch:ID`` (the batch's content hash, kept a day): a batch
-retried after a reply was lost is recognised and not counted twice. On a cluster the
+The script ends by setting ``P:batch:ID`` (the batch's content hash, kept a day) and
+starts by looking for it: a batch retried after its reply was lost is recognised and
+not counted twice. On a cluster the
 same holds, as every key is in one slot; a failover to a replica that had not yet
 received the last writes loses them (Redis replication is asynchronous). Redis does not
 undo a script that fails half-way, so the script computes everything before its first
-write; under ``maxmemory`` a full Redis refuses its first write (the marker), and
-nothing of the batch is written.
+write; under ``maxmemory`` a full Redis refuses that first write, so nothing of the
+batch is written and it is retried.
 
 Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
 after their day, and a visitor's list and user links that long after their last event;

@@ -1,8 +1,9 @@
 """The Lua scripts of the Redis store (see ``trackmw.stores.redis`` for the key layout).
 
-Each runs atomically in Redis. ``WRITE`` applies one batch (once: it starts by setting
-the batch's marker key), ``ERASE`` removes one visitor (and a linked user's page views)
-from lists, counters and exact sets, and ``PURGE`` drops days before a cut-off in slices.
+Each runs atomically in Redis. ``WRITE`` applies one batch, once: it returns at once
+if the batch's marker key exists, and sets it after its last write. ``ERASE`` removes
+one visitor (and a linked user's page views) from lists, counters and exact sets, and
+``PURGE`` drops days before a cut-off, in slices.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ __all__ = ["ERASE", "PURGE", "WRITE"]
 
 WRITE = """
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
-if not redis.call('SET', P .. ':batch:' .. ARGV[2], '1', 'NX', 'EX', 86400) then return -1 end
+local marker = P .. ':batch:' .. ARGV[2]
+if redis.call('EXISTS', marker) == 1 then return -1 end  -- written before: a retry
 local batch, null = cjson.decode(ARGV[1]), cjson.null
 local U = P .. ':' .. mode
 -- Aggregate first, in tables keyed by plain values (no string building per event) ...
@@ -117,6 +119,7 @@ for i = 1, #order, 1000 do
   redis.call('ZADD', P .. ':first', 'LT', unpack(order, i, math.min(i + 999, #order)))
 end
 redis.call('HSETNX', P .. ':meta', 'uniques', mode)
+redis.call('SET', marker, '1', 'EX', 86400)
 return #batch.p + #batch.c
 """
 
