@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("inprocess", "wire", "ua", "stores", "report")
+SECTIONS = ("inprocess", "wire", "ua", "memory", "stores", "report")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -132,6 +132,14 @@ def section_ua(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     ], []
 
 
+def section_memory(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
+    from . import memory
+
+    n = 5_000 if quick else 20_000
+    return [Figure("memory.bytes_per_event", "memory per buffered event (pixel request path)",
+                   memory.bytes_per_event(n), "bytes")], []
+
+
 def _module(name: str) -> Any:
     try:
         return importlib.import_module(f"bench.{name}")
@@ -154,7 +162,8 @@ def section_stores(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
         out.append(Figure(f"stores.{name}", f"{name} writes (indexes and rollups included)",
                           rate, "events/s"))
     if result.get("bytes_per_event") is not None:
-        out.append(Figure("memory.bytes_per_event", "memory per buffered event",
+        out.append(Figure("memory.bytes_per_event.direct",
+                          "memory per buffered Hit built directly, no interning",
                           result["bytes_per_event"], "bytes"))
     return out, notes + list(result.get("notes", []))
 
@@ -180,6 +189,7 @@ RUNNERS = {
     "inprocess": section_inprocess,
     "wire": section_wire,
     "ua": section_ua,
+    "memory": section_memory,
     "stores": section_stores,
     "report": section_report,
 }

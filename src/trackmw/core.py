@@ -356,15 +356,27 @@ class Core:
 
     def cookie_headers(self, visitor: Visitor) -> list[str]:
         """The ``Set-Cookie`` values this visitor's state calls for (the table above)."""
+        consent = visitor._consent
+        keep_id = consent.analytics and visitor.id is not None and not visitor._erased
+        prefs = visitor._prefs
+        if consent.preferences and not visitor._erased:
+            prefs_work = prefs is not None and prefs.changed and (len(prefs) or visitor._prefs_sent)
+        else:
+            prefs_work = visitor._prefs_sent
+        if not (
+            (visitor._id_dirty if keep_id else visitor._id_sent)
+            or (visitor._consent_dirty and visitor._record is not None)
+            or prefs_work
+        ):
+            return []  # the usual returning visitor: no cookie to write
         out: list[str] = []
         req = visitor._req
         s = self.settings
-        consent = visitor._consent
         secure = s.cookie_secure if s.cookie_secure is not None else self.is_https(req)
         domain = self.cookie_domain(req)
         max_age = s.cookie_max_age
         samesite = s.cookie_samesite
-        if consent.analytics and visitor.id is not None and not visitor._erased:
+        if keep_id:
             if visitor._id_dirty:
                 payload = [visitor.id] if visitor.user_id is None else [visitor.id, visitor.user_id]
                 out.append(
@@ -396,7 +408,6 @@ class Core:
                     samesite=samesite,
                 )
             )
-        prefs = visitor._prefs
         if consent.preferences and not visitor._erased:
             if prefs is not None and prefs.changed:
                 if len(prefs):

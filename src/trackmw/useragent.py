@@ -10,8 +10,9 @@ cached by the exact string.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import ua_parser
 from user_agents.parsers import UserAgent, parse_browser, parse_device, parse_operating_system
@@ -27,6 +28,37 @@ class UAClass(NamedTuple):
 
 
 _lock = threading.Lock()
+_extract: Callable[[str], tuple[Any, Any, Any]] | None = None
+
+
+def _extractor() -> Callable[[str], tuple[Any, Any, Any]]:
+    """(user agent, OS, device) matches for a string, by the fastest resolver there is.
+
+    With ua-parser-rs, its three extractors are called directly: ``ua_parser.parse``
+    adds a cache (``classify`` has its own) and result objects around them, a quarter
+    of a cold parse. Built on first use (compiling the matchers takes a while).
+    """
+    global _extract
+    with _lock:
+        if _extract is None:
+            try:
+                from ua_parser.loaders import load_lazy_builtins
+                from ua_parser.regex import Resolver
+
+                resolver = Resolver(load_lazy_builtins())
+                ua_x, os_x, de_x = resolver.ua.extract, resolver.os.extract, resolver.de.extract
+
+                def extract(ua: str) -> tuple[Any, Any, Any]:
+                    return ua_x(ua), os_x(ua), de_x(ua)
+
+            except ImportError:  # no ua-parser-rs: ua-parser's own choice of resolver
+
+                def extract(ua: str) -> tuple[Any, Any, Any]:
+                    result = ua_parser.parse(ua)
+                    return result.user_agent, result.os, result.device
+
+            _extract = extract
+        return _extract
 
 
 @lru_cache(maxsize=20_000)
@@ -39,10 +71,9 @@ def classify(ua: str) -> UAClass:
     """
     if not ua.strip():
         return UAClass("Other", "Other", "other", False)
-    result = ua_parser.parse(ua)
+    b, o, d = (_extract or _extractor())(ua)
     agent = UserAgent.__new__(UserAgent)  # user-agents' rules, on ua-parser's result
     agent.ua_string = ua
-    b, o, d = result.user_agent, result.os, result.device
     agent.browser = parse_browser(
         b.family if b else "Other",
         b.major if b else None,

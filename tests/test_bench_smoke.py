@@ -1,0 +1,64 @@
+"""``python -m bench`` runs: the in-process section, quick, prints its table and valid JSON.
+
+No figure is checked (no timed assertions): only that every variant ran, answered as it
+should (the harness checks each answer before timing it) and was reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Every in-process variant, always there (Flask-Track-Usage only when it installs).
+VARIANTS = {
+    "asgi.bare",
+    "asgi.trackmw.returning",
+    "asgi.trackmw.new",
+    "asgi.bare.static",
+    "asgi.trackmw.static",
+    "asgi.noop",
+    "asgi.session",
+    "asgi.basehttp",
+    "gif.raw",
+    "gif.route",
+    "pixel.returning",
+    "pixel.new",
+    "wsgi.flask",
+    "wsgi.trackmw.returning",
+    "wsgi.trackmw.new",
+}
+
+
+def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "inprocess", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("trackmw benchmarks:")
+    assert lines[1].startswith("| figure ") and set(lines[2]) <= {"|", "-"}
+    document = json.loads(out.read_text())
+    by_name = {entry["name"]: entry for entry in document}
+    assert VARIANTS <= set(by_name)
+    for entry in document:
+        assert set(entry) >= {"name", "value", "unit", "baseline", "ratio"}
+        assert entry["value"] > 0 and entry["unit"] == "µs/request"
+        if entry["baseline"] is not None:
+            assert entry["baseline"] in by_name
+            assert entry["ratio"] > 0
+        assert entry["label"] in done.stdout
+    assert by_name["asgi.trackmw.returning"]["baseline"] == "asgi.bare"
+    assert by_name["pixel.returning"]["baseline"] == "gif.raw"
+    assert by_name["wsgi.trackmw.returning"]["baseline"] == "wsgi.flask"
