@@ -151,7 +151,7 @@ def test_a_schema_1_file_is_migrated(stores: tuple[SQLiteStore, MemoryStore]) ->
     # Schema 1 had daily_visitors (and no link tables): the distinct counts are rebuilt
     # from the raw page views on open.
     conn = sqlite3.connect(sql.path, isolation_level=None)
-    for table in ("uniq_links", "uniq_chains", "uniq_dims"):
+    for table in ("uniq_links", "uniq_entities", "uniq_dims"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("CREATE TABLE daily_visitors (day TEXT)")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")

@@ -12,9 +12,10 @@ whose previous visit lies before ``lo``, so::
     distinct(dimension, lo, hi) = count of links with lo <= day <= hi and prev < lo
 
 ``uniq_links`` holds those links counted per ``(dim, day, prev)``: a report is one
-indexed range sum per dimension, whatever the number of events. ``uniq_chains``
-keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chain per dimension so that
-writes (also of days out of order), erasure and retention add and remove links exactly.
+indexed range sum per dimension, whatever the number of events. ``uniq_entities``
+keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chains, one row each, so that
+writes (also of days out of order), erasure and retention add and remove links exactly;
+one row per visitor keeps the pages a batch dirties few (visitor ids are random keys).
 Days are ``date.toordinal()`` numbers.
 """
 
@@ -44,11 +45,9 @@ CREATE TABLE IF NOT EXISTS uniq_links (
     n INTEGER NOT NULL,
     PRIMARY KEY (dim, day, prev)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uniq_chains (
-    key TEXT NOT NULL,       -- 'v:<visitor id>' or 'u:<user id>'
-    dim INTEGER NOT NULL,
-    days TEXT NOT NULL,      -- the visit days, ascending, comma-separated
-    PRIMARY KEY (key, dim)
+CREATE TABLE IF NOT EXISTS uniq_entities (
+    key TEXT PRIMARY KEY,    -- 'v:<visitor id>' or 'u:<user id>'
+    chains TEXT NOT NULL     -- per dimension 'dim:day,day,...' (ascending), semicolon-joined
 ) WITHOUT ROWID;
 """
 
@@ -113,22 +112,14 @@ class Uniques:
                 wanted[pair] = {day}
             else:
                 seen.add(day)
-        chains = self._load(conn, list(wanted))
+        entities = self._load(conn, sorted({entity for entity, _ in wanted}))
         delta: Delta = {}
-        changed: list[tuple[str, int, str]] = []
-        for pair, new_days in wanted.items():
-            dim = pair[1]
-            chain = chains.get(pair)
-            if chain is None:  # a new chain: the common case, and a simple one
-                ordered = sorted(new_days)
-                prev = -1
-                for day in ordered:
-                    _bump(delta, (dim, day, prev), 1)
-                    prev = day
-                changed.append((*pair, ",".join(map(str, ordered))))
-                continue
-            dirty = False
-            days = chain
+        dirty: set[str] = set()
+        for (entity, dim), new_days in wanted.items():
+            chains = entities.setdefault(entity, {})
+            text = chains.get(dim)
+            days: list[int] = _days(text) if isinstance(text, str) else (text or [])
+            changed = False
             for day in sorted(new_days):
                 i = bisect_left(days, day)
                 if i < len(days) and days[i] == day:
@@ -140,24 +131,26 @@ class Uniques:
                     _bump(delta, (dim, succ, day), 1)
                 _bump(delta, (dim, day, prev), 1)
                 days.insert(i, day)
-                dirty = True
-            if dirty:
-                changed.append((*pair, ",".join(map(str, days))))
-        conn.executemany("INSERT OR REPLACE INTO uniq_chains VALUES (?, ?, ?)", changed)
+                changed = True
+            if changed:
+                chains[dim] = days
+                dirty.add(entity)
+        conn.executemany(
+            "INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)",
+            [(entity, _encode(entities[entity])) for entity in sorted(dirty)],
+        )
         _apply(conn, delta)
 
     def remove(self, conn: sqlite3.Connection, entities: Sequence[str]) -> None:
         """Forget these visitors' and users' chains, and their links."""
         delta: Delta = {}
-        for entity in entities:
-            for dim, text in conn.execute(
-                "SELECT dim, days FROM uniq_chains WHERE key = ?", (entity,)
-            ).fetchall():
+        for chains in self._load(conn, entities).values():
+            for dim, text in chains.items():
                 prev = -1
-                for day in _days(text):
+                for day in _days(text) if isinstance(text, str) else text:
                     _bump(delta, (dim, day, prev), -1)
                     prev = day
-        conn.executemany("DELETE FROM uniq_chains WHERE key = ?", [(e,) for e in entities])
+        conn.executemany("DELETE FROM uniq_entities WHERE key = ?", [(e,) for e in entities])
         _apply(conn, delta)
 
     def rebuild(
@@ -180,7 +173,7 @@ class Uniques:
     def rebuild_all(self, conn: sqlite3.Connection) -> None:
         """Recompute every chain from the stored page views (migration from schema 1)."""
         conn.execute("DELETE FROM uniq_links")
-        conn.execute("DELETE FROM uniq_chains")
+        conn.execute("DELETE FROM uniq_entities")
         cursor = conn.execute(
             "SELECT * FROM pageviews WHERE visitor_id IS NOT NULL AND bot = 0"
         )
@@ -198,17 +191,21 @@ class Uniques:
             (cut,),
         )
         conn.execute("DELETE FROM uniq_links WHERE prev >= 0 AND prev < ?", (cut,))
-        updates: list[tuple[str, str, int]] = []
-        gone: list[tuple[str, int]] = []
-        for key, dim, text in conn.execute("SELECT key, dim, days FROM uniq_chains").fetchall():
-            days = _days(text)
-            kept = [d for d in days if d >= cut]
-            if not kept:
-                gone.append((key, dim))
-            elif len(kept) != len(days):
-                updates.append((",".join(map(str, kept)), key, dim))
-        conn.executemany("DELETE FROM uniq_chains WHERE key = ? AND dim = ?", gone)
-        conn.executemany("UPDATE uniq_chains SET days = ? WHERE key = ? AND dim = ?", updates)
+        updates: list[tuple[str, str]] = []
+        gone: list[tuple[str]] = []
+        for key, text in conn.execute("SELECT key, chains FROM uniq_entities").fetchall():
+            chains: dict[int, str | list[int]] = {}
+            for dim, days_text in _split(text).items():
+                days = _days(days_text)
+                kept = [d for d in days if d >= cut]
+                if kept:
+                    chains[dim] = kept if len(kept) != len(days) else days_text
+            if not chains:
+                gone.append((key,))
+            elif _encode(chains) != text:
+                updates.append((_encode(chains), key))
+        conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
+        conn.executemany("UPDATE uniq_entities SET chains = ? WHERE key = ?", updates)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -296,25 +293,38 @@ class Uniques:
 
     @staticmethod
     def _load(
-        conn: sqlite3.Connection, pairs: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], list[int]]:
-        wanted = set(pairs)
-        keys = sorted({key for key, _ in pairs})
-        out: dict[tuple[str, int], list[int]] = {}
+        conn: sqlite3.Connection, keys: Sequence[str]
+    ) -> dict[str, dict[int, str | list[int]]]:
+        """Entities' chains by dimension, each still text until it is needed."""
+        out: dict[str, dict[int, str | list[int]]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, dim, days in conn.execute(  # a key prefix: the primary key's own order
-                f"SELECT key, dim, days FROM uniq_chains WHERE key IN ({marks})",  # noqa: S608
+            for key, text in conn.execute(
+                f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
                 chunk,
             ):
-                if (key, dim) in wanted:
-                    out[(key, dim)] = _days(days)
+                out[key] = dict(_split(text))
         return out
+
+
+def _split(text: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for part in text.split(";"):
+        dim, _, days = part.partition(":")
+        out[int(dim)] = days
+    return out
 
 
 def _days(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
+
+
+def _encode(chains: dict[int, str | list[int]]) -> str:
+    return ";".join(
+        f"{dim}:{days if isinstance(days, str) else ','.join(map(str, days))}"
+        for dim, days in chains.items()
+    )
 
 
 def _bump(delta: Delta, key: tuple[int, int, int], by: int) -> None:
