@@ -222,7 +222,11 @@ class TrackingMachine(RuleBasedStateMachine):
 
     @rule()
     def flush(self) -> None:
-        assert self.tracker.flush() is not self.switch.down
+        waiting = len(self.tracker.pipeline)
+        ok = self.tracker.flush()
+        assert ok is (not self.switch.down or waiting == 0)
+        if ok:
+            assert len(self.tracker.pipeline) == 0
 
     # -- invariants -----------------------------------------------------------------------
 
