@@ -7,8 +7,10 @@ batches of 1,000, the pipeline's batch size, each batch one ``store.write`` (ind
 rollups and per-visitor lists included), and measures with ``tracemalloc`` the bytes held
 per event by 100,000 ``Pipeline.add(Hit(...))`` with strings as a request makes them.
 
-Returns ``{"writes": {name: events/s or None}, "bytes_per_event": float, "notes": [...]}``;
-a store whose server is not reachable is ``None``. ``python -m bench.stores`` prints it.
+Returns ``{"writes": {name: events/s or None}, "writes_per_cpu_second": {name: events per
+CPU second of client and server, steadier on a busy machine}, "bytes_per_event": float,
+"notes": [...]}``; a store whose server is not reachable is ``None``.
+``python -m bench.stores`` prints it.
 Servers: Redis at ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, keys under a
 prefix of their own, deleted after), PostgreSQL at ``BENCH_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``, a schema of its own, dropped after).
@@ -41,17 +43,62 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]) -> float:
-    """Events per second for ``rows`` written in batches of ``BATCH`` (after one warm-up)."""
+def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice],
+               server_cpu: Callable[[], float] = lambda: 0.0) -> tuple[float, float]:
+    """``(events per second, events per CPU second)`` for ``rows`` written in batches of
+    ``BATCH`` after one warm-up batch.
+
+    The second figure divides by the CPU time spent: this process's plus the server's
+    (``server_cpu()`` reads the server's cumulative CPU seconds). On a machine shared
+    with other work it is the steadier one: it does not count time spent waiting for
+    a core.
+    """
     store.write(rows[:BATCH], consents[:5])  # connect, create the schema, load scripts
     rest = rows[BATCH:]
     n = len(rest)
+    cpu0, server0 = time.process_time(), server_cpu()
     start = time.perf_counter()
     for i in range(0, n, BATCH):
         j = i // BATCH + 1
         store.write(rest[i:i + BATCH], consents[j * 5:(j + 1) * 5])
     elapsed = time.perf_counter() - start
-    return n / elapsed
+    cpu = time.process_time() - cpu0 + server_cpu() - server0
+    return n / elapsed, n / cpu
+
+
+def _redis_cpu(url: str) -> Callable[[], float]:
+    """The Redis server's own CPU seconds (``INFO cpu``), for ``write_rate``."""
+    def read() -> float:
+        store = open_store(url)
+        try:
+            info = store.client.info("cpu")  # type: ignore[attr-defined]
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        finally:
+            store.close()
+
+    return read
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of every local ``postgres`` process (0 when the server is remote).
+
+    An upper bound of the bench's share: other clients of the same server count too.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if name.startswith("postgres"):
+            parts = fields.split()
+            total += int(parts[11]) + int(parts[12])  # utime, stime
+    return total / tick
 
 
 def buffer_bytes_per_event(n: int = 100_000, shared: bool = False) -> float:
@@ -137,6 +184,7 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
     rows = sorted(generate(events, until=until, seed=3), key=lambda pv: pv.ts)
     consents = _consents(events // BATCH * 5 + 5, until, 3)
     writes: dict[str, float | None] = {}
+    per_cpu: dict[str, float | None] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="trackmw-bench-") as tmp:
         targets: list[tuple[str, str, Callable[[], None]]] = [
@@ -148,9 +196,11 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
         for name, url, cleanup in targets:
             store = open_store(url)
             try:
-                writes[name] = write_rate(store, rows, consents)
+                cpu_of = (_redis_cpu(url) if name.startswith("redis")
+                          else _postgres_cpu if name == "postgres" else (lambda: 0.0))
+                writes[name], per_cpu[name] = write_rate(store, rows, consents, cpu_of)
             except StoreError as exc:
-                writes[name] = None
+                writes[name] = per_cpu[name] = None
                 notes.append(f"{name}: {exc}")
             finally:
                 store.close()
@@ -158,9 +208,12 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                     cleanup()
                 except Exception as exc:  # a server that is down has nothing to clean
                     notes.append(f"{name} cleanup: {type(exc).__name__}")
+            rate, steady = writes[name], per_cpu[name]
+            if rate is not None and steady is not None:
+                notes.append(f"{name}: {steady:,.0f} events per CPU second (client + server)")
             if not quiet:
-                rate = writes[name]
-                print(f"{name:12} {'unreachable' if rate is None else f'{rate:,.0f} events/s'}")
+                print(f"{name:12} " + ("unreachable" if rate is None else
+                      f"{rate:,.0f} events/s; {steady:,.0f} events per CPU second"))
     per_event = buffer_bytes_per_event(20_000 if quick else 100_000)
     shared = buffer_bytes_per_event(20_000 if quick else 100_000, shared=True)
     if not quiet:
@@ -173,7 +226,8 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                  f"load average at the end {load} on {os.cpu_count()} cores")
     if not quiet:
         print(notes[-1])
-    return {"writes": writes, "bytes_per_event": per_event, "notes": notes}
+    return {"writes": writes, "writes_per_cpu_second": per_cpu, "bytes_per_event": per_event,
+            "notes": notes}
 
 
 def main(argv: list[str] | None = None) -> int:
