@@ -8,7 +8,7 @@ rollups and per-visitor lists included), and measures with ``tracemalloc`` the b
 per event by 100,000 ``Pipeline.add(Hit(...))`` with strings as a request makes them.
 
 Returns ``{"writes": {name: events/s or None}, "writes_per_cpu_second": {name: events per
-CPU second of client and server, steadier on a busy machine}, "bytes_per_event": float,
+CPU second of client and server}, "bytes_per_event": float,
 "notes": [...]}``; a store whose server is not reachable is ``None``.
 ``python -m bench.stores`` prints it.
 Servers: Redis at ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, keys under a
@@ -49,9 +49,8 @@ def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]
     ``BATCH`` after one warm-up batch.
 
     The second figure divides by the CPU time spent: this process's plus the server's
-    (``server_cpu()`` reads the server's cumulative CPU seconds). On a machine shared
-    with other work it is the steadier one: it does not count time spent waiting for
-    a core.
+    (``server_cpu()`` reads the server's cumulative CPU seconds). When the two are
+    close, writing is bound by CPU work rather than by waiting (disk, network).
     """
     store.write(rows[:BATCH], consents[:5])  # connect, create the schema, load scripts
     rest = rows[BATCH:]
