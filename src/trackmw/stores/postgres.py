@@ -150,14 +150,8 @@ class PostgresStore(Store):
                     self._migrate(conn)
                 with conn.transaction():
                     yield conn
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError) as exc:  # psycopg_pool.PoolTimeout is a psycopg.Error
             raise StoreError(f"postgresql {redact(self.url)}: {exc}") from exc
-        except Exception as exc:
-            from psycopg_pool import PoolTimeout
-
-            if isinstance(exc, PoolTimeout):
-                raise StoreError(f"postgresql {redact(self.url)}: {exc}") from exc
-            raise
 
     def _open(self) -> Any:
         try:
