@@ -101,6 +101,24 @@ def test_without_settings_redis_reads_the_unique_mode_its_writers_chose(store_ur
         reader.close()
 
 
+@pytest.mark.parametrize("store_kind", ["redis"])
+def test_redis_follows_the_recorded_mode_over_a_different_setting(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = open_store(store_url)  # uniques=exact in the URL
+    writer.write([pageview(START, 1, "a"), pageview(START, 2, "b")], [])
+    writer.close()
+    url = store_url.replace("&uniques=exact", "")
+    reader = open_store(url, Settings(secret_keys=(SECRET,), store=url, redis_uniques="hll"))
+    try:
+        assert reader.report(START, START).visitors == 2
+        reader.write([pageview(START, 3, "c")], [])  # and writes follow it too
+        assert reader.report(START, START).visitors == 3
+    finally:
+        reader.close()
+    assert sum("redis_uniques='hll' is ignored" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize("store_kind", ["redis", "redis-hll"])
 def test_redis_keys_expire_after_the_retention_period(store_url: str) -> None:
     settings = Settings(secret_keys=(SECRET,), store=store_url, retention_days=30)

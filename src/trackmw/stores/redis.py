@@ -13,8 +13,8 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
 - ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure),
   ``P:usr:USER`` the visitors linked to a user, ``P:first`` (zset) each visitor's oldest
   day and ``P:days`` (zset) the days held, both for ``purge``; ``P:meta`` records the
-  unique-count mode, which a reader without settings (the CLI) follows; ``?uniques=``
-  in the URL overrides the setting.
+  unique-count mode of the first writer, which every later reader and writer follows
+  (``?uniques=`` in the URL, else ``redis_uniques``, only chooses for a new store).
 
 Writes. A batch is one Lua script (one ``EVALSHA``): Redis runs it as a unit, like
 ``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Sequence
@@ -54,6 +55,8 @@ from .redis_scripts import ERASE, PURGE, WRITE
 
 __all__ = ["RedisStore"]
 
+log = logging.getLogger("trackmw")
+
 _PARAMS = ("prefix", "uniques")
 _orphans: list[Any] = []  # clients inherited over fork: never used, never closed, never freed
 
@@ -69,6 +72,7 @@ class RedisStore(Store):
         self._driver_url, params, self.cluster = self._parse(url)
         self.prefix = "{" + params.get("prefix", "trackmw") + "}"
         self._uniques = params.get("uniques") or (settings.redis_uniques if settings else None)
+        self._mode: str | None = None
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._pid = os.getpid()
@@ -124,11 +128,23 @@ class RedisStore(Store):
 
     @property
     def mode(self) -> str:
-        """``"h"`` (HyperLogLog) or ``"x"`` (exact sets): the unique-count keys in use."""
-        if self._uniques is None:  # no setting (e.g. the CLI): use what the writers chose
+        """``"h"`` (HyperLogLog) or ``"x"`` (exact sets): the unique-count keys in use.
+
+        The mode the store's first writer recorded wins over the setting: a reader or
+        writer configured otherwise would find no counts (it logs a warning once). To
+        change modes, start afresh under another ``?prefix=``.
+        """
+        if self._mode is None:
             stored = self._call(lambda c: c.hget(self.prefix + ":meta", "uniques"))
-            self._uniques = "exact" if stored == "x" else "hll"
-        return "x" if self._uniques == "exact" else "h"
+            wanted = {"hll": "h", "exact": "x"}.get(self._uniques or "")
+            if stored and wanted and stored != wanted:
+                log.warning(
+                    "trackmw: %r holds %s unique counts; redis_uniques=%r is ignored "
+                    "(use another ?prefix= to start afresh in that mode)",
+                    self, "exact" if stored == "x" else "HyperLogLog", self._uniques,
+                )
+            self._mode = stored or wanted or "h"
+        return self._mode
 
     def _call(self, fn: Any) -> Any:
         try:
