@@ -6,13 +6,19 @@
   exactly once.
 - A buffer that overflows while the store is down drops the oldest events, counts them
   and logs the count once per interval; what it kept is written when the store is back.
+- A private PostgreSQL restarted under a pipeline: the refused batch is kept, the pool's
+  stale connections are replaced, and every event is written exactly once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -136,3 +142,103 @@ def test_an_overflowing_buffer_drops_the_oldest_and_logs_the_count_once_per_inte
     finally:
         pipeline.close()
         server.stop()
+
+
+class PostgresServer:
+    """A private PostgreSQL (initdb in a temp dir, run as the ``postgres`` user, so the
+    test needs root; it skips otherwise)."""
+
+    def __init__(self, directory: Path) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        self.bin = bins[-1] if bins else None
+        self.dir = directory / "pg"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def usable(self) -> bool:
+        if self.bin is None or os.geteuid() != 0:
+            return False
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return False
+        return True
+
+    def init(self) -> None:
+        assert self.bin is not None
+        self.dir.mkdir()
+        shutil.chown(self.dir, "postgres")
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.dir), "-A", "trust",
+                        "-U", "postgres"], user="postgres", group="postgres", cwd=self.dir,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        assert self.bin is not None
+        self.proc = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.dir), "-p", str(self.port),
+             "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"],
+            user="postgres", group="postgres", cwd=self.dir,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.up, f"postgres on port {self.port}")
+
+    def up(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=2):
+                return True
+        except psycopg.Error:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # "fast" shutdown: sessions are cut
+            self.proc.wait(60)
+            self.proc = None
+
+
+def test_a_postgres_restart_loses_and_duplicates_nothing() -> None:
+    # Not under pytest's tmp_path: the postgres user cannot enter root's private dirs.
+    top = Path(tempfile.mkdtemp(prefix="trackmw-pg-"))
+    top.chmod(0o755)
+    server = PostgresServer(top)
+    if not server.usable():
+        shutil.rmtree(top)
+        need_service(False, "no PostgreSQL binaries (or not root) for a private server")
+    try:
+        server.init()
+        server.start()
+        _restart_under_a_pipeline(server)
+    finally:
+        server.stop()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _restart_under_a_pipeline(server: PostgresServer) -> None:
+    url = server.url + "?schema=outage"
+    pipeline = Pipeline(lambda: open_store(url), buffer_size=10_000, batch_size=1_000,
+                        flush_interval=3600, timezone="UTC")
+    try:
+        for i in range(300):
+            pipeline.add(hit(i))
+        assert pipeline.drain() is True  # the pool is open, its connections in use
+        server.stop()
+        for i in range(300, 600):
+            pipeline.add(hit(i))
+        assert pipeline.drain() is False  # kept for a retry
+        server.start()  # same port, same data
+        for i in range(600, 900):
+            pipeline.add(hit(i))
+        assert pipeline.drain() is True  # stale pooled connections are replaced
+        store = open_store(url)
+        try:
+            report = store.report(date.today(), date.today())
+        finally:
+            store.close()
+        assert (report.pageviews, report.visitors) == (900, 10)
+    finally:
+        pipeline.close()
