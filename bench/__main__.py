@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -38,12 +39,19 @@ class Figure:
     baseline_value: float | None = None
     target: str | None = None  # e.g. "<= 1.10x" or ">= 100000"
     met: bool | None = None
+    ratio: float | None = None
 
-    @property
-    def ratio(self) -> float | None:
-        if self.baseline_value:
-            return self.value / self.baseline_value
-        return None
+
+def paired(name: str, label: str, samples: dict[str, list[float]], unit: str,
+           baseline: str | None, baseline_key: str | None = None) -> Figure:
+    """A figure from per-round samples: the median, and the median of per-round ratios."""
+    mine = samples[name]
+    figure = Figure(name, label, statistics.median(mine), unit, baseline_key or baseline)
+    if baseline is not None:
+        base = samples[baseline]
+        figure.baseline_value = statistics.median(base)
+        figure.ratio = statistics.median(a / b for a, b in zip(mine, base, strict=True))
+    return figure
 
 
 #: The targets of issue 6: (figure, "ratio" or "value", "<=" or ">=", limit).
@@ -87,15 +95,13 @@ def section_inprocess(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     loop = asyncio.new_event_loop()
     try:
         variants, notes = inprocess.build(loop, tmp)
-        rounds, seconds = (3, 0.05) if quick else (7, 0.3)
-        medians = inprocess.measure(variants, rounds, seconds, log)
+        rounds, seconds = (3, 0.05) if quick else (15, 0.1)
+        samples = inprocess.measure(variants, rounds, seconds, log)
     finally:
         loop.close()
-    out = []
-    for v in variants:
-        base = medians.get(v.baseline) if v.baseline else None
-        out.append(Figure(v.name, v.label, medians[v.name], "µs/request", v.baseline, base))
-    return out, notes
+    out = [paired(v.name, v.label, samples, "µs/request", v.baseline) for v in variants]
+    return out, notes + [f"in-process: {rounds} rounds of ~{seconds}s batches per variant; "
+                         "CPU time of the calling thread"]
 
 
 def section_wire(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
@@ -106,18 +112,18 @@ def section_wire(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     servers = wire.servers()
     try:
         wire.start(servers, tmp)
-        rounds, seconds = (1, 1) if quick else (5, 3)
-        medians = wire.measure(servers, rounds, seconds, 32, log)
+        rounds, seconds = (1, 1) if quick else (7, 2)
+        measured = wire.measure(servers, rounds, seconds, 32, log)
     finally:
         wire.stop(servers)
+    rps = {name: pair[0] for name, pair in measured.items()}
+    p99 = {name: pair[1] for name, pair in measured.items()}
     out = []
     for s in servers:
-        rps, p99 = medians[s.name]
-        base = medians.get(s.baseline) if s.baseline else None
-        out.append(Figure(s.name, s.label, rps, "requests/s", s.baseline,
-                          base[0] if base else None))
-        out.append(Figure(s.name + ".p99", s.label + ", p99", p99, "ms",
-                          s.baseline + ".p99" if s.baseline else None, base[1] if base else None))
+        out.append(paired(s.name, s.label, rps, "requests/s", s.baseline))
+        out.append(paired(s.name, s.label + ", p99", p99, "ms", s.baseline,
+                          s.baseline + ".p99" if s.baseline else None))
+        out[-1].name = s.name + ".p99"
     return out, [f"wire: wrk -t1 -c32 -d{seconds}s, {rounds} rounds; one worker per server"]
 
 

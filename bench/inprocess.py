@@ -3,8 +3,10 @@
 Each variant is an app plus the request it gets (an ASGI scope or a WSGI environ, with
 the headers a browser sends). ``measure`` first checks each variant answers as it
 should (status, and whether a cookie is set), then runs them interleaved: every round
-times a batch of each variant in turn (the order rotating between rounds), and the
-figure is the median batch's µs per request.
+times a short batch of each variant in turn (forward, then backward in the next round,
+so a variant and its baseline always run close together), and the figure is the
+median batch's µs per request. A ratio is the median of the rounds' ratios, each taken
+between batches a moment apart: on a shared machine, that cancels most of the drift.
 
 The trackers record into a SQLite file, as a site would, but their writer thread is
 kept asleep while a batch is timed (a long ``flush_interval`` and a batch size larger
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -271,8 +272,8 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
 
 
 def measure(variants: list[Variant], rounds: int, batch_seconds: float,
-            log: Callable[[str], None]) -> dict[str, float]:
-    """Median µs per request of each variant, rounds interleaved."""
+            log: Callable[[str], None]) -> dict[str, list[float]]:
+    """µs per request of each variant, one sample per round, rounds interleaved."""
     for v in variants:
         problem = v.check()
         if problem is not None:
@@ -291,12 +292,11 @@ def measure(variants: list[Variant], rounds: int, batch_seconds: float,
         if v.after:
             v.after()
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
-        for v in order:
+        for v in variants if r % 2 == 0 else variants[::-1]:
             gc.collect()
             n = sizes[v.name]
             v.samples.append(v.call(n) / n * 1e6)
             if v.after:
                 v.after()
         log(f"  in-process round {r + 1}/{rounds} done")
-    return {v.name: statistics.median(v.samples) for v in variants}
+    return {v.name: v.samples for v in variants}

@@ -2,8 +2,10 @@
 
 Every server is started once (one worker each, uvicorn with uvloop and httptools when
 installed, gunicorn with the sync worker), then the rounds run ``wrk`` against each in
-turn, so a busy moment of the machine spreads over all variants instead of hitting one.
-The figures are the median requests/s and the median p99 latency over the rounds.
+turn (forward, then backward, so a variant and its baseline run close together), so a
+busy moment of the machine spreads over all variants instead of hitting one. The
+figures are the median requests/s and p99 latency over the rounds; a ratio is the
+median of the rounds' ratios.
 The trackers record into a SQLite file with the default pipeline settings: their
 writer thread shares the server's CPU as it does in production.
 """
@@ -14,7 +16,6 @@ import os
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -165,15 +166,14 @@ def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
 
 
 def measure(all_servers: list[Server], rounds: int, seconds: float, connections: int,
-            log: Callable[[str], None]) -> dict[str, tuple[float, float]]:
-    """Median (requests/s, p99 ms) of each server, rounds interleaved."""
+            log: Callable[[str], None]) -> dict[str, tuple[list[float], list[float]]]:
+    """(requests/s, p99 ms) of each server, one sample each per round, interleaved."""
     for s in all_servers:  # warm up: caches, connections, the writer thread
         run_wrk(s, 1, connections)
     for r in range(rounds):
-        order = all_servers[r % len(all_servers):] + all_servers[: r % len(all_servers)]
-        for s in order:
+        for s in all_servers if r % 2 == 0 else all_servers[::-1]:
             rps, p99 = run_wrk(s, seconds, connections)
             s.rps.append(rps)
             s.p99.append(p99)
         log(f"  wire round {r + 1}/{rounds} done")
-    return {s.name: (statistics.median(s.rps), statistics.median(s.p99)) for s in all_servers}
+    return {s.name: (s.rps, s.p99) for s in all_servers}

@@ -143,20 +143,21 @@ class LazyVisitor:
     ``trackmw.get_visitor`` calls it; calling it again returns the same ``Visitor``.
     """
 
-    __slots__ = ("_core", "_scope", "_state", "visitor")
+    __slots__ = ("_core", "_scope", "_state", "visitor", "issued_id")
 
     def __init__(self, core: Core, scope: Scope, state: CookieState) -> None:
         self._core = core
         self._scope = scope
         self._state = state
         self.visitor: Visitor | None = None
+        self.issued_id: str | None = None  # a new id already sent in a cookie
 
     def __call__(self) -> Visitor:
         visitor = self.visitor
         if visitor is None:
             try:
                 req = request_from_scope(self._scope, _CORE_HEADERS)
-                visitor = self._core.visitor_from_state(req, self._state)
+                visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
             except Exception as exc:  # never break the host app: as if untracked
                 log.exception("trackmw: could not read the visitor")
                 raise LookupError("trackmw could not read this request's visitor") from exc
@@ -236,14 +237,24 @@ class TrackingMiddleware:
             return
         lazy = LazyVisitor(core, scope, state)
         scope["trackmw"] = lazy
-        # A returning visitor the app leaves alone gets no cookie: nothing to do at all.
+        # A returning visitor the app leaves alone gets no cookie: nothing to do at all;
+        # a new one gets its id cookie, without building its Visitor.
         quiet = state.quiet and self._quiet_ok
+        fresh = state.fresh and self._quiet_ok
 
         async def send_with_cookies(message: Message) -> None:
             if message["type"] == "http.response.start" and not (quiet and lazy.visitor is None):
                 try:
                     raw = message.get("headers", [])
-                    cookies = core.response_cookies(lazy(), message["status"], _Decoded(raw))
+                    if fresh and lazy.visitor is None:
+                        if core.cookie_needs_headers:
+                            req = request_from_scope(scope, _CORE_HEADERS)
+                        else:
+                            req = Request(scope["method"], path, scheme=scope.get("scheme", "http"))
+                        lazy.issued_id = core.new_id()
+                        cookies = [core.id_cookie(req, lazy.issued_id)]
+                    else:
+                        cookies = core.response_cookies(lazy(), message["status"], _Decoded(raw))
                     if cookies:
                         message = dict(message)
                         message["headers"] = _with_cookies(raw, cookies)

@@ -112,6 +112,7 @@ class CookieState:
         "not_before",
         "not_after",
         "quiet",
+        "fresh",
     )
 
     def __init__(
@@ -151,12 +152,14 @@ class CookieState:
             id_ok = sent_id is not None and not id_stale
         else:
             id_ok = not id_sent
-        self.quiet = (
-            id_ok
-            and not (prefs_sent and not consent.preferences)
+        others_ok = (
+            not (prefs_sent and not consent.preferences)
             and not self.consent_stale
             and not self.prefs_stale
         )
+        self.quiet = id_ok and others_ok
+        # A new visitor the app leaves alone: its only cookie is the new id (``id_cookie``).
+        self.fresh = consent.analytics and sent_id is None and others_ok
 
 
 class Core:
@@ -304,13 +307,18 @@ class Core:
             prefs_stale=prefs_stale,
         )
 
-    def visitor_from_state(self, req: Request, state: CookieState) -> Visitor:
-        """The request's ``Visitor``: the state's, with a new id issued when due."""
+    def visitor_from_state(
+        self, req: Request, state: CookieState, issued_id: str | None = None
+    ) -> Visitor:
+        """The request's ``Visitor``: the state's, with a new id issued when due.
+
+        ``issued_id``: the new id already sent in this response's cookie (``id_cookie``).
+        """
         visitor_id = user_id = None
         id_dirty = state.id_stale
         if state.consent.analytics:
             if state.sent_id is None:
-                visitor_id, id_dirty = self.new_id(), True
+                visitor_id, id_dirty = issued_id or self.new_id(), True
             else:
                 visitor_id, user_id = state.sent_id, state.user_id
         visitor = Visitor(
@@ -439,6 +447,32 @@ class Core:
                 )
             )
         return out
+
+    @property
+    def cookie_needs_headers(self) -> bool:
+        """Do the cookies' ``Secure`` or ``Domain`` depend on request headers?
+
+        Without a ``cookie_domain`` and behind no trusted proxy, only the scheme counts.
+        """
+        s = self.settings
+        return s.cookie_domain is not None or (s.cookie_secure is None and s.trust_proxy)
+
+    def id_cookie(self, req: Request, visitor_id: str) -> str:
+        """The ``Set-Cookie`` issuing ``visitor_id``: what ``cookie_headers`` gives for a
+        ``fresh`` state's visitor left untouched, without building that ``Visitor``.
+
+        ``req`` needs its headers only if ``cookie_needs_headers``.
+        """
+        s = self.settings
+        return set_cookie_header(
+            ID_COOKIE,
+            self.id_signer.dumps([visitor_id]),
+            max_age=s.cookie_max_age,
+            domain=self.cookie_domain(req),
+            secure=s.cookie_secure if s.cookie_secure is not None else self.is_https(req),
+            httponly=True,
+            samesite=s.cookie_samesite,
+        )
 
     def finish(
         self, visitor: Visitor, status: int, headers: Iterable[tuple[str, str]]
