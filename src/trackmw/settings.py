@@ -66,7 +66,7 @@ def _check_domain(value: str) -> str:
     return domain
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """The validated, frozen settings of one ``Tracker``.
 
@@ -177,6 +177,24 @@ class Settings:
             object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in hosts))
         if self.authorize is not None and not callable(self.authorize):
             raise ConfigurationError("authorize", "must be a callable taking the request")
+
+    def __repr__(self) -> str:
+        """Every setting, with the secrets masked (keys, token, the store's password)."""
+        from .stores.base import redact
+
+        shown: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "secret_keys":
+                text = f"<{len(value)} keys>"
+            elif f.name == "dashboard_token":
+                text = "None" if value is None else "'***'"
+            elif f.name == "store":
+                text = repr(redact(value))
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def tzinfo(self) -> ZoneInfo:

@@ -51,7 +51,10 @@ class Tracker:
         return cls(**{name: getattr(settings, name) for name in settings.__dataclass_fields__})
 
     def __repr__(self) -> str:
-        return f"<Tracker store={self.store!r} consent={self.settings.consent!r}>"
+        from .stores.base import redact
+
+        # The URL, not the store: a repr must not open connections.
+        return f"<Tracker store={redact(self.settings.store)!r} consent={self.settings.consent!r}>"
 
     @property
     def store(self) -> Store:
