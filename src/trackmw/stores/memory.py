@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date
 from typing import Any
 
 from ..events import ConsentChoice, PageView
@@ -57,7 +57,9 @@ class MemoryStore(Store):
 
         with self._lock:
             before = len(self._pageviews) + len(self._consents)
-            self._pageviews[:] = [pv for pv in self._pageviews if not gone(pv.visitor_id, pv.user_id)]
+            self._pageviews[:] = [
+                pv for pv in self._pageviews if not gone(pv.visitor_id, pv.user_id)
+            ]
             self._consents[:] = [c for c in self._consents if c.visitor_id != visitor_id]
             return before - len(self._pageviews) - len(self._consents)
 
@@ -70,12 +72,14 @@ class MemoryStore(Store):
             return n - len(self._pageviews) - len(self._consents)
 
 
-def visitor_document(pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> dict[str, Any]:
+def visitor_document(
+    pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]
+) -> dict[str, Any]:
     """The ``visitor_data`` document from a visitor's rows (shared by the stores)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
     pvs = sorted(pageviews, key=lambda pv: pv.ts)
     users = sorted({pv.user_id for pv in pvs if pv.user_id})
