@@ -68,8 +68,17 @@ def _query(req: Request) -> dict[str, str]:
     return out
 
 
+_TEXT = ("content-type", "text/plain; charset=utf-8")  # WSGI wants one on every response
+
+
 def _not_allowed(allow: str) -> Response:
-    return Response(405, [("allow", allow), *_SECURITY], b"method not allowed")
+    return Response(405, [_TEXT, ("allow", allow), *_SECURITY], b"method not allowed")
+
+
+def _see_dashboard(prefix: str, cookie: str) -> Response:
+    return Response(303, [
+        _TEXT, ("location", prefix + "/dashboard"), *_SECURITY, ("set-cookie", cookie),
+    ], b"see the dashboard")
 
 
 class DashboardEndpoints:
@@ -180,10 +189,7 @@ class DashboardEndpoints:
         token = data.get("token")
         if not isinstance(token, str) or not guard.token_ok(token):
             return html(401, login_page(self.prefix, "That token is not right."))
-        cookie = guard.session_cookie(self._secure(req))
-        return Response(303, [
-            ("location", self.prefix + "/dashboard"), *_SECURITY, ("set-cookie", cookie),
-        ])
+        return _see_dashboard(self.prefix, guard.session_cookie(self._secure(req)))
 
     def logout(self, req: Request, body: bytes) -> Response:
         if not self.guard.enabled:
@@ -192,10 +198,7 @@ class DashboardEndpoints:
             return _not_allowed("POST")
         if not same_origin(req, self.core.is_https(req)):
             return text_response(403, "cross-origin request refused")
-        cookie = self.guard.clear_cookie(self._secure(req))
-        return Response(303, [
-            ("location", self.prefix + "/dashboard"), *_SECURITY, ("set-cookie", cookie),
-        ])
+        return _see_dashboard(self.prefix, self.guard.clear_cookie(self._secure(req)))
 
     # -- GET /dashboard.css -------------------------------------------------------------------
 

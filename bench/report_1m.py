@@ -1,0 +1,165 @@
+"""How fast is a 30-day report over 1,000,000 stored events in SQLite, and how fast are writes?
+
+``run(path=None, events=1_000_000)`` fills a fresh SQLite store with synthetic page views
+(about 50,000 visitors over 45 days, a few hundred pages, a realistic mix of browsers,
+referrers and campaigns, in sessions of a few pages), times ``store.write`` (events per
+second, in batches the size the pipeline uses) and then a 30-day ``store.report()``
+(cold, on a fresh connection, and warm), and returns the figures.
+``make bench`` calls ``run``; ``python -m bench.report_1m`` prints them on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from typing import Any
+
+from trackmw.events import ConsentChoice, PageView
+from trackmw.stores.sqlite import SQLiteStore
+
+__all__ = ["generate", "run"]
+
+DAYS = 45
+VISITORS = 50_000
+PAGES = 300
+BATCH = 1_000  # the pipeline's default batch_size
+
+_CLASSES = [  # (browser, os, device, weight)
+    ("Chrome", "Windows", "desktop", 30), ("Chrome Mobile", "Android", "mobile", 25),
+    ("Mobile Safari", "iOS", "mobile", 18), ("Safari", "Mac OS X", "desktop", 8),
+    ("Firefox", "Windows", "desktop", 5), ("Edge", "Windows", "desktop", 5),
+    ("Chrome", "Mac OS X", "desktop", 4), ("Mobile Safari", "iOS", "tablet", 2),
+    ("Samsung Internet", "Android", "mobile", 2), ("Firefox", "Linux", "desktop", 1),
+]
+_REFERRERS = [None] * 12 + [
+    "www.google.com", "news.example.org", "duckduckgo.com", "www.bing.com",
+    "t.co", "www.reddit.com", "lobste.rs", "news.ycombinator.com",
+] + [f"blog{i}.example.net" for i in range(40)]
+
+
+def generate(
+    events: int = 1_000_000, *, until: date | None = None, seed: int = 1
+) -> Iterator[PageView]:
+    """Synthetic page views, in sessions, over ``DAYS`` days ending ``until``."""
+    rng = random.Random(seed)
+    until = until or date.today()
+    days = [(until - timedelta(days=i)).isoformat() for i in range(DAYS)]
+    day_ts = {d: time.mktime(date.fromisoformat(d).timetuple()) for d in days}
+    pages = ["/"] + [f"/articles/{i}" for i in range(1, PAGES)]
+    page_weights = [1 / (i + 1) for i in range(PAGES)]  # Zipf-like popularity
+    classes = [c[:3] for c in _CLASSES]
+    class_weights = [c[3] for c in _CLASSES]
+    visitor_class = [rng.choices(classes, class_weights)[0] for _ in range(VISITORS)]
+    visitor_user = [f"user{v}" if v % 9 == 0 else None for v in range(VISITORS)]
+    made = 0
+    while made < events:
+        v = min(int(rng.paretovariate(1.2)) - 1, VISITORS - 1)  # heavy and casual visitors
+        v = (v * 7919 + rng.randrange(VISITORS)) % VISITORS if rng.random() < 0.9 else v
+        day = rng.choice(days)
+        ts = day_ts[day] + rng.randrange(86_400)
+        browser, os_name, device = visitor_class[v]
+        referrer = rng.choice(_REFERRERS)
+        campaign = f"newsletter-{rng.randrange(12)}" if rng.random() < 0.03 else None
+        anonymous = rng.random() < 0.07
+        for page in rng.choices(pages, page_weights, k=min(1 + int(rng.expovariate(1 / 3)), 20)):
+            if made >= events:
+                break
+            made += 1
+            if rng.random() < 0.02:
+                yield PageView(ts, day, None, None, page, None, None, None, None, None, True)
+            elif anonymous:
+                yield PageView(ts, day, None, None, page, referrer, campaign,
+                               None, None, None, False)
+            else:
+                yield PageView(ts, day, f"v{v:06d}-{seed}", visitor_user[v], page, referrer,
+                               campaign, browser, os_name, device, False)
+            referrer = campaign = None
+            ts += rng.randrange(5, 120)
+
+
+def _consents(n: int, until: date, seed: int) -> list[ConsentChoice]:
+    rng = random.Random(seed + 1)
+    out = []
+    for i in range(n):
+        day = (until - timedelta(days=rng.randrange(DAYS))).isoformat()
+        out.append(ConsentChoice(0.0, day, f"v{i:06d}-{seed}", rng.random() < 0.8, True, "1"))
+    return out
+
+
+def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any]:
+    """Fill a store at ``path`` (a temporary file by default) and time writes and the report.
+
+    Returns ``{"events", "write_seconds", "events_per_second", "report_ms_cold",
+    "report_ms_warm", "db_mb"}``.
+    """
+    tmp = None
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="trackmw-bench-")
+        path = os.path.join(tmp.name, "bench.db")
+    try:
+        until = date.today()
+        store = SQLiteStore(f"sqlite:///{path}")
+        rows = list(generate(events, until=until))
+        consents = _consents(5_000, until, 1)
+        start = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            store.write(rows[i:i + BATCH], consents[i // BATCH * 5:(i // BATCH + 1) * 5])
+        write_s = time.perf_counter() - start
+        store.close()
+        since = until - timedelta(days=29)
+        store = SQLiteStore(f"sqlite:///{path}")
+        start = time.perf_counter()
+        report = store.report(since, until)
+        cold = time.perf_counter() - start
+        warm = min(_timed(store, since, until) for _ in range(5))
+        store.close()
+        size = sum(
+            os.path.getsize(path + ext) for ext in ("", "-wal") if os.path.exists(path + ext)
+        )
+        result = {
+            "events": len(rows),
+            "write_seconds": round(write_s, 2),
+            "events_per_second": round(len(rows) / write_s),
+            "report_ms_cold": round(cold * 1000, 1),
+            "report_ms_warm": round(warm * 1000, 1),
+            "report_pageviews": report.pageviews,
+            "report_visitors": report.visitors,
+            "db_mb": round(size / 1e6, 1),
+        }
+        if not quiet:
+            print(
+                f"sqlite write: {result['events']:,} events in {write_s:.2f}s "
+                f"({result['events_per_second']:,} events/s, batches of {BATCH})\n"
+                f"sqlite 30-day report over {result['events']:,} events: "
+                f"{result['report_ms_cold']} ms cold, {result['report_ms_warm']} ms warm "
+                f"({report.pageviews:,} page views, {report.visitors:,} visitors; "
+                f"database {result['db_mb']} MB)"
+            )
+        return result
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _timed(store: SQLiteStore, since: date, until: date) -> float:
+    start = time.perf_counter()
+    store.report(since, until)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report_1m", description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--db", help="keep the database at this path (default: a temp file)")
+    args = parser.parse_args(argv)
+    run(args.db, args.events)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
