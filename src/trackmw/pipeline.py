@@ -148,7 +148,7 @@ class Pipeline:
                     return True
                 self._pending = batch
                 try:
-                    self.store.write(*batch)
+                    self.store.write(*self._without_erased(batch))
                 except Exception as exc:  # the store's errors must never escape the thread
                     self._failed(exc)
                     return False
@@ -162,6 +162,38 @@ class Pipeline:
                     )
                     self._failing_since = None
                     self._backoff = 0.0
+
+    def _without_erased(
+        self, batch: tuple[list[PageView], list[ConsentChoice]]
+    ) -> tuple[list[PageView], list[ConsentChoice]]:
+        """The batch less the events of visitors (or users) erased after them.
+
+        This process removes an erased visitor's events from its own buffer; the store's
+        tombstones catch those buffered in other processes when the erasure came.
+        """
+        pageviews, consents = batch
+        keys = {"v:" + c.visitor_id for c in consents if c.visitor_id}
+        for pv in pageviews:
+            if pv.visitor_id:
+                keys.add("v:" + pv.visitor_id)
+                if pv.user_id:
+                    keys.add("u:" + pv.user_id)
+        erased = self.store.erasures(keys) if keys else {}
+        if not erased:
+            return batch
+
+        def dead(kind: str, key: str | None, ts: float) -> bool:
+            at = erased.get(kind + key) if key else None
+            return at is not None and ts <= at
+
+        return (
+            [
+                p
+                for p in pageviews
+                if not (dead("v:", p.visitor_id, p.ts) or dead("u:", p.user_id, p.ts))
+            ],
+            [c for c in consents if not dead("v:", c.visitor_id, c.ts)],
+        )
 
     def _take(self) -> tuple[list[PageView], list[ConsentChoice]] | None:
         buf = self._buffer

@@ -65,13 +65,21 @@ def test_hand_computed_report(store: Store) -> None:
     )
     r = store.report(D0, D1).to_dict()
     assert r == {
-        "since": D0.isoformat(), "until": D1.isoformat(),
-        "pageviews": 6, "visitors": 3, "registered_visitors": 2, "anonymous_pageviews": 1,
+        "since": D0.isoformat(),
+        "until": D1.isoformat(),
+        "pageviews": 6,
+        "visitors": 3,
+        "registered_visitors": 2,
+        "anonymous_pageviews": 1,
         "bot_hits": 1,
-        "days": [{"day": D0.isoformat(), "pageviews": 4, "visitors": 2},
-                 {"day": D1.isoformat(), "pageviews": 2, "visitors": 2}],
-        "pages": [{"path": "/", "pageviews": 3, "visitors": 2},  # ties: by path
-                  {"path": "/about", "pageviews": 3, "visitors": 3}],
+        "days": [
+            {"day": D0.isoformat(), "pageviews": 4, "visitors": 2},
+            {"day": D1.isoformat(), "pageviews": 2, "visitors": 2},
+        ],
+        "pages": [
+            {"path": "/", "pageviews": 3, "visitors": 2},  # ties: by path
+            {"path": "/about", "pageviews": 3, "visitors": 3},
+        ],
         "browsers": [{"name": "Chrome", "visitors": 2}, {"name": "Mobile Safari", "visitors": 1}],
         "os": [{"name": "Windows", "visitors": 2}, {"name": "iOS", "visitors": 1}],
         "devices": [{"name": "desktop", "visitors": 2}, {"name": "mobile", "visitors": 1}],
@@ -86,11 +94,14 @@ def test_hand_computed_report(store: Store) -> None:
 
 def test_every_report_field_matches_the_reference(store: Store, estimated: bool) -> None:
     pvs, choices = events()
-    for pv_batch, c_batch in zip(batches(pvs, 97), batches(choices, 7) + [[]] * 10,
-                                 strict=False):
+    for pv_batch, c_batch in zip(batches(pvs, 97), batches(choices, 7) + [[]] * 10, strict=False):
         store.write(pv_batch, c_batch)
-    for since, until in ((D0, LAST), (D1, D1), (D0 - timedelta(days=3), D1),
-                         (D2, LAST + timedelta(days=5))):
+    for since, until in (
+        (D0, LAST),
+        (D1, D1),
+        (D0 - timedelta(days=3), D1),
+        (D2, LAST + timedelta(days=5)),
+    ):
         expected = build_report(pvs, choices, since, until)
         assert_same_report(store.report(since, until), expected, estimated)
 
@@ -121,15 +132,25 @@ def test_an_empty_batch_is_accepted(store: Store) -> None:
 
 def test_visitor_data_holds_the_visitors_own_events_oldest_first(store: Store) -> None:
     store.write(
-        [pageview(D1, 5, "me", "/later", user="alice"), pageview(D0, 5, "me", "/first"),
-         pageview(D0, 6, "other", "/not-mine"), pageview(D0, 7, None, "/anonymous")],
+        [
+            pageview(D1, 5, "me", "/later", user="alice"),
+            pageview(D0, 5, "me", "/first"),
+            pageview(D0, 6, "other", "/not-mine"),
+            pageview(D0, 7, None, "/anonymous"),
+        ],
         [consent(D0, 1, "me", True), consent(D0, 2, "other", False)],
     )
     data = store.visitor_data("me")
     assert [p["page"] for p in data["pageviews"]] == ["/first", "/later"]
     assert data["pageviews"][0]["time"] == "2026-11-20T00:00:05+00:00"
-    assert data["consents"] == [{"time": "2026-11-20T00:00:01+00:00", "analytics": True,
-                                 "preferences": True, "policy_version": "1"}]
+    assert data["consents"] == [
+        {
+            "time": "2026-11-20T00:00:01+00:00",
+            "analytics": True,
+            "preferences": True,
+            "policy_version": "1",
+        }
+    ]
     assert data["user_ids"] == ["alice"]
     assert store.visitor_data("nobody") == {"pageviews": [], "consents": [], "user_ids": []}
 
@@ -151,8 +172,14 @@ def test_erasing_a_visitor_removes_it_from_data_and_counts(
     if estimated:
         # A HyperLogLog cannot un-count a member: everything else is exact.
         a, e = actual.to_dict(), expected.to_dict()
-        for key in ("pageviews", "anonymous_pageviews", "bot_hits", "referrers",
-                    "campaigns", "consent"):
+        for key in (
+            "pageviews",
+            "anonymous_pageviews",
+            "bot_hits",
+            "referrers",
+            "campaigns",
+            "consent",
+        ):
             assert a[key] == e[key]
         assert e["visitors"] <= a["visitors"] <= e["visitors"] + 1
     else:
@@ -184,8 +211,15 @@ def test_erasing_with_a_user_removes_that_users_page_views_from_every_visitor(
 
 
 def test_consent_records_are_counted_per_day(store: Store) -> None:
-    store.write([], [consent(D0, 1, "a", True), consent(D0, 2, None, False),
-                     consent(D1, 3, "b", False), consent(D2, 4, "c", True)])
+    store.write(
+        [],
+        [
+            consent(D0, 1, "a", True),
+            consent(D0, 2, None, False),
+            consent(D1, 3, "b", False),
+            consent(D2, 4, "c", True),
+        ],
+    )
     assert store.report(D0, D0).consent == {"accepted": 1, "rejected": 1}
     assert store.report(D0, D2).consent == {"accepted": 2, "rejected": 2}
     assert store.visitor_data("b")["consents"][0]["analytics"] is False
@@ -239,8 +273,10 @@ def test_a_site_on_the_store_counts_serves_me_and_erases(store_url: str, make_tr
     tracker = make_tracker(store=store_url, pixel_rate_limit=0)
     app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("home"))])
     app.add_middleware(TrackingMiddleware, tracker=tracker)
-    chrome = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
-              "Gecko) Chrome/120.0.0.0 Safari/537.36")
+    chrome = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+        "Gecko) Chrome/120.0.0.0 Safari/537.36"
+    )
     with TestClient(app, headers={"User-Agent": chrome}) as client:
         assert client.get("/").status_code == 200
         for page in ("/a", "/b", "/a"):
@@ -253,3 +289,37 @@ def test_a_site_on_the_store_counts_serves_me_and_erases(store_url: str, make_tr
         erased = client.delete("/_trackmw/me", headers={"Origin": "http://testserver"})
         assert erased.status_code < 300
         assert tracker.stats().pageviews == 0
+
+
+def test_erasure_leaves_tombstones_for_the_visitor_and_its_user(store: Store) -> None:
+    import time
+
+    before = time.time()
+    store.erase("erased-visitor-0000000", "erased-user")
+    found = store.erasures(["v:erased-visitor-0000000", "u:erased-user", "v:someone-else"])
+    assert set(found) == {"v:erased-visitor-0000000", "u:erased-user"}
+    assert all(before - 1 <= at <= time.time() + 1 for at in found.values())
+
+
+def test_an_event_buffered_elsewhere_before_an_erasure_is_not_written_after_it(
+    store_url: str, make_tracker: Any
+) -> None:
+    """Two workers on one store: the erasure answered by one, the hit buffered in the
+    other before it; when the other flushes, the erased visitor must not come back."""
+    import time
+
+    from trackmw.events import Hit
+
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"
+    worker_a = make_tracker(store=store_url, flush_interval=3600)
+    worker_b = make_tracker(store=store_url, flush_interval=3600)
+    gone, kept = "tombstoned-visitor-000", "surviving-visitor-0000"
+    worker_a.pipeline.add(Hit(time.time(), gone, None, "/early", None, None, ua, "h"))
+    worker_a.pipeline.add(Hit(time.time(), kept, None, "/kept", None, None, ua, "h"))
+    worker_b.erase(gone)
+    worker_a.flush()
+    worker_a.pipeline.add(Hit(time.time() + 1, gone, None, "/later", None, None, ua, "h"))
+    worker_a.flush()
+    pages = [p["page"] for p in worker_b.visitor_data(gone)["pageviews"]]
+    assert pages == ["/later"]  # what came after the erasure is new data, kept
+    assert [p["page"] for p in worker_b.visitor_data(kept)["pageviews"]] == ["/kept"]

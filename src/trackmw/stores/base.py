@@ -14,8 +14,8 @@ lazily: a missing one names the extra to install.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Collection, Sequence
+from datetime import UTC, date
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError
@@ -108,6 +108,16 @@ class Store(ABC):
         Returns the number of records removed.
         """
 
+    def erasures(self, keys: Collection[str]) -> dict[str, float]:
+        """When each of ``keys`` was erased (Unix time), for those that were.
+
+        ``erase`` leaves a tombstone for ``tombstone_keys(visitor_id, user_id)``; the
+        pipeline asks before each batch and drops the events of an erased visitor or
+        user dated before its erasure. So a page view still buffered in another process
+        when the visitor was erased cannot bring it back.
+        """
+        return {}
+
     @abstractmethod
     def purge(self, before: date) -> int:
         """Delete page views and consent records of days before ``before``."""
@@ -122,6 +132,22 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact(self.url)}>"
+
+
+def tombstone_keys(visitor_id: str | None, user_id: str | None = None) -> list[str]:
+    """The tombstone keys of an erased visitor and its linked user (one namespace each)."""
+    keys = [] if visitor_id is None else ["v:" + visitor_id]
+    if user_id:
+        keys.append("u:" + user_id)
+    return keys
+
+
+def purge_horizon(before: date) -> float:
+    """Tombstones older than this can go with a purge up to ``before`` (a day earlier,
+    so that no time zone can hold an event of a purged day that is still buffered)."""
+    from datetime import datetime, time, timedelta
+
+    return datetime.combine(before - timedelta(days=1), time(), UTC).timestamp()
 
 
 def redact(url: str) -> str:

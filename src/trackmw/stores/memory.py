@@ -8,17 +8,18 @@ data between ``Tracker`` instances (handy for tests); plain ``memory://`` is pri
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from datetime import UTC, date
 from typing import Any
 
 from ..events import ConsentChoice, PageView
 from ..report import Report, build_report
-from .base import Store
+from .base import Store, purge_horizon, tombstone_keys
 
 __all__ = ["MemoryStore"]
 
-_SHARED: dict[str, tuple[list[PageView], list[ConsentChoice]]] = {}
+_SHARED: dict[str, tuple[list[PageView], list[ConsentChoice], dict[str, float]]] = {}
 
 
 class MemoryStore(Store):
@@ -30,9 +31,9 @@ class MemoryStore(Store):
         super().__init__(url, settings)
         name = url.split("://", 1)[1]
         if name:
-            self._pageviews, self._consents = _SHARED.setdefault(name, ([], []))
+            self._pageviews, self._consents, self._erased = _SHARED.setdefault(name, ([], [], {}))
         else:
-            self._pageviews, self._consents = [], []
+            self._pageviews, self._consents, self._erased = [], [], {}
         self._lock = threading.Lock()
 
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
@@ -56,6 +57,9 @@ class MemoryStore(Store):
             return visitor == visitor_id or (user_id is not None and user == user_id)
 
         with self._lock:
+            now = time.time()
+            for key in tombstone_keys(visitor_id, user_id):
+                self._erased[key] = now
             before = len(self._pageviews) + len(self._consents)
             self._pageviews[:] = [
                 pv for pv in self._pageviews if not gone(pv.visitor_id, pv.user_id)
@@ -63,12 +67,19 @@ class MemoryStore(Store):
             self._consents[:] = [c for c in self._consents if c.visitor_id != visitor_id]
             return before - len(self._pageviews) - len(self._consents)
 
+    def erasures(self, keys: Collection[str]) -> dict[str, float]:
+        with self._lock:
+            return {k: self._erased[k] for k in keys if k in self._erased}
+
     def purge(self, before: date) -> int:
         cut = before.isoformat()
         with self._lock:
             n = len(self._pageviews) + len(self._consents)
             self._pageviews[:] = [pv for pv in self._pageviews if pv.day >= cut]
             self._consents[:] = [c for c in self._consents if c.day >= cut]
+            horizon = purge_horizon(before)
+            for key in [k for k, at in self._erased.items() if at < horizon]:
+                del self._erased[key]
             return n - len(self._pageviews) - len(self._consents)
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from typing import Any
@@ -34,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store, redact
+from .base import Store, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
@@ -42,6 +43,7 @@ __all__ = ["PostgresStore"]
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS erasures (key text PRIMARY KEY, at double precision NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS pageviews (
     ts double precision NOT NULL, day date NOT NULL, visitor_id text, user_id text,
@@ -178,8 +180,11 @@ class PostgresStore(Store):
         return pool
 
     def _migrate(self, conn: Any) -> None:
-        key = int.from_bytes(hashlib.blake2b(
-            b"trackmw:" + self.schema.encode(), digest_size=8).digest(), "big", signed=True)
+        key = int.from_bytes(
+            hashlib.blake2b(b"trackmw:" + self.schema.encode(), digest_size=8).digest(),
+            "big",
+            signed=True,
+        )
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -211,7 +216,8 @@ class PostgresStore(Store):
         batch_id = f"{self._token}:{hash((tuple(pageviews), tuple(consents))) & (2**64 - 1):x}"
         with self._connection() as conn:
             cur = conn.execute(
-                "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING", (batch_id,))
+                "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING", (batch_id,)
+            )
             if cur.rowcount == 0:
                 return  # written already: its commit reply was lost, the retry is a no-op
             self._writes += 1
@@ -240,24 +246,35 @@ class PostgresStore(Store):
         span = (since, until)
         report = Report(since=since, until=until)
         with self._connection() as conn:
+
             def q(sql: str, params: Sequence[Any] = span) -> list[Any]:
                 return list(conn.execute(sql, params).fetchall())
 
-            totals = dict(q(
-                "SELECT kind, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
-                "AND %s AND kind IN ('total', 'anonymous', 'bot') GROUP BY kind"))
+            totals = dict(
+                q(
+                    "SELECT kind, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
+                    "AND %s AND kind IN ('total', 'anonymous', 'bot') GROUP BY kind"
+                )
+            )
             report.pageviews = totals.get("total") or 0
             report.anonymous_pageviews = totals.get("anonymous") or 0
             report.bot_hits = totals.get("bot") or 0
-            (report.visitors, report.registered_visitors), = q(
+            ((report.visitors, report.registered_visitors),) = q(
                 "SELECT count(DISTINCT visitor_id), count(DISTINCT nullif(user_id, '')) "
-                "FROM daily_visitors WHERE day BETWEEN %s AND %s")
-            day_pv = dict(q(
-                "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN %s AND %s "
-                "AND kind = 'total'"))
-            day_vis = dict(q(
-                "SELECT day, count(DISTINCT visitor_id) FROM daily_visitors "
-                "WHERE day BETWEEN %s AND %s GROUP BY day"))
+                "FROM daily_visitors WHERE day BETWEEN %s AND %s"
+            )
+            day_pv = dict(
+                q(
+                    "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN %s AND %s "
+                    "AND kind = 'total'"
+                )
+            )
+            day_vis = dict(
+                q(
+                    "SELECT day, count(DISTINCT visitor_id) FROM daily_visitors "
+                    "WHERE day BETWEEN %s AND %s GROUP BY day"
+                )
+            )
             report.days = [
                 {"day": d.isoformat(), "pageviews": day_pv.get(d, 0), "visitors": day_vis.get(d, 0)}
                 for d in day_range(since, until)
@@ -265,36 +282,46 @@ class PostgresStore(Store):
             pages = q(
                 "SELECT name, sum(pageviews)::bigint AS n FROM daily_counts WHERE day BETWEEN "
                 "%s AND %s AND kind = 'page' GROUP BY name ORDER BY n DESC, name COLLATE \"C\" "
-                "LIMIT %s", (since, until, TOP_N))
-            page_vis = dict(q(
-                "SELECT path, count(DISTINCT visitor_id) FROM pageviews WHERE day BETWEEN %s "
-                "AND %s AND NOT bot AND path = ANY(%s) GROUP BY path",
-                (since, until, [p for p, _ in pages])))
+                "LIMIT %s",
+                (since, until, TOP_N),
+            )
+            page_vis = dict(
+                q(
+                    "SELECT path, count(DISTINCT visitor_id) FROM pageviews WHERE day BETWEEN %s "
+                    "AND %s AND NOT bot AND path = ANY(%s) GROUP BY path",
+                    (since, until, [p for p, _ in pages]),
+                )
+            )
             report.pages = [
-                {"path": p, "pageviews": n, "visitors": page_vis.get(p, 0)} for p, n in pages]
+                {"path": p, "pageviews": n, "visitors": page_vis.get(p, 0)} for p, n in pages
+            ]
             for attr, column in (("browsers", "browser"), ("os", "os"), ("devices", "device")):
                 rows = q(
                     f"SELECT {column}, count(DISTINCT visitor_id) FROM daily_visitors "  # noqa: S608
-                    f"WHERE day BETWEEN %s AND %s AND {column} IS NOT NULL GROUP BY {column}")
+                    f"WHERE day BETWEEN %s AND %s AND {column} IS NOT NULL GROUP BY {column}"
+                )
                 setattr(report, attr, ranked(dict(rows), "visitors"))
             for attr, kind in (("referrers", "referrer"), ("campaigns", "campaign")):
                 rows = q(
                     "SELECT name, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
-                    "AND %s AND kind = %s GROUP BY name", (since, until, kind))
+                    "AND %s AND kind = %s GROUP BY name",
+                    (since, until, kind),
+                )
                 setattr(report, attr, ranked(dict(rows), "pageviews"))
-            (accepted, rejected), = q(
+            ((accepted, rejected),) = q(
                 "SELECT count(*) FILTER (WHERE analytics), count(*) FILTER (WHERE NOT analytics) "
-                "FROM consents WHERE day BETWEEN %s AND %s")
+                "FROM consents WHERE day BETWEEN %s AND %s"
+            )
         report.consent = {"accepted": accepted, "rejected": rejected}
         return report
 
     # -- visitors' rights and retention ---------------------------------------------------
 
     def visitor_data(self, visitor_id: str) -> dict[str, Any]:
-        rows = self._read(
-            f"SELECT {_PV_COLS} FROM pageviews WHERE visitor_id = %s", (visitor_id,))
+        rows = self._read(f"SELECT {_PV_COLS} FROM pageviews WHERE visitor_id = %s", (visitor_id,))
         choices = self._read(
-            f"SELECT {_CC_COLS} FROM consents WHERE visitor_id = %s", (visitor_id,))
+            f"SELECT {_CC_COLS} FROM consents WHERE visitor_id = %s", (visitor_id,)
+        )
         return visitor_document(
             [PageView(r[0], r[1].isoformat(), *r[2:]) for r in rows],
             [ConsentChoice(r[0], r[1].isoformat(), *r[2:]) for r in choices],
@@ -304,9 +331,15 @@ class PostgresStore(Store):
         who = "visitor_id = %s" + (" OR user_id = %s" if user_id else "")
         args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
         with self._connection() as conn:
+            conn.execute(
+                "INSERT INTO erasures SELECT unnest(%s::text[]), %s ON CONFLICT (key) "
+                "DO UPDATE SET at = greatest(erasures.at, excluded.at)",
+                (tombstone_keys(visitor_id, user_id), time.time()),
+            )
             # Page views leave the rollups too, so the report is as if they never were.
             victims = conn.execute(
-                f"SELECT {_PV_COLS} FROM pageviews WHERE {who} FOR UPDATE", args  # noqa: S608
+                f"SELECT {_PV_COLS} FROM pageviews WHERE {who} FOR UPDATE",
+                args,  # noqa: S608
             ).fetchall()
             counts: dict[tuple[str, str, str], int] = {}
             for row in victims:
@@ -318,18 +351,28 @@ class PostgresStore(Store):
                     "UPDATE daily_counts d SET pageviews = d.pageviews - u.n FROM unnest("
                     "%s::date[], %s::text[], %s::text[], %s::bigint[]) AS u(day, kind, name, n) "
                     "WHERE d.day = u.day AND d.kind = u.kind AND d.name = u.name",
-                    [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-                     [counts[k] for k in keys]],
+                    [
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [k[2] for k in keys],
+                        [counts[k] for k in keys],
+                    ],
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
             removed = conn.execute(f"DELETE FROM pageviews WHERE {who}", args).rowcount  # noqa: S608
             conn.execute(f"DELETE FROM daily_visitors WHERE {who}", args)  # noqa: S608
             removed += conn.execute(
-                "DELETE FROM consents WHERE visitor_id = %s", (visitor_id,)).rowcount
+                "DELETE FROM consents WHERE visitor_id = %s", (visitor_id,)
+            ).rowcount
         return int(removed)
+
+    def erasures(self, keys: Collection[str]) -> dict[str, float]:
+        rows = self._read("SELECT key, at FROM erasures WHERE key = ANY(%s)", (list(keys),))
+        return {key: float(at) for key, at in rows}
 
     def purge(self, before: date) -> int:
         with self._connection() as conn:
+            conn.execute("DELETE FROM erasures WHERE at < %s", (purge_horizon(before),))
             removed = conn.execute("DELETE FROM pageviews WHERE day < %s", (before,)).rowcount
             removed += conn.execute("DELETE FROM consents WHERE day < %s", (before,)).rowcount
             conn.execute("DELETE FROM daily_counts WHERE day < %s", (before,))

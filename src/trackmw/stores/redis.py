@@ -40,8 +40,9 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,7 +50,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store, redact
+from .base import Store, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
 from .redis_scripts import ERASE, PURGE, WRITE
 
@@ -113,16 +114,21 @@ class RedisStore(Store):
                 raise ConfigurationError(
                     "store", "the redis store needs redis-py: pip install 'trackmw[redis]'"
                 ) from exc
-            opts = {"decode_responses": True, "socket_timeout": self.socket_timeout,
-                    "socket_connect_timeout": self.socket_timeout}
+            opts = {
+                "decode_responses": True,
+                "socket_timeout": self.socket_timeout,
+                "socket_connect_timeout": self.socket_timeout,
+            }
             wrapped: tuple[type[Exception], ...] = (*_errors(), ValueError)
             try:
                 cls = RedisCluster if self.cluster else redis.Redis
                 client = cls.from_url(self._driver_url, **opts)
             except wrapped as exc:
                 raise StoreError(f"cannot connect to {redact(self.url)}: {exc}") from exc
-            self._scripts = {name: client.register_script(src) for name, src in
-                             (("write", WRITE), ("erase", ERASE), ("purge", PURGE))}
+            self._scripts = {
+                name: client.register_script(src)
+                for name, src in (("write", WRITE), ("erase", ERASE), ("purge", PURGE))
+            }
             self._client = client
         return self._client
 
@@ -141,7 +147,9 @@ class RedisStore(Store):
                 log.warning(
                     "trackmw: %r holds %s unique counts; redis_uniques=%r is ignored "
                     "(use another ?prefix= to start afresh in that mode)",
-                    self, "exact" if stored == "x" else "HyperLogLog", self._uniques,
+                    self,
+                    "exact" if stored == "x" else "HyperLogLog",
+                    self._uniques,
                 )
             self._mode = stored or wanted or "h"
         return self._mode
@@ -203,8 +211,10 @@ class RedisStore(Store):
 
         def fetch(c: Any) -> list[Any]:
             target = c if self.cluster else c.pipeline(transaction=False)
-            answers = [target.pfcount(*keys) if hll else target.sunionstore(scratch, keys)
-                       for keys in asked]
+            answers = [
+                target.pfcount(*keys) if hll else target.sunionstore(scratch, keys)
+                for keys in asked
+            ]
             if not hll:
                 target.delete(scratch)
             return answers if self.cluster else list(target.execute())[: len(asked)]
@@ -243,19 +253,22 @@ class RedisStore(Store):
         report.consent = {"accepted": totals.get("ca", 0), "rejected": totals.get("cr", 0)}
         pages = sorted(named.get("p", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]
         classes = [(kind, name) for kind in "BOD" for name in named.get(kind, {})]
-        counts = iter(self._union_sizes(
-            [[f"{M}:v:{d}" for d in days], [f"{M}:u:{d}" for d in days]]
-            + [[f"{M}:v:{d}"] if h.get("t") else [] for d, h in zip(days, hashes, strict=True)]
-            + [[f"{M}:p:{d}:{path}" for d in seen["p:" + path]] for path, _ in pages]
-            + [[f"{M}:{k}:{d}:{name}" for d in seen[f"{k}:{name}"]] for k, name in classes]
-        ))
+        counts = iter(
+            self._union_sizes(
+                [[f"{M}:v:{d}" for d in days], [f"{M}:u:{d}" for d in days]]
+                + [[f"{M}:v:{d}"] if h.get("t") else [] for d, h in zip(days, hashes, strict=True)]
+                + [[f"{M}:p:{d}:{path}" for d in seen["p:" + path]] for path, _ in pages]
+                + [[f"{M}:{k}:{d}:{name}" for d in seen[f"{k}:{name}"]] for k, name in classes]
+            )
+        )
         report.visitors, report.registered_visitors = next(counts), next(counts)
         report.days = [
             {"day": d, "pageviews": int(h.get("t", 0)), "visitors": next(counts)}
             for d, h in zip(days, hashes, strict=True)
         ]
         report.pages = [
-            {"path": path, "pageviews": n, "visitors": next(counts)} for path, n in pages]
+            {"path": path, "pageviews": n, "visitors": next(counts)} for path, n in pages
+        ]
         by_kind: dict[str, dict[str, int]] = {"B": {}, "O": {}, "D": {}}
         for kind, name in classes:
             by_kind[kind][name] = next(counts)
@@ -283,10 +296,34 @@ class RedisStore(Store):
         return visitor_document(pageviews, consents)
 
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:
+        now = time.time()
+        # The tombstone first: from here on no earlier event of this visitor is written.
+        self._call(
+            lambda c: c.hset(
+                f"{self.prefix}:erased",
+                mapping=dict.fromkeys(tombstone_keys(visitor_id, user_id), now),
+            )
+        )
         args = [self.prefix, self.mode, visitor_id, user_id or ""]
         return int(self._script("erase", [f"{self.prefix}:e:{visitor_id}"], args))
 
+    def erasures(self, keys: Collection[str]) -> dict[str, float]:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        values = self._call(lambda c: c.hmget(f"{self.prefix}:erased", wanted))
+        return {k: float(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+
     def purge(self, before: date) -> int:
+        horizon = purge_horizon(before)
+
+        def drop_old_tombstones(c: Any) -> None:
+            erased = c.hgetall(f"{self.prefix}:erased")
+            old = [k for k, at in erased.items() if float(at) < horizon]
+            if old:
+                c.hdel(f"{self.prefix}:erased", *old)
+
+        self._call(drop_old_tombstones)
         cut = int(before.strftime("%Y%m%d"))
         removed = 0
         while True:  # in slices, so that Redis is never blocked for long

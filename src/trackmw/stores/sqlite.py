@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from datetime import date
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store
+from .base import Store, purge_horizon, tombstone_keys
 from .memory import visitor_document
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques, memberships
 from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS consents (
     minor INTEGER NOT NULL DEFAULT 0,
     guardian INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS erasures (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS consents_day ON consents (day);
 CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id) WHERE visitor_id IS NOT NULL;
 """
@@ -109,7 +111,9 @@ class SQLiteStore(Store):
         if conn is None:
             try:
                 conn = sqlite3.connect(
-                    self.path, timeout=self.busy_timeout, isolation_level=None,
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
                     check_same_thread=False,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -189,18 +193,14 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO pageviews VALUES (?,?,?,?,?,?,?,?,?,?,?)", pageviews
-                )
+                conn.executemany("INSERT INTO pageviews VALUES (?,?,?,?,?,?,?,?,?,?,?)", pageviews)
                 conn.executemany(
                     "INSERT INTO daily_counts VALUES (?,?,?,?) ON CONFLICT (day, kind, name) "
                     "DO UPDATE SET pageviews = pageviews + excluded.pageviews",
                     [(d, k, n, c) for (d, k, n), c in counts.items()],
                 )
                 self._uniques.add(conn, visits)
-                conn.executemany(
-                    "INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents
-                )
+                conn.executemany("INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -245,11 +245,13 @@ class SQLiteStore(Store):
         report.bot_hits = counts.get("bot", {}).get("", 0)
         report.referrers = ranked(counts.get("referrer", {}), "pageviews")
         report.campaigns = ranked(counts.get("campaign", {}), "pageviews")
-        day_pv = dict(conn.execute(
-            "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN ? AND ? "
-            "AND kind = 'total' AND name = ''",
-            (lo, hi),
-        ).fetchall())
+        day_pv = dict(
+            conn.execute(
+                "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN ? AND ? "
+                "AND kind = 'total' AND name = ''",
+                (lo, hi),
+            ).fetchall()
+        )
         pages = conn.execute(
             "SELECT name, sum(pageviews) AS n FROM daily_counts WHERE day BETWEEN ? AND ? "
             "AND kind = 'page' GROUP BY name ORDER BY n DESC, name LIMIT ?",
@@ -279,7 +281,7 @@ class SQLiteStore(Store):
             {"day": d, "pageviews": day_pv.get(d, 0), "visitors": day_vis.get(d, 0)}
             for d in (x.isoformat() for x in day_range(since, until))
         ]
-        (accepted, rejected), = conn.execute(
+        ((accepted, rejected),) = conn.execute(
             "SELECT coalesce(sum(analytics), 0), coalesce(sum(1 - analytics), 0) "
             "FROM consents WHERE day BETWEEN ? AND ?",
             (lo, hi),
@@ -305,6 +307,11 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.executemany(
+                    "INSERT INTO erasures VALUES (?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET at = max(at, excluded.at)",
+                    [(key, time.time()) for key in tombstone_keys(visitor_id, user_id)],
+                )
                 removed = 0
                 who = "visitor_id = ?" + (" OR user_id = ?" if user_id else "")
                 args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
@@ -320,9 +327,13 @@ class SQLiteStore(Store):
                 visitors = {visitor_id} | {v[4] for v in victims if v[4] is not None}
                 users = {v[5] for v in victims if v[5]} | ({user_id} if user_id else set())
                 for day, path, referrer, campaign, vid, _, bot in victims:
-                    keys = [(day, "bot", "")] if bot else _count_keys(
-                        PageView(
-                            0, day, vid, None, path, referrer, campaign, None, None, None, False
+                    keys = (
+                        [(day, "bot", "")]
+                        if bot
+                        else _count_keys(
+                            PageView(
+                                0, day, vid, None, path, referrer, campaign, None, None, None, False
+                            )
                         )
                     )
                     for key in keys:
@@ -348,6 +359,15 @@ class SQLiteStore(Store):
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
         return removed
 
+    def erasures(self, keys: Collection[str]) -> dict[str, float]:
+        wanted = list(keys)
+        found: dict[str, float] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._read(f"SELECT key, at FROM erasures WHERE key IN ({marks})", chunk))
+        return found
+
     def purge(self, before: date) -> int:
         cut = before.isoformat()
         conn = self._conn()
@@ -357,6 +377,7 @@ class SQLiteStore(Store):
                 removed = conn.execute("DELETE FROM pageviews WHERE day < ?", (cut,)).rowcount
                 removed += conn.execute("DELETE FROM consents WHERE day < ?", (cut,)).rowcount
                 conn.execute("DELETE FROM daily_counts WHERE day < ?", (cut,))
+                conn.execute("DELETE FROM erasures WHERE at < ?", (purge_horizon(before),))
                 self._uniques.purge(conn, before)
                 conn.execute("COMMIT")
             except BaseException:
