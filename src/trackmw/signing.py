@@ -112,6 +112,7 @@ _json_str = json.encoder.encode_basestring  # how _COMPACT writes a string (C)
 
 _PROBE = ["0123456789abcdefghijkl", "probe"]
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def _b64(data: bytes) -> bytes:
@@ -211,6 +212,8 @@ class CookieSigner:
         return -MAX_SKEW <= age <= self.max_age
 
     def _verify(self, value: str) -> SignedValue | None:
+        if not _canonical_signature(value):
+            return None
         try:
             payload, ts = self._newest.loads(value, return_timestamp=True)
             stale = False
@@ -225,3 +228,18 @@ class CookieSigner:
         except Exception:
             return None
         return SignedValue(payload, ts.timestamp(), stale)
+
+
+def _canonical_signature(value: str) -> bool:
+    """Is the signature spelled exactly as itsdangerous writes it?
+
+    Base64 leaves unused bits in the last character of a 20-byte signature, and the
+    decoder also takes ``+``/``/`` for ``-``/``_``: without this check one signature has
+    several spellings, so a cookie changed in its last character still verifies.
+    """
+    signature = value.rpartition(".")[2].encode("ascii", "replace")
+    try:
+        raw = binascii.a2b_base64(signature.translate(_FROM_URLSAFE) + b"==")
+    except binascii.Error:
+        return False
+    return _b64(raw) == signature

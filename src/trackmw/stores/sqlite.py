@@ -155,8 +155,8 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
             self._uniques.committed(True)
         except BaseException:
-            conn.execute("ROLLBACK")
             self._uniques.committed(False)
+            _rollback(conn)
             raise
         self._schema_ready = True
 
@@ -203,8 +203,8 @@ class SQLiteStore(Store):
                 conn.executemany("INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
                 self._uniques.committed(False)
+                _rollback(conn)
                 raise
             self._uniques.committed(True)
         except sqlite3.Error as exc:
@@ -351,8 +351,8 @@ class SQLiteStore(Store):
                 ).rowcount
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
                 self._uniques.committed(False)
+                _rollback(conn)
                 raise
             self._uniques.committed(True)
         except sqlite3.Error as exc:
@@ -381,7 +381,7 @@ class SQLiteStore(Store):
                 self._uniques.purge(conn, before)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc
@@ -398,3 +398,13 @@ def _count_keys(pv: PageView) -> list[tuple[str, str, str]]:
     if pv.campaign:
         keys.append((pv.day, "campaign", pv.campaign))
     return keys
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back, unless SQLite already has (``SQLITE_FULL``, ``SQLITE_IOERR``, ...).
+
+    A second ``ROLLBACK`` fails with "no transaction is active", and that error would
+    replace the real cause ("database or disk is full") in the log.
+    """
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
