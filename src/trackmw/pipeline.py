@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 
 from .errors import StoreError
 from .events import MAX_CAMPAIGN, MAX_LEN, UNKNOWN_PAGE, ConsentChoice, Hit, PageView
+from .stores.base import tombstone_key
 from .useragent import classify
 
 if TYPE_CHECKING:
@@ -172,27 +173,34 @@ class Pipeline:
         tombstones catch those buffered in other processes when the erasure came.
         """
         pageviews, consents = batch
-        keys = {"v:" + c.visitor_id for c in consents if c.visitor_id}
+        keys: dict[tuple[str, str], str] = {}  # (kind, id) -> tombstone key
+        for c in consents:
+            if c.visitor_id:
+                keys[("v", c.visitor_id)] = ""
         for pv in pageviews:
             if pv.visitor_id:
-                keys.add("v:" + pv.visitor_id)
+                keys[("v", pv.visitor_id)] = ""
                 if pv.user_id:
-                    keys.add("u:" + pv.user_id)
-        erased = self.store.erasures(keys) if keys else {}
+                    keys[("u", pv.user_id)] = ""
+        if not keys:
+            return batch
+        for kind, value in keys:
+            keys[(kind, value)] = tombstone_key(kind, value)
+        erased = self.store.erasures(keys.values())
         if not erased:
             return batch
 
-        def dead(kind: str, key: str | None, ts: float) -> bool:
-            at = erased.get(kind + key) if key else None
+        def dead(kind: str, value: str | None, ts: float) -> bool:
+            at = erased.get(keys[(kind, value)]) if value else None
             return at is not None and ts <= at
 
         return (
             [
                 p
                 for p in pageviews
-                if not (dead("v:", p.visitor_id, p.ts) or dead("u:", p.user_id, p.ts))
+                if not (dead("v", p.visitor_id, p.ts) or dead("u", p.user_id, p.ts))
             ],
-            [c for c in consents if not dead("v:", c.visitor_id, c.ts)],
+            [c for c in consents if not dead("v", c.visitor_id, c.ts)],
         )
 
     def _take(self) -> tuple[list[PageView], list[ConsentChoice]] | None:

@@ -13,6 +13,7 @@ lazily: a missing one names the extra to install.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from datetime import UTC, date
@@ -134,11 +135,19 @@ class Store(ABC):
         return f"<{type(self).__name__} {redact(self.url)}>"
 
 
+def tombstone_key(kind: str, value: str) -> str:
+    """The tombstone key of an erased visitor (``kind="v"``) or user (``"u"``).
+
+    A hash, so the store keeps no erased user id (often an e-mail address) in clear.
+    """
+    return kind + ":" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+
+
 def tombstone_keys(visitor_id: str | None, user_id: str | None = None) -> list[str]:
-    """The tombstone keys of an erased visitor and its linked user (one namespace each)."""
-    keys = [] if visitor_id is None else ["v:" + visitor_id]
+    """The tombstone keys of an erased visitor and its linked user."""
+    keys = [] if visitor_id is None else [tombstone_key("v", visitor_id)]
     if user_id:
-        keys.append("u:" + user_id)
+        keys.append(tombstone_key("u", user_id))
     return keys
 
 
