@@ -182,6 +182,9 @@ class Core:
         from .endpoints import Endpoints  # endpoints use Core; import late
 
         self.endpoints = Endpoints(self)
+        from .dashboard import install as install_dashboard  # stats API and dashboard
+
+        install_dashboard(self)
 
     # -- routing ------------------------------------------------------------------------
 
