@@ -222,10 +222,16 @@ def session_cookie() -> str:
 def flask_track_usage(db_path: str) -> Flask | str:
     """The Flask peer, Flask-Track-Usage on a SQLite file, or why it cannot be built."""
     try:
+        import flask_track_usage  # noqa: F401  (its absence is the usual reason)
+    except ModuleNotFoundError as exc:
+        return f"not installed ({exc}); pip install Flask-Track-Usage six sqlalchemy"
+    except Exception as exc:  # installed, but not compatible with this Flask
+        return f"incompatible with this Flask ({type(exc).__name__}: {exc})"
+    try:
         import sqlalchemy
         from flask_track_usage import TrackUsage
         from flask_track_usage.storage.sql import SQLStorage
-    except Exception as exc:  # not installed, or not compatible with this Flask
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     try:
         app = flask_bare()

@@ -101,7 +101,8 @@ class _Serializer(URLSafeTimedSerializer):
         value = (
             self.dump_payload(obj) + b"." + base64_encode(int_to_bytes(int(time.time())))
         )
-        return (value + b"." + self.make_signer().get_signature(value)).decode("ascii")
+        signature: bytes = self.make_signer().get_signature(value)
+        return (value + b"." + signature).decode("ascii")
 
 
 #: itsdangerous' compact JSON (``json.dumps(obj, ensure_ascii=False, separators=(",",
