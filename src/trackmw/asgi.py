@@ -61,16 +61,8 @@ def request_from_scope(scope: Scope, names: dict[bytes, str] | None = None) -> R
     With ``names``, only those headers are decoded (the page and pixel paths need a
     dozen of a request's headers; the endpoints get them all).
     """
-    raw_headers = scope["headers"]
-    if names is not None and type(raw_headers) is list:
-        by_name = dict(raw_headers)
-        if len(by_name) == len(raw_headers):  # no repeated name: set operations in C
-            return _request(
-                scope,
-                {names[k]: by_name[k].decode("latin-1") for k in by_name.keys() & names.keys()},
-            )
     headers: dict[str, str] = {}
-    for raw_name, raw_value in raw_headers:
+    for raw_name, raw_value in scope["headers"]:
         if names is None:
             name = raw_name.decode("latin-1").lower()
         else:
@@ -167,38 +159,30 @@ class LazyVisitor:
 
 def _state(core: Core, raw_headers: Any) -> CookieState:
     """The cookie state of a request, from its ``Cookie``, ``DNT`` and ``Sec-GPC`` headers."""
-    if type(raw_headers) is list:
-        # Usually no header name repeats: then one C-level dict() finds all three.
-        by_name = dict(raw_headers)
-        if len(by_name) == len(raw_headers):
-            cookie = by_name.get(b"cookie")
-            dnt = by_name.get(b"dnt")
-            gpc = by_name.get(b"sec-gpc")
-            text = cookie.decode("latin-1") if cookie is not None else None
-            if dnt is None and gpc is None:
-                return core.state(text, False, False, time.time())
-            flags = core.signal_flags(
-                dnt.decode("latin-1") if dnt is not None else None,
-                gpc.decode("latin-1") if gpc is not None else None,
-            )
-            return core.state(text, *flags, time.time())
-    cookie_text, dnt_text, gpc_text = _scan(raw_headers)
-    return core.state(cookie_text, *core.signal_flags(dnt_text, gpc_text), time.time())
+    cookie, dnt, gpc = _scan(raw_headers)
+    if dnt is None and gpc is None:
+        return core.state(cookie, False, False, time.time())
+    return core.state(cookie, *core.signal_flags(dnt, gpc), time.time())
 
 
 def _scan(raw_headers: Any) -> tuple[str | None, str | None, str | None]:
     """``Cookie`` (repeats joined), ``DNT`` and ``Sec-GPC`` (first of each), in one pass."""
     cookie = dnt = gpc = None
     for name, value in raw_headers:
+        if name not in _SCANNED:  # one set lookup for each of the other headers
+            continue
         if name == b"cookie":
             text = value.decode("latin-1")
             cookie = text if cookie is None else cookie + "; " + text
         elif name == b"dnt":
             if dnt is None:
                 dnt = value.decode("latin-1")
-        elif name == b"sec-gpc" and gpc is None:
+        elif gpc is None:
             gpc = value.decode("latin-1")
     return cookie, dnt, gpc
+
+
+_SCANNED = frozenset((b"cookie", b"dnt", b"sec-gpc"))
 
 
 class TrackingMiddleware:
