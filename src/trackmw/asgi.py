@@ -18,7 +18,15 @@ from typing import Any
 
 import anyio.to_thread
 
-from .core import PRIVATE_ADDED, CookieState, Core, Request, Response, private_headers
+from .core import (
+    PAGE_HEADERS,
+    PRIVATE_ADDED,
+    CookieState,
+    Core,
+    Request,
+    Response,
+    private_headers,
+)
 from .endpoints import MAX_BODY, text_response
 from .pixel import PIXEL_HEADERS
 from .tracker import Tracker
@@ -37,22 +45,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: The headers the core reads on the page and pixel paths, by their raw ASGI name.
 #: Servers and Starlette itself use lower-case names, as the ASGI spec recommends.
-_CORE_HEADERS = {
-    name.encode("latin-1"): name
-    for name in (
-        "cookie",
-        "host",
-        "user-agent",
-        "referer",
-        "dnt",
-        "sec-gpc",
-        "sec-purpose",
-        "purpose",
-        "x-moz",
-        "x-forwarded-proto",
-        "x-forwarded-for",
-    )
-}
+_CORE_HEADERS = {name.encode("latin-1"): name for name in PAGE_HEADERS}
 
 
 def request_from_scope(scope: Scope, names: dict[bytes, str] | None = None) -> Request:

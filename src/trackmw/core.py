@@ -57,6 +57,24 @@ CONSENT_COOKIE = "trackmw_consent"
 PREFS_COOKIE = "trackmw_prefs"
 
 
+#: The request headers the core reads for app pages and the pixel.
+PAGE_HEADERS = (
+    "cookie",
+    "host",
+    "user-agent",
+    "referer",
+    "dnt",
+    "sec-gpc",
+    "sec-purpose",
+    "purpose",
+    "x-moz",
+    "x-forwarded-proto",
+    "x-forwarded-for",
+)
+#: ... and for trackmw's own endpoints (same-origin checks, the stats API's token).
+ENDPOINT_HEADERS = (*PAGE_HEADERS, "origin", "sec-fetch-site", "authorization", "accept")
+
+
 @dataclass(slots=True)
 class Request:
     """What the core needs to know about one HTTP request.
@@ -380,75 +398,49 @@ class Core:
             or prefs_work
         ):
             return []  # the usual returning visitor: no cookie to write
-        out: list[str] = []
         req = visitor._req
         s = self.settings
         secure = s.cookie_secure if s.cookie_secure is not None else self.is_https(req)
         domain = self.cookie_domain(req)
-        max_age = s.cookie_max_age
-        samesite = s.cookie_samesite
+        out: list[str] = []
+
+        def cookie(name: str, value: str | None, httponly: bool = True) -> None:
+            """Set ``name`` to ``value``, or delete it (``None``) with the same attributes."""
+            samesite = s.cookie_samesite
+            if value is None:
+                header = delete_cookie_header(
+                    name, domain=domain, secure=secure, httponly=httponly, samesite=samesite
+                )
+            else:
+                header = set_cookie_header(
+                    name,
+                    value,
+                    max_age=s.cookie_max_age,
+                    domain=domain,
+                    secure=secure,
+                    httponly=httponly,
+                    samesite=samesite,
+                )
+            out.append(header)
+
         if keep_id:
             if visitor._id_dirty:
                 payload = [visitor.id] if visitor.user_id is None else [visitor.id, visitor.user_id]
-                out.append(
-                    set_cookie_header(
-                        ID_COOKIE,
-                        self.id_signer.dumps(payload),
-                        max_age=max_age,
-                        domain=domain,
-                        secure=secure,
-                        httponly=True,
-                        samesite=samesite,
-                    )
-                )
+                cookie(ID_COOKIE, self.id_signer.dumps(payload))
         elif visitor._id_sent:
-            out.append(
-                delete_cookie_header(
-                    ID_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
-                )
-            )
+            cookie(ID_COOKIE, None)
         if visitor._consent_dirty and visitor._record is not None:
-            out.append(
-                set_cookie_header(
-                    CONSENT_COOKIE,
-                    self.consent_signer.dumps(visitor._record.to_payload()),
-                    max_age=max_age,
-                    domain=domain,
-                    secure=secure,
-                    httponly=False,
-                    samesite=samesite,
-                )
-            )
+            # Readable by scripts, so that a banner can hide itself.
+            record = self.consent_signer.dumps(visitor._record.to_payload())
+            cookie(CONSENT_COOKIE, record, httponly=False)
         if consent.preferences and not visitor._erased:
             if prefs is not None and prefs.changed:
                 if len(prefs):
-                    out.append(
-                        set_cookie_header(
-                            PREFS_COOKIE,
-                            self.prefs_signer.dumps(dict(prefs)),
-                            max_age=max_age,
-                            domain=domain,
-                            secure=secure,
-                            httponly=True,
-                            samesite=samesite,
-                        )
-                    )
+                    cookie(PREFS_COOKIE, self.prefs_signer.dumps(dict(prefs)))
                 elif visitor._prefs_sent:
-                    out.append(
-                        delete_cookie_header(
-                            PREFS_COOKIE,
-                            domain=domain,
-                            secure=secure,
-                            httponly=True,
-                            samesite=samesite,
-                        )
-                    )
+                    cookie(PREFS_COOKIE, None)
         elif visitor._prefs_sent:
-            out.append(
-                delete_cookie_header(
-                    PREFS_COOKIE, domain=domain, secure=secure, httponly=True, samesite=samesite
-                )
-            )
+            cookie(PREFS_COOKIE, None)
         return out
 
     @property

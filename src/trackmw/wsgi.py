@@ -16,7 +16,7 @@ from typing import Any
 
 from werkzeug.wsgi import get_content_length
 
-from .core import Request, Response
+from .core import ENDPOINT_HEADERS, Request, Response
 from .endpoints import MAX_BODY, text_response
 from .tracker import Tracker
 
@@ -28,26 +28,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 # The headers the core reads, by their environ key.
-_HEADERS = tuple(
-    (name, "HTTP_" + name.upper().replace("-", "_"))
-    for name in (
-        "cookie",
-        "host",
-        "user-agent",
-        "referer",
-        "dnt",
-        "sec-gpc",
-        "origin",
-        "sec-fetch-site",
-        "sec-purpose",
-        "purpose",
-        "x-moz",
-        "x-forwarded-proto",
-        "x-forwarded-for",
-        "authorization",
-        "accept",
-    )
-)
+_HEADERS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in ENDPOINT_HEADERS)
 
 
 def _text(value: str) -> str:

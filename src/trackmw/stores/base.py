@@ -135,6 +135,24 @@ class Store(ABC):
         return f"<{type(self).__name__} {redact(self.url)}>"
 
 
+def daily_count_keys(pv: PageView) -> list[tuple[str, str, str]]:
+    """The ``(day, kind, name)`` page-view counters one page view adds one to.
+
+    The SQL stores keep them in their ``daily_counts`` rollup: ``total``, ``page``,
+    ``anonymous``, ``referrer``, ``campaign``, and ``bot`` for a bot (only that one).
+    """
+    if pv.bot:
+        return [(pv.day, "bot", "")]
+    keys = [(pv.day, "total", ""), (pv.day, "page", pv.path)]
+    if pv.visitor_id is None:
+        keys.append((pv.day, "anonymous", ""))
+    if pv.referrer:
+        keys.append((pv.day, "referrer", pv.referrer))
+    if pv.campaign:
+        keys.append((pv.day, "campaign", pv.campaign))
+    return keys
+
+
 def tombstone_key(kind: str, value: str) -> str:
     """The tombstone key of an erased visitor (``kind="v"``) or user (``"u"``).
 

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store, purge_horizon, redact, tombstone_keys
+from .base import Store, daily_count_keys, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
@@ -343,7 +343,7 @@ class PostgresStore(Store):
             ).fetchall()
             counts: dict[tuple[str, str, str], int] = {}
             for row in victims:
-                for key in _count_keys(PageView(*row)):
+                for key in daily_count_keys(PageView(*row)):
                     counts[key] = counts.get(key, 0) + 1
             if counts:
                 keys = sorted(counts)
@@ -379,17 +379,3 @@ class PostgresStore(Store):
             conn.execute("DELETE FROM daily_visitors WHERE day < %s", (before,))
             conn.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
         return int(removed)
-
-
-def _count_keys(pv: PageView) -> list[tuple[Any, str, str]]:
-    """The ``daily_counts`` rows one page view adds one to."""
-    if pv.bot:
-        return [(pv.day, "bot", "")]
-    keys = [(pv.day, "total", ""), (pv.day, "page", pv.path)]
-    if pv.visitor_id is None:
-        keys.append((pv.day, "anonymous", ""))
-    if pv.referrer:
-        keys.append((pv.day, "referrer", pv.referrer))
-    if pv.campaign:
-        keys.append((pv.day, "campaign", pv.campaign))
-    return keys

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store, purge_horizon, tombstone_keys
+from .base import Store, daily_count_keys, purge_horizon, tombstone_keys
 from .memory import visitor_document
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques, memberships
 from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
@@ -182,11 +182,7 @@ class SQLiteStore(Store):
             return
         counts: dict[tuple[str, str, str], int] = {}
         for pv in pageviews:
-            if pv.bot:
-                key = (pv.day, "bot", "")
-                counts[key] = counts.get(key, 0) + 1
-                continue
-            for key in _count_keys(pv):
+            for key in daily_count_keys(pv):
                 counts[key] = counts.get(key, 0) + 1
         visits = memberships(pageviews)
         conn = self._conn()
@@ -327,16 +323,10 @@ class SQLiteStore(Store):
                 visitors = {visitor_id} | {v[4] for v in victims if v[4] is not None}
                 users = {v[5] for v in victims if v[5]} | ({user_id} if user_id else set())
                 for day, path, referrer, campaign, vid, _, bot in victims:
-                    keys = (
-                        [(day, "bot", "")]
-                        if bot
-                        else _count_keys(
-                            PageView(
-                                0, day, vid, None, path, referrer, campaign, None, None, None, False
-                            )
-                        )
+                    victim = PageView(
+                        0, day, vid, None, path, referrer, campaign, None, None, None, bool(bot)
                     )
-                    for key in keys:
+                    for key in daily_count_keys(victim):
                         counts[key] = counts.get(key, 0) + 1
                 conn.executemany(
                     "UPDATE daily_counts SET pageviews = pageviews - ? "
@@ -386,18 +376,6 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc
         return removed
-
-
-def _count_keys(pv: PageView) -> list[tuple[str, str, str]]:
-    """The ``daily_counts`` rows one non-bot page view adds one to."""
-    keys = [(pv.day, "total", ""), (pv.day, "page", pv.path)]
-    if pv.visitor_id is None:
-        keys.append((pv.day, "anonymous", ""))
-    if pv.referrer:
-        keys.append((pv.day, "referrer", pv.referrer))
-    if pv.campaign:
-        keys.append((pv.day, "campaign", pv.campaign))
-    return keys
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
