@@ -13,14 +13,22 @@ worker stopped with SIGTERM writes what it buffered before it exits.
 
 from __future__ import annotations
 
-import demo_pages as pages
+import sys
+from pathlib import Path
+
 from flask import Flask, Response, redirect, request
 
 from trackmw.flask import Tracking, current_visitor
 
+# The pages both examples share live in examples/common (each example runs on its own,
+# from its own directory, so that directory is put on the import path here).
+COMMON = Path(__file__).resolve().parent.parent / "common"
+sys.path.insert(0, str(COMMON))
+import demo_pages as pages  # noqa: E402
+
 tracker = pages.build_tracker()
 
-app = Flask(__name__)
+app = Flask(__name__, static_folder=COMMON / "static")
 app.config["MAX_CONTENT_LENGTH"] = 4096  # the forms here are tiny
 Tracking(app, tracker)
 

@@ -11,13 +11,13 @@ Set ``TRACKMW_DASHBOARD_TOKEN`` to open the dashboard at ``/_trackmw/dashboard``
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
-import demo_pages as pages
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -27,7 +27,12 @@ from starlette.staticfiles import StaticFiles
 from trackmw import get_visitor
 from trackmw.asgi import TrackingMiddleware
 
-HERE = Path(__file__).resolve().parent
+# The pages both examples share live in examples/common (each example runs on its own,
+# from its own directory, so that directory is put on the import path here).
+COMMON = Path(__file__).resolve().parent.parent / "common"
+sys.path.insert(0, str(COMMON))
+import demo_pages as pages  # noqa: E402
+
 MAX_FORM = 4096
 
 tracker = pages.build_tracker()
@@ -123,7 +128,7 @@ app = Starlette(
         Route("/logout", logout, methods=["POST"]),
         Route("/settings", settings, methods=["GET", "POST"]),
         Route("/privacy", privacy),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        Mount("/static", StaticFiles(directory=COMMON / "static"), name="static"),
     ],
     lifespan=lifespan,
 )

@@ -132,7 +132,7 @@ class LazyVisitor:
 
     def __init__(self, core: Core, scope: Scope, state: CookieState) -> None:
         self._core = core
-        self._scope = scope
+        self._scope: Scope | None = scope  # dropped when the request ends: see release()
         self._state = state
         self.visitor: Visitor | None = None
         self.issued_id: str | None = None  # a new id already sent in a cookie
@@ -140,6 +140,8 @@ class LazyVisitor:
     def __call__(self) -> Visitor:
         visitor = self.visitor
         if visitor is None:
+            if self._scope is None:
+                raise LookupError("trackmw: the request is over; its visitor was not read")
             try:
                 req = request_from_scope(self._scope, _CORE_HEADERS)
                 visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
@@ -148,6 +150,11 @@ class LazyVisitor:
                 raise LookupError("trackmw could not read this request's visitor") from exc
             self.visitor = visitor
         return visitor
+
+    def release(self) -> None:
+        """Forget the scope (which holds this object): no reference cycle outlives the
+        request, so no garbage-collector pass is needed to free it."""
+        self._scope = None
 
 
 def _state(core: Core, raw_headers: Any) -> CookieState:
@@ -239,7 +246,10 @@ class TrackingMiddleware:
                     log.exception("trackmw: could not add cookies; response sent unchanged")
             await send(message)
 
-        await self.app(scope, receive, send_with_cookies)
+        try:
+            await self.app(scope, receive, send_with_cookies)
+        finally:
+            lazy.release()
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
