@@ -18,16 +18,10 @@ from typing import Any
 
 import anyio.to_thread
 
-from .core import (
-    PAGE_HEADERS,
-    PRIVATE_ADDED,
-    CookieState,
-    Core,
-    Request,
-    Response,
-    private_headers,
-)
+from .cookiestate import CookieState
+from .core import Core
 from .endpoints import MAX_BODY, text_response
+from .messages import PAGE_HEADERS, PRIVATE_ADDED, Request, Response, private_headers
 from .pixel import PIXEL_HEADERS
 from .tracker import Tracker
 from .visitor import Visitor

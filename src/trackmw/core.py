@@ -28,156 +28,26 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .consent import Consent, ConsentRecord, decide
-from .cookies import delete_cookie_header, parse_cookies, set_cookie_header
+from .consent import Consent
+from .cookies import delete_cookie_header, set_cookie_header
+from .cookiestate import CONSENT_COOKIE, ID_COOKIE, PREFS_COOKIE, CookieReader, CookieState
 from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
+from .messages import Request, Response, private_headers
 from .pipeline import local_day
 from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query
 from .ratelimit import RateLimiter
-from .signing import MAX_SKEW, CookieSigner, SignedValue
 from .visitor import Visitor
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .settings import Settings
 
-__all__ = ["CookieState", "Core", "Request", "Response"]
+__all__ = ["Core"]
 
 log = logging.getLogger("trackmw")
-
-#: Distinct ``Cookie`` headers whose state is kept (dropped all at once when full).
-_STATE_CACHE = 10_000
-
-ID_COOKIE = "trackmw_id"
-CONSENT_COOKIE = "trackmw_consent"
-PREFS_COOKIE = "trackmw_prefs"
-
-
-#: The request headers the core reads for app pages and the pixel.
-PAGE_HEADERS = (
-    "cookie",
-    "host",
-    "user-agent",
-    "referer",
-    "dnt",
-    "sec-gpc",
-    "sec-purpose",
-    "purpose",
-    "x-moz",
-    "x-forwarded-proto",
-    "x-forwarded-for",
-)
-#: ... and for trackmw's own endpoints (same-origin checks, the stats API's token).
-ENDPOINT_HEADERS = (*PAGE_HEADERS, "origin", "sec-fetch-site", "authorization", "accept")
-
-
-@dataclass(slots=True)
-class Request:
-    """What the core needs to know about one HTTP request.
-
-    ``headers`` has lower-case names; repeated ``Cookie`` headers are joined with
-    ``"; "``. ``native`` is the framework's own request object (or a function making
-    it), handed to the ``authorize`` setting.
-    """
-
-    method: str
-    path: str
-    query: str = ""
-    scheme: str = "http"
-    headers: dict[str, str] = field(default_factory=dict)
-    client: str | None = None
-    native: Any = None
-    now: float = 0.0
-
-    @property
-    def host(self) -> str:
-        return self.headers.get("host", "").lower()
-
-
-@dataclass(slots=True)
-class Response:
-    """A complete response from one of trackmw's own endpoints."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-
-class CookieState:
-    """What one ``Cookie`` header (with the request's signals) says about its visitor.
-
-    Immutable and shared between the requests that send the same header. ``quiet``: a
-    visitor built from it, left untouched by the app, needs no ``Set-Cookie`` at all
-    (a returning visitor), so the adapters need not even build the ``Visitor``.
-    """
-
-    __slots__ = (
-        "record",
-        "consent",
-        "signals",
-        "sent_id",
-        "user_id",
-        "id_stale",
-        "id_sent",
-        "prefs_payload",
-        "prefs_sent",
-        "consent_stale",
-        "prefs_stale",
-        "not_before",
-        "not_after",
-        "quiet",
-        "fresh",
-    )
-
-    def __init__(
-        self,
-        *,
-        record: ConsentRecord | None,
-        consent: Consent,
-        signals: tuple[bool, bool],
-        sent_id: str | None,
-        user_id: str | None,
-        id_stale: bool,
-        id_sent: bool,
-        prefs_payload: Any,
-        prefs_sent: bool,
-        not_before: float,
-        not_after: float,
-        consent_stale: bool = False,
-        prefs_stale: bool = False,
-    ) -> None:
-        self.record = record
-        self.consent = consent
-        self.signals = signals
-        self.sent_id = sent_id
-        self.user_id = user_id
-        self.id_stale = id_stale
-        self.id_sent = id_sent
-        self.prefs_payload = prefs_payload
-        self.prefs_sent = prefs_sent
-        # Signed with an older key: re-issued under the newest, or the next rotation
-        # would drop them (and with them the visitor's choice).
-        self.consent_stale = consent_stale and record is not None
-        self.prefs_stale = prefs_stale and consent.preferences and prefs_payload is not None
-        self.not_before = not_before
-        self.not_after = not_after
-        # The cookie rules at the top of this module, for a visitor nobody changed.
-        if consent.analytics:
-            id_ok = sent_id is not None and not id_stale
-        else:
-            id_ok = not id_sent
-        others_ok = (
-            not (prefs_sent and not consent.preferences)
-            and not self.consent_stale
-            and not self.prefs_stale
-        )
-        self.quiet = id_ok and others_ok
-        # A new visitor the app leaves alone: its only cookie is the new id (``id_cookie``).
-        self.fresh = consent.analytics and sent_id is None and others_ok
 
 
 class Core:
@@ -186,17 +56,16 @@ class Core:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        keys = settings.secret_keys
-        max_age = settings.cookie_max_age
-        self.id_signer = CookieSigner(keys, "trackmw.visitor", max_age)
-        self.consent_signer = CookieSigner(keys, "trackmw.consent", max_age)
-        self.prefs_signer = CookieSigner(keys, "trackmw.prefs", max_age)
+        self.reader = CookieReader(settings)
+        self.state = self.reader.state  # what a Cookie header says (cached per header)
+        self.id_signer = self.reader.id_signer
+        self.consent_signer = self.reader.consent_signer
+        self.prefs_signer = self.reader.prefs_signer
         self.prefix = settings.prefix
         self._prefix_slash = settings.prefix + "/"
         self.pixel_path = settings.prefix + "/pixel.gif"
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = settings.exclude_paths
-        self._states: dict[Any, CookieState] = {}
         from .endpoints import Endpoints  # endpoints use Core; import late
 
         self.endpoints = Endpoints(self)
@@ -243,90 +112,6 @@ class Core:
         dnt, gpc = self.signals(req)
         state = self.state(req.headers.get("cookie"), dnt, gpc, req.now or time.time())
         return self.visitor_from_state(req, state)
-
-    def state(self, cookie: str | None, dnt: bool, gpc: bool, now: float) -> CookieState:
-        """What a ``Cookie`` header and the honoured signals say (cached by their text).
-
-        The same header always says the same thing, except that its signed values age:
-        a cached state keeps the time window in which all of them are fresh, and one
-        where a value was rejected for its age is never cached. So a returning visitor
-        costs one dict lookup and two comparisons here.
-        """
-        if not cookie or "trackmw_" not in cookie:
-            cookie = ""  # every visitor without our cookies is in the same state
-        key: Any = (cookie, dnt, gpc) if dnt or gpc else cookie
-        state = self._states.get(key)
-        if state is not None and state.not_before <= now <= state.not_after:
-            return state
-        state = self._read_state(cookie, dnt, gpc, now)
-        if state.not_before <= now <= state.not_after:
-            states = self._states
-            if len(states) >= _STATE_CACHE:
-                states.clear()
-            states[key] = state
-        return state
-
-    def _read_state(self, cookie: str, dnt: bool, gpc: bool, now: float) -> CookieState:
-        cookies = parse_cookies(cookie)
-        window = [float("-inf"), float("inf")]  # when every accepted value is fresh
-
-        def load(signer: CookieSigner, value: str) -> SignedValue | None:
-            signed = signer.verify(value)
-            if signed is None:
-                return None  # a bad signature is bad forever
-            if not signer.fresh(signed, now):
-                window[0], window[1] = float("inf"), float("-inf")  # time-dependent: no cache
-                return None
-            window[0] = max(window[0], signed.signed_at - MAX_SKEW)
-            window[1] = min(window[1], signed.signed_at + signer.max_age)
-            return signed
-
-        record: ConsentRecord | None = None
-        consent_stale = False
-        for value in cookies.get(CONSENT_COOKIE, ()):
-            signed = load(self.consent_signer, value)
-            if signed is not None:
-                record = ConsentRecord.from_payload(signed.payload)
-                if record is not None:
-                    consent_stale = signed.stale_key
-                    break
-        s = self.settings
-        consent = decide(record, mode=s.consent, policy_version=s.policy_version, dnt=dnt, gpc=gpc)
-        id_values = cookies.get(ID_COOKIE)
-        sent_id = user_id = None
-        id_stale = False
-        for value in id_values or ():
-            signed = load(self.id_signer, value)
-            if signed is not None and _valid_id_payload(signed.payload):
-                sent_id = signed.payload[0]
-                user_id = signed.payload[1] if len(signed.payload) > 1 else None
-                id_stale = signed.stale_key
-                break
-        prefs_payload: Any = None
-        prefs_stale = False
-        prefs_values = cookies.get(PREFS_COOKIE)
-        if prefs_values and consent.preferences:
-            for value in prefs_values:
-                signed = load(self.prefs_signer, value)
-                if signed is not None:
-                    prefs_payload = signed.payload
-                    prefs_stale = signed.stale_key
-                    break
-        return CookieState(
-            record=record,
-            consent=consent,
-            signals=(dnt, gpc),
-            sent_id=sent_id,
-            user_id=user_id,
-            id_stale=id_stale,
-            id_sent=id_values is not None,
-            prefs_payload=prefs_payload,
-            prefs_sent=prefs_values is not None,
-            not_before=window[0],
-            not_after=window[1],
-            consent_stale=consent_stale,
-            prefs_stale=prefs_stale,
-        )
 
     def visitor_from_state(
         self, req: Request, state: CookieState, issued_id: str | None = None
@@ -665,55 +450,3 @@ def _intern(text: str) -> str:
             _interned.clear()
         _interned[text] = found = text
     return found
-
-
-def _valid_id_payload(payload: Any) -> bool:
-    return (
-        isinstance(payload, list)
-        and 1 <= len(payload) <= 2
-        and all(isinstance(x, str) for x in payload)
-        and 16 <= len(payload[0]) <= 64
-    )
-
-
-#: What ``private_headers`` adds, before the cookies, to a response that has neither
-#: ``Vary`` nor ``Cache-Control`` (adapters may append these directly in that case).
-PRIVATE_ADDED = (("vary", "Cookie"), ("cache-control", "private"))
-
-
-def private_headers(
-    headers: Iterable[tuple[str, str]], set_cookies: list[str]
-) -> list[tuple[str, str]]:
-    """``headers`` plus ``set_cookies``, made safe for shared caches.
-
-    ``Vary`` gains ``Cookie``; ``Cache-Control`` becomes ``private`` (``public`` and
-    ``s-maxage`` removed) unless the app already forbids storing. Each cookie stays a
-    header of its own.
-    """
-    out: list[tuple[str, str]] = []
-    vary_done = cache_done = False
-    for name, value in headers:
-        lname = name.lower()
-        if lname == "vary" and not vary_done:
-            tokens = [t.strip().lower() for t in value.split(",")]
-            if "*" not in tokens and "cookie" not in tokens:
-                value = value + ", Cookie" if value.strip() else "Cookie"
-            vary_done = True
-        elif lname == "cache-control" and not cache_done:
-            directives = [d.strip() for d in value.split(",") if d.strip()]
-            lowered = [d.lower() for d in directives]
-            if "no-store" not in lowered and "private" not in lowered:
-                kept = [
-                    d
-                    for d, low in zip(directives, lowered, strict=True)
-                    if low != "public" and not low.startswith("s-maxage")
-                ]
-                value = ", ".join(["private", *kept])
-            cache_done = True
-        out.append((name, value))
-    if not vary_done:
-        out.append(("vary", "Cookie"))
-    if not cache_done:
-        out.append(("cache-control", "private"))
-    out.extend(("set-cookie", c) for c in set_cookies)
-    return out

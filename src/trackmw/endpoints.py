@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .core import Request, Response, private_headers
 from .errors import StoreError
+from .messages import Request, Response, private_headers
 
 if TYPE_CHECKING:
     from .core import Core

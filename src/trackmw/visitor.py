@@ -18,7 +18,8 @@ from .consent import Consent, ConsentRecord, decide
 from .events import MAX_LEN
 
 if TYPE_CHECKING:
-    from .core import Core, Request
+    from .core import Core
+    from .messages import Request
 
 __all__ = ["Preferences", "Visitor"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from werkzeug.wsgi import get_content_length
 
-from .core import ENDPOINT_HEADERS, Request, Response
 from .endpoints import MAX_BODY, text_response
+from .messages import ENDPOINT_HEADERS, Request, Response
 from .tracker import Tracker
 
 __all__ = ["TrackingMiddleware"]

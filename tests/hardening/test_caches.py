@@ -17,7 +17,7 @@ from tests.core.harness import Client, Result
 from tests.hardening.servers import SERVERS, argv_for, env_for, header_lines, raw_get
 from tests.servers.running import REPO, free_port, running
 from trackmw import Tracker
-from trackmw.core import private_headers
+from trackmw.messages import private_headers
 
 TRACKMW = ("trackmw_id", "trackmw_consent", "trackmw_prefs")
 

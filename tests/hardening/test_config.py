@@ -81,7 +81,7 @@ def test_missing_or_short_keys_are_refused(keys: list[str]) -> None:
 
 def test_a_too_long_user_id_is_refused(make_tracker: Callable[..., Tracker]) -> None:
     core = make_tracker().core
-    from trackmw.core import Request
+    from trackmw.messages import Request
 
     visitor = core.visitor(Request("GET", "/", headers={"host": "testserver"}))
     with pytest.raises(ValueError, match="user_id"):

@@ -23,7 +23,7 @@ from tests.conftest import OLD_SECRET, SECRET
 from tests.core.harness import BROWSER_UA, Client
 from trackmw import Tracker
 from trackmw.cookies import MAX_COOKIE_HEADER
-from trackmw.core import Request
+from trackmw.messages import Request
 from trackmw.signing import MAX_COOKIE_VALUE, CookieSigner
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "trackmw"

@@ -12,8 +12,8 @@ from itsdangerous import URLSafeTimedSerializer
 from tests.conftest import SECRET
 from tests.core.harness import Client, Result
 from trackmw import Tracker
-from trackmw.core import Request
 from trackmw.dashboard import install
+from trackmw.messages import Request
 
 TOKEN = "dashboard-token-0123456789"
 FORM = {"content-type": "application/x-www-form-urlencoded"}

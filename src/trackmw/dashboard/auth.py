@@ -32,7 +32,8 @@ from ..cookies import parse_cookies
 from ..signing import CookieSigner
 
 if TYPE_CHECKING:
-    from ..core import Core, Request
+    from ..core import Core
+    from ..messages import Request
 
 __all__ = ["COOKIE", "SESSION_SECONDS", "Guard", "LoginLimiter"]
 

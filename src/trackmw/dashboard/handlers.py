@@ -19,9 +19,9 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from ..core import Request, Response
 from ..endpoints import json_response, parse_body, same_origin, text_response
 from ..errors import StoreError
+from ..messages import Request, Response
 from ..report import Report
 from .auth import Guard
 from .page import CSS, dashboard_page, login_page, message_page
@@ -76,9 +76,16 @@ def _not_allowed(allow: str) -> Response:
 
 
 def _see_dashboard(prefix: str, cookie: str) -> Response:
-    return Response(303, [
-        _TEXT, ("location", prefix + "/dashboard"), *_SECURITY, ("set-cookie", cookie),
-    ], b"see the dashboard")
+    return Response(
+        303,
+        [
+            _TEXT,
+            ("location", prefix + "/dashboard"),
+            *_SECURITY,
+            ("set-cookie", cookie),
+        ],
+        b"see the dashboard",
+    )
 
 
 class DashboardEndpoints:
@@ -98,7 +105,9 @@ class DashboardEndpoints:
     def _report(self, req: Request) -> Report:
         settings = self.core.settings
         since, until = report_range(
-            *self._range(req), tz=settings.tzinfo, max_days=settings.max_report_days,
+            *self._range(req),
+            tz=settings.tzinfo,
+            max_days=settings.max_report_days,
             now=req.now or None,
         )
         pipeline = self.core.pipeline
@@ -150,21 +159,31 @@ class DashboardEndpoints:
             return html(400, message_page(self.prefix, "Cannot show this range", str(exc)))
         except StoreError as exc:
             log.error("trackmw: the dashboard could not read the store: %s", exc)
-            return html(503, message_page(
-                self.prefix, "Store unavailable", "The store is unavailable; try again later."
-            ))
+            return html(
+                503,
+                message_page(
+                    self.prefix, "Store unavailable", "The store is unavailable; try again later."
+                ),
+            )
         page = dashboard_page(
-            report, prefix=self.prefix, timezone=self.core.settings.timezone,
-            today=today(tz, req.now or None), logout=by_session,
+            report,
+            prefix=self.prefix,
+            timezone=self.core.settings.timezone,
+            today=today(tz, req.now or None),
+            logout=by_session,
         )
         return html(200, page)
 
     def _login_required(self) -> Response:
         if self.guard.token is None:  # only the site's own login can open the dashboard
-            return html(403, message_page(
-                self.prefix, "Not allowed", "Sign in to the site with an account allowed to "
-                "see the visitor dashboard."
-            ))
+            return html(
+                403,
+                message_page(
+                    self.prefix,
+                    "Not allowed",
+                    "Sign in to the site with an account allowed to see the visitor dashboard.",
+                ),
+            )
         return html(401, login_page(self.prefix), [("www-authenticate", 'Bearer realm="trackmw"')])
 
     # -- POST /dashboard/login and /dashboard/logout -----------------------------------------
@@ -182,7 +201,8 @@ class DashboardEndpoints:
         wait = guard.limiter.allow(guard.client_key(req))
         if wait:
             return html(
-                429, login_page(self.prefix, "Too many attempts. Wait a minute and try again."),
+                429,
+                login_page(self.prefix, "Too many attempts. Wait a minute and try again."),
                 [("retry-after", str(int(wait + 0.999)))],
             )
         data, _ = parse_body(req, body)
@@ -207,8 +227,12 @@ class DashboardEndpoints:
             return text_response(404, "not found")
         if req.method not in ("GET", "HEAD"):
             return _not_allowed("GET")
-        return Response(200, [
-            ("content-type", "text/css; charset=utf-8"),
-            ("cache-control", "no-cache"),
-            ("x-content-type-options", "nosniff"),
-        ], CSS)
+        return Response(
+            200,
+            [
+                ("content-type", "text/css; charset=utf-8"),
+                ("cache-control", "no-cache"),
+                ("x-content-type-options", "nosniff"),
+            ],
+            CSS,
+        )
