@@ -67,8 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def store_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", metavar="URL",
-                       help="store URL (default: $TRACKMW_STORE, then sqlite:///trackmw.db)")
+        p.add_argument(
+            "--store",
+            metavar="URL",
+            help="store URL (default: $TRACKMW_STORE, then sqlite:///trackmw.db)",
+        )
 
     stats = sub.add_parser("stats", help="print the visitor report")
     store_arg(stats)
@@ -78,8 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="the report as JSON")
     fmt.add_argument("--csv", action="store_true", help="CSV: per day, or the --by breakdown")
     stats.add_argument("--by", choices=sorted(BREAKDOWNS), help="one breakdown only")
-    stats.add_argument("--timezone", metavar="TZ",
-                       help="IANA zone for 'today' (default: $TRACKMW_TIMEZONE, then UTC)")
+    stats.add_argument(
+        "--timezone",
+        metavar="TZ",
+        help="IANA zone for 'today' (default: $TRACKMW_TIMEZONE, then UTC)",
+    )
 
     export = sub.add_parser("export", help="print everything held about a visitor (JSON)")
     store_arg(export)
@@ -93,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="delete events older than DAYS days")
     store_arg(purge)
     purge.add_argument("--older-than", required=True, type=int, metavar="DAYS")
-    purge.add_argument("--timezone", metavar="TZ",
-                       help="IANA zone for 'today' (default: $TRACKMW_TIMEZONE, then UTC)")
+    purge.add_argument(
+        "--timezone",
+        metavar="TZ",
+        help="IANA zone for 'today' (default: $TRACKMW_TIMEZONE, then UTC)",
+    )
     return parser
 
 
@@ -185,8 +194,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[i
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     out = []
     for n, row in enumerate(cells):
-        parts = [c.rjust(widths[i]) if i in numeric else c.ljust(widths[i])
-                 for i, c in enumerate(row)]
+        parts = [
+            c.rjust(widths[i]) if i in numeric else c.ljust(widths[i]) for i, c in enumerate(row)
+        ]
         out.append("  ".join(parts).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -201,9 +211,11 @@ def render_text(report: Report, by: str | None, unicode: bool) -> str:
         lines.append(f"Visitors from {doc['since']} to {doc['until']}")
         lines.append("")
         totals = [
-            ("page views", doc["pageviews"]), ("visitors", doc["visitors"]),
+            ("page views", doc["pageviews"]),
+            ("visitors", doc["visitors"]),
             ("registered visitors", doc["registered_visitors"]),
-            ("anonymous page views", doc["anonymous_pageviews"]), ("bot hits", doc["bot_hits"]),
+            ("anonymous page views", doc["anonymous_pageviews"]),
+            ("bot hits", doc["bot_hits"]),
             ("consent accepted", doc["consent"]["accepted"]),
             ("consent rejected", doc["consent"]["rejected"]),
         ]
@@ -241,8 +253,9 @@ def _breakdown(doc: dict[str, Any], kind: str) -> list[str]:
     if not rows:
         return [title, "  (none)"]
     headers = (name_col, *(c.replace("pageviews", "page views") for c in counts))
-    table = _table(headers, [(r[name_key], *(r[c] for c in counts)) for r in rows],
-                   set(range(1, len(headers))))
+    table = _table(
+        headers, [(r[name_key], *(r[c] for c in counts)) for r in rows], set(range(1, len(headers)))
+    )
     return [title, *table]
 
 
@@ -319,7 +332,10 @@ def _purge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
-    "stats": _stats, "export": _export, "erase": _erase, "purge": _purge,
+    "stats": _stats,
+    "export": _export,
+    "erase": _erase,
+    "purge": _purge,
 }
 
 

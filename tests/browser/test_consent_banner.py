@@ -47,9 +47,12 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path, example: str) -> None
     port = free_port()
     env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db))
     base = f"http://127.0.0.1:{port}"
-    with running(
-        argv_for(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
-    ) as server, chromium() as browser:
+    with (
+        running(
+            argv_for(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
+        ) as server,
+        chromium() as browser,
+    ):
         context = browser.new_context()
         page = context.new_page()
 
@@ -92,5 +95,7 @@ def test_reject_then_accept_in_the_browser(tmp_path: Path, example: str) -> None
     assert report["visitors"] == 2
     assert report["consent"] == {"accepted": 1, "rejected": 1}
     assert {p["path"]: p["pageviews"] for p in report["pages"]} == {
-        "/": 2, "/about": 1, "/settings": 2,
+        "/": 2,
+        "/about": 1,
+        "/settings": 2,
     }

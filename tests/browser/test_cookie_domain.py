@@ -52,9 +52,12 @@ def test_cookie_domain_spans_subdomains_only(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     port = free_port()
     env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db), COOKIE_DOMAIN="example.test")
-    with running(
-        uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
-    ) as server, chromium(HOST_RULES) as browser:
+    with (
+        running(
+            uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
+        ) as server,
+        chromium(HOST_RULES) as browser,
+    ):
         context = browser.new_context()
         page = context.new_page()
 
@@ -99,9 +102,12 @@ def test_reject_on_a_subdomain_deletes_the_domain_cookie(tmp_path: Path) -> None
     env = server_env(
         SECRET_KEYS=SECRET, STORE=sqlite_url(tmp_path / "store.db"), COOKIE_DOMAIN="example.test"
     )
-    with running(
-        uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
-    ), chromium(HOST_RULES) as browser:
+    with (
+        running(
+            uvicorn_argv(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
+        ),
+        chromium(HOST_RULES) as browser,
+    ):
         context = browser.new_context()
         page = context.new_page()
         page.goto(f"http://www.example.test:{port}/")

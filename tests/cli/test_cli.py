@@ -24,9 +24,19 @@ SCRIPT = Path(sys.executable).parent / "trackmw"
 D1, D2 = "2026-11-10", "2026-11-11"
 
 
-def pv(day: str, visitor: str | None, path: str, *, user: str | None = None,
-       ref: str | None = None, camp: str | None = None, browser: str = "Chrome",
-       os_name: str = "Windows", device: str = "desktop", bot: bool = False) -> PageView:
+def pv(
+    day: str,
+    visitor: str | None,
+    path: str,
+    *,
+    user: str | None = None,
+    ref: str | None = None,
+    camp: str | None = None,
+    browser: str = "Chrome",
+    os_name: str = "Windows",
+    device: str = "desktop",
+    bot: bool = False,
+) -> PageView:
     ts = 1_794_312_000.0 + (86_400 if day == D2 else 0)
     if visitor is None:
         return PageView(ts, day, None, None, path, ref, camp, None, None, None, bot)
@@ -38,17 +48,30 @@ def store_url(tmp_path: Path) -> str:
     """A SQLite file with a small, hand-countable report for 2026-11-10..11."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     store = SQLiteStore(url)
-    store.write([
-        pv(D1, "vA", "/", ref="news.example.org"),
-        pv(D1, "vA", "/about"),
-        pv(D1, "vB", "/", user="alice", camp="mail-1", browser="Mobile Safari", os_name="iOS",
-           device="mobile"),
-        pv(D1, None, "/", ref="t.co"),
-        pv(D1, None, "/", bot=True),
-        pv(D2, "vA", "/about"),
-        pv(D2, "vD", "/", user="bob", browser="Mobile Safari", os_name="iOS", device="mobile"),
-    ], [ConsentChoice(1_794_312_000.0, D1, "vA", True, True, "1"),
-        ConsentChoice(1_794_312_000.0, D2, "vX", False, False, "1")])
+    store.write(
+        [
+            pv(D1, "vA", "/", ref="news.example.org"),
+            pv(D1, "vA", "/about"),
+            pv(
+                D1,
+                "vB",
+                "/",
+                user="alice",
+                camp="mail-1",
+                browser="Mobile Safari",
+                os_name="iOS",
+                device="mobile",
+            ),
+            pv(D1, None, "/", ref="t.co"),
+            pv(D1, None, "/", bot=True),
+            pv(D2, "vA", "/about"),
+            pv(D2, "vD", "/", user="bob", browser="Mobile Safari", os_name="iOS", device="mobile"),
+        ],
+        [
+            ConsentChoice(1_794_312_000.0, D1, "vA", True, True, "1"),
+            ConsentChoice(1_794_312_000.0, D2, "vX", False, False, "1"),
+        ],
+    )
     store.close()
     return url
 
@@ -60,17 +83,34 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_json_is_the_specs_document(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
-    code, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2,
-                       "--json")
+    code, out, _ = run(
+        capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--json"
+    )
     assert code == 0
     doc = json.loads(out)
-    assert list(doc) == ["since", "until", "pageviews", "visitors", "registered_visitors",
-                         "anonymous_pageviews", "bot_hits", "days", "pages", "browsers", "os",
-                         "devices", "referrers", "campaigns", "consent"]
+    assert list(doc) == [
+        "since",
+        "until",
+        "pageviews",
+        "visitors",
+        "registered_visitors",
+        "anonymous_pageviews",
+        "bot_hits",
+        "days",
+        "pages",
+        "browsers",
+        "os",
+        "devices",
+        "referrers",
+        "campaigns",
+        "consent",
+    ]
     assert (doc["pageviews"], doc["visitors"], doc["registered_visitors"]) == (6, 3, 2)
     assert (doc["anonymous_pageviews"], doc["bot_hits"]) == (1, 1)
-    assert doc["days"] == [{"day": D1, "pageviews": 4, "visitors": 2},
-                           {"day": D2, "pageviews": 2, "visitors": 2}]
+    assert doc["days"] == [
+        {"day": D1, "pageviews": 4, "visitors": 2},
+        {"day": D2, "pageviews": 2, "visitors": 2},
+    ]
     assert doc["pages"][0] == {"path": "/", "pageviews": 4, "visitors": 3}
     assert doc["consent"] == {"accepted": 1, "rejected": 1}
 
@@ -102,8 +142,9 @@ def test_the_table_is_aligned_with_a_per_day_chart(
 
 
 def test_by_prints_one_breakdown(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
-    code, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2,
-                       "--by", "browser")
+    code, out, _ = run(
+        capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--by", "browser"
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("browsers")
@@ -112,36 +153,47 @@ def test_by_prints_one_breakdown(capsys: pytest.CaptureFixture[str], store_url: 
     assert "page views" not in out
 
 
-@pytest.mark.parametrize(("by", "field"), [
-    ("page", "pages"), ("referrer", "referrers"), ("campaign", "campaigns"),
-    ("browser", "browsers"), ("os", "os"), ("device", "devices"),
-])
+@pytest.mark.parametrize(
+    ("by", "field"),
+    [
+        ("page", "pages"),
+        ("referrer", "referrers"),
+        ("campaign", "campaigns"),
+        ("browser", "browsers"),
+        ("os", "os"),
+        ("device", "devices"),
+    ],
+)
 def test_by_with_json_prints_that_list(
     capsys: pytest.CaptureFixture[str], store_url: str, by: str, field: str
 ) -> None:
-    _, full, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2,
-                     "--json")
-    code, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2,
-                       "--json", "--by", by)
+    _, full, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--json")
+    code, out, _ = run(
+        capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--json", "--by", by
+    )
     assert code == 0
     assert json.loads(out) == json.loads(full)[field]
 
 
 def test_csv_per_day(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
-    code, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2,
-                       "--csv")
+    code, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--csv")
     assert code == 0
     assert list(csv.reader(io.StringIO(out))) == [
-        ["day", "pageviews", "visitors"], [D1, "4", "2"], [D2, "2", "2"],
+        ["day", "pageviews", "visitors"],
+        [D1, "4", "2"],
+        [D2, "2", "2"],
     ]
 
 
 def test_csv_of_a_breakdown(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
-    code, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2,
-                       "--csv", "--by", "page")
+    code, out, _ = run(
+        capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--csv", "--by", "page"
+    )
     assert code == 0
     assert list(csv.reader(io.StringIO(out))) == [
-        ["page", "pageviews", "visitors"], ["/", "4", "3"], ["/about", "2", "1"],
+        ["page", "pageviews", "visitors"],
+        ["/", "4", "3"],
+        ["/about", "2", "1"],
     ]
 
 
@@ -154,7 +206,9 @@ def test_store_defaults_to_trackmw_store(
 
 
 def test_store_defaults_to_trackmw_db_in_the_current_directory(
-    capsys: pytest.CaptureFixture[str], store_url: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    store_url: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("TRACKMW_STORE", raising=False)
@@ -180,12 +234,15 @@ def test_the_default_range_is_30_days_to_today_in_the_timezone(
     assert date.fromisoformat(doc["since"]) == until - timedelta(days=29)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--since", "2026-13-01"], "since"),
-    (["--until", "tomorrow"], "until"),
-    (["--since", D2, "--until", D1], "after"),
-    (["--timezone", "Mars/Olympus"], "time zone"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--since", "2026-13-01"], "since"),
+        (["--until", "tomorrow"], "until"),
+        (["--since", D2, "--until", D1], "after"),
+        (["--timezone", "Mars/Olympus"], "time zone"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(
     capsys: pytest.CaptureFixture[str], store_url: str, argv: list[str], message: str
 ) -> None:
@@ -194,14 +251,15 @@ def test_bad_input_exits_2_with_a_clear_message(
     assert message in err and err.startswith("trackmw stats:")
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("nosuch://x", "unknown scheme"),
-    ("not a url", "not a store URL"),
-    ("sqlite:///does/not/exist.db", "does not exist"),
-])
-def test_bad_store_urls_exit_2(
-    capsys: pytest.CaptureFixture[str], url: str, message: str
-) -> None:
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nosuch://x", "unknown scheme"),
+        ("not a url", "not a store URL"),
+        ("sqlite:///does/not/exist.db", "does not exist"),
+    ],
+)
+def test_bad_store_urls_exit_2(capsys: pytest.CaptureFixture[str], url: str, message: str) -> None:
     code, _, err = run(capsys, "stats", "--store", url)
     assert code == 2 and message in err
     assert not os.path.exists("does/not/exist.db")
@@ -240,8 +298,9 @@ def test_erase_removes_the_visitor_and_says_how_much(
 def test_erase_with_a_user_removes_its_rows_too(
     capsys: pytest.CaptureFixture[str], store_url: str
 ) -> None:
-    code, out, _ = run(capsys, "erase", "--store", store_url, "--visitor", "nobody",
-                       "--user", "bob")
+    code, out, _ = run(
+        capsys, "erase", "--store", store_url, "--visitor", "nobody", "--user", "bob"
+    )
     assert code == 0 and out == "erased 1 record of visitor nobody and user bob\n"
     _, out, _ = run(capsys, "stats", "--store", store_url, "--since", D1, "--until", D2, "--json")
     assert json.loads(out)["registered_visitors"] == 1
@@ -301,8 +360,9 @@ def test_the_progress_indicator_shows_on_a_terminal_for_slow_reports() -> None:
 
 
 def script(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, timeout=120,
-                          env=env, check=False)
+    return subprocess.run(
+        [str(SCRIPT), *argv], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
 
 
 def test_the_installed_script_prints_json(store_url: str) -> None:

@@ -16,8 +16,13 @@ KEY = "test-secret-key-0123456789"
 
 @pytest.mark.parametrize(
     "payload",
-    [["abc"], ['a"b\\c\n\x01é€', "user-7"], ["0123456789abcdefghijkl"], {"c": 1, "v": "1"},
-     {"long": "x" * 200}],
+    [
+        ["abc"],
+        ['a"b\\c\n\x01é€', "user-7"],
+        ["0123456789abcdefghijkl"],
+        {"c": 1, "v": "1"},
+        {"long": "x" * 200},
+    ],
 )
 def test_signed_values_are_plain_itsdangerous_tokens(payload: Any) -> None:
     token = CookieSigner([KEY], "trackmw.visitor", 3600).dumps(payload)

@@ -23,9 +23,14 @@ MakeClient = Callable[..., tuple[Tracker, TestClient]]
 # -- the feature switch and authentication ------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [
-    API, "/_trackmw/dashboard", "/_trackmw/dashboard.css",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        API,
+        "/_trackmw/dashboard",
+        "/_trackmw/dashboard.css",
+    ],
+)
 def test_everything_is_404_without_a_token_or_authorize(make_client: MakeClient, path: str) -> None:
     _, client = make_client()
     assert client.get(path, headers=bearer()).status_code == 404
@@ -37,18 +42,21 @@ def test_login_and_logout_are_404_when_off(make_client: MakeClient, path: str) -
     assert client.post(path, data={"token": TOKEN}).status_code == 404
 
 
-@pytest.mark.parametrize(("headers", "status"), [
-    ({}, 401),
-    ({"Authorization": "Bearer wrong-token-0123456789"}, 401),
-    ({"Authorization": f"Bearer {TOKEN}x"}, 401),
-    ({"Authorization": f"Bearer {TOKEN[:-1]}"}, 401),
-    ({"Authorization": f"Basic {TOKEN}"}, 401),
-    ({"Authorization": TOKEN}, 401),
-    ({"Authorization": "Bearer "}, 401),
-    ({"Authorization": f"Bearer {TOKEN}"}, 200),
-    ({"Authorization": f"bearer {TOKEN}"}, 200),
-    ({"Authorization": f"Bearer   {TOKEN}  "}, 200),
-])
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong-token-0123456789"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}x"}, 401),
+        ({"Authorization": f"Bearer {TOKEN[:-1]}"}, 401),
+        ({"Authorization": f"Basic {TOKEN}"}, 401),
+        ({"Authorization": TOKEN}, 401),
+        ({"Authorization": "Bearer "}, 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, 200),
+        ({"Authorization": f"bearer {TOKEN}"}, 200),
+        ({"Authorization": f"Bearer   {TOKEN}  "}, 200),
+    ],
+)
 def test_token_matrix(make_client: MakeClient, headers: dict[str, str], status: int) -> None:
     _, client = make_client(dashboard_token=TOKEN)
     response = client.get(API, headers=headers)
@@ -78,8 +86,7 @@ def test_the_token_is_compared_in_constant_time(make_client: MakeClient, monkeyp
 
 def test_the_session_cookie_does_not_open_the_api(make_client: MakeClient) -> None:
     _, client = make_client(dashboard_token=TOKEN)
-    login = client.post("/_trackmw/dashboard/login", data={"token": TOKEN},
-                        follow_redirects=False)
+    login = client.post("/_trackmw/dashboard/login", data={"token": TOKEN}, follow_redirects=False)
     assert login.status_code == 303
     assert client.get("/_trackmw/dashboard").status_code == 200  # the cookie works there
     assert client.get(API).status_code == 401  # but never for the API
@@ -152,16 +159,19 @@ def test_only_get_reads(make_client: MakeClient) -> None:
 # -- dates ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("query", "reason"), [
-    ({"since": "2026-13-01"}, "since"),
-    ({"since": "yesterday"}, "since"),
-    ({"until": "2026-11-31"}, "until"),
-    ({"until": "20261101"}, "until"),
-    ({"since": "2026-11-01T00:00"}, "since"),
-    ({"since": "2026-11-20", "until": "2026-11-10"}, "after"),
-    ({"since": "2020-01-01", "until": "2026-11-10"}, "at most 366"),
-    ({"since": "٢٠٢٦-١١-٠١"}, "since"),
-])
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({"since": "2026-13-01"}, "since"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2026-11-31"}, "until"),
+        ({"until": "20261101"}, "until"),
+        ({"since": "2026-11-01T00:00"}, "since"),
+        ({"since": "2026-11-20", "until": "2026-11-10"}, "after"),
+        ({"since": "2020-01-01", "until": "2026-11-10"}, "at most 366"),
+        ({"since": "٢٠٢٦-١١-٠١"}, "since"),
+    ],
+)
 def test_bad_dates_get_400_with_a_reason(
     make_client: MakeClient, query: dict[str, str], reason: str
 ) -> None:
@@ -175,15 +185,22 @@ def test_the_longest_range_allowed_is_max_report_days(make_client: MakeClient) -
     _, client = make_client(dashboard_token=TOKEN, max_report_days=7)
     ok = client.get(API, params={"since": "2026-11-01", "until": "2026-11-07"}, headers=bearer())
     assert ok.status_code == 200 and len(ok.json()["days"]) == 7
-    too_long = client.get(API, params={"since": "2026-11-01", "until": "2026-11-08"},
-                          headers=bearer())
+    too_long = client.get(
+        API, params={"since": "2026-11-01", "until": "2026-11-08"}, headers=bearer()
+    )
     assert too_long.status_code == 400
 
 
 def test_malformed_query_strings_are_never_a_500(make_client: MakeClient) -> None:
     _, client = make_client(dashboard_token=TOKEN)
-    for raw in ("since=%zz", "since=%ff%fe", "&&&", "since", "x=" + "a" * 10_000,
-                "&".join(f"k{i}=1" for i in range(100))):
+    for raw in (
+        "since=%zz",
+        "since=%ff%fe",
+        "&&&",
+        "since",
+        "x=" + "a" * 10_000,
+        "&".join(f"k{i}=1" for i in range(100)),
+    ):
         response = client.get(f"{API}?{raw}", headers=bearer())
         assert response.status_code in (200, 400), raw
 
@@ -218,12 +235,24 @@ def test_the_document_equals_the_hand_computed_report(
 
 def test_the_document_has_the_specs_shape(make_client: MakeClient) -> None:
     _, client = make_client(dashboard_token=TOKEN)
-    doc = client.get(API, params={"since": "2026-11-01", "until": "2026-11-25"},
-                     headers=bearer()).json()
+    doc = client.get(
+        API, params={"since": "2026-11-01", "until": "2026-11-25"}, headers=bearer()
+    ).json()
     spec = {
-        "since": "2026-11-01", "until": "2026-11-25", "pageviews": 0, "visitors": 0,
-        "registered_visitors": 0, "anonymous_pageviews": 0, "bot_hits": 0, "days": [],
-        "pages": [], "browsers": [], "os": [], "devices": [], "referrers": [], "campaigns": [],
+        "since": "2026-11-01",
+        "until": "2026-11-25",
+        "pageviews": 0,
+        "visitors": 0,
+        "registered_visitors": 0,
+        "anonymous_pageviews": 0,
+        "bot_hits": 0,
+        "days": [],
+        "pages": [],
+        "browsers": [],
+        "os": [],
+        "devices": [],
+        "referrers": [],
+        "campaigns": [],
         "consent": {"accepted": 0, "rejected": 0},
     }
     assert list(doc) == list(spec)
@@ -233,8 +262,9 @@ def test_the_document_has_the_specs_shape(make_client: MakeClient) -> None:
 
 def test_days_follow_the_timezone_near_midnight(make_client: MakeClient, tmp_path: Path) -> None:
     # 2026-11-10 14:30 UTC is 23:30 in Tokyo; 15:30 UTC is 00:30 on the 11th there.
-    tracker, client = make_client(dashboard_token=TOKEN, timezone="Asia/Tokyo",
-                                  store=f"sqlite:///{tmp_path / 'tz.db'}")
+    tracker, client = make_client(
+        dashboard_token=TOKEN, timezone="Asia/Tokyo", store=f"sqlite:///{tmp_path / 'tz.db'}"
+    )
     add = tracker.core.pipeline.add
     add(Hit(NOON + 9_000, "late", None, "/night", None, None, CHROME, "site.example"))
     add(Hit(NOON + 12_600, "early", None, "/morning", None, None, CHROME, "site.example"))
@@ -243,12 +273,15 @@ def test_days_follow_the_timezone_near_midnight(make_client: MakeClient, tmp_pat
         {"day": "2026-11-10", "pageviews": 1, "visitors": 1},
         {"day": "2026-11-11", "pageviews": 1, "visitors": 1},
     ]
-    only_11th = client.get(API, params={"since": "2026-11-11", "until": "2026-11-11"},
-                           headers=bearer()).json()
+    only_11th = client.get(
+        API, params={"since": "2026-11-11", "until": "2026-11-11"}, headers=bearer()
+    ).json()
     assert [p["path"] for p in only_11th["pages"]] == ["/morning"]
 
 
 def test_a_store_that_is_down_gets_503(make_client: MakeClient, tmp_path: Path) -> None:
-    tracker, client = make_client(dashboard_token=TOKEN, store=f"sqlite:///{tmp_path}/no/such/dir.db")
+    tracker, client = make_client(
+        dashboard_token=TOKEN, store=f"sqlite:///{tmp_path}/no/such/dir.db"
+    )
     response = client.get(API, headers=bearer())
     assert response.status_code == 503

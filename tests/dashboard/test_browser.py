@@ -76,9 +76,21 @@ def seed(url: str, since: date, days: int) -> None:
         day = (since + timedelta(days=i)).isoformat()
         for v in range(1 + i % 5):
             for page in ("/", "/pricing", "/blog/hello")[: 1 + v % 3]:
-                rows.append(PageView(0.0, day, f"v{v}", "u1" if v == 0 else None, page,
-                                     "news.example.org" if v == 1 else None, None,
-                                     "Chrome", "Windows", "desktop", False))
+                rows.append(
+                    PageView(
+                        0.0,
+                        day,
+                        f"v{v}",
+                        "u1" if v == 0 else None,
+                        page,
+                        "news.example.org" if v == 1 else None,
+                        None,
+                        "Chrome",
+                        "Windows",
+                        "desktop",
+                        False,
+                    )
+                )
     store.write(rows, [])
     store.close()
 
@@ -91,25 +103,46 @@ def test_login_and_dashboard_in_chromium(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     port = free_port()
     env = server_env(
-        SECRET_KEYS="browser-test-secret-0123456789", STORE=store, DASHBOARD_TOKEN=TOKEN,
+        SECRET_KEYS="browser-test-secret-0123456789",
+        STORE=store,
+        DASHBOARD_TOKEN=TOKEN,
         TIMEZONE="UTC",
     )
-    argv = [str(BIN / "uvicorn"), "app:app", "--app-dir", str(tmp_path), "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log"]
-    with running(argv, env=env, cwd=tmp_path, log_path=tmp_path / "server.log",
-                 port=port) as server, chromium() as browser:
+    argv = [
+        str(BIN / "uvicorn"),
+        "app:app",
+        "--app-dir",
+        str(tmp_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    with (
+        running(argv, env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port) as server,
+        chromium() as browser,
+    ):
         origin = f"http://127.0.0.1:{port}"
         page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
         console: list[str] = []
         foreign: list[str] = []
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
-                if m.type in ("error", "warning") else None)
+        page.on(
+            "console",
+            lambda m: (
+                console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+            ),
+        )
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.on("request", lambda r: foreign.append(r.url)
-                if not r.url.startswith(origin + "/") else None)
+        page.on(
+            "request",
+            lambda r: foreign.append(r.url) if not r.url.startswith(origin + "/") else None,
+        )
         failed: list[tuple[int, str]] = []
-        page.on("response", lambda r: failed.append((r.status, r.url[len(origin):]))
-                if r.status >= 400 else None)
+        page.on(
+            "response",
+            lambda r: failed.append((r.status, r.url[len(origin) :])) if r.status >= 400 else None,
+        )
 
         first = page.goto(server.url("/_trackmw/dashboard"))
         assert first is not None and first.status == 401
@@ -131,8 +164,9 @@ def test_login_and_dashboard_in_chromium(tmp_path: Path) -> None:
         assert page.locator("svg.chart circle.pt-pageviews").count() == 21
         assert page.locator("svg.chart polyline").count() == 2
         # The stylesheet applied (a CSP block would leave the default black fill).
-        fill = page.eval_on_selector("svg.chart circle.pt-visitors",
-                                     "c => getComputedStyle(c).fill")
+        fill = page.eval_on_selector(
+            "svg.chart circle.pt-visitors", "c => getComputedStyle(c).fill"
+        )
         assert fill not in ("", "rgb(0, 0, 0)")
         assert page.locator("#pages td.name").first.inner_text() == "/"
         assert page.locator("#referrers td.name").first.inner_text() == "news.example.org"

@@ -24,19 +24,40 @@ MakeClient = Callable[..., tuple[Tracker, TestClient]]
 def test_the_page_shows_every_total_and_breakdown(make_client: MakeClient, tmp_path: Path) -> None:
     tracker, client = make_client(dashboard_token=TOKEN, store=f"sqlite:///{tmp_path / 'd.db'}")
     seed_hits(tracker)
-    response = client.get(DASH, params={"since": "2026-11-04", "until": "2026-11-11"},
-                          headers=bearer())
+    response = client.get(
+        DASH, params={"since": "2026-11-04", "until": "2026-11-11"}, headers=bearer()
+    )
     assert response.status_code == 200
     page = response.text
-    for label in ("Page views", "Visitors", "Registered visitors", "Anonymous page views",
-                  "Bot hits", "Consent accepted", "Consent rejected", "Top pages", "Referrers",
-                  "Campaigns", "Browsers", "Operating systems", "Devices"):
+    for label in (
+        "Page views",
+        "Visitors",
+        "Registered visitors",
+        "Anonymous page views",
+        "Bot hits",
+        "Consent accepted",
+        "Consent rejected",
+        "Top pages",
+        "Referrers",
+        "Campaigns",
+        "Browsers",
+        "Operating systems",
+        "Devices",
+    ):
         assert f">{label}<" in page, label
     totals = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", page))
     assert totals["Page views"] == "7" and totals["Visitors"] == "3"
     assert totals["Registered visitors"] == "2" and totals["Bot hits"] == "1"
-    for name in ("news.example.org", "t.co", "mail-1", "fall", "Mobile Safari", "iOS", "mobile",
-                 "/about?utm_campaign=fall"):
+    for name in (
+        "news.example.org",
+        "t.co",
+        "mail-1",
+        "fall",
+        "Mobile Safari",
+        "iOS",
+        "mobile",
+        "/about?utm_campaign=fall",
+    ):
         assert f">{name}<" in page, name
     # One point per day and per series: 8 days.
     assert page.count('class="pt pt-pageviews"') == 8
@@ -67,10 +88,21 @@ def test_values_are_escaped(make_client: MakeClient) -> None:
     from .conftest import CHROME, NOON
 
     tracker, client = make_client(dashboard_token=TOKEN)
-    tracker.core.pipeline.add(Hit(NOON, "v1", None, "/<script>alert(1)</script>",
-                                  "https://x.example/", "<b>c</b>", CHROME, "site.example"))
-    page = client.get(DASH, params={"since": "2026-11-10", "until": "2026-11-10"},
-                      headers=bearer()).text
+    tracker.core.pipeline.add(
+        Hit(
+            NOON,
+            "v1",
+            None,
+            "/<script>alert(1)</script>",
+            "https://x.example/",
+            "<b>c</b>",
+            CHROME,
+            "site.example",
+        )
+    )
+    page = client.get(
+        DASH, params={"since": "2026-11-10", "until": "2026-11-10"}, headers=bearer()
+    ).text
     assert "<script>" not in page and "<b>c</b>" not in page
     assert "&lt;script&gt;" in page
 
@@ -102,8 +134,12 @@ def test_login_sets_a_signed_strict_httponly_session_cookie(make_client: MakeCli
 
 def test_login_over_https_sets_a_secure_cookie(make_client: MakeClient) -> None:
     _, client = make_client(dashboard_token=TOKEN)
-    response = client.post("https://testserver" + LOGIN, data={"token": TOKEN},
-                           headers={"Origin": "https://testserver"}, follow_redirects=False)
+    response = client.post(
+        "https://testserver" + LOGIN,
+        data={"token": TOKEN},
+        headers={"Origin": "https://testserver"},
+        follow_redirects=False,
+    )
     assert response.status_code == 303 and "; Secure" in response.headers["set-cookie"]
 
 
@@ -117,8 +153,7 @@ def test_a_wrong_token_shows_the_form_again(make_client: MakeClient) -> None:
 
 def test_login_from_another_origin_is_refused(make_client: MakeClient) -> None:
     _, client = make_client(dashboard_token=TOKEN)
-    response = client.post(LOGIN, data={"token": TOKEN},
-                           headers={"Origin": "http://evil.example"})
+    response = client.post(LOGIN, data={"token": TOKEN}, headers={"Origin": "http://evil.example"})
     assert response.status_code == 403 and "set-cookie" not in response.headers
 
 

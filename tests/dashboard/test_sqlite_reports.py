@@ -25,8 +25,12 @@ DAYS = 40
 def random_events(seed: int, n: int = 4000) -> tuple[list[PageView], list[ConsentChoice]]:
     rng = random.Random(seed)
     pages = ["/", "/a", "/b", "/c?utm_campaign=x", "/d", "/é"] + [f"/p{i}" for i in range(30)]
-    classes = [("Chrome", "Windows", "desktop"), ("Mobile Safari", "iOS", "mobile"),
-               ("Firefox", "Linux", "desktop"), ("Chrome Mobile", "Android", "tablet")]
+    classes = [
+        ("Chrome", "Windows", "desktop"),
+        ("Mobile Safari", "iOS", "mobile"),
+        ("Firefox", "Linux", "desktop"),
+        ("Chrome Mobile", "Android", "tablet"),
+    ]
     views = []
     for _ in range(n):
         day = START + timedelta(days=rng.randrange(DAYS))
@@ -41,25 +45,49 @@ def random_events(seed: int, n: int = 4000) -> tuple[list[PageView], list[Consen
         camp = rng.choice([None, None, None, "mail-1", "mail-2"])
         ts = 1_790_000_000 + rng.random() * 1e6
         if kind < 0.05:
-            views.append(PageView(ts, day.isoformat(), None, None, page, ref, camp,
-                                  None, None, None, True))
+            views.append(
+                PageView(ts, day.isoformat(), None, None, page, ref, camp, None, None, None, True)
+            )
         elif kind < 0.15:
-            views.append(PageView(ts, day.isoformat(), None, None, page, ref, camp,
-                                  None, None, None, False))
+            views.append(
+                PageView(ts, day.isoformat(), None, None, page, ref, camp, None, None, None, False)
+            )
         else:
-            views.append(PageView(ts, day.isoformat(), visitor, user, page, ref, camp,
-                                  browser, os_name, device, False))
+            views.append(
+                PageView(
+                    ts,
+                    day.isoformat(),
+                    visitor,
+                    user,
+                    page,
+                    ref,
+                    camp,
+                    browser,
+                    os_name,
+                    device,
+                    False,
+                )
+            )
     consents = [
-        ConsentChoice(1_790_000_000.0, (START + timedelta(days=rng.randrange(DAYS))).isoformat(),
-                      f"v{rng.randrange(120)}", rng.random() < 0.7, True, "1")
+        ConsentChoice(
+            1_790_000_000.0,
+            (START + timedelta(days=rng.randrange(DAYS))).isoformat(),
+            f"v{rng.randrange(120)}",
+            rng.random() < 0.7,
+            True,
+            "1",
+        )
         for _ in range(200)
     ]
     return views, consents
 
 
 def ranges(rng: random.Random) -> list[tuple[date, date]]:
-    out = [(START, START + timedelta(days=DAYS - 1)), (START - timedelta(days=5), START),
-           (START + timedelta(days=10), START + timedelta(days=10))]
+    out = [
+        (START, START + timedelta(days=DAYS - 1)),
+        (START - timedelta(days=5), START),
+        (START + timedelta(days=10), START + timedelta(days=10)),
+    ]
     for _ in range(25):
         a = START + timedelta(days=rng.randrange(-3, DAYS + 3))
         out.append((a, a + timedelta(days=rng.randrange(0, 20))))
@@ -69,7 +97,8 @@ def ranges(rng: random.Random) -> list[tuple[date, date]]:
 def assert_same(sql: SQLiteStore, mem: MemoryStore, seed: int) -> None:
     for since, until in ranges(random.Random(seed)):
         assert sql.report(since, until).to_dict() == mem.report(since, until).to_dict(), (
-            since, until,
+            since,
+            until,
         )
 
 
@@ -87,17 +116,17 @@ def test_sqlite_report_equals_reference(stores: tuple[SQLiteStore, MemoryStore],
     views, consents = random_events(seed)
     random.Random(seed).shuffle(views)  # days arrive out of order, across batches
     for i in range(0, len(views), 250):
-        batch = views[i:i + 250]
-        sql.write(batch, consents[i // 25:(i + 250) // 25])
-        mem.write(batch, consents[i // 25:(i + 250) // 25])
+        batch = views[i : i + 250]
+        sql.write(batch, consents[i // 25 : (i + 250) // 25])
+        mem.write(batch, consents[i // 25 : (i + 250) // 25])
     assert_same(sql, mem, seed)
 
 
 def fill(sql: SQLiteStore, mem: MemoryStore, seed: int) -> None:
     views, consents = random_events(seed)
     for i in range(0, len(views), 500):
-        sql.write(views[i:i + 500], consents if i == 0 else [])
-        mem.write(views[i:i + 500], consents if i == 0 else [])
+        sql.write(views[i : i + 500], consents if i == 0 else [])
+        mem.write(views[i : i + 500], consents if i == 0 else [])
 
 
 def test_erasing_visitors_and_users_keeps_reports_equal(

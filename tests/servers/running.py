@@ -82,16 +82,29 @@ GUNICORN_DONE = "Shutting down: Master"
 def uvicorn_argv(port: int) -> list[str]:
     """The Starlette example under uvicorn, as the README and ``make demo`` run it."""
     return [
-        str(BIN / "uvicorn"), "app:app", "--app-dir", str(STARLETTE_DIR),
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        str(BIN / "uvicorn"),
+        "app:app",
+        "--app-dir",
+        str(STARLETTE_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
     ]
 
 
 def gunicorn_argv(port: int, workers: int = 2) -> list[str]:
     """The Flask example under gunicorn with ``workers`` sync workers."""
     return [
-        str(BIN / "gunicorn"), "--chdir", str(FLASK_DIR), "app:app",
-        "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+        str(BIN / "gunicorn"),
+        "--chdir",
+        str(FLASK_DIR),
+        "app:app",
+        "--workers",
+        str(workers),
+        "--bind",
+        f"127.0.0.1:{port}",
         # Its default control socket is one path per user: parallel servers would clash.
         "--no-control-socket",
     ]
@@ -151,8 +164,13 @@ def running(
     """Run ``argv`` until the block ends; yields once ``GET /`` answers 200."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = Server(proc, port, log_path)
     try:
@@ -236,9 +254,7 @@ def report_via_cli(
         argv += ["--since", since.isoformat()]
     if until is not None:
         argv += ["--until", until.isoformat()]
-    done = subprocess.run(
-        argv, capture_output=True, env=server_env(), timeout=120, check=False
-    )
+    done = subprocess.run(argv, capture_output=True, env=server_env(), timeout=120, check=False)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     document: dict[str, Any] = json.loads(done.stdout)
     return document

@@ -74,7 +74,10 @@ def test_make_demo_serves_the_tracked_home_page(tmp_path: Path) -> None:
 def test_static_files_get_no_cookie_work(tmp_path: Path) -> None:
     port = free_port()
     with running(
-        demo_argv(port), env=server_env(), cwd=tmp_path, log_path=tmp_path / "demo.log",
+        demo_argv(port),
+        env=server_env(),
+        cwd=tmp_path,
+        log_path=tmp_path / "demo.log",
         port=port,
     ):
         status, headers, body = request(port, "GET", "/static/style.css")

@@ -42,7 +42,10 @@ class Browserish:
         self.origin = f"http://127.0.0.1:{port}"
 
     def send(
-        self, method: str, path: str, form: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
         origin: str | None = None,
     ) -> tuple[int, http.client.HTTPMessage, str]:
         headers = {"User-Agent": CHROME_UA}
@@ -109,7 +112,8 @@ def test_sign_in_preferences_sign_out_and_erasure(site: tuple[Server, Path]) -> 
 
     # Preferences: saved in their cookie while preferences are consented (the default).
     assert alice.post("/settings", {"theme": "dark", "text_size": "large"}) == (
-        303, "/settings?saved=1",
+        303,
+        "/settings?saved=1",
     )
     assert "trackmw_prefs" in alice.cookies
     settings = alice.page("/settings?saved=1")
@@ -128,7 +132,8 @@ def test_sign_in_preferences_sign_out_and_erasure(site: tuple[Server, Path]) -> 
     assert "Privacy statement" in privacy and 'href="/settings"' in privacy
 
     assert alice.post("/_trackmw/me/delete", {"next": "/settings?erased=1"}) == (
-        303, "/settings?erased=1",
+        303,
+        "/settings?erased=1",
     )
     assert "trackmw_id" not in alice.cookies and "trackmw_prefs" not in alice.cookies
     assert "has been erased" in alice.send("GET", "/settings?erased=1")[2]
@@ -148,7 +153,8 @@ def test_rejected_visitor_keeps_preferences_for_one_page_only(site: tuple[Server
     server, _ = site
     visitor = Browserish(server.port)
     assert visitor.post("/_trackmw/consent", {"choice": "reject", "next": "/settings"}) == (
-        303, "/settings",
+        303,
+        "/settings",
     )
     assert set(visitor.cookies) == {"trackmw_consent"}
     status, _, html = visitor.send("POST", "/settings", {"theme": "dark"})

@@ -64,9 +64,7 @@ def _hit(port: int, job: tuple[str | None, str, str]) -> tuple[int, str, bytes]:
     if cookie is not None:
         headers["Cookie"] = f"trackmw_id={cookie}"
     query = urlencode({"p": page})
-    status, response_headers, body = request(
-        port, "GET", f"/_trackmw/pixel.gif?{query}", headers
-    )
+    status, response_headers, body = request(port, "GET", f"/_trackmw/pixel.gif?{query}", headers)
     return status, response_headers.get("content-type", ""), body
 
 
@@ -97,9 +95,7 @@ def _check(document: dict[str, Any]) -> None:
     assert {p["path"] for p in document["pages"]} == set(PAGES)
 
 
-def _run_and_count(
-    tmp_path: Path, argv_for: Callable[[int], list[str]], last_line: str
-) -> None:
+def _run_and_count(tmp_path: Path, argv_for: Callable[[int], list[str]], last_line: str) -> None:
     db = tmp_path / "store.db"
     port = free_port()
     # A flush interval longer than the test: the workers keep every hit buffered until

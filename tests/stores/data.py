@@ -17,8 +17,16 @@ CLASSES = (
     ("Chrome Mobile", "Android", "tablet"),
     ("Safari", "Mac OS X", "desktop"),
 )
-PAGES = ("/", "/about", "/blog/1", "/blog/2", "/shop?utm_campaign=autumn", "/über",
-         "/a:b c", "/" + "x" * 300)
+PAGES = (
+    "/",
+    "/about",
+    "/blog/1",
+    "/blog/2",
+    "/shop?utm_campaign=autumn",
+    "/über",
+    "/a:b c",
+    "/" + "x" * 300,
+)
 REFERRERS = (None, None, None, "news.example.org", "search.example.com", "mail.example.net")
 CAMPAIGNS = (None, None, None, None, "newsletter-2026-11", "autumn")
 USERS = {"v01": "alice", "v02": "bob", "v03": "alice", "v07": "carol"}
@@ -30,25 +38,52 @@ def ts_of(day: date, second: int) -> float:
     return midnight.timestamp() + second + 0.25
 
 
-def pageview(day: date, second: int, visitor: str | None, path: str = "/", *,
-             referrer: str | None = None, campaign: str | None = None,
-             user: str | None = None, cls: tuple[str, str, str] = CLASSES[0],
-             bot: bool = False) -> PageView:
+def pageview(
+    day: date,
+    second: int,
+    visitor: str | None,
+    path: str = "/",
+    *,
+    referrer: str | None = None,
+    campaign: str | None = None,
+    user: str | None = None,
+    cls: tuple[str, str, str] = CLASSES[0],
+    bot: bool = False,
+) -> PageView:
     """A page view as the pipeline would normalize it (no ids or classes when anonymous)."""
     if bot or visitor is None:
-        return PageView(ts_of(day, second), day.isoformat(), None, None, path, referrer,
-                        campaign, None, None, None, bot)
-    return PageView(ts_of(day, second), day.isoformat(), visitor, user, path, referrer,
-                    campaign, *cls, False)
+        return PageView(
+            ts_of(day, second),
+            day.isoformat(),
+            None,
+            None,
+            path,
+            referrer,
+            campaign,
+            None,
+            None,
+            None,
+            bot,
+        )
+    return PageView(
+        ts_of(day, second), day.isoformat(), visitor, user, path, referrer, campaign, *cls, False
+    )
 
 
 def consent(day: date, second: int, visitor: str | None, analytics: bool) -> ConsentChoice:
-    return ConsentChoice(ts_of(day, second), day.isoformat(), visitor, analytics, analytics,
-                         "1" if second % 2 else "2")
+    return ConsentChoice(
+        ts_of(day, second),
+        day.isoformat(),
+        visitor,
+        analytics,
+        analytics,
+        "1" if second % 2 else "2",
+    )
 
 
-def events(seed: int = 5, n: int = 600, days: int = 4,
-           visitors: int = 15) -> tuple[list[PageView], list[ConsentChoice]]:
+def events(
+    seed: int = 5, n: int = 600, days: int = 4, visitors: int = 15
+) -> tuple[list[PageView], list[ConsentChoice]]:
     """``n`` page views over ``days`` days from ``START``, and some consent choices."""
     rng = random.Random(seed)
     ids = [f"v{i:02d}" for i in range(visitors)]
@@ -65,19 +100,32 @@ def events(seed: int = 5, n: int = 600, days: int = 4,
             pvs.append(pageview(day, second, None, path, referrer=ref, campaign=camp))
         else:
             vid = rng.choice(ids)
-            pvs.append(pageview(day, second, vid, path, referrer=ref, campaign=camp,
-                                user=USERS.get(vid) if rng.random() < 0.7 else None,
-                                cls=cls[vid]))
+            pvs.append(
+                pageview(
+                    day,
+                    second,
+                    vid,
+                    path,
+                    referrer=ref,
+                    campaign=camp,
+                    user=USERS.get(vid) if rng.random() < 0.7 else None,
+                    cls=cls[vid],
+                )
+            )
     choices = [
-        consent(START + timedelta(days=rng.randrange(days)), rng.randrange(86400),
-                rng.choice([*ids, None]), rng.random() < 0.7)
+        consent(
+            START + timedelta(days=rng.randrange(days)),
+            rng.randrange(86400),
+            rng.choice([*ids, None]),
+            rng.random() < 0.7,
+        )
         for _ in range(40)
     ]
     return pvs, choices
 
 
 def batches(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _approx(actual: int, expected: int) -> bool:
@@ -90,8 +138,16 @@ def assert_same_report(actual: Report, expected: Report, estimated: bool = False
     if not estimated:
         assert a == e
         return
-    for key in ("since", "until", "pageviews", "anonymous_pageviews", "bot_hits",
-                "referrers", "campaigns", "consent"):
+    for key in (
+        "since",
+        "until",
+        "pageviews",
+        "anonymous_pageviews",
+        "bot_hits",
+        "referrers",
+        "campaigns",
+        "consent",
+    ):
         assert a[key] == e[key], key
     for key in ("visitors", "registered_visitors"):
         assert _approx(a[key], e[key]), (key, a[key], e[key])
@@ -99,7 +155,8 @@ def assert_same_report(actual: Report, expected: Report, estimated: bool = False
     for ad, ed in zip(a["days"], e["days"], strict=True):
         assert _approx(ad["visitors"], ed["visitors"]), (ad, ed)
     assert [(p["path"], p["pageviews"]) for p in a["pages"]] == [
-        (p["path"], p["pageviews"]) for p in e["pages"]]
+        (p["path"], p["pageviews"]) for p in e["pages"]
+    ]
     for ap, ep in zip(a["pages"], e["pages"], strict=True):
         assert _approx(ap["visitors"], ep["visitors"]), (ap, ep)
     for key in ("browsers", "os", "devices"):

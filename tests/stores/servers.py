@@ -18,20 +18,24 @@ from tests.conftest import SECRET
 from .conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/120.0.0.0 Safari/537.36")
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
 
 
 def site_env(store: str, **settings: str) -> dict[str, str]:
     """The environment for an example site on ``store`` (no pixel rate limit: the load is
     deliberately many hits per visitor)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKMW_")}
-    env.update({
-        "TRACKMW_SECRET_KEYS": SECRET,
-        "TRACKMW_STORE": store,
-        "TRACKMW_PIXEL_RATE_LIMIT": "0",
-        "TRACKMW_FLUSH_INTERVAL": "0.2",
-    })
+    env.update(
+        {
+            "TRACKMW_SECRET_KEYS": SECRET,
+            "TRACKMW_STORE": store,
+            "TRACKMW_PIXEL_RATE_LIMIT": "0",
+            "TRACKMW_FLUSH_INTERVAL": "0.2",
+        }
+    )
     env.update({"TRACKMW_" + k.upper(): v for k, v in settings.items()})
     return env
 
@@ -43,15 +47,39 @@ class Site:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if kind == "gunicorn":
-            cmd = [sys.executable, "-m", "gunicorn", "--chdir", "examples/flask_app",
-                   "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
-                   "--graceful-timeout", "30", "app:app"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--chdir",
+                "examples/flask_app",
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--graceful-timeout",
+                "30",
+                "app:app",
+            ]
         else:
-            cmd = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir",
-                   "examples/starlette_app", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--lifespan", "on", "--no-access-log"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app:app",
+                "--app-dir",
+                "examples/starlette_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--lifespan",
+                "on",
+                "--no-access-log",
+            ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
 
     def wait_ready(self) -> None:
         def up() -> bool:
@@ -100,8 +128,11 @@ def send_hits(targets: Iterable[tuple[str, str, str]], threads: int = 6) -> list
         codes = []
         with httpx.Client(timeout=30) as client:
             for url, cookie, page in chunk:
-                r = client.get(url + "/_trackmw/pixel.gif", params={"p": page},
-                               headers={"Cookie": f"trackmw_id={cookie}", "User-Agent": CHROME})
+                r = client.get(
+                    url + "/_trackmw/pixel.gif",
+                    params={"p": page},
+                    headers={"Cookie": f"trackmw_id={cookie}", "User-Agent": CHROME},
+                )
                 codes.append(r.status_code)
         return codes
 

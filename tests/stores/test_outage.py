@@ -97,7 +97,8 @@ def test_a_redis_outage_loses_and_duplicates_nothing(private_redis: RedisServer)
     assert report.pageviews == 2000  # still: nothing was written twice
     assert report.visitors == 20
     assert sorted((p["path"], p["pageviews"]) for p in report.pages) == [
-        (f"/outage/{i}", 400) for i in range(5)]
+        (f"/outage/{i}", 400) for i in range(5)
+    ]
 
 
 def hit(i: int) -> Hit:
@@ -110,8 +111,13 @@ def test_an_overflowing_buffer_drops_the_oldest_and_logs_the_count_once_per_inte
     need_service(shutil.which("redis-server") is not None, "redis-server is not installed")
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0?uniques=exact"  # nothing listens there yet
-    pipeline = Pipeline(lambda: open_store(url), buffer_size=100, batch_size=1_000,
-                        flush_interval=3600, timezone="UTC")
+    pipeline = Pipeline(
+        lambda: open_store(url),
+        buffer_size=100,
+        batch_size=1_000,
+        flush_interval=3600,
+        timezone="UTC",
+    )
     pipeline.retry_max = 0.5
     server = RedisServer(tmp_path, port)
     caplog.set_level(logging.ERROR, logger="trackmw")
@@ -133,8 +139,9 @@ def test_an_overflowing_buffer_drops_the_oldest_and_logs_the_count_once_per_inte
         store = open_store(url)
         try:
             assert store.report(date.today(), date.today()).pageviews == 200
-            paths = {pv["page"] for v in range(10)
-                     for pv in store.visitor_data(f"v{v}")["pageviews"]}
+            paths = {
+                pv["page"] for v in range(10) for pv in store.visitor_data(f"v{v}")["pageviews"]
+            }
         finally:
             store.close()
         kept = set(range(50, 150)) | set(range(180, 280))  # the newest of each overflow
@@ -168,17 +175,36 @@ class PostgresServer:
         assert self.bin is not None
         self.dir.mkdir()
         shutil.chown(self.dir, "postgres")
-        subprocess.run([str(self.bin / "initdb"), "-D", str(self.dir), "-A", "trust",
-                        "-U", "postgres"], user="postgres", group="postgres", cwd=self.dir,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"],
+            user="postgres",
+            group="postgres",
+            cwd=self.dir,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def start(self) -> None:
         assert self.bin is not None
         self.proc = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.dir), "-p", str(self.port),
-             "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"],
-            user="postgres", group="postgres", cwd=self.dir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(self.bin / "postgres"),
+                "-D",
+                str(self.dir),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.dir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ],
+            user="postgres",
+            group="postgres",
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(self.up, f"postgres on port {self.port}")
 
     def up(self) -> bool:
@@ -220,8 +246,13 @@ def test_a_postgres_restart_loses_and_duplicates_nothing() -> None:
 
 def _restart_under_a_pipeline(server: PostgresServer) -> None:
     url = server.url + "?schema=outage"
-    pipeline = Pipeline(lambda: open_store(url), buffer_size=10_000, batch_size=1_000,
-                        flush_interval=3600, timezone="UTC")
+    pipeline = Pipeline(
+        lambda: open_store(url),
+        buffer_size=10_000,
+        batch_size=1_000,
+        flush_interval=3600,
+        timezone="UTC",
+    )
     try:
         for i in range(300):
             pipeline.add(hit(i))

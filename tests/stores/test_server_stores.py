@@ -42,11 +42,14 @@ def test_a_batch_retried_after_a_lost_reply_is_written_once(server_store: Store)
     assert server_store.report(START, START + timedelta(days=3)).pageviews == r.pageviews + 1
 
 
-@pytest.mark.parametrize("url", [
-    "redis://127.0.0.1:{port}/0",
-    "redis+cluster://127.0.0.1:{port}",
-    "postgresql://postgres@127.0.0.1:{port}/test?schema=nothing_here",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:{port}/0",
+        "redis+cluster://127.0.0.1:{port}",
+        "postgresql://postgres@127.0.0.1:{port}/test?schema=nothing_here",
+    ],
+)
 def test_an_unreachable_server_raises_store_error(url: str) -> None:
     store = open_store(url.format(port=free_port()))
     store.connect_timeout = 1.0  # type: ignore[attr-defined]  # (PostgreSQL's pool wait)
@@ -61,12 +64,15 @@ def test_an_unreachable_server_raises_store_error(url: str) -> None:
         store.close()
 
 
-@pytest.mark.parametrize("url", [
-    "redis://127.0.0.1:6379/0?uniques=some",
-    "redis://127.0.0.1:6379/0?prefix={x}",
-    "postgresql://127.0.0.1/test?schema=drop;table",
-    "postgresql://127.0.0.1/test?pool_size=0",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?uniques=some",
+        "redis://127.0.0.1:6379/0?prefix={x}",
+        "postgresql://127.0.0.1/test?schema=drop;table",
+        "postgresql://127.0.0.1/test?pool_size=0",
+    ],
+)
 def test_a_bad_store_url_is_a_configuration_error(url: str) -> None:
     with pytest.raises(ConfigurationError):
         store_class(url)
@@ -79,7 +85,7 @@ def test_hyperloglog_visitors_stay_within_two_percent(store_url: str) -> None:
         n = 5_000
         pvs = [pageview(START, i % 86400, f"visitor-{i}", f"/p{i % 3}") for i in range(n)]
         for i in range(0, n, 1000):
-            store.write(pvs[i:i + 1000], [])
+            store.write(pvs[i : i + 1000], [])
         r = store.report(START, START)
         assert r.pageviews == n
         assert abs(r.visitors - n) <= n * 0.02
@@ -155,8 +161,9 @@ def _write_in_child(url: str, visitor: str, queue: multiprocessing.Queue[str]) -
 def test_postgres_schema_is_created_once_by_racing_processes(store_url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[str] = ctx.Queue()
-    procs = [ctx.Process(target=_write_in_child, args=(store_url, f"p{i}", queue))
-             for i in range(4)]
+    procs = [
+        ctx.Process(target=_write_in_child, args=(store_url, f"p{i}", queue)) for i in range(4)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]

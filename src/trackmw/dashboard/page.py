@@ -40,7 +40,7 @@ _BREAKDOWNS = (  # (report field, heading, name column, name key, count key, cou
 
 def _head(title: str, prefix: str) -> str:
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="referrer" content="same-origin">'
         f"<title>{escape(title)}</title>"
@@ -49,8 +49,14 @@ def _head(title: str, prefix: str) -> str:
     )
 
 
-def _table(rows: Sequence[dict[str, Any]], name_col: str, name_key: str,
-           count_key: str, count_label: str, extra_visitors: bool) -> str:
+def _table(
+    rows: Sequence[dict[str, Any]],
+    name_col: str,
+    name_key: str,
+    count_key: str,
+    count_label: str,
+    extra_visitors: bool,
+) -> str:
     if not rows:
         return '<p class="empty">Nothing in this period.</p>'
     top = max(int(r[count_key]) for r in rows) or 1
@@ -73,10 +79,16 @@ def _table(rows: Sequence[dict[str, Any]], name_col: str, name_key: str,
 def _range_form(prefix: str, since: date, until: date, today: date) -> str:
     action = escape(prefix + "/dashboard")
     quick = []
-    for label, days in (("Today", 1), ("7 days", 7), ("30 days", 30), ("90 days", 90),
-                        ("12 months", 365)):
-        query = urlencode({"since": (today - timedelta(days=days - 1)).isoformat(),
-                           "until": today.isoformat()})
+    for label, days in (
+        ("Today", 1),
+        ("7 days", 7),
+        ("30 days", 30),
+        ("90 days", 90),
+        ("12 months", 365),
+    ):
+        query = urlencode(
+            {"since": (today - timedelta(days=days - 1)).isoformat(), "until": today.isoformat()}
+        )
         quick.append(f'<a href="{action}?{escape(query)}">{label}</a>')
     return (
         f'<form class="range" method="get" action="{action}">'
@@ -96,8 +108,7 @@ def _logout(prefix: str, show: bool) -> str:
     )
 
 
-def dashboard_page(report: Report, *, prefix: str, timezone: str, today: date,
-                   logout: bool) -> str:
+def dashboard_page(report: Report, *, prefix: str, timezone: str, today: date, logout: bool) -> str:
     """The whole dashboard for one report."""
     doc = report.to_dict()
     totals = "".join(
@@ -113,11 +124,10 @@ def dashboard_page(report: Report, *, prefix: str, timezone: str, today: date,
     )
     sections = []
     for field, heading, name_col, name_key, count_key, count_label in _BREAKDOWNS:
-        table = _table(doc[field], name_col, name_key, count_key, count_label,
-                       extra_visitors=field == "pages")
-        sections.append(
-            f'<section class="card" id="{field}"><h2>{heading}</h2>{table}</section>'
+        table = _table(
+            doc[field], name_col, name_key, count_key, count_label, extra_visitors=field == "pages"
         )
+        sections.append(f'<section class="card" id="{field}"><h2>{heading}</h2>{table}</section>')
     period = f"{report.since.isoformat()} – {report.until.isoformat()}"
     return (
         _head(f"Visitors {period}", prefix)
@@ -136,7 +146,7 @@ def dashboard_page(report: Report, *, prefix: str, timezone: str, today: date,
         + f"<tbody>{days_rows}</tbody></table></details></section>"
         + sections[0]
         + f'<div class="grid2">{"".join(sections[1:])}</div>'
-        + f'</main><footer>Days are counted in {escape(timezone)}. '
+        + f"</main><footer>Days are counted in {escape(timezone)}. "
         + "Unique visitors are distinct visitor ids with analytics consent; anonymous "
         + "page views carry no id.</footer></body></html>"
     )
@@ -152,7 +162,7 @@ def login_page(prefix: str, error: str | None = None) -> str:
         + f'<form method="post" action="{escape(prefix)}/dashboard/login">'
         + '<label for="token">Dashboard token</label>'
         + '<input id="token" name="token" type="password" autocomplete="current-password" '
-        + 'required autofocus>'
+        + "required autofocus>"
         + '<button type="submit">Log in</button></form></main></body></html>'
     )
 

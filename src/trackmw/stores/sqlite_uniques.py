@@ -174,9 +174,7 @@ class Uniques:
         """Recompute every chain from the stored page views (migration from schema 1)."""
         conn.execute("DELETE FROM uniq_links")
         conn.execute("DELETE FROM uniq_entities")
-        cursor = conn.execute(
-            "SELECT * FROM pageviews WHERE visitor_id IS NOT NULL AND bot = 0"
-        )
+        cursor = conn.execute("SELECT * FROM pageviews WHERE visitor_id IS NOT NULL AND bot = 0")
         while rows := cursor.fetchmany(50_000):
             self.add(conn, memberships(PageView._make((*r[:10], bool(r[10]))) for r in rows))
 
@@ -222,7 +220,7 @@ class Uniques:
         """The page dimensions of these paths, by id."""
         out: dict[int, str] = {}
         for start in range(0, len(paths), 500):
-            chunk = paths[start:start + 500]
+            chunk = paths[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(
                 f"SELECT id, name FROM uniq_dims WHERE kind = 'page' AND name IN ({marks})",  # noqa: S608
@@ -239,7 +237,7 @@ class Uniques:
         lo, hi = since.toordinal(), until.toordinal()
         out: dict[int, int] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(
                 "SELECT dim, sum(n) FROM uniq_links "  # noqa: S608
@@ -298,7 +296,7 @@ class Uniques:
         """Entities' chains by dimension, each still text until it is needed."""
         out: dict[str, dict[int, str | list[int]]] = {}
         for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
+            chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, text in conn.execute(
                 f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
