@@ -36,7 +36,7 @@ from .cookies import delete_cookie_header, set_cookie_header
 from .cookiestate import CONSENT_COOKIE, ID_COOKIE, PREFS_COOKIE, CookieReader, CookieState
 from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
 from .messages import Request, Response, private_headers
-from .pipeline import local_day
+from .normalize import local_day
 from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query
 from .ratelimit import RateLimiter
 from .visitor import Visitor
