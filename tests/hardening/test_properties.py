@@ -134,7 +134,13 @@ def test_cookie_parser_never_raises_and_returns_only_safe_values(header: str) ->
     st.lists(
         st.sampled_from(
             ["trackmw_id", " trackmw_id", "=trackmw_id", '"trackmw_id"', "x", ""]
-        ).flatmap(lambda n: st.tuples(st.just(n), st.text(max_size=30))),
+            # Values without ";": one that holds it is several pairs, which this model
+            # does not follow (the hostile-text test above covers those).
+        ).flatmap(
+            lambda n: st.tuples(
+                st.just(n), st.text(st.characters(blacklist_characters=";"), max_size=30)
+            )
+        ),
         max_size=8,
     )
 )
