@@ -53,6 +53,7 @@ def set_cookie_header(
     secure: bool,
     httponly: bool,
     samesite: str,
+    path: str = "/",
 ) -> str:
     """One ``Set-Cookie`` header value.
 
@@ -66,7 +67,7 @@ def set_cookie_header(
     """
     if not _SAFE.issuperset(value):
         raise ValueError(f"cookie value for {name} has characters that need quoting")
-    parts = [f"{name}={value}; Max-Age={max_age}; Path=/"]
+    parts = [f"{name}={value}; Max-Age={max_age}; Path={path}"]
     if domain:
         parts.append(f"; Domain={domain}")
     if max_age == 0:
@@ -80,9 +81,22 @@ def set_cookie_header(
 
 
 def delete_cookie_header(
-    name: str, *, domain: str | None, secure: bool, httponly: bool, samesite: str
+    name: str,
+    *,
+    domain: str | None,
+    secure: bool,
+    httponly: bool,
+    samesite: str,
+    path: str = "/",
 ) -> str:
     """A ``Set-Cookie`` that deletes ``name`` (same ``Domain`` and ``Path`` as when set)."""
     return set_cookie_header(
-        name, "", max_age=0, domain=domain, secure=secure, httponly=httponly, samesite=samesite
+        name,
+        "",
+        max_age=0,
+        domain=domain,
+        secure=secure,
+        httponly=httponly,
+        samesite=samesite,
+        path=path,
     )

@@ -173,40 +173,11 @@ class Core:
         consent = visitor._consent
         keep_id = consent.analytics and visitor.id is not None and not visitor._erased
         prefs = visitor._prefs
-        if consent.preferences and not visitor._erased:
-            prefs_work = prefs is not None and prefs.changed and (len(prefs) or visitor._prefs_sent)
-        else:
-            prefs_work = visitor._prefs_sent
-        if not (
-            (visitor._id_dirty if keep_id else visitor._id_sent)
-            or (visitor._consent_dirty and visitor._record is not None)
-            or prefs_work
-        ):
-            return []  # the usual returning visitor: no cookie to write
         req = visitor._req
-        s = self.settings
-        secure = s.cookie_secure if s.cookie_secure is not None else self.is_https(req)
-        domain = self.cookie_domain(req)
         out: list[str] = []
 
         def cookie(name: str, value: str | None, httponly: bool = True) -> None:
-            """Set ``name`` to ``value``, or delete it (``None``) with the same attributes."""
-            samesite = s.cookie_samesite
-            if value is None:
-                header = delete_cookie_header(
-                    name, domain=domain, secure=secure, httponly=httponly, samesite=samesite
-                )
-            else:
-                header = set_cookie_header(
-                    name,
-                    value,
-                    max_age=s.cookie_max_age,
-                    domain=domain,
-                    secure=secure,
-                    httponly=httponly,
-                    samesite=samesite,
-                )
-            out.append(header)
+            out.append(self.cookie_header(req, name, value, httponly))
 
         if keep_id:
             if visitor._id_dirty:
@@ -243,14 +214,28 @@ class Core:
 
         ``req`` needs its headers only if ``cookie_needs_headers``.
         """
+        return self.cookie_header(req, ID_COOKIE, self.id_signer.dumps([visitor_id]))
+
+    def cookie_header(
+        self, req: Request, name: str, value: str | None, httponly: bool = True
+    ) -> str:
+        """``Set-Cookie`` for ``name`` (deleting it when ``value`` is ``None``), with the
+        attributes the settings and the request call for: ``Domain`` when the host lies
+        inside ``cookie_domain``, ``Secure`` on https, the same whether set or deleted."""
         s = self.settings
+        secure = s.cookie_secure if s.cookie_secure is not None else self.is_https(req)
+        domain = self.cookie_domain(req)
+        if value is None:
+            return delete_cookie_header(
+                name, domain=domain, secure=secure, httponly=httponly, samesite=s.cookie_samesite
+            )
         return set_cookie_header(
-            ID_COOKIE,
-            self.id_signer.dumps([visitor_id]),
+            name,
+            value,
             max_age=s.cookie_max_age,
-            domain=self.cookie_domain(req),
-            secure=s.cookie_secure if s.cookie_secure is not None else self.is_https(req),
-            httponly=True,
+            domain=domain,
+            secure=secure,
+            httponly=httponly,
             samesite=s.cookie_samesite,
         )
 
@@ -387,9 +372,14 @@ class Core:
         return Response(status, headers, GIF if req.method != "HEAD" else b"")
 
     def client_ip(self, req: Request) -> str | None:
-        """The client's address: ``X-Forwarded-For``'s first hop only when ``trust_proxy``."""
+        """The client's address, for rate limits (never stored).
+
+        With ``trust_proxy``, the last ``X-Forwarded-For`` entry: the address our own
+        proxy saw. Earlier entries are whatever the client sent, so a client could
+        rotate them to escape a limit (werkzeug's ``ProxyFix`` reads it the same way).
+        """
         if self.settings.trust_proxy:
-            forwarded = req.headers.get("x-forwarded-for", "").split(",", 1)[0].strip()
+            forwarded = req.headers.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
             if forwarded:
                 return forwarded
         return req.client

@@ -47,8 +47,18 @@ def test_anonymous_visitors_are_limited_by_ip_and_user_agent(client_for: Any) ->
     client: Client = client_for(pixel_rate_limit=2, trust_proxy=True)
     gpc = {"sec-gpc": "1"}
     for ip in ("198.51.100.1", "198.51.100.1", "198.51.100.1", "198.51.100.2"):
-        client.get(PIXEL, query="p=/", headers={**gpc, "x-forwarded-for": f"{ip}, 10.0.0.1"})
+        client.get(PIXEL, query="p=/", headers={**gpc, "x-forwarded-for": ip})
     assert count(client) == 3
+
+
+def test_entries_a_client_prepends_to_forwarded_for_do_not_escape_the_limit(
+    client_for: Any,
+) -> None:
+    client: Client = client_for(pixel_rate_limit=2, trust_proxy=True)
+    for spoofed in ("1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"):
+        forwarded = f"{spoofed}, 198.51.100.7"  # our proxy appended what it saw, last
+        client.get(PIXEL, query="p=/", headers={"sec-gpc": "1", "x-forwarded-for": forwarded})
+    assert count(client) == 2
 
 
 def test_forwarded_for_is_ignored_unless_trusted(client_for: Any) -> None:

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..cookies import parse_cookies
+from ..cookies import parse_cookies, set_cookie_header
 from ..signing import CookieSigner
 
 if TYPE_CHECKING:
@@ -145,19 +145,17 @@ class Guard:
         return self._cookie("", 0, secure)
 
     def _cookie(self, value: str, max_age: int, secure: bool) -> str:
-        parts = [f"{COOKIE}={value}; Max-Age={max_age}; Path={self.cookie_path}"]
-        if max_age == 0:
-            parts.append("; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
-        if secure:
-            parts.append("; Secure")
-        parts.append("; HttpOnly; SameSite=Strict")
-        return "".join(parts)
+        return set_cookie_header(
+            COOKIE,
+            value,
+            max_age=max_age,
+            domain=None,
+            secure=secure,
+            httponly=True,
+            samesite="Strict",
+            path=self.cookie_path,
+        )
 
     def client_key(self, req: Request) -> str:
         """The address login attempts are counted by (the proxy's view when trusted)."""
-        if self.core.settings.trust_proxy:
-            forwarded = req.headers.get("x-forwarded-for", "")
-            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-            if hops:
-                return hops[-1]  # the address our own proxy saw
-        return req.client or "unknown"
+        return self.core.client_ip(req) or "unknown"

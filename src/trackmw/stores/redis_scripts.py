@@ -123,7 +123,23 @@ redis.call('SET', marker, '1', 'EX', 86400)
 return #batch.p + #batch.c
 """
 
-ERASE = """
+# A visitor's event list rewritten to ``keep`` (its TTL kept), and its first day in the
+# ``first`` index updated; shared by ERASE and PURGE.
+_KEEP_ONLY = """
+local function keep_only(P, key, v, keep, first)
+  local ttl = redis.call('PTTL', key)
+  redis.call('DEL', key)
+  if #keep > 0 then
+    for i = 1, #keep, 500 do redis.call('RPUSH', key, unpack(keep, i, math.min(i + 499, #keep))) end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    redis.call('ZADD', P .. ':first', first, v)
+  else
+    redis.call('ZREM', P .. ':first', v)
+  end
+end
+"""
+
+ERASE = _KEEP_ONLY + """
 local P, mode, vid, uid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local U, null = P .. ':' .. mode, cjson.null
 local vids = {vid}
@@ -177,17 +193,7 @@ for _, v in ipairs(vids) do
     end
   end
   if #gone > 0 then
-    local ttl = redis.call('PTTL', key)
-    redis.call('DEL', key)
-    if #keepraw > 0 then
-      for i = 1, #keepraw, 500 do
-        redis.call('RPUSH', key, unpack(keepraw, i, math.min(i + 499, #keepraw)))
-      end
-      if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-      redis.call('ZADD', P .. ':first', first, v)
-    else
-      redis.call('ZREM', P .. ':first', v)
-    end
+    keep_only(P, key, v, keepraw, first)
   end
 end
 -- A user stays counted on a day while one of its visitors still has a page view then.
@@ -211,7 +217,7 @@ if uid ~= '' then redis.call('DEL', P .. ':usr:' .. uid) end
 return removed
 """
 
-PURGE = """
+PURGE = _KEEP_ONLY + """
 local P, cut, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local removed, more = 0, 0
 local days = redis.call('ZRANGEBYSCORE', P .. ':days', '-inf', '(' .. cut, 'LIMIT', 0, limit)
@@ -244,15 +250,7 @@ for _, v in ipairs(vids) do
     local n = tonumber((string.gsub(day, '-', '')))
     if n >= cut then keep[#keep + 1] = raw; if not first or n < first then first = n end end
   end
-  local ttl = redis.call('PTTL', key)
-  redis.call('DEL', key)
-  if #keep > 0 then
-    for i = 1, #keep, 500 do redis.call('RPUSH', key, unpack(keep, i, math.min(i + 499, #keep))) end
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-    redis.call('ZADD', P .. ':first', first, v)
-  else
-    redis.call('ZREM', P .. ':first', v)
-  end
+  keep_only(P, key, v, keep, first)
 end
 if #vids == limit then more = 1 end
 return {removed, more}
