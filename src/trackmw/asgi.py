@@ -12,7 +12,7 @@ Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
 from __future__ import annotations
 
 import logging
-import time
+from time import time as _time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -80,6 +80,10 @@ def _request(scope: Scope, headers: dict[str, str]) -> Request:
     )
 
 
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
@@ -120,14 +124,20 @@ class LazyVisitor:
     A returning visitor's page usually never asks for its ``Visitor``, and then needs
     no cookie either, so building it (and a full request description) would be wasted.
     ``trackmw.get_visitor`` calls it; calling it again returns the same ``Visitor``.
+
+    It also wraps the app's ``send`` (``send_quiet``, ``send_fresh``, ``send_full``):
+    when the response starts, it adds the cookies the core asks for. The wrappers are
+    plain functions returning the server's awaitable, so a message the middleware
+    leaves alone costs one call, not an extra coroutine.
     """
 
-    __slots__ = ("_core", "_scope", "_state", "visitor", "issued_id")
+    __slots__ = ("_core", "_scope", "_state", "_send", "visitor", "issued_id")
 
-    def __init__(self, core: Core, scope: Scope, state: CookieState) -> None:
+    def __init__(self, core: Core, scope: Scope, state: CookieState, send: Send) -> None:
         self._core = core
         self._scope: Scope | None = scope  # dropped when the request ends: see release()
         self._state = state
+        self._send = send
         self.visitor: Visitor | None = None
         self.issued_id: str | None = None  # a new id already sent in a cookie
 
@@ -150,30 +160,57 @@ class LazyVisitor:
         request, so no garbage-collector pass is needed to free it."""
         self._scope = None
 
+    # -- send wrappers: the middleware passes the one its cookie state calls for ----------
 
-def _state(core: Core, raw_headers: Any) -> CookieState:
-    """The cookie state of a request, from its ``Cookie``, ``DNT`` and ``Sec-GPC`` headers."""
-    cookie, dnt, gpc = _scan(raw_headers)
-    if dnt is None and gpc is None:
-        return core.state(cookie, False, False, time.time())
-    return core.state(cookie, *core.signal_flags(dnt, gpc), time.time())
+    def send_quiet(self, message: Message) -> Awaitable[None]:
+        """For a visitor who needs no cookie unless the app changes something."""
+        if self.visitor is None or message["type"] != "http.response.start":
+            return self._send(message)
+        return self._send(self._with_cookies(message))
+
+    def send_fresh(self, message: Message) -> Awaitable[None]:
+        """For a new visitor: the id cookie, unless the app asked for its visitor."""
+        if message["type"] != "http.response.start":
+            return self._send(message)
+        if self.visitor is not None:
+            return self._send(self._with_cookies(message))
+        try:
+            core = self._core
+            scope = self._scope
+            if scope is not None:  # None only if the app sends after it returned
+                if core.cookie_needs_headers:
+                    req = request_from_scope(scope, _CORE_HEADERS)
+                    self.issued_id = core.new_id()
+                    cookie = core.id_cookie(req, self.issued_id)
+                else:
+                    self.issued_id, cookie = core.new_id_cookie(scope.get("scheme", "http"))
+                message = _add_headers(message, [cookie])
+        except Exception:
+            log.exception("trackmw: could not add cookies; response sent unchanged")
+        return self._send(message)
+
+    def send_full(self, message: Message) -> Awaitable[None]:
+        """For any other visitor: the core decides (and may count the page)."""
+        if message["type"] != "http.response.start":
+            return self._send(message)
+        return self._send(self._with_cookies(message))
+
+    def _with_cookies(self, message: Message) -> Message:
+        try:
+            raw = message.get("headers", [])
+            cookies = self._core.response_cookies(self(), message["status"], _Decoded(raw))
+            if cookies:
+                return _add_headers(message, cookies)
+        except Exception:
+            log.exception("trackmw: could not add cookies; response sent unchanged")
+        return message
 
 
-def _scan(raw_headers: Any) -> tuple[str | None, str | None, str | None]:
-    """``Cookie`` (repeats joined), ``DNT`` and ``Sec-GPC`` (first of each), in one pass."""
-    cookie = dnt = gpc = None
-    for name, value in raw_headers:
-        if name not in _SCANNED:  # one set lookup for each of the other headers
-            continue
-        if name == b"cookie":
-            text = value.decode("latin-1")
-            cookie = text if cookie is None else cookie + "; " + text
-        elif name == b"dnt":
-            if dnt is None:
-                dnt = value.decode("latin-1")
-        elif gpc is None:
-            gpc = value.decode("latin-1")
-    return cookie, dnt, gpc
+def _add_headers(message: Message, cookies: list[str]) -> Message:
+    """A copy of an ``http.response.start`` message with ``cookies`` set, made private."""
+    message = dict(message)
+    message["headers"] = _with_cookies(message.get("headers", []), cookies)
+    return message
 
 
 _SCANNED = frozenset((b"cookie", b"dnt", b"sec-gpc"))
@@ -190,6 +227,7 @@ class TrackingMiddleware:
         # path is a tracked page, decided by one C-level ``startswith``.
         self._special = (core.prefix, *core.settings.exclude_paths)
         self._quiet_ok = not core.settings.count_server_side
+        self._state = core.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,9 +236,9 @@ class TrackingMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        core = self.core
         path: str = scope["path"]
         if path.startswith(self._special):
+            core = self.core
             if core.owns(path):
                 await self._endpoint(scope, receive, send)
                 return
@@ -208,42 +246,40 @@ class TrackingMiddleware:
                 await self.app(scope, receive, send)
                 return
         try:
-            state = _state(core, scope["headers"])
+            # Cookie (repeats joined), DNT and Sec-GPC (first of each), in one pass:
+            # one set lookup for each of the other headers.
+            cookie = dnt = gpc = None
+            for name, value in scope["headers"]:
+                if name in _SCANNED:
+                    if name == b"cookie":
+                        cookie = value if cookie is None else cookie + b"; " + value
+                    elif name == b"dnt":
+                        dnt = value if dnt is None else dnt
+                    elif gpc is None:
+                        gpc = value
+            if dnt is None and gpc is None:
+                state = self._state(cookie, False, False, _time())
+            else:
+                flags = self.core.signal_flags(_text(dnt), _text(gpc))
+                state = self._state(cookie, *flags, _time())
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
             await self.app(scope, receive, send)
             return
-        lazy = LazyVisitor(core, scope, state)
+        lazy = LazyVisitor(self.core, scope, state, send)
         scope["trackmw"] = lazy
         # A returning visitor the app leaves alone gets no cookie: nothing to do at all;
         # a new one gets its id cookie, without building its Visitor.
-        quiet = state.quiet and self._quiet_ok
-        fresh = state.fresh and self._quiet_ok
-
-        async def send_with_cookies(message: Message) -> None:
-            if message["type"] == "http.response.start" and not (quiet and lazy.visitor is None):
-                try:
-                    raw = message.get("headers", [])
-                    if fresh and lazy.visitor is None:
-                        if core.cookie_needs_headers:
-                            req = request_from_scope(scope, _CORE_HEADERS)
-                        else:
-                            req = Request(scope["method"], path, scheme=scope.get("scheme", "http"))
-                        lazy.issued_id = core.new_id()
-                        cookies = [core.id_cookie(req, lazy.issued_id)]
-                    else:
-                        cookies = core.response_cookies(lazy(), message["status"], _Decoded(raw))
-                    if cookies:
-                        message = dict(message)
-                        message["headers"] = _with_cookies(raw, cookies)
-                except Exception:
-                    log.exception("trackmw: could not add cookies; response sent unchanged")
-            await send(message)
-
+        if self._quiet_ok and state.quiet:
+            wrapped = lazy.send_quiet
+        elif self._quiet_ok and state.fresh:
+            wrapped = lazy.send_fresh
+        else:
+            wrapped = lazy.send_full
         try:
-            await self.app(scope, receive, send_with_cookies)
+            await self.app(scope, receive, wrapped)
         finally:
-            lazy.release()
+            lazy._scope = None  # release(), inlined: this runs on every request
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:

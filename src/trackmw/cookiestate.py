@@ -110,21 +110,25 @@ class CookieReader:
         self.prefs_signer = CookieSigner(keys, "trackmw.prefs", max_age)
         self._states: dict[Any, CookieState] = {}
 
-    def state(self, cookie: str | None, dnt: bool, gpc: bool, now: float) -> CookieState:
+    def state(self, cookie: str | bytes | None, dnt: bool, gpc: bool, now: float) -> CookieState:
         """What a ``Cookie`` header and the honoured signals say (cached by their text).
 
-        The same header always says the same thing, except that its signed values age:
-        a cached state keeps the time window in which all of them are fresh, and one
-        where a value was rejected for its age is never cached. So a returning visitor
-        costs one dict lookup and two comparisons here.
+        ``cookie`` may be the raw header (bytes, as ASGI servers give it): it is decoded
+        only when its state is not cached. The same header always says the same thing,
+        except that its signed values age: a cached state keeps the time window in
+        which all of them are fresh, and one where a value was rejected for its age is
+        never cached. So a returning visitor costs one dict lookup and two comparisons.
         """
-        if not cookie or "trackmw_" not in cookie:
-            cookie = ""  # every visitor without our cookies is in the same state
         key: Any = (cookie, dnt, gpc) if dnt or gpc else cookie
         state = self._states.get(key)
         if state is not None and state.not_before <= now <= state.not_after:
             return state
-        state = self._read_state(cookie, dnt, gpc, now)
+        text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie
+        if not text or "trackmw_" not in text:
+            if cookie != "":  # every visitor without our cookies is in one state: cached once
+                return self.state("", dnt, gpc, now)
+            text = ""
+        state = self._read_state(text, dnt, gpc, now)
         if state.not_before <= now <= state.not_after:
             states = self._states
             if len(states) >= _STATE_CACHE:

@@ -66,6 +66,11 @@ class Core:
         self.pixel_path = settings.prefix + "/pixel.gif"
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = settings.exclude_paths
+        # Do the cookies' ``Secure`` or ``Domain`` depend on request headers? Without a
+        # ``cookie_domain`` and behind no trusted proxy, only the scheme counts.
+        self.cookie_needs_headers = settings.cookie_domain is not None or (
+            settings.cookie_secure is None and settings.trust_proxy
+        )
         from .endpoints import Endpoints  # endpoints use Core; import late
 
         self.endpoints = Endpoints(self)
@@ -199,15 +204,6 @@ class Core:
             cookie(PREFS_COOKIE, None)
         return out
 
-    @property
-    def cookie_needs_headers(self) -> bool:
-        """Do the cookies' ``Secure`` or ``Domain`` depend on request headers?
-
-        Without a ``cookie_domain`` and behind no trusted proxy, only the scheme counts.
-        """
-        s = self.settings
-        return s.cookie_domain is not None or (s.cookie_secure is None and s.trust_proxy)
-
     def id_cookie(self, req: Request, visitor_id: str) -> str:
         """The ``Set-Cookie`` issuing ``visitor_id``: what ``cookie_headers`` gives for a
         ``fresh`` state's visitor left untouched, without building that ``Visitor``.
@@ -215,6 +211,23 @@ class Core:
         ``req`` needs its headers only if ``cookie_needs_headers``.
         """
         return self.cookie_header(req, ID_COOKIE, self.id_signer.dumps([visitor_id]))
+
+    def new_id_cookie(self, scheme: str) -> tuple[str, str]:
+        """A new visitor id and the ``Set-Cookie`` issuing it, for a request with no
+        other bearing on the cookie than its scheme (``cookie_needs_headers`` false)."""
+        visitor_id = self.new_id()
+        s = self.settings
+        secure = s.cookie_secure if s.cookie_secure is not None else scheme == "https"
+        value = self.id_signer.dumps([visitor_id])
+        return visitor_id, set_cookie_header(
+            ID_COOKIE,
+            value,
+            max_age=s.cookie_max_age,
+            domain=None,
+            secure=secure,
+            httponly=True,
+            samesite=s.cookie_samesite,
+        )
 
     def cookie_header(
         self, req: Request, name: str, value: str | None, httponly: bool = True

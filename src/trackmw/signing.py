@@ -14,14 +14,16 @@ verified once per process, and only its age is checked again.
 Signing runs on every new visitor's request. itsdangerous is used through its own
 extension points, with its avoidable costs taken out (the token format is unchanged):
 the signer is built once per salt instead of on every call, each key is derived once
-instead of on every sign and verify (a SHA-1 each time), the HMAC algorithm computes
-with OpenSSL's one-shot ``hmac.digest``, and short payloads skip the zlib attempt.
-Together they make a signature about 2.5 times cheaper than plain itsdangerous.
+instead of on every sign and verify (a SHA-1 each time), each key's HMAC is set up
+once and copied per signature, the JSON encoder is built once, and short payloads skip
+the zlib attempt. Together they make a signature about 3 times cheaper than plain
+itsdangerous.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from typing import Any
 
@@ -40,15 +42,48 @@ _COMPRESS_FROM = 48
 MAX_SKEW = 60
 
 
-class _OneShotHMAC(HMACAlgorithm):
-    """itsdangerous' HMAC algorithm, computed by ``hmac.digest`` (OpenSSL's one-shot).
+class _KeyedHMAC(HMACAlgorithm):
+    """itsdangerous' HMAC algorithm, with each key's HMAC set up once.
 
-    The same bytes as ``hmac.new(...).digest()``, without a Python ``HMAC`` object per
-    call.
+    ``hmac.new(key, ...)`` hashes the padded key into the inner and outer states on
+    every call; here that is done once per key and each signature starts from a
+    ``copy()`` of the keyed object. The same bytes as ``hmac.new(key, value).digest()``.
     """
 
+    def __init__(self, digest_method: Any = None) -> None:
+        super().__init__(digest_method)
+        self._keyed: dict[bytes, Any] = {}
+
     def get_signature(self, key: bytes, value: bytes) -> bytes:
-        return hmac.digest(key, value, self.digest_method)
+        keyed = self._keyed.get(key)
+        if keyed is None:
+            keyed = self._keyed[key] = hmac.new(key, digestmod=self.digest_method)
+        mac = keyed.copy()
+        mac.update(value)
+        digest: bytes = mac.digest()
+        return digest
+
+
+class _CompactJSON:
+    """itsdangerous' compact JSON serializer, with its encoder built once.
+
+    ``json.dumps`` with arguments builds a ``JSONEncoder`` on every call; this one is
+    built with the same arguments (``ensure_ascii=False``, no spaces), so the output is
+    the same bytes.
+    """
+
+    _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    @staticmethod
+    def loads(payload: str | bytes) -> Any:
+        return json.loads(payload)
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        if kwargs:
+            return json.dumps(obj, **{"ensure_ascii": False, "separators": (",", ":"), **kwargs})
+        text: str = _CompactJSON._encode(obj)
+        return text
 
 
 class _Signer(TimestampSigner):
@@ -58,7 +93,7 @@ class _Signer(TimestampSigner):
         super().__init__(*args, **kwargs)
         self._derived: dict[Any, bytes] = {}
         if type(self.algorithm) is HMACAlgorithm:
-            self.algorithm = _OneShotHMAC(self.digest_method)
+            self.algorithm = _KeyedHMAC(self.digest_method)
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         key = self._derived.get(secret_key)
@@ -71,6 +106,7 @@ class _Serializer(URLSafeTimedSerializer):
     """itsdangerous' URL-safe timed serializer, with its signer built once per salt."""
 
     default_signer = _Signer
+    default_serializer = _CompactJSON
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
