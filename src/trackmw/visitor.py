@@ -226,8 +226,14 @@ class Visitor:
         )
         if self._consent.analytics:
             if self.id is None:
-                self.id = self._core.new_id()
-                self.is_new = True
+                # A visitor whose signals (GPC, DNT) had withheld analytics, accepting
+                # now, keeps the id its browser still holds; only a visitor without
+                # one (or just erased) gets a new one.
+                if self._sent_id is not None and not self._erased:
+                    self.id = self._sent_id
+                else:
+                    self.id = self._core.new_id()
+                    self.is_new = True
                 self._id_dirty = True
         else:
             self.id = None

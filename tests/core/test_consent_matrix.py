@@ -140,6 +140,15 @@ def test_an_accept_given_before_the_signal_does_not_override_it(client: Client) 
     assert result.cookies["trackmw_id"]["max-age"] == "0"
 
 
+def test_accepting_again_under_a_signal_keeps_the_id_the_browser_holds(client: Client) -> None:
+    # A visitor who accepted, then turned GPC on, accepts again on the next request
+    # (before any page deleted the id cookie): the id it holds is kept, not replaced.
+    _, first = client.page("/?do=accept")
+    _, seen = client.page("/?do=accept", headers={"sec-gpc": "1"})
+    assert seen["analytics"] is True
+    assert (seen["id"], seen["new"]) == (first["id"], False)
+
+
 @pytest.mark.parametrize("value", ["0", "yes", "true", " 2", "", "1, 1"])
 def test_only_exactly_1_is_a_signal(client: Client, value: str) -> None:
     _, seen = client.page("/", headers={"dnt": value, "sec-gpc": value})
