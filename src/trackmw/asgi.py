@@ -12,8 +12,8 @@ Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
 from __future__ import annotations
 
 import logging
-from time import time as _time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from time import time as _time
 from typing import Any
 
 import anyio.to_thread
@@ -22,7 +22,7 @@ from .cookiestate import CookieState
 from .core import Core
 from .endpoints import MAX_BODY, text_response
 from .messages import PAGE_HEADERS, PRIVATE_ADDED, Request, Response, private_headers
-from .pixel import PIXEL_HEADERS
+from .pixel import GIF, PIXEL_HEADERS
 from .tracker import Tracker
 from .visitor import Visitor
 
@@ -214,6 +214,10 @@ def _add_headers(message: Message, cookies: list[str]) -> Message:
 
 
 _SCANNED = frozenset((b"cookie", b"dnt", b"sec-gpc"))
+#: What the beacon's common case reads, and what rules it out (signals, prefetches).
+_BEACON_HEADERS = frozenset(
+    (b"cookie", b"user-agent", b"host", b"dnt", b"sec-gpc", b"sec-purpose", b"purpose", b"x-moz")
+)
 
 
 class TrackingMiddleware:
@@ -228,6 +232,8 @@ class TrackingMiddleware:
         self._special = (core.prefix, *core.settings.exclude_paths)
         self._quiet_ok = not core.settings.count_server_side
         self._state = core.state
+        self._states = core.reader.states
+        self._pixel_path = core.pixel_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,6 +244,17 @@ class TrackingMiddleware:
             return
         path: str = scope["path"]
         if path.startswith(self._special):
+            if path == self._pixel_path:
+                status = self._quick_pixel(scope)
+                if status is None:
+                    await self._pixel(scope, send)
+                else:
+                    # Fresh messages: middleware around this one may edit headers in place.
+                    start = {"type": "http.response.start", "status": status}
+                    start["headers"] = [*_PIXEL_RAW]
+                    await send(start)
+                    await send({"type": "http.response.body", "body": GIF})
+                return
             core = self.core
             if core.owns(path):
                 await self._endpoint(scope, receive, send)
@@ -257,11 +274,14 @@ class TrackingMiddleware:
                         dnt = value if dnt is None else dnt
                     elif gpc is None:
                         gpc = value
+            now = _time()
             if dnt is None and gpc is None:
-                state = self._state(cookie, False, False, _time())
+                state = self._states.get(cookie)  # Core.state, its cache hit inlined
+                if state is None or not state.not_before <= now <= state.not_after:
+                    state = self._state(cookie, False, False, now)
             else:
                 flags = self.core.signal_flags(_text(dnt), _text(gpc))
-                state = self._state(cookie, *flags, _time())
+                state = self._state(cookie, *flags, now)
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
             await self.app(scope, receive, send)
@@ -281,6 +301,34 @@ class TrackingMiddleware:
         finally:
             lazy._scope = None  # release(), inlined: this runs on every request
 
+    def _quick_pixel(self, scope: Scope) -> int | None:
+        """The beacon's common case (``Core.quick_beacon``), from three headers read in
+        one pass: the status to answer with, or ``None`` to take the general path."""
+        if scope["method"] != "GET":
+            return None
+        cookie = agent = host = None
+        for name, value in scope["headers"]:
+            if name in _BEACON_HEADERS:
+                if name == b"cookie":
+                    cookie = value if cookie is None else cookie + b"; " + value
+                elif name == b"user-agent":
+                    agent = value if agent is None else agent
+                elif name == b"host":
+                    host = value if host is None else host
+                else:  # DNT, Sec-GPC or a prefetch: not the common case
+                    return None
+        if agent is None or host is None:
+            return None
+        try:
+            return self.core.quick_beacon(cookie, agent, host, scope["query_string"], _time())
+        except Exception:  # never break the pixel: the general path decides
+            log.exception("trackmw: the pixel's quick path failed")
+            return None
+
+    async def _pixel(self, scope: Scope, send: Send) -> None:
+        """The beacon, from the whole request (``Core.pixel``)."""
+        await send_response(send, self.core.pixel(request_from_scope(scope, _CORE_HEADERS)))
+
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
@@ -290,22 +338,19 @@ class TrackingMiddleware:
         return lifespan_send
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        core = self.core
-        if scope["path"] == core.pixel_path:
-            response = core.pixel(request_from_scope(scope, _CORE_HEADERS))  # no I/O
+        """trackmw's endpoints other than the pixel (which ``_pixel`` answers)."""
+        req = request_from_scope(scope)
+        body: bytes | None = b""
+        if req.method in ("POST", "PUT", "DELETE", "PATCH"):
+            body = await _read_body(receive)
+        if body is None:
+            response = text_response(413, "request body too large")
         else:
-            req = request_from_scope(scope)
-            body: bytes | None = b""
-            if req.method in ("POST", "PUT", "DELETE", "PATCH"):
-                body = await _read_body(receive)
-            if body is None:
-                response = text_response(413, "request body too large")
-            else:
-                from starlette.requests import Request as StarletteRequest
+            from starlette.requests import Request as StarletteRequest
 
-                req.native = StarletteRequest(scope, receive)
-                # Endpoints may read the store: keep that off the event loop.
-                response = await anyio.to_thread.run_sync(core.handle, req, body)
+            req.native = StarletteRequest(scope, receive)
+            # Endpoints may read the store: keep that off the event loop.
+            response = await anyio.to_thread.run_sync(self.core.handle, req, body)
         await send_response(send, response)
 
 

@@ -108,7 +108,8 @@ class CookieReader:
         self.id_signer = CookieSigner(keys, "trackmw.visitor", max_age)
         self.consent_signer = CookieSigner(keys, "trackmw.consent", max_age)
         self.prefs_signer = CookieSigner(keys, "trackmw.prefs", max_age)
-        self._states: dict[Any, CookieState] = {}
+        #: Cached states by ``Cookie`` header (a tuple with the signals when one is on).
+        self.states: dict[Any, CookieState] = {}
 
     def state(self, cookie: str | bytes | None, dnt: bool, gpc: bool, now: float) -> CookieState:
         """What a ``Cookie`` header and the honoured signals say (cached by their text).
@@ -120,7 +121,7 @@ class CookieReader:
         never cached. So a returning visitor costs one dict lookup and two comparisons.
         """
         key: Any = (cookie, dnt, gpc) if dnt or gpc else cookie
-        state = self._states.get(key)
+        state = self.states.get(key)
         if state is not None and state.not_before <= now <= state.not_after:
             return state
         text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie
@@ -130,7 +131,7 @@ class CookieReader:
             text = ""
         state = self._read_state(text, dnt, gpc, now)
         if state.not_before <= now <= state.not_after:
-            states = self._states
+            states = self.states
             if len(states) >= _STATE_CACHE:
                 states.clear()
             states[key] = state

@@ -37,7 +37,13 @@ from .cookiestate import CONSENT_COOKIE, ID_COOKIE, PREFS_COOKIE, CookieReader, 
 from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
 from .messages import Request, Response, private_headers
 from .normalize import local_day
-from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query
+from .pixel import (
+    GIF,
+    MAX_CACHED_QUERY,
+    PIXEL_HEADERS,
+    page_from_referer,
+    parse_pixel_query,
+)
 from .ratelimit import RateLimiter
 from .visitor import Visitor
 
@@ -58,6 +64,7 @@ class Core:
         self.pipeline = pipeline
         self.reader = CookieReader(settings)
         self.state = self.reader.state  # what a Cookie header says (cached per header)
+        self._states = self.reader.states
         self.id_signer = self.reader.id_signer
         self.consent_signer = self.reader.consent_signer
         self.prefs_signer = self.reader.prefs_signer
@@ -66,6 +73,10 @@ class Core:
         self.pixel_path = settings.prefix + "/pixel.gif"
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = settings.exclude_paths
+        self._check_hosts = settings.allowed_hosts is not None
+        self._beacons: dict[str | bytes, tuple[str, str | None, str | None]] = {}
+        self._agents: dict[str | bytes, str] = {}
+        self._hosts: dict[str | bytes, str] = {}
         # Do the cookies' ``Secure`` or ``Domain`` depend on request headers? Without a
         # ``cookie_domain`` and behind no trusted proxy, only the scheme counts.
         self.cookie_needs_headers = settings.cookie_domain is not None or (
@@ -284,27 +295,38 @@ class Core:
         self, visitor: Visitor, page: str, referrer: str | None, campaign: str | None
     ) -> bool:
         """Queue one page view, as consent allows. True if something was queued."""
+        req = visitor._req
+        headers = req.headers
         return self._queue_hit(
-            visitor._req, visitor._consent, visitor.id, visitor.user_id, page, referrer, campaign
+            req.now or time.time(),
+            visitor._consent,
+            visitor.id,
+            visitor.user_id,
+            page,
+            referrer,
+            campaign,
+            headers.get("user-agent", ""),
+            headers.get("host", ""),
         )
 
     def _queue_hit(
         self,
-        req: Request,
+        now: float,
         consent: Consent,
         visitor_id: str | None,
         user_id: str | None,
         page: str,
         referrer: str | None,
         campaign: str | None,
+        user_agent: str,
+        host: str,
     ) -> bool:
         if not consent.analytics and self.settings.count_rejected == "none":
             return False
         identified = consent.analytics and visitor_id is not None
-        headers = req.headers
         self.pipeline.add(
             Hit(
-                req.now or time.time(),
+                now,
                 visitor_id if identified else None,
                 user_id if identified else None,
                 page[:MAX_LEN],
@@ -312,8 +334,8 @@ class Core:
                 campaign[:MAX_CAMPAIGN] if campaign else None,
                 # Buffered hits share one copy of each User-Agent and host (a few
                 # hundred bytes per hit otherwise: see "bytes per buffered event").
-                _intern(headers.get("user-agent", "")[:MAX_UA]),
-                _intern(headers.get("host", "").lower()[:253]),
+                _intern(user_agent[:MAX_UA]),
+                _intern(host.lower()[:253]),
             )
         )
         return True
@@ -366,13 +388,15 @@ class Core:
                     params = parse_pixel_query(req.query)
                     page = params.get("p") or page_from_referer(h.get("referer"))
                     self._queue_hit(
-                        req,
+                        req.now or time.time(),
                         state.consent,
                         visitor_id,
                         user_id,
                         page or UNKNOWN_PAGE,
                         params.get("r"),
                         params.get("c"),
+                        h.get("user-agent", ""),
+                        h.get("host", ""),
                     )
                 elif self.settings.pixel_rate_limit_status == 429:
                     status = 429
@@ -383,6 +407,82 @@ class Core:
         except Exception:
             log.exception("trackmw: the pixel failed to record a hit; serving the GIF")
         return Response(status, headers, GIF if req.method != "HEAD" else b"")
+
+    def quick_beacon(
+        self,
+        cookie: str | bytes | None,
+        user_agent: str | bytes,
+        host: str | bytes,
+        query: str | bytes,
+        now: float,
+    ) -> int | None:
+        """The pixel's common case, from the few headers it reads; ``None`` if not it.
+
+        The common case: a GET from a returning visitor who consented to analytics and
+        needs no cookie, sending no DNT, Sec-GPC or prefetch header, with a User-Agent,
+        a beacon URL naming its page, and no ``allowed_hosts`` to check. Then the hit is
+        counted as ``pixel`` would count it, and the status returned (200, or 429 when
+        over the rate limit and so configured). Otherwise nothing is done and ``None``
+        says to call ``pixel`` with the whole request.
+
+        The values may be raw header bytes (ASGI) or text (WSGI). What they say is
+        cached by their exact value, so the usual beacon costs a few dict lookups.
+        """
+        if self._check_hosts:
+            return None
+        state = self._states.get(cookie)  # CookieReader.state, its cache hit inlined
+        if state is None or not state.not_before <= now <= state.not_after:
+            state = self.state(cookie, False, False, now)
+        visitor_id = state.sent_id
+        if not state.quiet or visitor_id is None or not state.consent.analytics:
+            return None
+        beacon = self._beacons.get(query)
+        if beacon is None:
+            beacon = self._beacon_miss(query)
+            if beacon is None:
+                return None
+        agent = self._agents.get(user_agent)
+        if agent is None:
+            agent = self._text_miss(self._agents, user_agent, MAX_UA, False)
+            if not agent.strip():  # not counted (blank values are never cached)
+                return None
+        site = self._hosts.get(host)
+        if site is None:
+            site = self._text_miss(self._hosts, host, 253, True)
+        if not self.rate_limiter.allow(visitor_id, now):
+            return self.settings.pixel_rate_limit_status
+        page, referrer, campaign = beacon
+        self.pipeline.add(
+            _new_tuple(Hit, (now, visitor_id, state.user_id, page, referrer, campaign, agent, site))
+        )
+        return 200
+
+    def _beacon_miss(self, query: str | bytes) -> tuple[str, str | None, str | None] | None:
+        """``(page, referrer, campaign)`` of a beacon URL's query, cached; ``None`` when it
+        names no page (the pixel then takes the page from ``Referer``)."""
+        text = query.decode("latin-1") if isinstance(query, bytes) else query
+        params = parse_pixel_query(text)  # values decoded and capped
+        page = params.get("p")
+        if page is None:
+            return None
+        beacon = (page, params.get("r"), params.get("c"))
+        if len(text) <= MAX_CACHED_QUERY:
+            if len(self._beacons) >= _TEXTS:
+                self._beacons.clear()
+            self._beacons[query] = beacon
+        return beacon
+
+    @staticmethod
+    def _text_miss(cache: dict[str | bytes, str], raw: str | bytes, cap: int, lower: bool) -> str:
+        """A User-Agent or host as a hit keeps it: capped, a host lower-cased, and one
+        shared copy per distinct value (cached by the raw value, bounded)."""
+        text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        text = _intern(text.lower()[:cap] if lower else text[:cap])
+        if len(raw) <= cap and text.strip():
+            if len(cache) >= _TEXTS:
+                cache.clear()
+            cache[raw] = text
+        return text
 
     def client_ip(self, req: Request) -> str | None:
         """The client's address, for rate limits (never stored).
@@ -443,6 +543,9 @@ class Core:
 
 
 _interned: dict[str, str] = {}
+#: Entries in each of the pixel's caches (dropped all at once when full).
+_TEXTS = 4096
+_new_tuple = tuple.__new__
 
 
 def _intern(text: str) -> str:

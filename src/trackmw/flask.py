@@ -40,6 +40,16 @@ def _current_visitor() -> Visitor:
 current_visitor: Visitor = LocalProxy(_current_visitor)  # type: ignore[assignment]
 
 
+def _visitor_or_none() -> Visitor | None:
+    try:
+        return get_visitor(request.environ)
+    except LookupError:
+        return None
+
+
+_template_visitor = LocalProxy(_visitor_or_none)
+
+
 class Tracking:
     """The Flask extension. Registers the tracker in ``app.extensions["trackmw"]``."""
 
@@ -62,8 +72,8 @@ class Tracking:
                 except LookupError:
                     return Markup("")
 
-            visitor = request.environ.get("trackmw.visitor")
-            return {"trackmw_visitor": visitor, "trackmw_beacon": beacon}
+            # The visitor (or None on excluded paths), built only if the template uses it.
+            return {"trackmw_visitor": _template_visitor, "trackmw_beacon": beacon}
 
         return tracker
 

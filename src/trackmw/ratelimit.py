@@ -28,16 +28,18 @@ class RateLimiter:
     def __init__(self, limit: int, max_keys: int = 100_000) -> None:
         self.limit = limit
         self.max_keys = max_keys
-        self._window = -1
+        self._since = self._until = 0.0  # the current minute: [since, until)
         self._counts: dict[str, int] = {}
 
     def allow(self, key: str, now: float | None = None) -> bool:
         """Count one hit for ``key``; ``False`` once it is over the limit this minute."""
         if self.limit <= 0:
             return True
-        window = int((time.time() if now is None else now) // 60)
-        if window != self._window:
-            self._window = window
+        if now is None:
+            now = time.time()
+        if not self._since <= now < self._until:  # a new minute (or the clock went back)
+            self._since = now // 60 * 60
+            self._until = self._since + 60
             self._counts = {}
         counts = self._counts
         n = counts.get(key, 0)

@@ -4,7 +4,8 @@
 
 Per request: trackmw's own paths are answered here without calling the app; excluded
 paths go straight to the app; every other request gets its ``Visitor`` in
-``environ["trackmw.visitor"]`` and, in ``start_response``, the cookies the core asks for.
+``environ["trackmw.visitor"]`` (built when first asked for: see ``LazyVisitor``) and,
+in ``start_response``, the cookies the core asks for.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
+from time import time as _time
 from typing import Any
 
 from werkzeug.wsgi import get_content_length
 
+from .cookiestate import CookieState
+from .core import Core
 from .endpoints import MAX_BODY, text_response
-from .messages import ENDPOINT_HEADERS, Request, Response
+from .messages import ENDPOINT_HEADERS, Request, Response, private_headers
+from .pixel import GIF, PIXEL_HEADERS
 from .tracker import Tracker
+from .visitor import Visitor
 
-__all__ = ["TrackingMiddleware"]
+__all__ = ["LazyVisitor", "TrackingMiddleware"]
 
 log = logging.getLogger("trackmw")
 
@@ -57,45 +63,131 @@ def request_from_environ(environ: dict[str, Any]) -> Request:
     )
 
 
+class LazyVisitor:
+    """What ``environ["trackmw.visitor"]`` holds: the request's ``Visitor``, built on
+    first call (``trackmw.get_visitor`` and Flask's ``current_visitor`` call it).
+
+    A returning visitor's page usually never asks for its ``Visitor`` and then needs no
+    cookie either, so nothing is built. It also wraps the app's ``start_response``
+    (``start_quiet``, ``start_fresh``, ``start_full``) to add the cookies the core asks
+    for.
+    """
+
+    __slots__ = ("_core", "_environ", "_state", "_start_response", "visitor", "issued_id")
+
+    def __init__(
+        self, core: Core, environ: dict[str, Any], state: CookieState, start: StartResponse
+    ) -> None:
+        self._core = core
+        self._environ = environ
+        self._state = state
+        self._start_response = start
+        self.visitor: Visitor | None = None
+        self.issued_id: str | None = None  # a new id already sent in a cookie
+
+    def __call__(self) -> Visitor:
+        visitor = self.visitor
+        if visitor is None:
+            try:
+                req = request_from_environ(self._environ)
+                visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
+            except Exception as exc:  # never break the host app: as if untracked
+                log.exception("trackmw: could not read the visitor")
+                raise LookupError("trackmw could not read this request's visitor") from exc
+            self.visitor = visitor
+        return visitor
+
+    def start_quiet(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        """For a visitor who needs no cookie unless the app changes something."""
+        if self.visitor is None:
+            return self._start_response(status, headers, exc_info)
+        return self.start_full(status, headers, exc_info)
+
+    def start_fresh(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        """For a new visitor: the id cookie, unless the app asked for its visitor."""
+        if self.visitor is not None:
+            return self.start_full(status, headers, exc_info)
+        try:
+            core = self._core
+            if core.cookie_needs_headers:
+                self.issued_id = core.new_id()
+                cookie = core.id_cookie(request_from_environ(self._environ), self.issued_id)
+            else:
+                scheme = self._environ.get("wsgi.url_scheme", "http")
+                self.issued_id, cookie = core.new_id_cookie(scheme)
+            headers = private_headers(headers, [cookie])
+        except Exception:
+            log.exception("trackmw: could not add cookies; response sent unchanged")
+        return self._start_response(status, headers, exc_info)
+
+    def start_full(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        """For any other visitor: the core decides (and may count the page)."""
+        try:
+            changed = self._core.finish(self(), int(status[:3]), headers)
+            if changed is not None:
+                headers = changed
+        except Exception:
+            log.exception("trackmw: could not add cookies; response sent unchanged")
+        return self._start_response(status, headers, exc_info)
+
+
+#: Request headers that rule out the pixel's quick path (signals and prefetches).
+_NOT_QUICK = ("HTTP_DNT", "HTTP_SEC_GPC", "HTTP_SEC_PURPOSE", "HTTP_PURPOSE", "HTTP_X_MOZ")
+
+
 class TrackingMiddleware:
     """Track visitors of a WSGI app (see the module docstring)."""
 
     def __init__(self, app: WSGIApp, tracker: Tracker) -> None:
         self.app = app
         self.tracker = tracker
-        self.core = tracker.core
+        core = self.core = tracker.core
+        # Paths that may be trackmw's or excluded start with one of these; any other
+        # path is a tracked page, decided by one C-level ``startswith``.
+        self._special = (core.prefix, *core.settings.exclude_paths)
+        self._quiet_ok = not core.settings.count_server_side
+        self._state = core.state
+        self._states = core.reader.states
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        core = self.core
         path = environ.get("PATH_INFO", "") or "/"
-        if core.owns(path):
-            return self._endpoint(environ, start_response)
-        if core.excluded(path):
-            return self.app(environ, start_response)
+        if path.startswith(self._special):
+            core = self.core
+            if core.owns(path):
+                return self._endpoint(environ, start_response)
+            if core.excluded(path):
+                return self.app(environ, start_response)
         try:
-            visitor = core.visitor(request_from_environ(environ))
+            cookie = environ.get("HTTP_COOKIE")
+            dnt = environ.get("HTTP_DNT")
+            gpc = environ.get("HTTP_SEC_GPC")
+            now = _time()
+            if dnt is None and gpc is None:
+                state = self._states.get(cookie)  # Core.state, its cache hit inlined
+                if state is None or not state.not_before <= now <= state.not_after:
+                    state = self._state(cookie, False, False, now)
+            else:
+                state = self._state(cookie, *self.core.signal_flags(dnt, gpc), now)
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
             return self.app(environ, start_response)
-        environ["trackmw.visitor"] = visitor
-
-        def start_with_cookies(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            try:
-                changed = core.finish(visitor, int(status[:3]), headers)
-                if changed is not None:
-                    headers = changed
-            except Exception:
-                log.exception("trackmw: could not add cookies; response sent unchanged")
-            if exc_info is not None:
-                return start_response(status, headers, exc_info)
-            return start_response(status, headers)
-
-        return self.app(environ, start_with_cookies)
+        lazy = LazyVisitor(self.core, environ, state, start_response)
+        environ["trackmw.visitor"] = lazy
+        # A returning visitor the app leaves alone gets no cookie: nothing to do at all;
+        # a new one gets its id cookie, without building its Visitor.
+        if self._quiet_ok and state.quiet:
+            return self.app(environ, lazy.start_quiet)
+        if self._quiet_ok and state.fresh:
+            return self.app(environ, lazy.start_fresh)
+        return self.app(environ, lazy.start_full)
 
     def _endpoint(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         core = self.core
+        if environ.get("PATH_INFO") == core.pixel_path:
+            status = self._quick_pixel(environ)
+            if status is not None:
+                start_response(_STATUS[status], list(PIXEL_HEADERS))
+                return [GIF]
         req = request_from_environ(environ)
         if req.path == core.pixel_path:
             response = core.pixel(req)
@@ -111,6 +203,25 @@ class TrackingMiddleware:
                 req.native = WerkzeugRequest(environ)
                 response = core.handle(req, body)
         return send_response(start_response, response)
+
+    def _quick_pixel(self, environ: dict[str, Any]) -> int | None:
+        """The beacon's common case (``Core.quick_beacon``): the status, or ``None``."""
+        if environ.get("REQUEST_METHOD") != "GET":
+            return None
+        agent = environ.get("HTTP_USER_AGENT")
+        host = environ.get("HTTP_HOST")
+        if agent is None or host is None or any(k in environ for k in _NOT_QUICK):
+            return None
+        try:
+            return self.core.quick_beacon(
+                environ.get("HTTP_COOKIE"), agent, host, environ.get("QUERY_STRING", ""), _time()
+            )
+        except Exception:  # never break the pixel: the general path decides
+            log.exception("trackmw: the pixel's quick path failed")
+            return None
+
+
+_STATUS = {200: "200 OK", 429: "429 Too Many Requests"}
 
 
 def _read_body(environ: dict[str, Any]) -> bytes | None:

@@ -8,7 +8,7 @@ from urllib.parse import unquote_plus
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from trackmw.pixel import _unquote_plus
+from trackmw.pixel import GIF, _unquote_plus
 from trackmw.signing import CookieSigner
 
 KEY = "test-secret-key-0123456789"
@@ -40,3 +40,192 @@ def test_itsdangerous_tokens_load() -> None:
 )
 def test_pixel_decoding_is_unquote_plus(text: str) -> None:
     assert _unquote_plus(text) == unquote_plus(text, errors="replace")
+
+
+def test_signed_values_are_the_bytes_itsdangerous_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("itsdangerous.timed.time.time", lambda: 1_790_000_000.25)
+    for payload in (["abc"], ["0123456789abcdefghijkl", "user-7"], {"c": 1, "v": "é"}):
+        ours = CookieSigner([KEY, "an-older-key-0123456789"], "trackmw.consent", 60).dumps(payload)
+        assert ours == URLSafeTimedSerializer(KEY, salt="trackmw.consent").dumps(payload)
+
+
+# -- the pixel's quick path (Core.quick_beacon) against the general one (Core.pixel) --------
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0"
+
+
+def _beacon(
+    kind: str, tracker: Any, query: str, headers: list[tuple[str, str]], method: str = "GET"
+) -> Any:
+    """Send one beacon to the ASGI or WSGI middleware; (status, body, set-cookies, buffered)."""
+    if kind == "wsgi":
+        return _wsgi_beacon(tracker, query, headers, method)
+    import asyncio
+
+    from trackmw.asgi import TrackingMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the pixel never reaches the app")
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "scheme": "http",
+        "path": "/_trackmw/pixel.gif",
+        "query_string": query.encode("latin-1"),
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": ("10.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    middleware = TrackingMiddleware(app, tracker)
+    asyncio.run(middleware(scope, receive, send))
+    buffered = [hit._replace(ts=0) for hit in tracker.core.pipeline._buffer]
+    tracker.core.pipeline._buffer.clear()
+    start = sent[0]
+    cookies = [v for k, v in start["headers"] if k == b"set-cookie"]
+    return start["status"], sent[1]["body"], cookies, buffered
+
+
+def _wsgi_beacon(tracker: Any, query: str, headers: list[tuple[str, str]], method: str) -> Any:
+    import io
+
+    from trackmw.wsgi import TrackingMiddleware
+
+    def app(environ: Any, start_response: Any) -> Any:
+        raise AssertionError("the pixel never reaches the app")
+
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": "/_trackmw/pixel.gif",
+        "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "REMOTE_ADDR": "10.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+    }
+    for name, value in headers:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = environ[key] + "; " + value if key in environ else value
+    seen: list[Any] = []
+    body = b"".join(
+        TrackingMiddleware(app, tracker)(environ, lambda s, h, e=None: seen.append((s, h)))
+    )
+    buffered = [hit._replace(ts=0) for hit in tracker.core.pipeline._buffer]
+    tracker.core.pipeline._buffer.clear()
+    status, response_headers = seen[0]
+    cookies = [v.encode() for k, v in response_headers if k.lower() == "set-cookie"]
+    return int(status[:3]), body, cookies, buffered
+
+
+def _returning_cookie(tracker: Any, user: str | None = None) -> str:
+    from trackmw.consent import ConsentRecord
+
+    core = tracker.core
+    visitor = core.id_signer.dumps(["v" * 22] if user is None else ["v" * 22, user])
+    record = ConsentRecord(decided=True, analytics=True, preferences=True, policy_version="1")
+    consent = core.consent_signer.dumps(record.to_payload())
+    return f"a=1; trackmw_consent={consent}; trackmw_id={visitor}"
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "user",
+        "referrer-and-campaign",
+        "upper-case-host",
+        "long-user-agent",
+        "blank-user-agent",
+        "no-page",
+        "new-visitor",
+        "dnt",
+        "prefetch",
+        "head",
+        "repeated-cookie-headers",
+        "rate-limited",
+        "rate-limited-429",
+        "allowed-hosts",
+    ],
+)
+def test_the_quick_pixel_path_counts_what_the_general_path_counts(
+    make_tracker: Any, kind: str, case: str
+) -> None:
+    settings: dict[str, Any] = {"policy_version": "1"}
+    if case.startswith("rate-limited"):
+        settings["pixel_rate_limit"] = 1
+        if case.endswith("429"):
+            settings["pixel_rate_limit_status"] = 429
+    if case == "allowed-hosts":
+        settings["allowed_hosts"] = ["site.example"]
+    outcomes = []
+    taken: list[Any] = []
+    for quick in (True, False):
+        tracker = make_tracker(flush_interval=3600, **settings)
+        if quick:
+
+            def quick_beacon(*args: Any, real: Any = tracker.core.quick_beacon) -> Any:
+                taken.append(real(*args))
+                return taken[-1]
+
+            tracker.core.quick_beacon = quick_beacon
+        else:
+            tracker.core.quick_beacon = lambda *args: None  # the general path only
+        cookie = _returning_cookie(tracker, "user-7" if case == "user" else None)
+        query = "p=%2Fdocs%3Fx%3D1"
+        headers = [("host", "site.example"), ("user-agent", UA), ("cookie", cookie)]
+        method = "GET"
+        if case == "referrer-and-campaign":
+            query += "&r=https%3A%2F%2Fnews.example%2Fa&c=mail"
+        elif case == "upper-case-host":
+            headers[0] = ("host", "Site.EXAMPLE:8000")
+        elif case == "long-user-agent":
+            headers[1] = ("user-agent", UA * 10)
+        elif case == "blank-user-agent":
+            headers[1] = ("user-agent", "  ")
+        elif case == "no-page":
+            query = ""
+            headers.append(("referer", "https://site.example/from?q=1"))
+        elif case == "new-visitor":
+            headers.pop()
+        elif case == "dnt":
+            headers.append(("dnt", "1"))
+        elif case == "prefetch":
+            headers.append(("sec-purpose", "prefetch"))
+        elif case == "head":
+            method = "HEAD"
+        elif case == "repeated-cookie-headers":
+            first, _, rest = cookie.partition("; ")
+            headers[2] = ("cookie", first)
+            headers.append(("cookie", rest))
+        outcome = []
+        for status, body, cookies, buffered in (
+            _beacon(kind, tracker, query, headers, method) for _ in range(2)
+        ):
+            assert body == (b"" if method == "HEAD" else GIF)
+            if case == "new-visitor":  # a random id each time: compare the rest
+                cookies = [c.split(b"=", 1)[0] for c in cookies]
+                buffered = [hit._replace(visitor_id="new") for hit in buffered]
+            outcome.append((status, cookies, buffered))
+        outcomes.append(outcome)
+    assert outcomes[0] == outcomes[1]
+    common = case in (
+        "plain",
+        "user",
+        "referrer-and-campaign",
+        "upper-case-host",
+        "long-user-agent",
+        "repeated-cookie-headers",
+        "rate-limited",
+        "rate-limited-429",
+    )
+    assert any(status is not None for status in taken) is common
