@@ -44,6 +44,27 @@ def test_flask_current_visitor_and_template_beacon() -> None:
     tracker.close()
 
 
+def test_flask_templates_get_the_visitor_or_none_on_excluded_paths() -> None:
+    app = Flask(__name__)
+    tracker = Tracker(secret_keys=[SECRET], store="memory://", exclude_paths=["/static"])
+    Tracking(app, tracker)
+    template = "{{ trackmw_visitor.id if trackmw_visitor else 'none' }}"
+
+    @app.route("/")
+    @app.route("/static/x")
+    def page() -> str:
+        return render_template_string(template)
+
+    client = app.test_client()
+    first = client.get("/", headers={"user-agent": BROWSER_UA})
+    visitor_id = first.get_data(as_text=True)
+    assert len(visitor_id) >= 22 and "trackmw_id=" in first.headers["set-cookie"]
+    again = client.get("/", headers={"user-agent": BROWSER_UA})
+    assert again.get_data(as_text=True) == visitor_id  # the same visitor, from its cookie
+    assert client.get("/static/x").get_data(as_text=True) == "none"
+    tracker.close()
+
+
 def test_count_server_side_counts_html_responses(client_for: Any) -> None:
     client: Client = client_for(count_server_side=True)
     client.get("/docs")  # text/plain here: not a page
