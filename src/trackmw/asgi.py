@@ -90,7 +90,7 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 _PIXEL_RAW = _encode(PIXEL_HEADERS)
 _PRIVATE_RAW = _encode(list(PRIVATE_ADDED))
-_CACHE_NAMES = (b"vary", b"cache-control")
+_CACHE_NAMES = frozenset((b"vary", b"cache-control"))
 
 
 def _with_cookies(raw: list[tuple[bytes, bytes]], cookies: list[str]) -> list[tuple[bytes, bytes]]:
@@ -99,10 +99,10 @@ def _with_cookies(raw: list[tuple[bytes, bytes]], cookies: list[str]) -> list[tu
     Without ``Vary`` and ``Cache-Control`` in the app's headers (the usual case), that
     is the app's headers as they are plus fixed ones; only otherwise are they decoded.
     """
-    set_cookies = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
-    if not any(name.lower() in _CACHE_NAMES for name, _ in raw):
-        return [*raw, *_PRIVATE_RAW, *set_cookies]
-    return _encode(private_headers(_Decoded(raw), cookies))
+    for name, _ in raw:
+        if name.lower() in _CACHE_NAMES:
+            return _encode(private_headers(_Decoded(raw), cookies))
+    return [*raw, *_PRIVATE_RAW, *[(b"set-cookie", c.encode("latin-1")) for c in cookies]]
 
 
 class _Decoded:
