@@ -34,24 +34,24 @@ def local_day(ts: float, tz: ZoneInfo) -> str:
 
 def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
     """Turn a raw hit into the page view a store writes."""
-    path, _, query = hit.page.partition("?")
-    path = path.split("#", 1)[0]
-    if "://" in path[:16]:  # a full URL given as the page
-        path = urlsplit(path).path
-    if not path.startswith("/") and path != UNKNOWN_PAGE:
-        path = "/" + path
-    campaign = hit.campaign
-    if query:
-        utm = [
-            (k, v)
-            for k, v in parse_qsl(query, keep_blank_values=True, max_num_fields=200)
-            if k.startswith("utm_")
-        ]
-        if utm:
-            path = path + "?" + urlencode(utm)
-            if not campaign:
-                campaign = dict(utm).get("utm_campaign")
-    referrer = _referrer_host(hit.referrer, hit.host)
+    page = _pages.get(hit.page)
+    if page is None:
+        page = _page(hit.page)
+        if len(_pages) >= _CACHED:
+            _pages.clear()
+        _pages[hit.page] = page
+    path, utm_campaign = page
+    campaign = hit.campaign or utm_campaign
+    referrer = None
+    if hit.referrer:
+        key = (hit.referrer, hit.host)
+        if key in _referrers:
+            referrer = _referrers[key]
+        else:
+            referrer = _referrer_host(hit.referrer, hit.host)
+            if len(_referrers) >= _CACHED:
+                _referrers.clear()
+            _referrers[key] = referrer
     ua = classify(hit.user_agent)
     visitor_id, user_id = hit.visitor_id, hit.user_id
     browser: str | None = ua.browser
@@ -65,7 +65,7 @@ def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
         day=local_day(hit.ts, tz),
         visitor_id=visitor_id,
         user_id=user_id,
-        path=path[:MAX_LEN],
+        path=path,
         referrer=referrer,
         campaign=(campaign or None) and campaign[:MAX_CAMPAIGN],
         browser=browser,
@@ -73,6 +73,33 @@ def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
         device=device,
         bot=ua.bot,
     )
+
+
+#: Pages and referrers repeat: their normal forms are cached (bounded, dropped when full).
+_CACHED = 4096
+_pages: dict[str, tuple[str, str | None]] = {}
+_referrers: dict[tuple[str, str], str | None] = {}
+
+
+def _page(page: str) -> tuple[str, str | None]:
+    """``(path, utm_campaign)``: the path with only its ``utm_*`` parameters kept."""
+    path, _, query = page.partition("?")
+    path = path.split("#", 1)[0]
+    if "://" in path[:16]:  # a full URL given as the page
+        path = urlsplit(path).path
+    if not path.startswith("/") and path != UNKNOWN_PAGE:
+        path = "/" + path
+    campaign = None
+    if query:
+        utm = [
+            (k, v)
+            for k, v in parse_qsl(query, keep_blank_values=True, max_num_fields=200)
+            if k.startswith("utm_")
+        ]
+        if utm:
+            path = path + "?" + urlencode(utm)
+            campaign = dict(utm).get("utm_campaign")
+    return path[:MAX_LEN], campaign
 
 
 def _referrer_host(referrer: str | None, own_host: str) -> str | None:
