@@ -24,7 +24,7 @@ from .endpoints import MAX_BODY, text_response
 from .messages import PAGE_HEADERS, PRIVATE_ADDED, Request, Response, private_headers
 from .pixel import GIF, PIXEL_HEADERS
 from .tracker import Tracker
-from .visitor import Visitor
+from .visitor import LazyVisitor as BaseLazyVisitor
 
 __all__ = ["LazyVisitor", "TrackingMiddleware"]
 
@@ -80,10 +80,6 @@ def _request(scope: Scope, headers: dict[str, str]) -> Request:
     )
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
-
-
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
@@ -118,42 +114,30 @@ class _Decoded:
             yield k.decode("latin-1"), v.decode("latin-1")
 
 
-class LazyVisitor:
-    """What ``scope["trackmw"]`` holds: the request's ``Visitor``, built on first call.
+class LazyVisitor(BaseLazyVisitor):
+    """``scope["trackmw"]``: the request's ``Visitor``, built on first call (see
+    ``trackmw.visitor.LazyVisitor``), and the app's ``send``, wrapped.
 
-    A returning visitor's page usually never asks for its ``Visitor``, and then needs
-    no cookie either, so building it (and a full request description) would be wasted.
-    ``trackmw.get_visitor`` calls it; calling it again returns the same ``Visitor``.
-
-    It also wraps the app's ``send`` (``send_quiet``, ``send_fresh``, ``send_full``):
-    when the response starts, it adds the cookies the core asks for. The wrappers are
-    plain functions returning the server's awaitable, so a message the middleware
-    leaves alone costs one call, not an extra coroutine.
+    The wrappers (``send_quiet``, ``send_fresh``, ``send_full``) add the cookies the
+    core asks for when the response starts. They are plain functions returning the
+    server's awaitable, so a message left alone costs one call, not an extra coroutine.
     """
 
-    __slots__ = ("_core", "_scope", "_state", "_send", "visitor", "issued_id")
+    __slots__ = ("_scope", "_send")
 
     def __init__(self, core: Core, scope: Scope, state: CookieState, send: Send) -> None:
+        # The base's attributes set here rather than by super().__init__: one call
+        # less on every request.
         self._core = core
-        self._scope: Scope | None = scope  # dropped when the request ends: see release()
         self._state = state
+        self.visitor = self.issued_id = None
+        self._scope: Scope | None = scope  # dropped when the request ends: see release()
         self._send = send
-        self.visitor: Visitor | None = None
-        self.issued_id: str | None = None  # a new id already sent in a cookie
 
-    def __call__(self) -> Visitor:
-        visitor = self.visitor
-        if visitor is None:
-            if self._scope is None:
-                raise LookupError("trackmw: the request is over; its visitor was not read")
-            try:
-                req = request_from_scope(self._scope, _CORE_HEADERS)
-                visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
-            except Exception as exc:  # never break the host app: as if untracked
-                log.exception("trackmw: could not read the visitor")
-                raise LookupError("trackmw could not read this request's visitor") from exc
-            self.visitor = visitor
-        return visitor
+    def _request(self) -> Request:
+        if self._scope is None:
+            raise LookupError("trackmw: the request is over; its visitor was not read")
+        return request_from_scope(self._scope, _CORE_HEADERS)
 
     def release(self) -> None:
         """Forget the scope (which holds this object): no reference cycle outlives the
@@ -231,8 +215,7 @@ class TrackingMiddleware:
         # path is a tracked page, decided by one C-level ``startswith``.
         self._special = (core.prefix, *core.settings.exclude_paths)
         self._quiet_ok = not core.settings.count_server_side
-        self._state = core.state
-        self._states = core.reader.states
+        self._request_state = core.request_state
         self._pixel_path = core.pixel_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -274,14 +257,7 @@ class TrackingMiddleware:
                         dnt = value if dnt is None else dnt
                     elif gpc is None:
                         gpc = value
-            now = _time()
-            if dnt is None and gpc is None:
-                state = self._states.get(cookie)  # Core.state, its cache hit inlined
-                if state is None or not state.not_before <= now <= state.not_after:
-                    state = self._state(cookie, False, False, now)
-            else:
-                flags = self.core.signal_flags(_text(dnt), _text(gpc))
-                state = self._state(cookie, *flags, now)
+            state = self._request_state(cookie, dnt, gpc, _time())
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
             await self.app(scope, receive, send)

@@ -115,13 +115,26 @@ class Core:
         headers = req.headers
         return self.signal_flags(headers.get("dnt"), headers.get("sec-gpc"))
 
-    def signal_flags(self, dnt: str | None, gpc: str | None) -> tuple[bool, bool]:
+    def signal_flags(self, dnt: str | bytes | None, gpc: str | bytes | None) -> tuple[bool, bool]:
         """(DNT, GPC) from the two headers' values (``None`` when absent)."""
         s = self.settings
-        return (
-            s.honor_dnt and dnt is not None and dnt.strip() == "1",
-            s.honor_gpc and gpc is not None and gpc.strip() == "1",
-        )
+        return (s.honor_dnt and _is_one(dnt), s.honor_gpc and _is_one(gpc))
+
+    def request_state(
+        self,
+        cookie: str | bytes | None,
+        dnt: str | bytes | None,
+        gpc: str | bytes | None,
+        now: float,
+    ) -> CookieState:
+        """What a request's ``Cookie``, ``DNT`` and ``Sec-GPC`` headers say (``state``),
+        from their raw values; without signals, a cached state costs one dict lookup."""
+        if dnt is None and gpc is None:
+            state = self._states.get(cookie)  # CookieReader.state's cache hit, inlined
+            if state is not None and state.not_before <= now <= state.not_after:
+                return state
+            return self.state(cookie, False, False, now)
+        return self.state(cookie, *self.signal_flags(dnt, gpc), now)
 
     def visitor(self, req: Request) -> Visitor:
         """The ``Visitor`` of ``req``: cookies verified, consent decided, id issued if due."""
@@ -227,18 +240,11 @@ class Core:
         """A new visitor id and the ``Set-Cookie`` issuing it, for a request with no
         other bearing on the cookie than its scheme (``cookie_needs_headers`` false)."""
         visitor_id = self.new_id()
-        s = self.settings
-        secure = s.cookie_secure if s.cookie_secure is not None else scheme == "https"
+        secure = self.settings.cookie_secure
+        if secure is None:
+            secure = scheme == "https"
         value = self.id_signer.dumps([visitor_id])
-        return visitor_id, set_cookie_header(
-            ID_COOKIE,
-            value,
-            max_age=s.cookie_max_age,
-            domain=None,
-            secure=secure,
-            httponly=True,
-            samesite=s.cookie_samesite,
-        )
+        return visitor_id, self._cookie(ID_COOKIE, value, None, secure, True)
 
     def cookie_header(
         self, req: Request, name: str, value: str | None, httponly: bool = True
@@ -246,9 +252,15 @@ class Core:
         """``Set-Cookie`` for ``name`` (deleting it when ``value`` is ``None``), with the
         attributes the settings and the request call for: ``Domain`` when the host lies
         inside ``cookie_domain``, ``Secure`` on https, the same whether set or deleted."""
+        secure = self.settings.cookie_secure
+        if secure is None:
+            secure = self.is_https(req)
+        return self._cookie(name, value, self.cookie_domain(req), secure, httponly)
+
+    def _cookie(
+        self, name: str, value: str | None, domain: str | None, secure: bool, httponly: bool
+    ) -> str:
         s = self.settings
-        secure = s.cookie_secure if s.cookie_secure is not None else self.is_https(req)
-        domain = self.cookie_domain(req)
         if value is None:
             return delete_cookie_header(
                 name, domain=domain, secure=secure, httponly=httponly, samesite=s.cookie_samesite
@@ -430,9 +442,7 @@ class Core:
         """
         if self._check_hosts:
             return None
-        state = self._states.get(cookie)  # CookieReader.state, its cache hit inlined
-        if state is None or not state.not_before <= now <= state.not_after:
-            state = self.state(cookie, False, False, now)
+        state = self.request_state(cookie, None, None, now)
         visitor_id = state.sent_id
         if not state.quiet or visitor_id is None or not state.consent.analytics:
             return None
@@ -556,3 +566,10 @@ def _intern(text: str) -> str:
             _interned.clear()
         _interned[text] = found = text
     return found
+
+
+def _is_one(value: str | bytes | None) -> bool:
+    """Does a signal header say exactly ``1`` (spaces around allowed)?"""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value is not None and value.strip() == "1"

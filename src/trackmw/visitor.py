@@ -7,6 +7,7 @@ before that, so the app can change its mind during the request.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator, MutableMapping
@@ -18,6 +19,7 @@ from .consent import Consent, ConsentRecord, decide
 from .events import MAX_LEN
 
 if TYPE_CHECKING:
+    from .cookiestate import CookieState
     from .core import Core
     from .messages import Request
 
@@ -290,3 +292,43 @@ class Visitor:
         src = escape(self.beacon_url(path, **params), quote=True)
         # No inline style: it would break under a strict Content-Security-Policy.
         return f'<img src="{src}" width="1" height="1" alt="">'
+
+
+log = logging.getLogger("trackmw")
+
+
+class LazyVisitor:
+    """A request's ``Visitor``, built on first call: what the adapters put in the ASGI
+    scope (``scope["trackmw"]``) or WSGI environ (``environ["trackmw.visitor"]``).
+
+    A returning visitor's page usually never asks for its ``Visitor``, and then needs
+    no cookie either, so building it (and a full request description) would be wasted.
+    ``trackmw.get_visitor`` calls it; calling it again returns the same ``Visitor``.
+    Each adapter's subclass describes its request (``_request``) and wraps the app's
+    ``send`` or ``start_response`` to add the cookies the core asks for.
+    """
+
+    __slots__ = ("_core", "_state", "visitor", "issued_id")
+
+    def __init__(self, core: Core, state: CookieState) -> None:
+        self._core = core
+        self._state = state
+        self.visitor: Visitor | None = None
+        self.issued_id: str | None = None  # a new id already sent in a cookie
+
+    def __call__(self) -> Visitor:
+        visitor = self.visitor
+        if visitor is None:
+            try:
+                req = self._request()
+                visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
+            except LookupError:  # the request is over
+                raise
+            except Exception as exc:  # never break the host app: as if untracked
+                log.exception("trackmw: could not read the visitor")
+                raise LookupError("trackmw could not read this request's visitor") from exc
+            self.visitor = visitor
+        return visitor
+
+    def _request(self) -> Request:
+        raise NotImplementedError

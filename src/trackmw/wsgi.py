@@ -24,7 +24,7 @@ from .endpoints import MAX_BODY, text_response
 from .messages import ENDPOINT_HEADERS, Request, Response, private_headers
 from .pixel import GIF, PIXEL_HEADERS
 from .tracker import Tracker
-from .visitor import Visitor
+from .visitor import LazyVisitor as BaseLazyVisitor
 
 __all__ = ["LazyVisitor", "TrackingMiddleware"]
 
@@ -63,39 +63,26 @@ def request_from_environ(environ: dict[str, Any]) -> Request:
     )
 
 
-class LazyVisitor:
-    """What ``environ["trackmw.visitor"]`` holds: the request's ``Visitor``, built on
-    first call (``trackmw.get_visitor`` and Flask's ``current_visitor`` call it).
-
-    A returning visitor's page usually never asks for its ``Visitor`` and then needs no
-    cookie either, so nothing is built. It also wraps the app's ``start_response``
+class LazyVisitor(BaseLazyVisitor):
+    """``environ["trackmw.visitor"]``: the request's ``Visitor``, built on first call
+    (see ``trackmw.visitor.LazyVisitor``), and the app's ``start_response``, wrapped
     (``start_quiet``, ``start_fresh``, ``start_full``) to add the cookies the core asks
     for.
     """
 
-    __slots__ = ("_core", "_environ", "_state", "_start_response", "visitor", "issued_id")
+    __slots__ = ("_environ", "_start_response")
 
     def __init__(
         self, core: Core, environ: dict[str, Any], state: CookieState, start: StartResponse
     ) -> None:
-        self._core = core
-        self._environ = environ
+        self._core = core  # the base's attributes, without a super().__init__ call
         self._state = state
+        self.visitor = self.issued_id = None
+        self._environ = environ
         self._start_response = start
-        self.visitor: Visitor | None = None
-        self.issued_id: str | None = None  # a new id already sent in a cookie
 
-    def __call__(self) -> Visitor:
-        visitor = self.visitor
-        if visitor is None:
-            try:
-                req = request_from_environ(self._environ)
-                visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
-            except Exception as exc:  # never break the host app: as if untracked
-                log.exception("trackmw: could not read the visitor")
-                raise LookupError("trackmw could not read this request's visitor") from exc
-            self.visitor = visitor
-        return visitor
+    def _request(self) -> Request:
+        return request_from_environ(self._environ)
 
     def start_quiet(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
         """For a visitor who needs no cookie unless the app changes something."""
@@ -146,8 +133,7 @@ class TrackingMiddleware:
         # path is a tracked page, decided by one C-level ``startswith``.
         self._special = (core.prefix, *core.settings.exclude_paths)
         self._quiet_ok = not core.settings.count_server_side
-        self._state = core.state
-        self._states = core.reader.states
+        self._request_state = core.request_state
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
@@ -158,16 +144,12 @@ class TrackingMiddleware:
             if core.excluded(path):
                 return self.app(environ, start_response)
         try:
-            cookie = environ.get("HTTP_COOKIE")
-            dnt = environ.get("HTTP_DNT")
-            gpc = environ.get("HTTP_SEC_GPC")
-            now = _time()
-            if dnt is None and gpc is None:
-                state = self._states.get(cookie)  # Core.state, its cache hit inlined
-                if state is None or not state.not_before <= now <= state.not_after:
-                    state = self._state(cookie, False, False, now)
-            else:
-                state = self._state(cookie, *self.core.signal_flags(dnt, gpc), now)
+            state = self._request_state(
+                environ.get("HTTP_COOKIE"),
+                environ.get("HTTP_DNT"),
+                environ.get("HTTP_SEC_GPC"),
+                _time(),
+            )
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
             return self.app(environ, start_response)

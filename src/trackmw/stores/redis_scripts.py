@@ -139,7 +139,9 @@ local function keep_only(P, key, v, keep, first)
 end
 """
 
-ERASE = _KEEP_ONLY + """
+ERASE = (
+    _KEEP_ONLY
+    + """
 local P, mode, vid, uid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local U, null = P .. ':' .. mode, cjson.null
 local vids = {vid}
@@ -216,8 +218,11 @@ for _, ud in pairs(lost_users) do redis.call('SREM', P .. ':usr:' .. ud[1], vid)
 if uid ~= '' then redis.call('DEL', P .. ':usr:' .. uid) end
 return removed
 """
+)
 
-PURGE = _KEEP_ONLY + """
+PURGE = (
+    _KEEP_ONLY
+    + """
 local P, cut, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local removed, more = 0, 0
 local days = redis.call('ZRANGEBYSCORE', P .. ':days', '-inf', '(' .. cut, 'LIMIT', 0, limit)
@@ -255,3 +260,4 @@ end
 if #vids == limit then more = 1 end
 return {removed, more}
 """
+)
