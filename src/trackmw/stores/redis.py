@@ -16,7 +16,9 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
   unique-count mode of the first writer, which every later reader and writer follows
   (``?uniques=`` in the URL, else ``redis_uniques``, only chooses for a new store).
 
-Writes. A batch is one Lua script (one ``EVALSHA``): Redis runs it as a unit, like
+Writes. ``redis_plan`` aggregates a batch in Python into one command per key (counter
+sums, distinct members, list entries), and one Lua script (one ``EVALSHA``) replays
+them: Redis runs it as a unit, like
 ``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
 The script ends by setting ``P:batch:ID`` (the batch's content hash, kept a day) and
 starts by looking for it: a batch retried after its reply was lost is recognised and
@@ -36,7 +38,6 @@ weighs in the unique estimates of its days until those keys expire or are purged
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from .base import Store, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
+from .redis_plan import plan
 from .redis_scripts import ERASE, PURGE, WRITE
 
 __all__ = ["RedisStore"]
@@ -190,8 +192,7 @@ class RedisStore(Store):
             for day in {pv.day for pv in pageviews} | {c.day for c in consents}:
                 midnight = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
                 expiry[day] = int(midnight) + (retention + 1) * 86400
-        payload = json.dumps({"p": pageviews, "c": consents, "x": expiry}, separators=(",", ":"))
-        batch_id = hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+        payload, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
         self._script("write", [self.prefix + ":days"], [payload, batch_id, self.prefix, mode, vttl])
 
