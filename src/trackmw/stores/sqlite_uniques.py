@@ -17,6 +17,11 @@ keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chains, one row each, 
 writes (also of days out of order), erasure and retention add and remove links exactly;
 one row per visitor keeps the pages a batch dirties few (visitor ids are random keys).
 Days are ``date.toordinal()`` numbers.
+
+A batch touches a few dimensions of each of its visitors, mostly with a day later than
+any in the chain (today): such a day is appended to its chain's text in place, and the
+rest of the row is copied as it is, never decoded. Only a day arriving out of order
+decodes its one chain.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import date
-from typing import Any
 
 from ..events import PageView
+from . import sqlite_pageviews as stored
 
 __all__ = ["SCHEMA", "Uniques"]
 
@@ -55,99 +60,41 @@ CREATE TABLE IF NOT EXISTS uniq_entities (
 ALL_VISITORS = ("visitors", "")
 ALL_USERS = ("users", "")
 
-Membership = tuple[str, tuple[str, str], str]  # (entity key, (kind, name), ISO day)
+Visits = dict[str, dict[int, set[int]]]  # entity key -> dimension id -> days (ordinals)
 Delta = dict[tuple[int, int, int], int]
-
-
-def memberships(pageviews: Iterable[PageView]) -> set[Membership]:
-    """What the page views say about visitors' chains (bots and anonymous views: nothing)."""
-    out: set[Membership] = set()
-    add = out.add
-    for pv in pageviews:
-        vid = pv.visitor_id
-        if pv.bot or vid is None:
-            continue
-        day = pv.day
-        entity = "v:" + vid
-        add((entity, ALL_VISITORS, day))
-        add((entity, ("page", pv.path), day))
-        for kind, value in (("browser", pv.browser), ("os", pv.os), ("device", pv.device)):
-            if value:
-                add((entity, (kind, value), day))
-        if pv.user_id:
-            add(("u:" + pv.user_id, ALL_USERS, day))
-    return out
 
 
 class Uniques:
     """The link tables of one store. Methods run inside the caller's transaction."""
 
     def __init__(self) -> None:
-        self._dims: dict[tuple[str, str], int] = {}  # committed dimension ids (never deleted)
-        self._pending: dict[tuple[str, str], int] = {}
+        # kind -> name -> dimension id; ids are never deleted, so they stay valid across
+        # processes. Ids created by the open transaction are also listed in _pending.
+        self._ids: dict[str, dict[str, int]] = {}
+        self._pending: list[tuple[str, str]] = []
         self._days: dict[str, int] = {}
 
     def committed(self, ok: bool) -> None:
         """Call after the transaction ended: new dimension ids are cached only if kept."""
-        if ok:
-            self._dims.update(self._pending)
-        self._pending = {}
+        if not ok:
+            for kind, name in self._pending:
+                self._ids[kind].pop(name, None)
+        self._pending = []
 
     # -- writing ----------------------------------------------------------------------
 
-    def add(self, conn: sqlite3.Connection, items: set[Membership]) -> None:
-        """Add visits to the chains and their links."""
-        if not items:
-            return
-        wanted: dict[tuple[str, int], set[int]] = {}
-        dim_of = self._dim_ids(conn, {m[1] for m in items})
-        day_of = self._days
-        for entity, key, iso_day in items:
-            day = day_of.get(iso_day)
-            if day is None:
-                day = self._ordinal(iso_day)
-            pair = (entity, dim_of[key])
-            seen = wanted.get(pair)
-            if seen is None:
-                wanted[pair] = {day}
-            else:
-                seen.add(day)
-        entities = self._load(conn, sorted({entity for entity, _ in wanted}))
-        delta: Delta = {}
-        dirty: set[str] = set()
-        for (entity, dim), new_days in wanted.items():
-            chains = entities.setdefault(entity, {})
-            text = chains.get(dim)
-            days: list[int] = _days(text) if isinstance(text, str) else (text or [])
-            changed = False
-            for day in sorted(new_days):
-                i = bisect_left(days, day)
-                if i < len(days) and days[i] == day:
-                    continue
-                prev = days[i - 1] if i else -1
-                if i < len(days):  # an earlier day arrived late: relink its successor
-                    succ = days[i]
-                    _bump(delta, (dim, succ, prev), -1)
-                    _bump(delta, (dim, succ, day), 1)
-                _bump(delta, (dim, day, prev), 1)
-                days.insert(i, day)
-                changed = True
-            if changed:
-                chains[dim] = days
-                dirty.add(entity)
-        conn.executemany(
-            "INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)",
-            [(entity, _encode(entities[entity])) for entity in sorted(dirty)],
-        )
-        _apply(conn, delta)
+    def add(self, conn: sqlite3.Connection, groups: stored.Groups) -> None:
+        """Add the visits of these page views (``sqlite_pageviews.group``) to the chains
+        and their links."""
+        self._link(conn, self._visits(conn, groups))
 
     def remove(self, conn: sqlite3.Connection, entities: Sequence[str]) -> None:
         """Forget these visitors' and users' chains, and their links."""
         delta: Delta = {}
         for chains in self._load(conn, entities).values():
-            for dim, text in chains.items():
+            for dim, text in _split(chains).items():
                 prev = -1
-                for day in _days(text) if isinstance(text, str) else text:
+                for day in _days(text):
                     _bump(delta, (dim, day, prev), -1)
                     prev = day
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", [(e,) for e in entities])
@@ -162,21 +109,22 @@ class Uniques:
         if not entities:
             return
         self.remove(conn, entities)
-        wanted = set(entities)
-        items: set[Membership] = set()
+        rows: list[PageView] = []
         for visitor in visitors:
-            items |= memberships(_rows(conn, "visitor_id = ?", visitor))
+            rows += stored.of(conn, "visitor_id", visitor)[1]
         for user in users:
-            items |= memberships(_rows(conn, "user_id = ?", user))
-        self.add(conn, {m for m in items if m[0] in wanted})
+            rows += stored.of(conn, "user_id", user)[1]
+        visits = self._visits(conn, stored.group(rows))
+        # A visitor's page views name its users too (and a user's, its other visitors):
+        # only the chains asked for are rebuilt, the others are already right.
+        self._link(conn, {key: visits[key] for key in set(entities) & visits.keys()})
 
     def rebuild_all(self, conn: sqlite3.Connection) -> None:
         """Recompute every chain from the stored page views (migration from schema 1)."""
         conn.execute("DELETE FROM uniq_links")
         conn.execute("DELETE FROM uniq_entities")
-        cursor = conn.execute("SELECT * FROM pageviews WHERE visitor_id IS NOT NULL AND bot = 0")
-        while rows := cursor.fetchmany(50_000):
-            self.add(conn, memberships(PageView._make((*r[:10], bool(r[10]))) for r in rows))
+        for rows in stored.all_pageviews(conn):
+            self.add(conn, stored.group(rows))
 
     def purge(self, conn: sqlite3.Connection, before: date) -> None:
         """Forget visits of days before ``before``; later days lose their older links."""
@@ -192,18 +140,70 @@ class Uniques:
         updates: list[tuple[str, str]] = []
         gone: list[tuple[str]] = []
         for key, text in conn.execute("SELECT key, chains FROM uniq_entities").fetchall():
-            chains: dict[int, str | list[int]] = {}
+            parts = []
             for dim, days_text in _split(text).items():
                 days = _days(days_text)
                 kept = [d for d in days if d >= cut]
                 if kept:
-                    chains[dim] = kept if len(kept) != len(days) else days_text
-            if not chains:
+                    parts.append(f"{dim}:{days_text if len(kept) == len(days) else _join(kept)}")
+            if not parts:
                 gone.append((key,))
-            elif _encode(chains) != text:
-                updates.append((_encode(chains), key))
+            elif (new := ";".join(parts)) != text:
+                updates.append((new, key))
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
         conn.executemany("UPDATE uniq_entities SET chains = ? WHERE key = ?", updates)
+
+    def _visits(self, conn: sqlite3.Connection, groups: stored.Groups) -> Visits:
+        """Which days each visitor and user was seen in each dimension.
+
+        Bots and anonymous views count in no chain. A group is mostly a session: its
+        visitor, day, browser, OS and device are looked at once, then its pages.
+        """
+        out: Visits = {}
+        ids = self._ids
+        pages = ids.setdefault("page", {})
+        all_visitors = self._id(conn, *ALL_VISITORS)
+        all_users = self._id(conn, *ALL_USERS)
+        for (iso_day, visitor, user, browser, os, device, bot), views in groups.items():
+            if visitor is None or bot:
+                continue
+            day = self._ordinal(iso_day)
+            chains = out.get("v:" + visitor)
+            if chains is None:
+                chains = out["v:" + visitor] = {}
+            _see(chains, all_visitors, day)
+            for kind, value in (("browser", browser), ("os", os), ("device", device)):
+                if value:
+                    _see(chains, ids.get(kind, {}).get(value) or self._id(conn, kind, value), day)
+            if user:
+                users = out.get("u:" + user)
+                if users is None:
+                    users = out["u:" + user] = {}
+                _see(users, all_users, day)
+            for path in views[1::4]:
+                dim = pages.get(path) or self._id(conn, "page", path)
+                days = chains.get(dim)
+                if days is None:
+                    chains[dim] = {day}
+                else:
+                    days.add(day)
+        return out
+
+    def _link(self, conn: sqlite3.Connection, visits: Visits) -> None:
+        """Merge these visits into the entities' chains; add the links that change."""
+        if not visits:
+            return
+        keys = sorted(visits)
+        texts = self._load(conn, keys)
+        delta: Delta = {}
+        rows = []
+        for key in keys:
+            text = texts.get(key)
+            new = _merge(text, visits[key], delta)
+            if new != text:
+                rows.append((key, new))
+        conn.executemany("INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)", rows)
+        _apply(conn, delta)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -267,43 +267,115 @@ class Uniques:
             n = self._days[day] = date.fromisoformat(day).toordinal()
         return n
 
-    def _dim_ids(
-        self, conn: sqlite3.Connection, keys: set[tuple[str, str]]
-    ) -> dict[tuple[str, str], int]:
-        known = self._dims
-        pending = self._pending
-        out: dict[tuple[str, str], int] = {}
-        missing = []
-        for key in keys:
-            dim = known.get(key) or pending.get(key)
-            if dim is None:
-                missing.append(key)
-            else:
-                out[key] = dim
-        if missing:
-            conn.executemany("INSERT OR IGNORE INTO uniq_dims (kind, name) VALUES (?, ?)", missing)
-            for key in missing:
-                (dim,) = conn.execute(
-                    "SELECT id FROM uniq_dims WHERE kind = ? AND name = ?", key
-                ).fetchone()
-                out[key] = pending[key] = dim
-        return out
+    def _id(self, conn: sqlite3.Connection, kind: str, name: str) -> int:
+        """The id of dimension ``(kind, name)``, created if new."""
+        names = self._ids.setdefault(kind, {})
+        dim = names.get(name)
+        if dim is None:
+            row = conn.execute(
+                "SELECT id FROM uniq_dims WHERE kind = ? AND name = ?", (kind, name)
+            ).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    "INSERT INTO uniq_dims (kind, name) VALUES (?, ?)", (kind, name)
+                )
+                row = (cursor.lastrowid,)
+                self._pending.append((kind, name))
+            dim = names[name] = row[0]
+        return dim
 
     @staticmethod
-    def _load(
-        conn: sqlite3.Connection, keys: Sequence[str]
-    ) -> dict[str, dict[int, str | list[int]]]:
-        """Entities' chains by dimension, each still text until it is needed."""
-        out: dict[str, dict[int, str | list[int]]] = {}
+    def _load(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str]:
+        """Entities' chains text, by key."""
+        out: dict[str, str] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, text in conn.execute(
-                f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
-                chunk,
-            ):
-                out[key] = dict(_split(text))
+            out.update(
+                conn.execute(
+                    f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
         return out
+
+
+def _see(chains: dict[int, set[int]], dim: int, day: int) -> None:
+    days = chains.get(dim)
+    if days is None:
+        chains[dim] = {day}
+    else:
+        days.add(day)
+
+
+def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
+    """``text`` (an entity's chains) with these days added; their links go to ``delta``."""
+    if text is None:
+        parts = []
+        for dim, new in visits.items():
+            prev = -1
+            for day in sorted(new):
+                _bump(delta, (dim, day, prev), 1)
+                prev = day
+            parts.append(f"{dim}:{_join(sorted(new))}")
+        return ";".join(parts)
+    for dim, new in visits.items():
+        head = f"{dim}:"
+        if text.startswith(head):
+            start = len(head)
+        else:
+            at = text.find(";" + head)
+            if at < 0:  # the entity's first visit in this dimension
+                prev = -1
+                for day in sorted(new):
+                    _bump(delta, (dim, day, prev), 1)
+                    prev = day
+                text = f"{text};{head}{_join(sorted(new))}"
+                continue
+            start = at + 1 + len(head)
+        end = text.find(";", start)
+        if end < 0:
+            end = len(text)
+        comma = text.rfind(",", start, end)
+        last = int(text[comma + 1 if comma >= 0 else start : end])
+        if len(new) == 1:
+            (day,) = new
+            if day > last:  # the usual case: a later day, appended to the chain
+                _bump(delta, (dim, day, last), 1)
+                text = f"{text[:end]},{day}{text[end:]}"
+                continue
+            if day == last:
+                continue
+        days = sorted(new)
+        if days[0] > last:
+            prev = last
+            for day in days:
+                _bump(delta, (dim, day, prev), 1)
+                prev = day
+            text = f"{text[:end]},{_join(days)}{text[end:]}"
+        elif len(days) > 1 or days[0] != last:
+            chain = _days(text[start:end])
+            if _insert(chain, days, dim, delta):
+                text = f"{text[:start]}{_join(chain)}{text[end:]}"
+    return text
+
+
+def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
+    """Insert ``days`` into the sorted ``chain``, relinking successors; any new?"""
+    changed = False
+    for day in days:
+        i = bisect_left(chain, day)
+        if i < len(chain) and chain[i] == day:
+            continue
+        prev = chain[i - 1] if i else -1
+        if i < len(chain):  # an earlier day arrived late: relink its successor
+            succ = chain[i]
+            _bump(delta, (dim, succ, prev), -1)
+            _bump(delta, (dim, succ, day), 1)
+        _bump(delta, (dim, day, prev), 1)
+        chain.insert(i, day)
+        changed = True
+    return changed
 
 
 def _split(text: str) -> dict[int, str]:
@@ -318,11 +390,8 @@ def _days(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def _encode(chains: dict[int, str | list[int]]) -> str:
-    return ";".join(
-        f"{dim}:{days if isinstance(days, str) else ','.join(map(str, days))}"
-        for dim, days in chains.items()
-    )
+def _join(days: Iterable[int]) -> str:
+    return ",".join(map(str, days))
 
 
 def _bump(delta: Delta, key: tuple[int, int, int], by: int) -> None:
@@ -340,11 +409,3 @@ def _apply(conn: sqlite3.Connection, delta: Delta) -> None:
         "DELETE FROM uniq_links WHERE dim = ? AND day = ? AND prev = ? AND n <= 0",
         [(d, day, p) for d, day, p, n in changes if n < 0],
     )
-
-
-def _rows(conn: sqlite3.Connection, where: str, value: Any) -> list[PageView]:
-    rows = conn.execute(
-        f"SELECT * FROM pageviews WHERE {where} AND bot = 0",  # noqa: S608
-        (value,),
-    ).fetchall()
-    return [PageView._make((*r[:10], bool(r[10]))) for r in rows]
