@@ -6,7 +6,8 @@ script on one node and a report can union any of its keys. The price on a cluste
 that one site's data sits on one node; run several sites (prefixes) to spread them.
 
 - ``P:d:DAY`` hash: page views ``t``, anonymous ``a``, bots ``b``, consent ``ca``/``cr``,
-  and per name ``p:PATH``, ``r:HOST``, ``c:CAMPAIGN``, ``B:BROWSER``, ``O:OS``, ``D:DEVICE``.
+  and per name ``p:PATH``, ``r:HOST``, ``c:CAMPAIGN``, ``B:BROWSER``, ``O:OS``, ``D:DEVICE``;
+  and a ``note`` (``redis_scripts.DAY_NOTE``) that keeps it a hash table.
 - ``P:M:v:DAY``, ``P:M:u:DAY``, ``P:M:p:DAY:PATH``, ``P:M:B:DAY:NAME`` (``O``, ``D``):
   unique visitors (users for ``u``), as HyperLogLog (``M`` = ``h``, ``redis_uniques="hll"``,
   12 KB at most per key, ±0.81 %) or exact sets (``M`` = ``x``, ``"exact"``).
@@ -192,9 +193,10 @@ class RedisStore(Store):
             for day in {pv.day for pv in pageviews} | {c.day for c in consents}:
                 midnight = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
                 expiry[day] = int(midnight) + (retention + 1) * 86400
-        payload, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
+        document, entries, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
-        self._script("write", [self.prefix + ":days"], [payload, batch_id, self.prefix, mode, vttl])
+        args = [document, batch_id, self.prefix, mode, vttl, entries]
+        self._script("write", [self.prefix + ":days"], args)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -240,6 +242,8 @@ class RedisStore(Store):
         seen: dict[str, list[str]] = {}  # "kind:name" -> days it appears on
         for d, h in zip(days, hashes, strict=True):
             for field, raw in h.items():
+                if field == "note":  # see DAY_NOTE
+                    continue
                 n = int(raw)
                 kind, sep, name = field.partition(":")
                 if not sep:

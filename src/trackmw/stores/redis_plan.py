@@ -34,7 +34,7 @@ _json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 class _Day:
     """What one day's events add: counts, unique-count members, seen visitors."""
 
-    __slots__ = ("bots", "day", "num", "paths", "refs", "visits")
+    __slots__ = ("bots", "day", "members", "num", "paths", "refs", "visits")
 
     def __init__(self, day: str) -> None:
         self.day = day
@@ -42,9 +42,10 @@ class _Day:
         self.bots = 0
         self.paths: list[str] = []  # of every human page view, to count
         self.refs: list[str] = []  # "r:HOST", "c:NAME" of every human page view that has one
-        # (visitor, browser, os, device, user) -> [page views, its visitors' list, the
-        # JSON around the page of its entries]: the tuple repeats within a visitor's day,
-        # so what it adds is found once.
+        self.members: dict[str, set[str]] = {}  # path -> its visitors
+        # (visitor, browser, os, device, user) -> [page views, the visitor's entries, the
+        # JSON before and after the page in its entries]: the tuple repeats within a
+        # visitor's day, so what it adds is worked out once.
         self.visits: dict[tuple[str, Any, Any, Any, Any], list[Any]] = {}
 
     def visit(self, key: tuple[str, Any, Any, Any, Any], entries: list[str]) -> list[Any]:
@@ -52,7 +53,7 @@ class _Day:
         self.visits[key] = rec = [
             0,
             entries,
-            f',"{self.day}",{_null(uid)},',
+            f",{_quote(self.day)},{_null(uid)},",
             f",{_null(b)},{_null(o)},{_null(dv)}]",
         ]
         return rec
@@ -68,42 +69,46 @@ def plan(
     pageviews: Sequence[PageView],
     consents: Sequence[ConsentChoice],
     expiry: dict[str, int],
-) -> tuple[bytes, str]:
-    """``(payload, batch id)`` of a batch for ``WRITE`` (``mode``: ``"h"`` or ``"x"``).
+) -> tuple[bytes, bytes, str]:
+    """``(plan, entries, batch id)`` of a batch for ``WRITE`` (``mode``: ``h`` or ``x``).
 
-    The id hashes the payload and every event's time, so two batches of the same
-    counts (two lone bot hits) are told apart while a retried batch is recognised.
+    ``entries`` are the visitors' list entries, one JSON document a line (JSON escapes
+    every line break), in the order of the plan's lists: sent apart from the plan, they
+    need no second escaping. The id hashes both and every event's time, so two batches
+    of the same counts (two lone bot hits) are told apart while a retry is recognised.
     """
     days: dict[str, _Day] = {}
     lists: dict[str, list[str]] = {}
-    members: dict[tuple[str, str], set[str]] = {}  # (day, path) -> visitors
     d = _Day("0000-00-00")
+    current = d.day
     for ts, day, vid, uid, path, ref, camp, b, o, dv, bot in pageviews:
-        if day != d.day:
+        if day != current:
+            current = day
             d = days.get(day) or days.setdefault(day, _Day(day))
+            count, refs, visits, members = d.paths.append, d.refs.append, d.visits, d.members
         if bot:
             d.bots += 1
             continue
-        d.paths.append(path)
+        count(path)
         if ref is None and camp is None:
             around = ",null,null"
         else:
             around = f",{_null(ref)},{_null(camp)}"
             if ref is not None:
-                d.refs.append("r:" + ref)
+                refs("r:" + ref)
             if camp is not None:
-                d.refs.append("c:" + camp)
+                refs("c:" + camp)
         if vid is None:
             continue
         key = (vid, b, o, dv, uid)
-        rec = d.visits.get(key)
+        rec = visits.get(key)
         if rec is None:
             rec = d.visit(key, lists.setdefault(vid, []))
         rec[0] += 1
         rec[1].append(f'["p",{ts:.3f}{rec[2]}{_quote(path)}{around}{rec[3]}')
-        seen = members.get((day, path))
+        seen = members.get(path)
         if seen is None:
-            members[day, path] = {vid}
+            members[path] = {vid}
         else:
             seen.add(vid)
     consented: dict[str, list[int]] = {}  # day -> [accepted, rejected]
@@ -113,8 +118,7 @@ def plan(
             days[c.day] = _Day(c.day)
         consented.setdefault(c.day, [0, 0])[0 if c.analytics else 1] += 1
         if c.visitor_id is not None:
-            entry = _json(["c", c.ts, c.day, *c[3:]])
-            lists.setdefault(c.visitor_id, []).append(entry)
+            lists.setdefault(c.visitor_id, []).append(_json(["c", c.ts, c.day, *c[3:]]))
             num = days[c.day].num
             if firsts.get(c.visitor_id, num) >= num:
                 firsts[c.visitor_id] = num
@@ -125,7 +129,6 @@ def plan(
     for day, d in days.items():
         at = expiry.get(day, 0)
         num = d.num
-        counts: dict[str, int] = {}
         bods: dict[tuple[Any, Any, Any], list[Any]] = {}  # (browser, os, device) -> [n, vids]
         day_users: set[str] = set()
         identified = 0
@@ -143,7 +146,8 @@ def plan(
                 users.setdefault(uid, set()).add(vid)
             if firsts.get(vid, num) >= num:
                 firsts[vid] = num
-        named: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}
+        named: dict[str, set[str]] = {}  # "B:NAME" (O, D) -> visitors
         for (b, o, dv), (n, vids) in bods.items():
             for name in (b and "B:" + b, o and "O:" + o, dv and "D:" + dv):
                 if name:
@@ -157,31 +161,30 @@ def plan(
             "ca": accepted,
             "cr": rejected,
         }
+        counts.update((f, n) for f, n in totals.items() if n)
         counts.update(("p:" + p, n) for p, n in Counter(d.paths).items())
         counts.update(Counter(d.refs))
-        counts.update((f, n) for f, n in totals.items() if n)
         hashes.append([f"{prefix}:d:{day}", at, list(counts), list(counts.values())])
-        visitors = {key[0] for key in d.visits}
-        if visitors:
-            sets.append([f"{U}:v:{day}", at, *visitors])
+        if d.visits:
+            sets.append([f"{U}:v:{day}", at, *{key[0] for key in d.visits}])
         if day_users:
             sets.append([f"{U}:u:{day}", at, *day_users])
         for name, vids in named.items():
             sets.append([f"{U}:{name[0]}:{day}:{name[2:]}", at, *vids])
-        sets.extend(
-            [f"{U}:p:{day}:{path}", at, *vids] for (dd, path), vids in members.items() if dd == day
-        )
-    payload = _json(
+        sets.extend([f"{U}:p:{day}:{path}", at, *vids] for path, vids in d.members.items())
+    document = _json(
         [
             hashes,
             sets,
-            [[f"{prefix}:e:{vid}", *entries] for vid, entries in lists.items()],
+            [[f"{prefix}:e:{vid}", len(entries)] for vid, entries in lists.items()],
             [[f"{prefix}:usr:{uid}", *vids] for uid, vids in users.items()],
             list(chain.from_iterable((d.num, day) for day, d in days.items())),
             list(chain.from_iterable((num, vid) for vid, num in firsts.items())),
             len(pageviews) + len(consents),
         ]
     ).encode()
-    digest = hashlib.blake2b(payload, digest_size=16)
+    lines = "\n".join(chain.from_iterable(lists.values())).encode()
+    digest = hashlib.blake2b(document, digest_size=16)
+    digest.update(lines)
     digest.update(array("d", [pv.ts for pv in pageviews] + [c.ts for c in consents]).tobytes())
-    return payload, digest.hexdigest()
+    return document, lines, digest.hexdigest()

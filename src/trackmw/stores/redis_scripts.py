@@ -8,9 +8,22 @@ one visitor (and a linked user's page views) from lists, counters and exact sets
 
 from __future__ import annotations
 
-__all__ = ["ERASE", "PURGE", "WRITE"]
+__all__ = ["DAY_NOTE", "ERASE", "PURGE", "WRITE"]
 
-WRITE = """
+#: The ``note`` field of every ``P:d:DAY`` hash. Being longer than 64 bytes (Redis'
+#: ``hash-max-listpack-value``), it makes Redis keep the hash as a hash table: in its
+#: compact listpack form (up to 512 fields) every ``HINCRBY`` scans the fields one by
+#: one, which made a day's few hundred counters the most costly part of a write.
+DAY_NOTE = (
+    "trackmw day counters: fields t, a, b, ca, cr and KIND:NAME; "
+    "this note keeps the hash a hash table"
+)
+
+WRITE = (
+    "local NOTE = '"
+    + DAY_NOTE
+    + "'"
+    + """
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local marker = P .. ':batch:' .. ARGV[2]
 if redis.call('EXISTS', marker) == 1 then return -1 end  -- written before: a retry
@@ -25,20 +38,10 @@ local function put(cmd, t, from)
     redis.call(cmd, t[1], unpack(t, i, math.min(i + 499, #t)))
   end
 end
--- {key, expire at or 0, {field, ...}, {n, ...}}: the sums are written in a few HSETs
--- rather than one HINCRBY per field, as each call from Lua has a cost of its own.
-for _, h in ipairs(hashes) do
+for _, h in ipairs(hashes) do  -- {key, expire at or 0, {field, ...}, {n, ...}}
   local k, fields, adds = h[1], h[3], h[4]
-  for i = 1, #fields, 500 do
-    local j = math.min(i + 499, #fields)
-    local old, new = redis.call('HMGET', k, unpack(fields, i, j)), {}
-    for x = i, j do
-      local was = old[x - i + 1]
-      new[#new + 1] = fields[x]
-      new[#new + 1] = was and was + adds[x] or adds[x]
-    end
-    redis.call('HSET', k, unpack(new))
-  end
+  redis.call('HSETNX', k, 'note', NOTE)
+  for i = 1, #fields do redis.call('HINCRBY', k, fields[i], adds[i]) end
   if h[2] > 0 then redis.call('EXPIREAT', k, h[2]) end
 end
 for _, s in ipairs(sets) do  -- {key, expire at or 0, member, ...}
@@ -48,8 +51,15 @@ end
 for i = 1, #days, 500 do
   redis.call('ZADD', P .. ':days', unpack(days, i, math.min(i + 499, #days)))
 end
-for _, l in ipairs(lists) do  -- {key, entry, ...}
-  put('RPUSH', l, 2)
+local text, at = ARGV[6], 1
+for _, l in ipairs(lists) do  -- {key, n}: its entries are the next n lines of ARGV[6]
+  local entries = {l[1]}
+  for i = 2, l[2] + 1 do
+    local stop = string.find(text, '\\n', at, true) or #text + 1
+    entries[i] = string.sub(text, at, stop - 1)
+    at = stop + 1
+  end
+  put('RPUSH', entries, 2)
   if vttl > 0 then redis.call('EXPIRE', l[1], vttl) end
 end
 for _, u in ipairs(users) do  -- {key, visitor, ...}
@@ -63,6 +73,7 @@ redis.call('HSETNX', P .. ':meta', 'uniques', mode)
 redis.call('SET', marker, '1', 'EX', 86400)
 return plan[7]
 """
+)
 
 # A visitor's event list rewritten to ``keep`` (its TTL kept), and its first day in the
 # ``first`` index updated; shared by ERASE and PURGE.
