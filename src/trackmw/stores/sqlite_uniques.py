@@ -171,22 +171,26 @@ class Uniques:
             chains = out.get("v:" + visitor)
             if chains is None:
                 chains = out["v:" + visitor] = {}
-            _see(chains, all_visitors, day)
+            dims = [all_visitors]
             for kind, value in (("browser", browser), ("os", os), ("device", device)):
                 if value:
-                    _see(chains, ids.get(kind, {}).get(value) or self._id(conn, kind, value), day)
-            if user:
-                users = out.get("u:" + user)
-                if users is None:
-                    users = out["u:" + user] = {}
-                _see(users, all_users, day)
+                    dims.append(ids.get(kind, {}).get(value) or self._id(conn, kind, value))
             for path in views[1::4]:
-                dim = pages.get(path) or self._id(conn, "page", path)
+                dims.append(pages.get(path) or self._id(conn, "page", path))
+            for dim in dims:
                 days = chains.get(dim)
                 if days is None:
                     chains[dim] = {day}
                 else:
                     days.add(day)
+            if user:
+                users = out.get("u:" + user)
+                if users is None:
+                    out["u:" + user] = {all_users: {day}}
+                elif all_users in users:
+                    users[all_users].add(day)
+                else:
+                    users[all_users] = {day}
         return out
 
     def _link(self, conn: sqlite3.Connection, visits: Visits) -> None:
@@ -300,25 +304,11 @@ class Uniques:
         return out
 
 
-def _see(chains: dict[int, set[int]], dim: int, day: int) -> None:
-    days = chains.get(dim)
-    if days is None:
-        chains[dim] = {day}
-    else:
-        days.add(day)
-
-
 def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
     """``text`` (an entity's chains) with these days added; their links go to ``delta``."""
-    if text is None:
-        parts = []
-        for dim, new in visits.items():
-            prev = -1
-            for day in sorted(new):
-                _bump(delta, (dim, day, prev), 1)
-                prev = day
-            parts.append(f"{dim}:{_join(sorted(new))}")
-        return ";".join(parts)
+    text = text or ""
+    fresh = []  # chains of dimensions new to the entity
+    count = delta.get
     for dim, new in visits.items():
         head = f"{dim}:"
         if text.startswith(head):
@@ -326,11 +316,15 @@ def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
         else:
             at = text.find(";" + head)
             if at < 0:  # the entity's first visit in this dimension
-                prev = -1
-                for day in sorted(new):
-                    _bump(delta, (dim, day, prev), 1)
-                    prev = day
-                text = f"{text};{head}{_join(sorted(new))}"
+                if len(new) == 1:
+                    (day,) = new
+                    key = (dim, day, -1)
+                    delta[key] = count(key, 0) + 1
+                    fresh.append(f"{head}{day}")
+                else:
+                    chain: list[int] = []
+                    _insert(chain, sorted(new), dim, delta)
+                    fresh.append(head + _join(chain))
                 continue
             start = at + 1 + len(head)
         end = text.find(";", start)
@@ -341,11 +335,14 @@ def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
         if len(new) == 1:
             (day,) = new
             if day > last:  # the usual case: a later day, appended to the chain
-                _bump(delta, (dim, day, last), 1)
+                key = (dim, day, last)
+                delta[key] = count(key, 0) + 1
                 text = f"{text[:end]},{day}{text[end:]}"
-                continue
-            if day == last:
-                continue
+            elif day < last:
+                chain = _days(text[start:end])
+                if _insert(chain, [day], dim, delta):
+                    text = f"{text[:start]}{_join(chain)}{text[end:]}"
+            continue
         days = sorted(new)
         if days[0] > last:
             prev = last
@@ -353,10 +350,12 @@ def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
                 _bump(delta, (dim, day, prev), 1)
                 prev = day
             text = f"{text[:end]},{_join(days)}{text[end:]}"
-        elif len(days) > 1 or days[0] != last:
+        else:
             chain = _days(text[start:end])
             if _insert(chain, days, dim, delta):
                 text = f"{text[:start]}{_join(chain)}{text[end:]}"
+    if fresh:
+        return ";".join([text, *fresh]) if text else ";".join(fresh)
     return text
 
 
