@@ -52,12 +52,14 @@ Groups = dict[tuple[Any, ...], list[Any]]
 def group(pageviews: Iterable[PageView]) -> Groups:
     """The page views by day, visitor, user, browser class and botness."""
     groups: Groups = {}
-    for pv in pageviews:
-        key = pv[1:4] + pv[7:]
-        views = groups.get(key)
+    get = groups.get
+    for ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot in pageviews:
+        key = (day, visitor, user, browser, os, device, bot)
+        views = get(key)
         if views is None:
-            views = groups[key] = []
-        views += pv[0], pv[4], pv[5], pv[6]
+            groups[key] = [ts, path, referrer, campaign]
+        else:
+            views += ts, path, referrer, campaign
     return groups
 
 

@@ -22,6 +22,13 @@ A batch touches a few dimensions of each of its visitors, mostly with a day late
 any in the chain (today): such a day is appended to its chain's text in place, and the
 rest of the row is copied as it is, never decoded. Only a day arriving out of order
 decodes its one chain.
+
+Almost every visitor keeps one browser, OS and device: their three chains are then the
+visitor's own chain (all visitors), and the row says so with a first segment
+``c:browser,os,device`` (dimension ids, 0 for none) instead of three copies that each
+batch would have to extend. The links of the three dimensions follow those of the
+visitor's chain. A visitor seen with a second class gets the three chains written out
+(``_classes``) and from then on extended like any other.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ ALL_VISITORS = ("visitors", "")
 ALL_USERS = ("users", "")
 
 Visits = dict[str, dict[int, set[int]]]  # entity key -> dimension id -> days (ordinals)
+Class = tuple[int, int, int]  # browser, OS and device dimension ids (0: none)
+Classes = dict[str, dict[Class, set[int]]]  # visitor key -> its classes -> days
 Delta = dict[tuple[int, int, int], int]
 
 
@@ -86,13 +95,14 @@ class Uniques:
     def add(self, conn: sqlite3.Connection, groups: stored.Groups) -> None:
         """Add the visits of these page views (``sqlite_pageviews.group``) to the chains
         and their links."""
-        self._link(conn, self._visits(conn, groups))
+        self._link(conn, *self._visits(conn, groups))
 
     def remove(self, conn: sqlite3.Connection, entities: Sequence[str]) -> None:
         """Forget these visitors' and users' chains, and their links."""
         delta: Delta = {}
+        visitors = self._id(conn, *ALL_VISITORS)
         for chains in self._load(conn, entities).values():
-            for dim, text in _split(chains).items():
+            for dim, text in _split(chains, visitors).items():
                 prev = -1
                 for day in _days(text):
                     _bump(delta, (dim, day, prev), -1)
@@ -114,10 +124,15 @@ class Uniques:
             rows += stored.of(conn, "visitor_id", visitor)[1]
         for user in users:
             rows += stored.of(conn, "user_id", user)[1]
-        visits = self._visits(conn, stored.group(rows))
+        visits, classes = self._visits(conn, stored.group(rows))
         # A visitor's page views name its users too (and a user's, its other visitors):
         # only the chains asked for are rebuilt, the others are already right.
-        self._link(conn, {key: visits[key] for key in set(entities) & visits.keys()})
+        wanted = set(entities) & visits.keys()
+        self._link(
+            conn,
+            {key: visits[key] for key in wanted},
+            {key: classes[key] for key in wanted & classes.keys()},
+        )
 
     def rebuild_all(self, conn: sqlite3.Connection) -> None:
         """Recompute every chain from the stored page views (migration from schema 1)."""
@@ -141,43 +156,57 @@ class Uniques:
         gone: list[tuple[str]] = []
         for key, text in conn.execute("SELECT key, chains FROM uniq_entities").fetchall():
             parts = []
+            if text.startswith("c:"):  # kept as long as the visitor's chain is
+                parts.append(text.partition(";")[0])
             for dim, days_text in _split(text).items():
                 days = _days(days_text)
                 kept = [d for d in days if d >= cut]
                 if kept:
                     parts.append(f"{dim}:{days_text if len(kept) == len(days) else _join(kept)}")
-            if not parts:
+            if not parts or parts[0].startswith("c:") and len(parts) == 1:
                 gone.append((key,))
             elif (new := ";".join(parts)) != text:
                 updates.append((new, key))
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
         conn.executemany("UPDATE uniq_entities SET chains = ? WHERE key = ?", updates)
 
-    def _visits(self, conn: sqlite3.Connection, groups: stored.Groups) -> Visits:
-        """Which days each visitor and user was seen in each dimension.
+    def _visits(self, conn: sqlite3.Connection, groups: stored.Groups) -> tuple[Visits, Classes]:
+        """Which days each visitor and user was seen in each dimension, and each visitor
+        with each browser class.
 
         Bots and anonymous views count in no chain. A group is mostly a session: its
-        visitor, day, browser, OS and device are looked at once, then its pages.
+        visitor, day and class are looked at once, then its pages.
         """
         out: Visits = {}
-        ids = self._ids
-        pages = ids.setdefault("page", {})
+        classes: Classes = {}
+        pages = self._ids.setdefault("page", {})
         all_visitors = self._id(conn, *ALL_VISITORS)
         all_users = self._id(conn, *ALL_USERS)
+        class_of: dict[tuple[str | None, ...], Class] = {}
         for (iso_day, visitor, user, browser, os, device, bot), views in groups.items():
             if visitor is None or bot:
                 continue
-            day = self._ordinal(iso_day)
-            chains = out.get("v:" + visitor)
+            day = self._days.get(iso_day) or self._ordinal(iso_day)
+            key = "v:" + visitor
+            chains = out.get(key)
             if chains is None:
-                chains = out["v:" + visitor] = {}
-            dims = [all_visitors]
-            for kind, value in (("browser", browser), ("os", os), ("device", device)):
-                if value:
-                    dims.append(ids.get(kind, {}).get(value) or self._id(conn, kind, value))
+                chains = out[key] = {all_visitors: {day}}
+                seen: dict[Class, set[int]] = {}
+                classes[key] = seen
+            else:
+                chains[all_visitors].add(day)
+                seen = classes[key]
+            names = (browser, os, device)
+            cls = class_of.get(names)
+            if cls is None:
+                cls = class_of[names] = self._class(conn, names)
+            days = seen.get(cls)
+            if days is None:
+                seen[cls] = {day}
+            else:
+                days.add(day)
             for path in views[1::4]:
-                dims.append(pages.get(path) or self._id(conn, "page", path))
-            for dim in dims:
+                dim = pages.get(path) or self._id(conn, "page", path)
                 days = chains.get(dim)
                 if days is None:
                     chains[dim] = {day}
@@ -191,20 +220,39 @@ class Uniques:
                     users[all_users].add(day)
                 else:
                     users[all_users] = {day}
-        return out
+        return out, classes
 
-    def _link(self, conn: sqlite3.Connection, visits: Visits) -> None:
+    def _class(self, conn: sqlite3.Connection, names: tuple[str | None, ...]) -> Class:
+        browser, os, device = (
+            self._id(conn, kind, name) if name else 0
+            for kind, name in zip(("browser", "os", "device"), names, strict=True)
+        )
+        return browser, os, device
+
+    def _link(self, conn: sqlite3.Connection, visits: Visits, classes: Classes) -> None:
         """Merge these visits into the entities' chains; add the links that change."""
         if not visits:
             return
         keys = sorted(visits)
         texts = self._load(conn, keys)
         delta: Delta = {}
+        visitors = self._id(conn, *ALL_VISITORS)
         rows = []
         for key in keys:
-            text = texts.get(key)
-            new = _merge(text, visits[key], delta)
-            if new != text:
+            text = texts.get(key) or ""
+            dims = visits[key]
+            seen = classes.get(key)
+            if seen:
+                text, mirrored = _classes(text, dims, seen, visitors)
+                if mirrored:
+                    # The class's chains are the visitor's: so are their links.
+                    own: Delta = {}
+                    text = _merge(text, {visitors: dims.pop(visitors)}, own)
+                    for (_, day, prev), n in own.items():
+                        for dim in (visitors, *mirrored):
+                            _bump(delta, (dim, day, prev), n)
+            new = _merge(text, dims, delta)
+            if new != texts.get(key):
                 rows.append((key, new))
         conn.executemany("INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)", rows)
         _apply(conn, delta)
@@ -377,11 +425,58 @@ def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
     return changed
 
 
-def _split(text: str) -> dict[int, str]:
+def _classes(
+    text: str, dims: dict[int, set[int]], seen: dict[Class, set[int]], visitors: int
+) -> tuple[str, list[int]]:
+    """A visitor's chains ``text`` before adding this batch's ``seen`` classes, and the
+    class dimensions whose links follow the visitor's chain (none: they were added to
+    ``dims`` as dimensions of their own)."""
+    current = None
+    rest = text
+    if text.startswith("c:"):
+        end = text.find(";")
+        current = _class(text[2:end])
+        rest = text[end + 1 :]
+    if len(seen) == 1:
+        (cls,) = seen
+        if cls == current:
+            return text, [d for d in cls if d]
+        if not text:
+            return "c:{},{},{}".format(*cls), [d for d in cls if d]
+    if current is not None:  # a second class: the first one's chains are written out
+        chain = _split(rest)[visitors]
+        text = ";".join([rest, *(f"{d}:{chain}" for d in current if d)])
+    for cls, days in seen.items():
+        for dim in cls:
+            if dim:
+                have = dims.get(dim)
+                if have is None:
+                    dims[dim] = set(days)
+                else:
+                    have |= days
+    return text, []
+
+
+def _class(text: str) -> Class:
+    browser, os, device = map(int, text.split(","))
+    return browser, os, device
+
+
+def _split(text: str, visitors: int | None = None) -> dict[int, str]:
+    """Each dimension's days (text) in an entity's chains; with the id of the
+    ``visitors`` dimension, also those of a class segment's dimensions."""
     out: dict[int, str] = {}
+    cls = ""
     for part in text.split(";"):
         dim, _, days = part.partition(":")
-        out[int(dim)] = days
+        if dim == "c":
+            cls = days
+        else:
+            out[int(dim)] = days
+    if cls and visitors is not None:
+        for member in _class(cls):
+            if member:
+                out[member] = out[visitors]
     return out
 
 
