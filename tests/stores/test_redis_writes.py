@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from trackmw.events import ConsentChoice
 from trackmw.stores import Store, open_store
 
-from .data import START, pageview, ts_of
+from .data import START, consent, pageview, ts_of
 
 pytestmark = pytest.mark.services
 
@@ -67,3 +69,25 @@ def test_day_counters_are_kept_in_a_hash_table(redis_store: Store) -> None:
     key = f"{redis_store.prefix}:d:{START.isoformat()}"  # type: ignore[attr-defined]
     assert client.object("encoding", key) == "hashtable"
     assert redis_store.report(START, START).pageviews == 1
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+def test_lists_of_one_event_per_element_are_still_read_purged_and_erased(
+    redis_store: Store,
+) -> None:
+    later = START + timedelta(days=1)
+    pvs = [pageview(START, 1, "v1", "/a"), pageview(later, 2, "v1", "/b")]
+    redis_store.write([*pvs, pageview(START, 3, "v2", "/c")], [consent(START, 4, "v1", True)])
+    client = redis_store.client  # type: ignore[attr-defined]
+    key = f"{redis_store.prefix}:e:v1"  # type: ignore[attr-defined]
+    before = redis_store.visitor_data("v1")
+    # As earlier versions wrote them: one event per element, not a batch's array.
+    singles = [json.dumps(e) for raw in client.lrange(key, 0, -1) for e in json.loads(raw)]
+    assert len(singles) == 3
+    client.delete(key)
+    client.rpush(key, *singles)
+    assert redis_store.visitor_data("v1") == before
+    assert redis_store.purge(later) == 3  # /a, /c and the consent
+    assert [p["page"] for p in redis_store.visitor_data("v1")["pageviews"]] == ["/b"]
+    assert redis_store.erase("v1") == 1
+    assert redis_store.report(START, later).pageviews == 0

@@ -11,7 +11,8 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
 - ``P:M:v:DAY``, ``P:M:u:DAY``, ``P:M:p:DAY:PATH``, ``P:M:B:DAY:NAME`` (``O``, ``D``):
   unique visitors (users for ``u``), as HyperLogLog (``M`` = ``h``, ``redis_uniques="hll"``,
   12 KB at most per key, ±0.81 %) or exact sets (``M`` = ``x``, ``"exact"``).
-- ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure),
+- ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure), an
+  array of them per batch (earlier versions: one event per element; both are read),
   ``P:usr:USER`` the visitors linked to a user, ``P:first`` (zset) each visitor's oldest
   day and ``P:days`` (zset) the days held, both for ``purge``; ``P:meta`` records the
   unique-count mode of the first writer, which every later reader and writer follows
@@ -290,14 +291,18 @@ class RedisStore(Store):
         raw = self._call(lambda c: c.lrange(f"{self.prefix}:e:{visitor_id}", 0, -1))
         pageviews: list[PageView] = []
         consents: list[ConsentChoice] = []
-        for entry in map(json.loads, raw):
-            if entry[0] == "p":
-                ts, day, uid, path, ref, camp, browser, os_, device = entry[1:]
-                pageviews.append(
-                    PageView(ts, day, visitor_id, uid, path, ref, camp, browser, os_, device, False)
-                )
-            else:
-                consents.append(ConsentChoice(entry[1], entry[2], visitor_id, *entry[3:]))
+        for doc in map(json.loads, raw):
+            # One event per element, or (as the script writes them) an array of events.
+            for entry in doc if isinstance(doc[0], list) else [doc]:
+                if entry[0] == "p":
+                    ts, day, uid, path, ref, camp, browser, os_, device = entry[1:]
+                    pageviews.append(
+                        PageView(
+                            ts, day, visitor_id, uid, path, ref, camp, browser, os_, device, False
+                        )
+                    )
+                else:
+                    consents.append(ConsentChoice(entry[1], entry[2], visitor_id, *entry[3:]))
         return visitor_document(pageviews, consents)
 
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:

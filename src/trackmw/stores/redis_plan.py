@@ -6,11 +6,13 @@ replays the result, one command per key. ``plan`` turns a batch into
 
 - per day hash ``P:d:DAY``: its counters, summed (one ``HINCRBY`` per field);
 - per unique-count key: its distinct members (one ``PFADD`` or ``SADD``);
-- per visitor list ``P:e:VISITOR``: its entries as JSON strings, in batch order, page
-  views first (one ``RPUSH``); per user set ``P:usr:USER``: its visitors;
+- per visitor list ``P:e:VISITOR``: one element, the JSON array of the visitor's events
+  of the batch (one ``RPUSH``; earlier versions pushed one element per event, and the
+  readers take both); per user set ``P:usr:USER``: its visitors;
 - the ``P:days`` and ``P:first`` index entries;
 
-as one JSON document (see ``redis_scripts.WRITE`` for its shape), and the batch's id.
+as one JSON document (see ``redis_scripts.WRITE`` for its shape), the list elements, and
+the batch's id.
 """
 
 from __future__ import annotations
@@ -43,15 +45,16 @@ class _Day:
         self.paths: list[str] = []  # of every human page view, to count
         self.refs: list[str] = []  # "r:HOST", "c:NAME" of every human page view that has one
         self.members: dict[str, set[str]] = {}  # path -> its visitors
-        # (visitor, browser, os, device, user) -> [page views, the visitor's entries, the
-        # JSON before and after the page in its entries]: the tuple repeats within a
-        # visitor's day, so what it adds is worked out once.
+        # (visitor, browser, os, device, user) -> [its entries (one per page view), the
+        # JSON before and after the page in them]: the tuple repeats within a visitor's
+        # day, so what it adds is worked out once.
         self.visits: dict[tuple[str, Any, Any, Any, Any], list[Any]] = {}
 
-    def visit(self, key: tuple[str, Any, Any, Any, Any], entries: list[str]) -> list[Any]:
+    def visit(self, key: tuple[str, Any, Any, Any, Any], lists: dict[str, list[Any]]) -> list[Any]:
         vid, b, o, dv, uid = key
+        entries: list[str] = []
+        lists.setdefault(vid, []).append(entries)
         self.visits[key] = rec = [
-            0,
             entries,
             f",{_quote(self.day)},{_null(uid)},",
             f",{_null(b)},{_null(o)},{_null(dv)}]",
@@ -70,15 +73,15 @@ def plan(
     consents: Sequence[ConsentChoice],
     expiry: dict[str, int],
 ) -> tuple[bytes, bytes, str]:
-    """``(plan, entries, batch id)`` of a batch for ``WRITE`` (``mode``: ``h`` or ``x``).
+    """``(plan, elements, batch id)`` of a batch for ``WRITE`` (``mode``: ``h`` or ``x``).
 
-    ``entries`` are the visitors' list entries, one JSON document a line (JSON escapes
-    every line break), in the order of the plan's lists: sent apart from the plan, they
-    need no second escaping. The id hashes both and every event's time, so two batches
-    of the same counts (two lone bot hits) are told apart while a retry is recognised.
+    ``elements`` are the new list elements, one a line (JSON escapes every line break),
+    in the order of the plan's list keys: sent apart from the plan, they need no second
+    escaping. The id hashes both and every event's time, so two batches of the same
+    counts (two lone bot hits) are told apart while a retry is recognised.
     """
     days: dict[str, _Day] = {}
-    lists: dict[str, list[str]] = {}
+    lists: dict[str, list[list[str]]] = {}  # visitor -> its groups of entries
     d = _Day("0000-00-00")
     current = d.day
     for ts, day, vid, uid, path, ref, camp, b, o, dv, bot in pageviews:
@@ -103,9 +106,8 @@ def plan(
         key = (vid, b, o, dv, uid)
         rec = visits.get(key)
         if rec is None:
-            rec = d.visit(key, lists.setdefault(vid, []))
-        rec[0] += 1
-        rec[1].append(f'["p",{ts:.3f}{rec[2]}{_quote(path)}{around}{rec[3]}')
+            rec = d.visit(key, lists)
+        rec[0].append(f'["p",{ts:.3f}{rec[1]}{_quote(path)}{around}{rec[2]}')
         seen = members.get(path)
         if seen is None:
             members[path] = {vid}
@@ -118,7 +120,7 @@ def plan(
             days[c.day] = _Day(c.day)
         consented.setdefault(c.day, [0, 0])[0 if c.analytics else 1] += 1
         if c.visitor_id is not None:
-            lists.setdefault(c.visitor_id, []).append(_json(["c", c.ts, c.day, *c[3:]]))
+            lists.setdefault(c.visitor_id, []).append([_json(["c", c.ts, c.day, *c[3:]])])
             num = days[c.day].num
             if firsts.get(c.visitor_id, num) >= num:
                 firsts[c.visitor_id] = num
@@ -133,7 +135,7 @@ def plan(
         day_users: set[str] = set()
         identified = 0
         for (vid, b, o, dv, uid), rec in d.visits.items():
-            n = rec[0]
+            n = len(rec[0])
             identified += n
             bod = bods.get((b, o, dv))
             if bod is None:
@@ -176,15 +178,17 @@ def plan(
         [
             hashes,
             sets,
-            [[f"{prefix}:e:{vid}", len(entries)] for vid, entries in lists.items()],
+            [f"{prefix}:e:{vid}" for vid in lists],
             [[f"{prefix}:usr:{uid}", *vids] for uid, vids in users.items()],
             list(chain.from_iterable((d.num, day) for day, d in days.items())),
             list(chain.from_iterable((num, vid) for vid, num in firsts.items())),
             len(pageviews) + len(consents),
         ]
     ).encode()
-    lines = "\n".join(chain.from_iterable(lists.values())).encode()
-    digest = hashlib.blake2b(document, digest_size=16)
+    lines = "\n".join(
+        "[" + ",".join(chain.from_iterable(groups)) + "]" for groups in lists.values()
+    ).encode()
+    digest = hashlib.sha256(document)
     digest.update(lines)
     digest.update(array("d", [pv.ts for pv in pageviews] + [c.ts for c in consents]).tobytes())
-    return document, lines, digest.hexdigest()
+    return document, lines, digest.hexdigest()[:32]

@@ -52,15 +52,11 @@ for i = 1, #days, 500 do
   redis.call('ZADD', P .. ':days', unpack(days, i, math.min(i + 499, #days)))
 end
 local text, at = ARGV[6], 1
-for _, l in ipairs(lists) do  -- {key, n}: its entries are the next n lines of ARGV[6]
-  local entries = {l[1]}
-  for i = 2, l[2] + 1 do
-    local stop = string.find(text, '\\n', at, true) or #text + 1
-    entries[i] = string.sub(text, at, stop - 1)
-    at = stop + 1
-  end
-  put('RPUSH', entries, 2)
-  if vttl > 0 then redis.call('EXPIRE', l[1], vttl) end
+for _, k in ipairs(lists) do  -- a visitor's list: its element is the next line of ARGV[6]
+  local stop = string.find(text, '\\n', at, true) or #text + 1
+  redis.call('RPUSH', k, string.sub(text, at, stop - 1))
+  at = stop + 1
+  if vttl > 0 then redis.call('EXPIRE', k, vttl) end
 end
 for _, u in ipairs(users) do  -- {key, visitor, ...}
   put('SADD', u, 2)
@@ -75,9 +71,20 @@ return plan[7]
 """
 )
 
-# A visitor's event list rewritten to ``keep`` (its TTL kept), and its first day in the
-# ``first`` index updated; shared by ERASE and PURGE.
-_KEEP_ONLY = """
+# Shared by ERASE and PURGE: a visitor's list element read as its entries; what is left
+# of it when only some entries stay; the list rewritten to ``keep`` (its TTL kept) and
+# its first day in the ``first`` index updated.
+_LISTS = """
+local function entries_of(raw)  -- one event, or (as WRITE stores them) an array of some
+  local doc = cjson.decode(raw)
+  if type(doc[1]) == 'table' then return doc end
+  return {doc}
+end
+local function rest_of(raw, all, kept)
+  if #kept == #all then return raw end
+  if #kept > 0 then return cjson.encode(kept) end
+  return nil
+end
 local function keep_only(P, key, v, keep, first)
   local ttl = redis.call('PTTL', key)
   redis.call('DEL', key)
@@ -92,7 +99,7 @@ end
 """
 
 ERASE = (
-    _KEEP_ONLY
+    _LISTS
     + """
 local P, mode, vid, uid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local U, null = P .. ':' .. mode, cjson.null
@@ -109,20 +116,23 @@ end
 local removed, lost_users = 0, {}
 for _, v in ipairs(vids) do
   local key = P .. ':e:' .. v
-  local keep, keepraw, gone, has, first = {}, {}, {}, {}, nil
+  local keepraw, gone, has, first = {}, {}, {}, nil
   for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    local e = cjson.decode(raw)
-    if v == vid or (e[1] == 'p' and e[4] == uid) then gone[#gone + 1] = e else
-      keepraw[#keepraw + 1] = raw
-      local n = tonumber((string.gsub(e[3], '-', '')))
-      if not first or n < first then first = n end
-      if e[1] == 'p' then
-        has['v:' .. e[3]] = true; has['p:' .. e[3] .. ':' .. e[5]] = true
-        for i, c in ipairs({'B', 'O', 'D'}) do
-          if e[7 + i] ~= null then has[c .. ':' .. e[3] .. ':' .. e[7 + i]] = true end
+    local all, kept = entries_of(raw), {}
+    for _, e in ipairs(all) do
+      if v == vid or (e[1] == 'p' and e[4] == uid) then gone[#gone + 1] = e else
+        kept[#kept + 1] = e
+        local n = tonumber((string.gsub(e[3], '-', '')))
+        if not first or n < first then first = n end
+        if e[1] == 'p' then
+          has['v:' .. e[3]] = true; has['p:' .. e[3] .. ':' .. e[5]] = true
+          for i, c in ipairs({'B', 'O', 'D'}) do
+            if e[7 + i] ~= null then has[c .. ':' .. e[3] .. ':' .. e[7 + i]] = true end
+          end
         end
       end
     end
+    keepraw[#keepraw + 1] = rest_of(raw, all, kept)
   end
   for _, e in ipairs(gone) do
     removed = removed + 1
@@ -157,8 +167,10 @@ if mode == 'x' then
     if u ~= uid then
       for _, v in ipairs(redis.call('SMEMBERS', P .. ':usr:' .. u)) do
         for _, raw in ipairs(redis.call('LRANGE', P .. ':e:' .. v, 0, -1)) do
-          local e = cjson.decode(raw)
-          if e[1] == 'p' and e[4] == u and e[3] == day then still = true; break end
+          for _, e in ipairs(entries_of(raw)) do
+            if e[1] == 'p' and e[4] == u and e[3] == day then still = true; break end
+          end
+          if still then break end
         end
         if still then break end
       end
@@ -173,7 +185,7 @@ return removed
 )
 
 PURGE = (
-    _KEEP_ONLY
+    _LISTS
     + """
 local P, cut, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local removed, more = 0, 0
@@ -203,9 +215,12 @@ local vids = redis.call('ZRANGEBYSCORE', P .. ':first', '-inf', '(' .. cut, 'LIM
 for _, v in ipairs(vids) do
   local key, keep, first = P .. ':e:' .. v, {}, nil
   for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    local day = cjson.decode(raw)[3]
-    local n = tonumber((string.gsub(day, '-', '')))
-    if n >= cut then keep[#keep + 1] = raw; if not first or n < first then first = n end end
+    local all, kept = entries_of(raw), {}
+    for _, e in ipairs(all) do
+      local n = tonumber((string.gsub(e[3], '-', '')))
+      if n >= cut then kept[#kept + 1] = e; if not first or n < first then first = n end end
+    end
+    keep[#keep + 1] = rest_of(raw, all, kept)
   end
   keep_only(P, key, v, keep, first)
 end
