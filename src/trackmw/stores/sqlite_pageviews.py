@@ -18,8 +18,9 @@ index (a loose index scan) and seeks the visitor in each.
 from __future__ import annotations
 
 import json
+import json.encoder
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..events import PageView
@@ -44,6 +45,35 @@ CREATE INDEX IF NOT EXISTS pageview_groups_user ON pageview_groups (day, user_id
     WHERE user_id IS NOT NULL;
 """
 
+
+def _json_dumps() -> Callable[[list[Any]], str]:
+    """``json.dumps``, without the C encoder it makes anew at each call.
+
+    A batch encodes a few hundred small lists, and making the encoder cost more than
+    encoding them. Where the json module has no C encoder, or it takes other
+    arguments than CPython 3.11's, this is ``json.dumps`` itself.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.dumps
+    try:
+        # The arguments json.dumps passes by default, without the circular check
+        # (markers): these lists hold only numbers, strings and None.
+        encode = make(
+            None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+        )
+    except TypeError:
+        return json.dumps
+
+    def dumps(obj: list[Any]) -> str:
+        return "".join(encode(obj, 0))
+
+    sample = [1.5, '/ü"\n', None, True, 3]
+    return dumps if dumps(sample) == json.dumps(sample) else json.dumps
+
+
+_dumps = _json_dumps()
+
 #: ``(day, visitor_id, user_id, browser, os, device, bot)`` -> ``[ts, path, referrer,
 #: campaign, ts, path, …]``: the page views of a batch, grouped.
 Groups = dict[tuple[Any, ...], list[Any]]
@@ -65,7 +95,7 @@ def group(pageviews: Iterable[PageView]) -> Groups:
 
 def add(conn: sqlite3.Connection, groups: Groups) -> None:
     """Insert grouped page views."""
-    dumps = json.dumps  # its default encoder is made once; other settings make one per call
+    dumps = _dumps
     conn.executemany(
         "INSERT INTO pageview_groups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(*key, len(views) // 4, dumps(views)) for key, views in groups.items()],

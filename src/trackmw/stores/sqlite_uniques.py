@@ -248,9 +248,11 @@ class Uniques:
                     # The class's chains are the visitor's: so are their links.
                     own: Delta = {}
                     text = _merge(text, {visitors: dims.pop(visitors)}, own)
+                    count = delta.get
                     for (_, day, prev), n in own.items():
                         for dim in (visitors, *mirrored):
-                            _bump(delta, (dim, day, prev), n)
+                            link = (dim, day, prev)
+                            delta[link] = count(link, 0) + n
             new = _merge(text, dims, delta)
             if new != texts.get(key):
                 rows.append((key, new))
