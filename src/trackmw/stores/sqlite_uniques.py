@@ -242,18 +242,10 @@ class Uniques:
             text = texts.get(key) or ""
             dims = visits[key]
             seen = classes.get(key)
+            mirrored: list[int] = []
             if seen:
                 text, mirrored = _classes(text, dims, seen, visitors)
-                if mirrored:
-                    # The class's chains are the visitor's: so are their links.
-                    own: Delta = {}
-                    text = _merge(text, {visitors: dims.pop(visitors)}, own)
-                    count = delta.get
-                    for (_, day, prev), n in own.items():
-                        for dim in (visitors, *mirrored):
-                            link = (dim, day, prev)
-                            delta[link] = count(link, 0) + n
-            new = _merge(text, dims, delta)
+            new = _merge(text, dims, delta, visitors, mirrored)
             if new != texts.get(key):
                 rows.append((key, new))
         conn.executemany("INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)", rows)
@@ -354,12 +346,23 @@ class Uniques:
         return out
 
 
-def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
-    """``text`` (an entity's chains) with these days added; their links go to ``delta``."""
+def _merge(
+    text: str | None,
+    visits: dict[int, set[int]],
+    delta: Delta,
+    follow: int = 0,
+    mirrored: Sequence[int] = (),
+) -> str:
+    """``text`` (an entity's chains) with these days added; their links go to ``delta``,
+    and those of dimension ``follow`` also to the ``mirrored`` dimensions'."""
     text = text or ""
     fresh = []  # chains of dimensions new to the entity
-    count = delta.get
+    links = delta
+    own: Delta = {}
     for dim, new in visits.items():
+        if mirrored:
+            delta = own if dim == follow else links
+        count = delta.get
         head = f"{dim}:"
         if text.startswith(head):
             start = len(head)
@@ -404,6 +407,9 @@ def _merge(text: str | None, visits: dict[int, set[int]], delta: Delta) -> str:
             chain = _days(text[start:end])
             if _insert(chain, days, dim, delta):
                 text = f"{text[:start]}{_join(chain)}{text[end:]}"
+    for (_, day, prev), n in own.items():
+        for dim in (follow, *mirrored):
+            _bump(links, (dim, day, prev), n)
     if fresh:
         return ";".join([text, *fresh]) if text else ";".join(fresh)
     return text
