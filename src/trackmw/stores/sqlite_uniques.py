@@ -19,9 +19,9 @@ one row per visitor keeps the pages a batch dirties few (visitor ids are random 
 Days are ``date.toordinal()`` numbers.
 
 A batch touches a few dimensions of each of its visitors, mostly with a day later than
-any in the chain (today): such a day is appended to its chain's text in place, and the
-rest of the row is copied as it is, never decoded. Only a day arriving out of order
-decodes its one chain.
+any in the chain (today): the row is split into its dimensions' segments, such a day is
+appended to its segment's text, and the other segments are joined back as they were.
+Only a day arriving out of order decodes its chain.
 
 Almost every visitor keeps one browser, OS and device: their three chains are then the
 visitor's own chain (all visitors), and the row says so with a first segment
@@ -355,64 +355,59 @@ def _merge(
 ) -> str:
     """``text`` (an entity's chains) with these days added; their links go to ``delta``,
     and those of dimension ``follow`` also to the ``mirrored`` dimensions'."""
-    text = text or ""
-    fresh = []  # chains of dimensions new to the entity
     links = delta
     own: Delta = {}
+    parts = text.split(";") if text else []
+    where = {part[: part.find(":")]: i for i, part in enumerate(parts)}
     for dim, new in visits.items():
         if mirrored:
             delta = own if dim == follow else links
-        count = delta.get
-        head = f"{dim}:"
-        if text.startswith(head):
-            start = len(head)
-        else:
-            at = text.find(";" + head)
-            if at < 0:  # the entity's first visit in this dimension
-                if len(new) == 1:
-                    (day,) = new
-                    key = (dim, day, -1)
-                    delta[key] = count(key, 0) + 1
-                    fresh.append(f"{head}{day}")
-                else:
-                    chain: list[int] = []
-                    _insert(chain, sorted(new), dim, delta)
-                    fresh.append(head + _join(chain))
-                continue
-            start = at + 1 + len(head)
-        end = text.find(";", start)
-        if end < 0:
-            end = len(text)
-        comma = text.rfind(",", start, end)
-        last = int(text[comma + 1 if comma >= 0 else start : end])
-        if len(new) == 1:
-            (day,) = new
-            if day > last:  # the usual case: a later day, appended to the chain
-                key = (dim, day, last)
-                delta[key] = count(key, 0) + 1
-                text = f"{text[:end]},{day}{text[end:]}"
-            elif day < last:
-                chain = _days(text[start:end])
-                if _insert(chain, [day], dim, delta):
-                    text = f"{text[:start]}{_join(chain)}{text[end:]}"
+        name = str(dim)
+        i = where.get(name)
+        if i is None:  # the entity's first visit in this dimension
+            if len(new) == 1:
+                (day,) = new
+                key = (dim, day, -1)
+                delta[key] = delta.get(key, 0) + 1
+                parts.append(f"{name}:{day}")
+            else:
+                chain: list[int] = []
+                _insert(chain, sorted(new), dim, delta)
+                parts.append(f"{name}:{_join(chain)}")
             continue
-        days = sorted(new)
-        if days[0] > last:
-            prev = last
-            for day in days:
-                _bump(delta, (dim, day, prev), 1)
-                prev = day
-            text = f"{text[:end]},{_join(days)}{text[end:]}"
-        else:
-            chain = _days(text[start:end])
-            if _insert(chain, days, dim, delta):
-                text = f"{text[:start]}{_join(chain)}{text[end:]}"
+        part = parts[i]
+        head = len(name) + 1
+        days = _extend(part[head:], new, dim, delta)
+        if days is not None:
+            parts[i] = part[:head] + days
     for (_, day, prev), n in own.items():
         for dim in (follow, *mirrored):
             _bump(links, (dim, day, prev), n)
-    if fresh:
-        return ";".join([text, *fresh]) if text else ";".join(fresh)
-    return text
+    return ";".join(parts)
+
+
+def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
+    """The days of ``chain`` (text) and ``new``, or None if none is new; the links that
+    change go to ``delta``."""
+    last = int(chain[chain.rfind(",") + 1 :])
+    if len(new) == 1:
+        (day,) = new
+        if day > last:  # the usual case: a later day (today), appended
+            key = (dim, day, last)
+            delta[key] = delta.get(key, 0) + 1
+            return f"{chain},{day}"
+        if day == last:
+            return None
+    days = sorted(new)
+    if days[0] > last:
+        prev = last
+        for day in days:
+            key = (dim, day, prev)
+            delta[key] = delta.get(key, 0) + 1
+            prev = day
+        return f"{chain},{_join(days)}"
+    old = _days(chain)
+    return _join(old) if _insert(old, days, dim, delta) else None
 
 
 def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
