@@ -37,6 +37,7 @@ import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import date
+from functools import lru_cache
 
 from ..events import PageView
 from . import sqlite_pageviews as stored
@@ -183,10 +184,11 @@ class Uniques:
         all_visitors = self._id(conn, *ALL_VISITORS)
         all_users = self._id(conn, *ALL_USERS)
         class_of: dict[tuple[str | None, ...], Class] = {}
+        ordinals = self._days
         for (iso_day, visitor, user, browser, os, device, bot), views in groups.items():
             if visitor is None or bot:
                 continue
-            day = self._days.get(iso_day) or self._ordinal(iso_day)
+            day = ordinals.get(iso_day) or self._ordinal(iso_day)
             key = "v:" + visitor
             chains = out.get(key)
             if chains is None:
@@ -242,7 +244,7 @@ class Uniques:
             text = texts.get(key) or ""
             dims = visits[key]
             seen = classes.get(key)
-            mirrored: list[int] = []
+            mirrored: tuple[int, ...] = ()
             if seen:
                 text, mirrored = _classes(text, dims, seen, visitors)
             new = _merge(text, dims, delta, visitors, mirrored)
@@ -430,25 +432,22 @@ def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
 
 def _classes(
     text: str, dims: dict[int, set[int]], seen: dict[Class, set[int]], visitors: int
-) -> tuple[str, list[int]]:
+) -> tuple[str, tuple[int, ...]]:
     """A visitor's chains ``text`` before adding this batch's ``seen`` classes, and the
     class dimensions whose links follow the visitor's chain (none: they were added to
     ``dims`` as dimensions of their own)."""
-    current = None
-    rest = text
-    if text.startswith("c:"):
-        end = text.find(";")
-        current = _class(text[2:end])
-        rest = text[end + 1 :]
+    segment = text.partition(";")[0][2:] if text.startswith("c:") else None
     if len(seen) == 1:
         (cls,) = seen
-        if cls == current:
-            return text, [d for d in cls if d]
+        written, mirrored = _class_text(cls)
+        if segment == written:
+            return text, mirrored
         if not text:
-            return "c:{},{},{}".format(*cls), [d for d in cls if d]
-    if current is not None:  # a second class: the first one's chains are written out
+            return "c:" + written, mirrored
+    if segment is not None:  # a second class: the first one's chains are written out
+        rest = text[len(segment) + 3 :]
         chain = _split(rest)[visitors]
-        text = ";".join([rest, *(f"{d}:{chain}" for d in current if d)])
+        text = ";".join([rest, *(f"{d}:{chain}" for d in _class(segment) if d)])
     for cls, days in seen.items():
         for dim in cls:
             if dim:
@@ -457,7 +456,13 @@ def _classes(
                     dims[dim] = set(days)
                 else:
                     have |= days
-    return text, []
+    return text, ()
+
+
+@lru_cache(maxsize=1024)
+def _class_text(cls: Class) -> tuple[str, tuple[int, ...]]:
+    """A class segment's text, and its dimensions."""
+    return "{},{},{}".format(*cls), tuple(d for d in cls if d)
 
 
 def _class(text: str) -> Class:
