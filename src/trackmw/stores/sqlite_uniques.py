@@ -18,29 +18,19 @@ writes (also of days out of order), erasure and retention add and remove links e
 one row per visitor keeps the pages a batch dirties few (visitor ids are random keys).
 Days are ``date.toordinal()`` numbers.
 
-A batch touches a few dimensions of each of its visitors, mostly with a day later than
-any in the chain (today): the row is split into its dimensions' segments, such a day is
-appended to its segment's text, and the other segments are joined back as they were.
-Only a day arriving out of order decodes its chain.
-
-Almost every visitor keeps one browser, OS and device: their three chains are then the
-visitor's own chain (all visitors), and the row says so with a first segment
-``c:browser,os,device`` (dimension ids, 0 for none) instead of three copies that each
-batch would have to extend. The links of the three dimensions follow those of the
-visitor's chain. A visitor seen with a second class gets the three chains written out
-(``_classes``) and from then on extended like any other.
+How a row holds its chains, and how a batch extends them, is ``sqlite_chains``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import date
-from functools import lru_cache
 
 from ..events import PageView
+from . import sqlite_chains as codec
 from . import sqlite_pageviews as stored
+from .sqlite_chains import Class, Delta
 
 __all__ = ["SCHEMA", "Uniques"]
 
@@ -69,9 +59,7 @@ ALL_VISITORS = ("visitors", "")
 ALL_USERS = ("users", "")
 
 Visits = dict[str, dict[int, set[int]]]  # entity key -> dimension id -> days (ordinals)
-Class = tuple[int, int, int]  # browser, OS and device dimension ids (0: none)
 Classes = dict[str, dict[Class, set[int]]]  # visitor key -> its classes -> days
-Delta = dict[tuple[int, int, int], int]
 
 
 class Uniques:
@@ -103,10 +91,10 @@ class Uniques:
         delta: Delta = {}
         visitors = self._id(conn, *ALL_VISITORS)
         for chains in self._load(conn, entities).values():
-            for dim, text in _split(chains, visitors).items():
+            for dim, text in codec.split(chains, visitors).items():
                 prev = -1
-                for day in _days(text):
-                    _bump(delta, (dim, day, prev), -1)
+                for day in codec.parse_days(text):
+                    codec.bump(delta, (dim, day, prev), -1)
                     prev = day
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", [(e,) for e in entities])
         _apply(conn, delta)
@@ -159,11 +147,13 @@ class Uniques:
             parts = []
             if text.startswith("c:"):  # kept as long as the visitor's chain is
                 parts.append(text.partition(";")[0])
-            for dim, days_text in _split(text).items():
-                days = _days(days_text)
+            for dim, days_text in codec.split(text).items():
+                days = codec.parse_days(days_text)
                 kept = [d for d in days if d >= cut]
                 if kept:
-                    parts.append(f"{dim}:{days_text if len(kept) == len(days) else _join(kept)}")
+                    parts.append(
+                        f"{dim}:{days_text if len(kept) == len(days) else codec.join_days(kept)}"
+                    )
             if not parts or parts[0].startswith("c:") and len(parts) == 1:
                 gone.append((key,))
             elif (new := ";".join(parts)) != text:
@@ -246,8 +236,8 @@ class Uniques:
             seen = classes.get(key)
             mirrored: tuple[int, ...] = ()
             if seen:
-                text, mirrored = _classes(text, dims, seen, visitors)
-            new = _merge(text, dims, delta, visitors, mirrored)
+                text, mirrored = codec.with_classes(text, dims, seen, visitors)
+            new = codec.merge(text, dims, delta, visitors, mirrored)
             if new != texts.get(key):
                 rows.append((key, new))
         conn.executemany("INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)", rows)
@@ -346,158 +336,6 @@ class Uniques:
                 )
             )
         return out
-
-
-def _merge(
-    text: str | None,
-    visits: dict[int, set[int]],
-    delta: Delta,
-    follow: int = 0,
-    mirrored: Sequence[int] = (),
-) -> str:
-    """``text`` (an entity's chains) with these days added; their links go to ``delta``,
-    and those of dimension ``follow`` also to the ``mirrored`` dimensions'."""
-    links = delta
-    own: Delta = {}
-    parts = text.split(";") if text else []
-    where = {part[: part.find(":")]: i for i, part in enumerate(parts)}
-    for dim, new in visits.items():
-        if mirrored:
-            delta = own if dim == follow else links
-        name = str(dim)
-        i = where.get(name)
-        if i is None:  # the entity's first visit in this dimension
-            if len(new) == 1:
-                (day,) = new
-                key = (dim, day, -1)
-                delta[key] = delta.get(key, 0) + 1
-                parts.append(f"{name}:{day}")
-            else:
-                chain: list[int] = []
-                _insert(chain, sorted(new), dim, delta)
-                parts.append(f"{name}:{_join(chain)}")
-            continue
-        part = parts[i]
-        head = len(name) + 1
-        days = _extend(part[head:], new, dim, delta)
-        if days is not None:
-            parts[i] = part[:head] + days
-    for (_, day, prev), n in own.items():
-        for dim in (follow, *mirrored):
-            _bump(links, (dim, day, prev), n)
-    return ";".join(parts)
-
-
-def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
-    """The days of ``chain`` (text) and ``new``, or None if none is new; the links that
-    change go to ``delta``."""
-    last = int(chain[chain.rfind(",") + 1 :])
-    if len(new) == 1:
-        (day,) = new
-        if day > last:  # the usual case: a later day (today), appended
-            key = (dim, day, last)
-            delta[key] = delta.get(key, 0) + 1
-            return f"{chain},{day}"
-        if day == last:
-            return None
-    days = sorted(new)
-    if days[0] > last:
-        prev = last
-        for day in days:
-            key = (dim, day, prev)
-            delta[key] = delta.get(key, 0) + 1
-            prev = day
-        return f"{chain},{_join(days)}"
-    old = _days(chain)
-    return _join(old) if _insert(old, days, dim, delta) else None
-
-
-def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
-    """Insert ``days`` into the sorted ``chain``, relinking successors; any new?"""
-    changed = False
-    for day in days:
-        i = bisect_left(chain, day)
-        if i < len(chain) and chain[i] == day:
-            continue
-        prev = chain[i - 1] if i else -1
-        if i < len(chain):  # an earlier day arrived late: relink its successor
-            succ = chain[i]
-            _bump(delta, (dim, succ, prev), -1)
-            _bump(delta, (dim, succ, day), 1)
-        _bump(delta, (dim, day, prev), 1)
-        chain.insert(i, day)
-        changed = True
-    return changed
-
-
-def _classes(
-    text: str, dims: dict[int, set[int]], seen: dict[Class, set[int]], visitors: int
-) -> tuple[str, tuple[int, ...]]:
-    """A visitor's chains ``text`` before adding this batch's ``seen`` classes, and the
-    class dimensions whose links follow the visitor's chain (none: they were added to
-    ``dims`` as dimensions of their own)."""
-    segment = text.partition(";")[0][2:] if text.startswith("c:") else None
-    if len(seen) == 1:
-        (cls,) = seen
-        written, mirrored = _class_text(cls)
-        if segment == written:
-            return text, mirrored
-        if not text:
-            return "c:" + written, mirrored
-    if segment is not None:  # a second class: the first one's chains are written out
-        rest = text[len(segment) + 3 :]
-        chain = _split(rest)[visitors]
-        text = ";".join([rest, *(f"{d}:{chain}" for d in _class(segment) if d)])
-    for cls, days in seen.items():
-        for dim in cls:
-            if dim:
-                have = dims.get(dim)
-                if have is None:
-                    dims[dim] = set(days)
-                else:
-                    have |= days
-    return text, ()
-
-
-@lru_cache(maxsize=1024)
-def _class_text(cls: Class) -> tuple[str, tuple[int, ...]]:
-    """A class segment's text, and its dimensions."""
-    return "{},{},{}".format(*cls), tuple(d for d in cls if d)
-
-
-def _class(text: str) -> Class:
-    browser, os, device = map(int, text.split(","))
-    return browser, os, device
-
-
-def _split(text: str, visitors: int | None = None) -> dict[int, str]:
-    """Each dimension's days (text) in an entity's chains; with the id of the
-    ``visitors`` dimension, also those of a class segment's dimensions."""
-    out: dict[int, str] = {}
-    cls = ""
-    for part in text.split(";"):
-        dim, _, days = part.partition(":")
-        if dim == "c":
-            cls = days
-        else:
-            out[int(dim)] = days
-    if cls and visitors is not None:
-        for member in _class(cls):
-            if member:
-                out[member] = out[visitors]
-    return out
-
-
-def _days(text: str) -> list[int]:
-    return [int(x) for x in text.split(",")]
-
-
-def _join(days: Iterable[int]) -> str:
-    return ",".join(map(str, days))
-
-
-def _bump(delta: Delta, key: tuple[int, int, int], by: int) -> None:
-    delta[key] = delta.get(key, 0) + by
 
 
 def _apply(conn: sqlite3.Connection, delta: Delta) -> None:
