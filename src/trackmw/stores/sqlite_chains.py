@@ -75,7 +75,8 @@ def merge(
             parts[i] = part[:head] + days
     for (_, day, prev), n in own.items():
         for dim in (follow, *mirrored):
-            bump(links, (dim, day, prev), n)
+            key = (dim, day, prev)
+            links[key] = links.get(key, 0) + n
     return ";".join(parts)
 
 
