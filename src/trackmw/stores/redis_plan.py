@@ -166,7 +166,8 @@ def plan(
         counts.update((f, n) for f, n in totals.items() if n)
         counts.update(("p:" + p, n) for p, n in Counter(d.paths).items())
         counts.update(Counter(d.refs))
-        hashes.append([f"{prefix}:d:{day}", at, list(counts), list(counts.values())])
+        # Numbers as strings: Lua would format each with snprintf to pass it on.
+        hashes.append([f"{prefix}:d:{day}", at, list(counts), list(map(str, counts.values()))])
         if d.visits:
             sets.append([f"{U}:v:{day}", at, *{key[0] for key in d.visits}])
         if day_users:
@@ -174,14 +175,15 @@ def plan(
         for name, vids in named.items():
             sets.append([f"{U}:{name[0]}:{day}:{name[2:]}", at, *vids])
         sets.extend([f"{U}:p:{day}:{path}", at, *vids] for path, vids in d.members.items())
+    nums = {d.num: str(d.num) for d in days.values()}
     document = _json(
         [
             hashes,
             sets,
             [f"{prefix}:e:{vid}" for vid in lists],
             [[f"{prefix}:usr:{uid}", *vids] for uid, vids in users.items()],
-            list(chain.from_iterable((d.num, day) for day, d in days.items())),
-            list(chain.from_iterable((num, vid) for vid, num in firsts.items())),
+            list(chain.from_iterable((str(d.num), day) for day, d in days.items())),
+            list(chain.from_iterable((nums[num], vid) for vid, num in firsts.items())),
             len(pageviews) + len(consents),
         ]
     ).encode()
