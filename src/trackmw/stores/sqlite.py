@@ -32,6 +32,7 @@ from ..report import TOP_N, Report, day_range, ranked
 from . import sqlite_pageviews as stored
 from .base import Store, daily_count_keys, purge_horizon, tombstone_keys
 from .memory import visitor_document
+from .sqlite_rows import insert_rows
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
 from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
 
@@ -188,10 +189,12 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 stored.add(conn, groups)
-                conn.executemany(
-                    "INSERT INTO daily_counts VALUES (?,?,?,?) ON CONFLICT (day, kind, name) "
+                insert_rows(
+                    conn,
+                    "INSERT INTO daily_counts",
+                    [(*key, n) for key, n in counts.items()],
+                    "ON CONFLICT (day, kind, name) "
                     "DO UPDATE SET pageviews = pageviews + excluded.pageviews",
-                    [(d, k, n, c) for (d, k, n), c in counts.items()],
                 )
                 self._uniques.add(conn, groups)
                 conn.executemany("INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..events import PageView
+from .sqlite_rows import insert_rows
 
 __all__ = ["SCHEMA", "Groups", "add", "all_pageviews", "from_schema_2", "group", "of", "purge"]
 
@@ -96,8 +97,9 @@ def group(pageviews: Iterable[PageView]) -> Groups:
 def add(conn: sqlite3.Connection, groups: Groups) -> None:
     """Insert grouped page views."""
     dumps = _dumps
-    conn.executemany(
-        "INSERT INTO pageview_groups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    insert_rows(
+        conn,
+        "INSERT INTO pageview_groups",
         [(*key, len(views) // 4, dumps(views)) for key, views in groups.items()],
     )
 
