@@ -109,15 +109,15 @@ class SQLiteStore(Store):
                     check_same_thread=False,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
+                # Under WAL, NORMAL syncs at checkpoints only: a commit survives the
+                # process crashing; a power loss or OS crash may undo the last commits
+                # but leaves the file consistent.
                 conn.execute("PRAGMA synchronous=NORMAL")
                 # Rollup and index pages stay cached between batches (the default is 2 MB).
                 conn.execute("PRAGMA cache_size=-32768")
                 # A checkpoint copies the WAL's pages into the file and syncs it. Batches
                 # dirty mostly the same rollup and chain pages again: checkpointing every
                 # 16 MB instead of 4 MB copies each of them once for several batches.
-                # (synchronous=NORMAL: a commit survives a crash of the process, and the
-                # file stays consistent after a power loss, which may lose the last
-                # commits before the checkpoint.)
                 conn.execute("PRAGMA wal_autocheckpoint=4000")
                 if not self._schema_ready:
                     self._migrate(conn)
@@ -315,7 +315,7 @@ class SQLiteStore(Store):
                 # Page views leave the rollups too, so the report is as if they never were.
                 groups, victims = stored.of(conn, "visitor_id", visitor_id)
                 if user_id:
-                    # Groups of the visitor's with this user would be found twice.
+                    # The visitor's own groups with this user are found twice: once.
                     more_groups, more = stored.of(conn, "user_id", user_id)
                     victims += [v for v in more if v.visitor_id != visitor_id]
                     groups = sorted(set(groups) | set(more_groups))
