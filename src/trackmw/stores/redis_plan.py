@@ -107,7 +107,8 @@ def plan(
         rec = visits.get(key)
         if rec is None:
             rec = d.visit(key, lists)
-        rec[0].append(f'["p",{ts:.3f}{rec[1]}{_quote(path)}{around}{rec[2]}')
+        # Whole seconds: what visitor_data shows (cheaper to format than a float).
+        rec[0].append(f'["p",{int(ts)}{rec[1]}{_quote(path)}{around}{rec[2]}')
         seen = members.get(path)
         if seen is None:
             members[path] = {vid}
