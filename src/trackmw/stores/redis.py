@@ -19,17 +19,16 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
   (``?uniques=`` in the URL, else ``redis_uniques``, only chooses for a new store).
 
 Writes. ``redis_plan`` aggregates a batch in Python into one command per key (counter
-sums, distinct members, list entries), and one Lua script (one ``EVALSHA``) replays
-them: Redis runs it as a unit, like
-``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
-The script ends by setting ``P:batch:ID`` (the batch's content hash, kept a day) and
-starts by looking for it: a batch retried after its reply was lost is recognised and
-not counted twice. On a cluster the
-same holds, as every key is in one slot; a failover to a replica that had not yet
-received the last writes loses them (Redis replication is asynchronous). Redis does not
-undo a script that fails half-way, so the script computes everything before its first
-write; under ``maxmemory`` a full Redis refuses that first write, so nothing of the
-batch is written and it is retried.
+sums, distinct members, list elements), and one Lua script (one ``EVALSHA``) replays
+them: Redis runs it as a unit, like ``MULTI``/``EXEC``, so a batch lost with its
+connection is written wholly or not at all. The script ends by setting ``P:batch:ID``
+(the batch's content hash, kept a day) and starts by looking for it: a batch retried
+after its reply was lost is recognised and not counted twice. On a cluster the same
+holds, as every key is in one slot; a failover to a replica that had not yet received
+the last writes loses them (Redis replication is asynchronous). Redis does not undo a
+script that fails half-way, so the script decodes the whole plan before its first write
+(nothing after can fail); under ``maxmemory`` a full Redis refuses that first write, so
+nothing of the batch is written and it is retried.
 
 Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
 after their day, and a visitor's list and user links that long after their last event;
@@ -292,7 +291,7 @@ class RedisStore(Store):
         pageviews: list[PageView] = []
         consents: list[ConsentChoice] = []
         for doc in map(json.loads, raw):
-            # One event per element, or (as the script writes them) an array of events.
+            # One event per element, or (as WRITE stores them) an array of events.
             for entry in doc if isinstance(doc[0], list) else [doc]:
                 if entry[0] == "p":
                     ts, day, uid, path, ref, camp, browser, os_, device = entry[1:]
