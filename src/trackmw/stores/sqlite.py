@@ -192,7 +192,7 @@ class SQLiteStore(Store):
                 insert_rows(
                     conn,
                     "INSERT INTO daily_counts",
-                    [(*key, n) for key, n in counts.items()],
+                    sorted((*key, n) for key, n in counts.items()),  # in key order
                     "ON CONFLICT (day, kind, name) "
                     "DO UPDATE SET pageviews = pageviews + excluded.pageviews",
                 )

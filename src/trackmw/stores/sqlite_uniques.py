@@ -339,7 +339,8 @@ class Uniques:
 
 
 def _apply(conn: sqlite3.Connection, delta: Delta) -> None:
-    changes = [(d, day, p, n) for (d, day, p), n in delta.items() if n]
+    # In key order, each upsert finds its page next to the previous one's.
+    changes = sorted((d, day, p, n) for (d, day, p), n in delta.items() if n)
     conn.executemany(
         "INSERT INTO uniq_links VALUES (?, ?, ?, ?) "
         "ON CONFLICT (dim, day, prev) DO UPDATE SET n = n + excluded.n",
