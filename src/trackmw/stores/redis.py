@@ -6,26 +6,29 @@ script on one node and a report can union any of its keys. The price on a cluste
 that one site's data sits on one node; run several sites (prefixes) to spread them.
 
 - ``P:d:DAY`` hash: page views ``t``, anonymous ``a``, bots ``b``, consent ``ca``/``cr``,
-  and per name ``p:PATH``, ``r:HOST``, ``c:CAMPAIGN``, ``B:BROWSER``, ``O:OS``, ``D:DEVICE``.
+  and per name ``p:PATH``, ``r:HOST``, ``c:CAMPAIGN``, ``B:BROWSER``, ``O:OS``, ``D:DEVICE``;
+  and a ``note`` (``redis_scripts.DAY_NOTE``) that keeps it a hash table.
 - ``P:M:v:DAY``, ``P:M:u:DAY``, ``P:M:p:DAY:PATH``, ``P:M:B:DAY:NAME`` (``O``, ``D``):
   unique visitors (users for ``u``), as HyperLogLog (``M`` = ``h``, ``redis_uniques="hll"``,
   12 KB at most per key, ±0.81 %) or exact sets (``M`` = ``x``, ``"exact"``).
-- ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure),
+- ``P:e:VISITOR`` list: the visitor's own events as JSON (for ``/me`` and erasure), an
+  array of them per batch (earlier versions: one event per element; both are read),
   ``P:usr:USER`` the visitors linked to a user, ``P:first`` (zset) each visitor's oldest
   day and ``P:days`` (zset) the days held, both for ``purge``; ``P:meta`` records the
   unique-count mode of the first writer, which every later reader and writer follows
   (``?uniques=`` in the URL, else ``redis_uniques``, only chooses for a new store).
 
-Writes. A batch is one Lua script (one ``EVALSHA``): Redis runs it as a unit, like
-``MULTI``/``EXEC``, so a batch lost with its connection is written wholly or not at all.
-The script ends by setting ``P:batch:ID`` (the batch's content hash, kept a day) and
-starts by looking for it: a batch retried after its reply was lost is recognised and
-not counted twice. On a cluster the
-same holds, as every key is in one slot; a failover to a replica that had not yet
-received the last writes loses them (Redis replication is asynchronous). Redis does not
-undo a script that fails half-way, so the script computes everything before its first
-write; under ``maxmemory`` a full Redis refuses that first write, so nothing of the
-batch is written and it is retried.
+Writes. ``redis_plan`` aggregates a batch in Python into one command per key (counter
+sums, distinct members, list elements), and one Lua script (one ``EVALSHA``) replays
+them: Redis runs it as a unit, like ``MULTI``/``EXEC``, so a batch lost with its
+connection is written wholly or not at all. The script ends by setting ``P:batch:ID``
+(the batch's content hash, kept a day) and starts by looking for it: a batch retried
+after its reply was lost is recognised and not counted twice. On a cluster the same
+holds, as every key is in one slot; a failover to a replica that had not yet received
+the last writes loses them (Redis replication is asynchronous). Redis does not undo a
+script that fails half-way, so the script decodes the whole plan before its first write
+(nothing after can fail); under ``maxmemory`` a full Redis refuses that first write, so
+nothing of the batch is written and it is retried.
 
 Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
 after their day, and a visitor's list and user links that long after their last event;
@@ -36,7 +39,6 @@ weighs in the unique estimates of its days until those keys expire or are purged
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -52,6 +54,7 @@ from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from .base import Store, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
+from .redis_plan import plan
 from .redis_scripts import ERASE, PURGE, WRITE
 
 __all__ = ["RedisStore"]
@@ -190,10 +193,10 @@ class RedisStore(Store):
             for day in {pv.day for pv in pageviews} | {c.day for c in consents}:
                 midnight = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
                 expiry[day] = int(midnight) + (retention + 1) * 86400
-        payload = json.dumps({"p": pageviews, "c": consents, "x": expiry}, separators=(",", ":"))
-        batch_id = hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+        document, entries, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
-        self._script("write", [self.prefix + ":days"], [payload, batch_id, self.prefix, mode, vttl])
+        args = [document, batch_id, self.prefix, mode, vttl, entries]
+        self._script("write", [self.prefix + ":days"], args)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -239,6 +242,8 @@ class RedisStore(Store):
         seen: dict[str, list[str]] = {}  # "kind:name" -> days it appears on
         for d, h in zip(days, hashes, strict=True):
             for field, raw in h.items():
+                if field == "note":  # see DAY_NOTE
+                    continue
                 n = int(raw)
                 kind, sep, name = field.partition(":")
                 if not sep:
@@ -285,14 +290,18 @@ class RedisStore(Store):
         raw = self._call(lambda c: c.lrange(f"{self.prefix}:e:{visitor_id}", 0, -1))
         pageviews: list[PageView] = []
         consents: list[ConsentChoice] = []
-        for entry in map(json.loads, raw):
-            if entry[0] == "p":
-                ts, day, uid, path, ref, camp, browser, os_, device = entry[1:]
-                pageviews.append(
-                    PageView(ts, day, visitor_id, uid, path, ref, camp, browser, os_, device, False)
-                )
-            else:
-                consents.append(ConsentChoice(entry[1], entry[2], visitor_id, *entry[3:]))
+        for doc in map(json.loads, raw):
+            # One event per element, or (as WRITE stores them) an array of events.
+            for entry in doc if isinstance(doc[0], list) else [doc]:
+                if entry[0] == "p":
+                    ts, day, uid, path, ref, camp, browser, os_, device = entry[1:]
+                    pageviews.append(
+                        PageView(
+                            ts, day, visitor_id, uid, path, ref, camp, browser, os_, device, False
+                        )
+                    )
+                else:
+                    consents.append(ConsentChoice(entry[1], entry[2], visitor_id, *entry[3:]))
         return visitor_document(pageviews, consents)
 
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:

@@ -8,124 +8,83 @@ one visitor (and a linked user's page views) from lists, counters and exact sets
 
 from __future__ import annotations
 
-__all__ = ["ERASE", "PURGE", "WRITE"]
+__all__ = ["DAY_NOTE", "ERASE", "PURGE", "WRITE"]
 
-WRITE = """
+#: The ``note`` field of every ``P:d:DAY`` hash. Being longer than 64 bytes (Redis'
+#: ``hash-max-listpack-value``), it makes Redis keep the hash as a hash table: in its
+#: compact listpack form (up to 512 fields) every ``HINCRBY`` scans the fields one by
+#: one, which made a day's few hundred counters the most costly part of a write.
+DAY_NOTE = (
+    "trackmw day counters: fields t, a, b, ca, cr and KIND:NAME; "
+    "this note keeps the hash a hash table"
+)
+
+WRITE = (
+    "local NOTE = '"
+    + DAY_NOTE
+    + "'"
+    + """
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local marker = P .. ':batch:' .. ARGV[2]
 if redis.call('EXISTS', marker) == 1 then return -1 end  -- written before: a retry
-local batch, null = cjson.decode(ARGV[1]), cjson.null
-local U = P .. ':' .. mode
--- Aggregate first, in tables keyed by plain values (no string building per event) ...
-local days, lists, firsts, users = {}, {}, {}, {}
-local function of(day)
-  local d = days[day]
-  if not d then
-    d = {t = 0, a = 0, b = 0, ca = 0, cr = 0, v = {}, u = {},
-         p = {}, r = {}, c = {}, B = {}, O = {}, D = {},
-         pv = {}, Bv = {}, Ov = {}, Dv = {}, num = tonumber((string.gsub(day, '-', '')))}
-    days[day] = d
-  end
-  return d
-end
-local function push(vid, num, entry)
-  local l = lists[vid]
-  if not l then l = {}; lists[vid] = l end
-  l[#l + 1] = cjson.encode(entry)
-  if not firsts[vid] or num < firsts[vid] then firsts[vid] = num end
-end
-local function member(t, name, vid)
-  local s = t[name]
-  if not s then s = {}; t[name] = s end
-  s[vid] = true
-end
-for _, e in ipairs(batch.p) do
-  local day = e[2]
-  local d = of(day)
-  if e[11] then d.b = d.b + 1 else
-    local vid, uid, path, ref, camp = e[3], e[4], e[5], e[6], e[7]
-    d.t = d.t + 1
-    d.p[path] = (d.p[path] or 0) + 1
-    if ref ~= null then d.r[ref] = (d.r[ref] or 0) + 1 end
-    if camp ~= null then d.c[camp] = (d.c[camp] or 0) + 1 end
-    if vid == null then d.a = d.a + 1 else
-      d.v[vid] = true
-      member(d.pv, path, vid)
-      if uid ~= null then d.u[uid] = true; member(users, uid, vid) end
-      local b, o, dv = e[8], e[9], e[10]
-      if b ~= null then d.B[b] = (d.B[b] or 0) + 1; member(d.Bv, b, vid) end
-      if o ~= null then d.O[o] = (d.O[o] or 0) + 1; member(d.Ov, o, vid) end
-      if dv ~= null then d.D[dv] = (d.D[dv] or 0) + 1; member(d.Dv, dv, vid) end
-      push(vid, d.num, {'p', e[1], day, uid, path, ref, camp, b, o, dv})
-    end
-  end
-end
-for _, c in ipairs(batch.c) do
-  local d = of(c[2])
-  if c[4] then d.ca = d.ca + 1 else d.cr = d.cr + 1 end
-  if c[3] ~= null then push(c[3], d.num, {'c', c[1], c[2], c[4], c[5], c[6], c[7], c[8]}) end
-end
--- ... then one command per key.
+-- The batch comes aggregated (redis_plan.py): one command per key, nothing to count.
+local plan = cjson.decode(ARGV[1])
+local hashes, sets, lists, users = plan[1], plan[2], plan[3], plan[4]
+local days, firsts = plan[5], plan[6]
 local add = mode == 'x' and 'SADD' or 'PFADD'
-local function keys_of(set)
-  local m = {}
-  for x in pairs(set) do m[#m + 1] = x end
-  return m
-end
-local function put(cmd, key, members)
-  for i = 1, #members, 500 do
-    redis.call(cmd, key, unpack(members, i, math.min(i + 499, #members)))
+-- t = {key, x, v1, v2, ...}: cmd key v1 v2 ..., in slices (Lua's stack is limited)
+local function put(cmd, t, from)
+  for i = from, #t, 500 do
+    redis.call(cmd, t[1], unpack(t, i, math.min(i + 499, #t)))
   end
 end
-local daynums = {}
-for day, d in pairs(days) do
-  local at = batch.x[day]
-  local H = P .. ':d:' .. day
-  for _, f in ipairs({'t', 'a', 'b', 'ca', 'cr'}) do
-    if d[f] > 0 then redis.call('HINCRBY', H, f, d[f]) end
-  end
-  for _, k in ipairs({'p', 'r', 'c', 'B', 'O', 'D'}) do
-    for name, n in pairs(d[k]) do redis.call('HINCRBY', H, k .. ':' .. name, n) end
-  end
-  if at then redis.call('EXPIREAT', H, at) end
-  local sets = {}
-  if next(d.v) then sets[U .. ':v:' .. day] = d.v end
-  if next(d.u) then sets[U .. ':u:' .. day] = d.u end
-  for _, k in ipairs({'p', 'B', 'O', 'D'}) do
-    for name, vids in pairs(d[k .. 'v']) do
-      sets[U .. ':' .. k .. ':' .. day .. ':' .. name] = vids
-    end
-  end
-  for key, set in pairs(sets) do
-    put(add, key, keys_of(set))
-    if at then redis.call('EXPIREAT', key, at) end
-  end
-  daynums[#daynums + 1] = d.num; daynums[#daynums + 1] = day
+for _, h in ipairs(hashes) do  -- {key, expire at or 0, {field, ...}, {n, ...}}
+  local k, fields, adds = h[1], h[3], h[4]
+  redis.call('HSETNX', k, 'note', NOTE)
+  for i = 1, #fields do redis.call('HINCRBY', k, fields[i], adds[i]) end
+  if h[2] > 0 then redis.call('EXPIREAT', k, h[2]) end
 end
-put('ZADD', P .. ':days', daynums)
-for vid, l in pairs(lists) do
-  local k = P .. ':e:' .. vid
-  put('RPUSH', k, l)
+for _, s in ipairs(sets) do  -- {key, expire at or 0, member, ...}
+  put(add, s, 3)
+  if s[2] > 0 then redis.call('EXPIREAT', s[1], s[2]) end
+end
+for i = 1, #days, 500 do
+  redis.call('ZADD', P .. ':days', unpack(days, i, math.min(i + 499, #days)))
+end
+local text, at = ARGV[6], 1
+for _, k in ipairs(lists) do  -- a visitor's list: its element is the next line of ARGV[6]
+  local stop = string.find(text, '\\n', at, true) or #text + 1
+  redis.call('RPUSH', k, string.sub(text, at, stop - 1))
+  at = stop + 1
   if vttl > 0 then redis.call('EXPIRE', k, vttl) end
 end
-for uid, vids in pairs(users) do
-  local k = P .. ':usr:' .. uid
-  put('SADD', k, keys_of(vids))
-  if vttl > 0 then redis.call('EXPIRE', k, vttl) end
+for _, u in ipairs(users) do  -- {key, visitor, ...}
+  put('SADD', u, 2)
+  if vttl > 0 then redis.call('EXPIRE', u[1], vttl) end
 end
-local order = {}
-for vid, n in pairs(firsts) do order[#order + 1] = n; order[#order + 1] = vid end
-for i = 1, #order, 1000 do
-  redis.call('ZADD', P .. ':first', 'LT', unpack(order, i, math.min(i + 999, #order)))
+for i = 1, #firsts, 1000 do
+  redis.call('ZADD', P .. ':first', 'LT', unpack(firsts, i, math.min(i + 999, #firsts)))
 end
 redis.call('HSETNX', P .. ':meta', 'uniques', mode)
 redis.call('SET', marker, '1', 'EX', 86400)
-return #batch.p + #batch.c
+return plan[7]
 """
+)
 
-# A visitor's event list rewritten to ``keep`` (its TTL kept), and its first day in the
-# ``first`` index updated; shared by ERASE and PURGE.
-_KEEP_ONLY = """
+# Shared by ERASE and PURGE: a visitor's list element read as its entries; what is left
+# of it when only some entries stay; the list rewritten to ``keep`` (its TTL kept) and
+# its first day in the ``first`` index updated.
+_LISTS = """
+local function entries_of(raw)  -- one event, or (as WRITE stores them) an array of some
+  local doc = cjson.decode(raw)
+  if type(doc[1]) == 'table' then return doc end
+  return {doc}
+end
+local function rest_of(raw, all, kept)
+  if #kept == #all then return raw end
+  if #kept > 0 then return cjson.encode(kept) end
+  return nil
+end
 local function keep_only(P, key, v, keep, first)
   local ttl = redis.call('PTTL', key)
   redis.call('DEL', key)
@@ -140,7 +99,7 @@ end
 """
 
 ERASE = (
-    _KEEP_ONLY
+    _LISTS
     + """
 local P, mode, vid, uid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local U, null = P .. ':' .. mode, cjson.null
@@ -157,20 +116,23 @@ end
 local removed, lost_users = 0, {}
 for _, v in ipairs(vids) do
   local key = P .. ':e:' .. v
-  local keep, keepraw, gone, has, first = {}, {}, {}, {}, nil
+  local keepraw, gone, has, first = {}, {}, {}, nil
   for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    local e = cjson.decode(raw)
-    if v == vid or (e[1] == 'p' and e[4] == uid) then gone[#gone + 1] = e else
-      keepraw[#keepraw + 1] = raw
-      local n = tonumber((string.gsub(e[3], '-', '')))
-      if not first or n < first then first = n end
-      if e[1] == 'p' then
-        has['v:' .. e[3]] = true; has['p:' .. e[3] .. ':' .. e[5]] = true
-        for i, c in ipairs({'B', 'O', 'D'}) do
-          if e[7 + i] ~= null then has[c .. ':' .. e[3] .. ':' .. e[7 + i]] = true end
+    local all, kept = entries_of(raw), {}
+    for _, e in ipairs(all) do
+      if v == vid or (e[1] == 'p' and e[4] == uid) then gone[#gone + 1] = e else
+        kept[#kept + 1] = e
+        local n = tonumber((string.gsub(e[3], '-', '')))
+        if not first or n < first then first = n end
+        if e[1] == 'p' then
+          has['v:' .. e[3]] = true; has['p:' .. e[3] .. ':' .. e[5]] = true
+          for i, c in ipairs({'B', 'O', 'D'}) do
+            if e[7 + i] ~= null then has[c .. ':' .. e[3] .. ':' .. e[7 + i]] = true end
+          end
         end
       end
     end
+    keepraw[#keepraw + 1] = rest_of(raw, all, kept)
   end
   for _, e in ipairs(gone) do
     removed = removed + 1
@@ -205,8 +167,10 @@ if mode == 'x' then
     if u ~= uid then
       for _, v in ipairs(redis.call('SMEMBERS', P .. ':usr:' .. u)) do
         for _, raw in ipairs(redis.call('LRANGE', P .. ':e:' .. v, 0, -1)) do
-          local e = cjson.decode(raw)
-          if e[1] == 'p' and e[4] == u and e[3] == day then still = true; break end
+          for _, e in ipairs(entries_of(raw)) do
+            if e[1] == 'p' and e[4] == u and e[3] == day then still = true; break end
+          end
+          if still then break end
         end
         if still then break end
       end
@@ -221,7 +185,7 @@ return removed
 )
 
 PURGE = (
-    _KEEP_ONLY
+    _LISTS
     + """
 local P, cut, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local removed, more = 0, 0
@@ -251,9 +215,12 @@ local vids = redis.call('ZRANGEBYSCORE', P .. ':first', '-inf', '(' .. cut, 'LIM
 for _, v in ipairs(vids) do
   local key, keep, first = P .. ':e:' .. v, {}, nil
   for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    local day = cjson.decode(raw)[3]
-    local n = tonumber((string.gsub(day, '-', '')))
-    if n >= cut then keep[#keep + 1] = raw; if not first or n < first then first = n end end
+    local all, kept = entries_of(raw), {}
+    for _, e in ipairs(all) do
+      local n = tonumber((string.gsub(e[3], '-', '')))
+      if n >= cut then kept[#kept + 1] = e; if not first or n < first then first = n end end
+    end
+    keep[#keep + 1] = rest_of(raw, all, kept)
   end
   keep_only(P, key, v, keep, first)
 end

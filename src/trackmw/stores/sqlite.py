@@ -10,7 +10,8 @@ as the events answer them: ``daily_counts`` (page views per day and dimension: t
 pages, referrers, campaigns) and the link tables of ``sqlite_uniques`` (exact distinct
 visitors and users, overall, per day, per page, browser, OS and device, over any range
 of days). A 30-day report over a million events reads a few thousand small rows. The
-raw ``pageviews`` table is kept for a visitor's own data, erasure and rebuilding.
+raw page views (``sqlite_pageviews``) are kept for a visitor's own data, erasure and
+rebuilding.
 """
 
 from __future__ import annotations
@@ -19,38 +20,29 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import date
+from itertools import chain
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
+from . import sqlite_pageviews as stored
 from .base import Store, daily_count_keys, purge_horizon, tombstone_keys
 from .memory import visitor_document
-from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques, memberships
+from .sqlite_rows import insert_rows
+from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
 from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 2  # 2: distinct counts from uniq_* link tables instead of daily_visitors
+#: 2: distinct counts from uniq_* link tables instead of daily_visitors.
+#: 3: page views in pageview_groups (sqlite_pageviews) instead of one row each.
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pageviews (
-    ts REAL NOT NULL,
-    day TEXT NOT NULL,
-    visitor_id TEXT,
-    user_id TEXT,
-    path TEXT NOT NULL,
-    referrer TEXT,
-    campaign TEXT,
-    browser TEXT,
-    os TEXT,
-    device TEXT,
-    bot INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS pageviews_visitor ON pageviews (visitor_id) WHERE visitor_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS daily_counts (
     day TEXT NOT NULL,
     kind TEXT NOT NULL,      -- 'total', 'anonymous', 'bot', 'referrer', 'campaign', 'page'
@@ -117,9 +109,16 @@ class SQLiteStore(Store):
                     check_same_thread=False,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
+                # Under WAL, NORMAL syncs at checkpoints only: a commit survives the
+                # process crashing; a power loss or OS crash may undo the last commits
+                # but leaves the file consistent.
                 conn.execute("PRAGMA synchronous=NORMAL")
                 # Rollup and index pages stay cached between batches (the default is 2 MB).
                 conn.execute("PRAGMA cache_size=-32768")
+                # A checkpoint copies the WAL's pages into the file and syncs it. Batches
+                # dirty mostly the same rollup and chain pages again: checkpointing every
+                # 16 MB instead of 4 MB copies each of them once for several batches.
+                conn.execute("PRAGMA wal_autocheckpoint=4000")
                 if not self._schema_ready:
                     self._migrate(conn)
             except sqlite3.Error as exc:
@@ -139,13 +138,15 @@ class SQLiteStore(Store):
         conn.execute("BEGIN IMMEDIATE")
         try:
             # One statement at a time: executescript() would commit the transaction first.
-            for statement in (_SCHEMA + UNIQUES_SCHEMA).split(";"):
+            for statement in (_SCHEMA + stored.SCHEMA + UNIQUES_SCHEMA).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and row[0] in ("1", "2"):
+                # Schemas 1 and 2 kept one row per page view.
+                stored.from_schema_2(conn)
             if row is not None and row[0] == "1":
                 # Schema 1 counted distinct visitors from daily_visitors: rebuild the links.
-                conn.execute("DROP INDEX IF EXISTS pageviews_day_path")
                 conn.execute("DROP TABLE IF EXISTS daily_visitors")
                 self._uniques.rebuild_all(conn)
             conn.execute(
@@ -180,22 +181,22 @@ class SQLiteStore(Store):
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         if not pageviews and not consents:
             return
-        counts: dict[tuple[str, str, str], int] = {}
-        for pv in pageviews:
-            for key in daily_count_keys(pv):
-                counts[key] = counts.get(key, 0) + 1
-        visits = memberships(pageviews)
+        # Counter counts in C what a loop of dict updates would count in Python.
+        counts = Counter(chain.from_iterable(map(daily_count_keys, pageviews)))
+        groups = stored.group(pageviews)
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("INSERT INTO pageviews VALUES (?,?,?,?,?,?,?,?,?,?,?)", pageviews)
-                conn.executemany(
-                    "INSERT INTO daily_counts VALUES (?,?,?,?) ON CONFLICT (day, kind, name) "
+                stored.add(conn, groups)
+                insert_rows(
+                    conn,
+                    "INSERT INTO daily_counts",
+                    sorted((*key, n) for key, n in counts.items()),  # in key order
+                    "ON CONFLICT (day, kind, name) "
                     "DO UPDATE SET pageviews = pageviews + excluded.pageviews",
-                    [(d, k, n, c) for (d, k, n), c in counts.items()],
                 )
-                self._uniques.add(conn, visits)
+                self._uniques.add(conn, groups)
                 conn.executemany("INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents)
                 conn.execute("COMMIT")
             except BaseException:
@@ -288,10 +289,13 @@ class SQLiteStore(Store):
     # -- visitors' rights and retention ---------------------------------------------------
 
     def visitor_data(self, visitor_id: str) -> dict[str, Any]:
-        rows = self._read("SELECT * FROM pageviews WHERE visitor_id = ?", (visitor_id,))
+        try:
+            _, pageviews = stored.of(self._conn(), "visitor_id", visitor_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading {self.path} failed: {exc}") from exc
         choices = self._read("SELECT * FROM consents WHERE visitor_id = ?", (visitor_id,))
         return visitor_document(
-            [PageView._make((*r[:10], bool(r[10]))) for r in rows],
+            pageviews,
             [
                 ConsentChoice._make((*r[:3], *map(bool, r[3:5]), r[5], *map(bool, r[6:8])))
                 for r in choices
@@ -308,24 +312,21 @@ class SQLiteStore(Store):
                     "DO UPDATE SET at = max(at, excluded.at)",
                     [(key, time.time()) for key in tombstone_keys(visitor_id, user_id)],
                 )
-                removed = 0
-                who = "visitor_id = ?" + (" OR user_id = ?" if user_id else "")
-                args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
                 # Page views leave the rollups too, so the report is as if they never were.
-                victims = conn.execute(
-                    "SELECT day, path, referrer, campaign, visitor_id, user_id, bot "  # noqa: S608
-                    f"FROM pageviews WHERE {who}",
-                    args,
-                ).fetchall()
+                groups, victims = stored.of(conn, "visitor_id", visitor_id)
+                if user_id:
+                    # The visitor's own groups with this user are found twice: once.
+                    more_groups, more = stored.of(conn, "user_id", user_id)
+                    victims += [v for v in more if v.visitor_id != visitor_id]
+                    groups = sorted(set(groups) | set(more_groups))
                 counts: dict[tuple[str, str, str], int] = {}
                 # Chains to recompute: the visitor's, its users', and (when a user is
                 # erased) those of the user's other visitors.
-                visitors = {visitor_id} | {v[4] for v in victims if v[4] is not None}
-                users = {v[5] for v in victims if v[5]} | ({user_id} if user_id else set())
-                for day, path, referrer, campaign, vid, _, bot in victims:
-                    victim = PageView(
-                        0, day, vid, None, path, referrer, campaign, None, None, None, bool(bot)
-                    )
+                visitors = {visitor_id} | {v.visitor_id for v in victims if v.visitor_id}
+                users = {v.user_id for v in victims if v.user_id}
+                if user_id:
+                    users.add(user_id)
+                for victim in victims:
                     for key in daily_count_keys(victim):
                         counts[key] = counts.get(key, 0) + 1
                 conn.executemany(
@@ -334,7 +335,10 @@ class SQLiteStore(Store):
                     [(c, d, k, n) for (d, k, n), c in counts.items()],
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
-                removed += conn.execute(f"DELETE FROM pageviews WHERE {who}", args).rowcount  # noqa: S608
+                conn.executemany(
+                    "DELETE FROM pageview_groups WHERE rowid = ?", [(g,) for g in groups]
+                )
+                removed = len(victims)
                 self._uniques.rebuild(conn, sorted(visitors), sorted(users))
                 removed += conn.execute(
                     "DELETE FROM consents WHERE visitor_id = ?", (visitor_id,)
@@ -364,7 +368,7 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                removed = conn.execute("DELETE FROM pageviews WHERE day < ?", (cut,)).rowcount
+                removed = stored.purge(conn, cut)
                 removed += conn.execute("DELETE FROM consents WHERE day < ?", (cut,)).rowcount
                 conn.execute("DELETE FROM daily_counts WHERE day < ?", (cut,))
                 conn.execute("DELETE FROM erasures WHERE at < ?", (purge_horizon(before),))

@@ -17,17 +17,20 @@ keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chains, one row each, 
 writes (also of days out of order), erasure and retention add and remove links exactly;
 one row per visitor keeps the pages a batch dirties few (visitor ids are random keys).
 Days are ``date.toordinal()`` numbers.
+
+How a row holds its chains, and how a batch extends them, is ``sqlite_chains``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import date
-from typing import Any
 
 from ..events import PageView
+from . import sqlite_chains as codec
+from . import sqlite_pageviews as stored
+from .sqlite_chains import Class, Delta
 
 __all__ = ["SCHEMA", "Uniques"]
 
@@ -55,100 +58,43 @@ CREATE TABLE IF NOT EXISTS uniq_entities (
 ALL_VISITORS = ("visitors", "")
 ALL_USERS = ("users", "")
 
-Membership = tuple[str, tuple[str, str], str]  # (entity key, (kind, name), ISO day)
-Delta = dict[tuple[int, int, int], int]
-
-
-def memberships(pageviews: Iterable[PageView]) -> set[Membership]:
-    """What the page views say about visitors' chains (bots and anonymous views: nothing)."""
-    out: set[Membership] = set()
-    add = out.add
-    for pv in pageviews:
-        vid = pv.visitor_id
-        if pv.bot or vid is None:
-            continue
-        day = pv.day
-        entity = "v:" + vid
-        add((entity, ALL_VISITORS, day))
-        add((entity, ("page", pv.path), day))
-        for kind, value in (("browser", pv.browser), ("os", pv.os), ("device", pv.device)):
-            if value:
-                add((entity, (kind, value), day))
-        if pv.user_id:
-            add(("u:" + pv.user_id, ALL_USERS, day))
-    return out
+Visits = dict[str, dict[int, set[int]]]  # entity key -> dimension id -> days (ordinals)
+Classes = dict[str, dict[Class, set[int]]]  # visitor key -> its classes -> days
 
 
 class Uniques:
     """The link tables of one store. Methods run inside the caller's transaction."""
 
     def __init__(self) -> None:
-        self._dims: dict[tuple[str, str], int] = {}  # committed dimension ids (never deleted)
-        self._pending: dict[tuple[str, str], int] = {}
+        # kind -> name -> dimension id; ids are never deleted, so they stay valid across
+        # processes. Ids created by the open transaction are also listed in _pending.
+        self._ids: dict[str, dict[str, int]] = {}
+        self._pending: list[tuple[str, str]] = []
         self._days: dict[str, int] = {}
 
     def committed(self, ok: bool) -> None:
         """Call after the transaction ended: new dimension ids are cached only if kept."""
-        if ok:
-            self._dims.update(self._pending)
-        self._pending = {}
+        if not ok:
+            for kind, name in self._pending:
+                self._ids[kind].pop(name, None)
+        self._pending = []
 
     # -- writing ----------------------------------------------------------------------
 
-    def add(self, conn: sqlite3.Connection, items: set[Membership]) -> None:
-        """Add visits to the chains and their links."""
-        if not items:
-            return
-        wanted: dict[tuple[str, int], set[int]] = {}
-        dim_of = self._dim_ids(conn, {m[1] for m in items})
-        day_of = self._days
-        for entity, key, iso_day in items:
-            day = day_of.get(iso_day)
-            if day is None:
-                day = self._ordinal(iso_day)
-            pair = (entity, dim_of[key])
-            seen = wanted.get(pair)
-            if seen is None:
-                wanted[pair] = {day}
-            else:
-                seen.add(day)
-        entities = self._load(conn, sorted({entity for entity, _ in wanted}))
-        delta: Delta = {}
-        dirty: set[str] = set()
-        for (entity, dim), new_days in wanted.items():
-            chains = entities.setdefault(entity, {})
-            text = chains.get(dim)
-            days: list[int] = _days(text) if isinstance(text, str) else (text or [])
-            changed = False
-            for day in sorted(new_days):
-                i = bisect_left(days, day)
-                if i < len(days) and days[i] == day:
-                    continue
-                prev = days[i - 1] if i else -1
-                if i < len(days):  # an earlier day arrived late: relink its successor
-                    succ = days[i]
-                    _bump(delta, (dim, succ, prev), -1)
-                    _bump(delta, (dim, succ, day), 1)
-                _bump(delta, (dim, day, prev), 1)
-                days.insert(i, day)
-                changed = True
-            if changed:
-                chains[dim] = days
-                dirty.add(entity)
-        conn.executemany(
-            "INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)",
-            [(entity, _encode(entities[entity])) for entity in sorted(dirty)],
-        )
-        _apply(conn, delta)
+    def add(self, conn: sqlite3.Connection, groups: stored.Groups) -> None:
+        """Add the visits of these page views (``sqlite_pageviews.group``) to the chains
+        and their links."""
+        self._link(conn, *self._visits(conn, groups))
 
     def remove(self, conn: sqlite3.Connection, entities: Sequence[str]) -> None:
         """Forget these visitors' and users' chains, and their links."""
         delta: Delta = {}
+        visitors = self._id(conn, *ALL_VISITORS)
         for chains in self._load(conn, entities).values():
-            for dim, text in chains.items():
+            for dim, text in codec.split(chains, visitors).items():
                 prev = -1
-                for day in _days(text) if isinstance(text, str) else text:
-                    _bump(delta, (dim, day, prev), -1)
+                for day in codec.parse_days(text):
+                    codec.bump(delta, (dim, day, prev), -1)
                     prev = day
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", [(e,) for e in entities])
         _apply(conn, delta)
@@ -162,21 +108,27 @@ class Uniques:
         if not entities:
             return
         self.remove(conn, entities)
-        wanted = set(entities)
-        items: set[Membership] = set()
+        rows: list[PageView] = []
         for visitor in visitors:
-            items |= memberships(_rows(conn, "visitor_id = ?", visitor))
+            rows += stored.of(conn, "visitor_id", visitor)[1]
         for user in users:
-            items |= memberships(_rows(conn, "user_id = ?", user))
-        self.add(conn, {m for m in items if m[0] in wanted})
+            rows += stored.of(conn, "user_id", user)[1]
+        visits, classes = self._visits(conn, stored.group(rows))
+        # A visitor's page views name its users too (and a user's, its other visitors):
+        # only the chains asked for are rebuilt, the others are already right.
+        wanted = set(entities) & visits.keys()
+        self._link(
+            conn,
+            {key: visits[key] for key in wanted},
+            {key: classes[key] for key in wanted & classes.keys()},
+        )
 
     def rebuild_all(self, conn: sqlite3.Connection) -> None:
         """Recompute every chain from the stored page views (migration from schema 1)."""
         conn.execute("DELETE FROM uniq_links")
         conn.execute("DELETE FROM uniq_entities")
-        cursor = conn.execute("SELECT * FROM pageviews WHERE visitor_id IS NOT NULL AND bot = 0")
-        while rows := cursor.fetchmany(50_000):
-            self.add(conn, memberships(PageView._make((*r[:10], bool(r[10]))) for r in rows))
+        for rows in stored.all_pageviews(conn):
+            self.add(conn, stored.group(rows))
 
     def purge(self, conn: sqlite3.Connection, before: date) -> None:
         """Forget visits of days before ``before``; later days lose their older links."""
@@ -192,18 +144,104 @@ class Uniques:
         updates: list[tuple[str, str]] = []
         gone: list[tuple[str]] = []
         for key, text in conn.execute("SELECT key, chains FROM uniq_entities").fetchall():
-            chains: dict[int, str | list[int]] = {}
-            for dim, days_text in _split(text).items():
-                days = _days(days_text)
+            parts = []
+            if text.startswith("c:"):  # kept as long as the visitor's chain is
+                parts.append(text.partition(";")[0])
+            for dim, days_text in codec.split(text).items():
+                days = codec.parse_days(days_text)
                 kept = [d for d in days if d >= cut]
                 if kept:
-                    chains[dim] = kept if len(kept) != len(days) else days_text
-            if not chains:
+                    parts.append(
+                        f"{dim}:{days_text if len(kept) == len(days) else codec.join_days(kept)}"
+                    )
+            if not parts or parts[0].startswith("c:") and len(parts) == 1:
                 gone.append((key,))
-            elif _encode(chains) != text:
-                updates.append((_encode(chains), key))
+            elif (new := ";".join(parts)) != text:
+                updates.append((new, key))
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
         conn.executemany("UPDATE uniq_entities SET chains = ? WHERE key = ?", updates)
+
+    def _visits(self, conn: sqlite3.Connection, groups: stored.Groups) -> tuple[Visits, Classes]:
+        """Which days each visitor and user was seen in each dimension, and each visitor
+        with each browser class.
+
+        Bots and anonymous views count in no chain. A group is mostly a session: its
+        visitor, day and class are looked at once, then its pages.
+        """
+        out: Visits = {}
+        classes: Classes = {}
+        pages = self._ids.setdefault("page", {})
+        all_visitors = self._id(conn, *ALL_VISITORS)
+        all_users = self._id(conn, *ALL_USERS)
+        class_of: dict[tuple[str | None, ...], Class] = {}
+        ordinals = self._days
+        for (iso_day, visitor, user, browser, os, device, bot), views in groups.items():
+            if visitor is None or bot:
+                continue
+            day = ordinals.get(iso_day) or self._ordinal(iso_day)
+            key = "v:" + visitor
+            chains = out.get(key)
+            if chains is None:
+                chains = out[key] = {all_visitors: {day}}
+                seen: dict[Class, set[int]] = {}
+                classes[key] = seen
+            else:
+                chains[all_visitors].add(day)
+                seen = classes[key]
+            names = (browser, os, device)
+            cls = class_of.get(names)
+            if cls is None:
+                cls = class_of[names] = self._class(conn, names)
+            days = seen.get(cls)
+            if days is None:
+                seen[cls] = {day}
+            else:
+                days.add(day)
+            for path in views[1::4]:
+                dim = pages.get(path) or self._id(conn, "page", path)
+                days = chains.get(dim)
+                if days is None:
+                    chains[dim] = {day}
+                else:
+                    days.add(day)
+            if user:
+                users = out.get("u:" + user)
+                if users is None:
+                    out["u:" + user] = {all_users: {day}}
+                elif all_users in users:
+                    users[all_users].add(day)
+                else:
+                    users[all_users] = {day}
+        return out, classes
+
+    def _class(self, conn: sqlite3.Connection, names: tuple[str | None, ...]) -> Class:
+        browser, os, device = (
+            self._id(conn, kind, name) if name else 0
+            for kind, name in zip(("browser", "os", "device"), names, strict=True)
+        )
+        return browser, os, device
+
+    def _link(self, conn: sqlite3.Connection, visits: Visits, classes: Classes) -> None:
+        """Merge these visits into the entities' chains; add the links that change."""
+        if not visits:
+            return
+        keys = sorted(visits)
+        texts = self._load(conn, keys)
+        delta: Delta = {}
+        visitors = self._id(conn, *ALL_VISITORS)
+        rows = []
+        for key in keys:
+            text = texts.get(key) or ""
+            dims = visits[key]
+            seen = classes.get(key)
+            mirrored: tuple[int, ...] = ()
+            if seen:
+                text, mirrored = codec.with_classes(text, dims, seen, visitors)
+            new = codec.merge(text, dims, delta, visitors, mirrored)
+            if new != texts.get(key):
+                rows.append((key, new))
+        conn.executemany("INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)", rows)
+        _apply(conn, delta)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -267,70 +305,42 @@ class Uniques:
             n = self._days[day] = date.fromisoformat(day).toordinal()
         return n
 
-    def _dim_ids(
-        self, conn: sqlite3.Connection, keys: set[tuple[str, str]]
-    ) -> dict[tuple[str, str], int]:
-        known = self._dims
-        pending = self._pending
-        out: dict[tuple[str, str], int] = {}
-        missing = []
-        for key in keys:
-            dim = known.get(key) or pending.get(key)
-            if dim is None:
-                missing.append(key)
-            else:
-                out[key] = dim
-        if missing:
-            conn.executemany("INSERT OR IGNORE INTO uniq_dims (kind, name) VALUES (?, ?)", missing)
-            for key in missing:
-                (dim,) = conn.execute(
-                    "SELECT id FROM uniq_dims WHERE kind = ? AND name = ?", key
-                ).fetchone()
-                out[key] = pending[key] = dim
-        return out
+    def _id(self, conn: sqlite3.Connection, kind: str, name: str) -> int:
+        """The id of dimension ``(kind, name)``, created if new."""
+        names = self._ids.setdefault(kind, {})
+        dim = names.get(name)
+        if dim is None:
+            row = conn.execute(
+                "SELECT id FROM uniq_dims WHERE kind = ? AND name = ?", (kind, name)
+            ).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    "INSERT INTO uniq_dims (kind, name) VALUES (?, ?)", (kind, name)
+                )
+                row = (cursor.lastrowid,)
+                self._pending.append((kind, name))
+            dim = names[name] = row[0]
+        return dim
 
     @staticmethod
-    def _load(
-        conn: sqlite3.Connection, keys: Sequence[str]
-    ) -> dict[str, dict[int, str | list[int]]]:
-        """Entities' chains by dimension, each still text until it is needed."""
-        out: dict[str, dict[int, str | list[int]]] = {}
+    def _load(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str]:
+        """Entities' chains text, by key."""
+        out: dict[str, str] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, text in conn.execute(
-                f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
-                chunk,
-            ):
-                out[key] = dict(_split(text))
+            out.update(
+                conn.execute(
+                    f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
         return out
 
 
-def _split(text: str) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for part in text.split(";"):
-        dim, _, days = part.partition(":")
-        out[int(dim)] = days
-    return out
-
-
-def _days(text: str) -> list[int]:
-    return [int(x) for x in text.split(",")]
-
-
-def _encode(chains: dict[int, str | list[int]]) -> str:
-    return ";".join(
-        f"{dim}:{days if isinstance(days, str) else ','.join(map(str, days))}"
-        for dim, days in chains.items()
-    )
-
-
-def _bump(delta: Delta, key: tuple[int, int, int], by: int) -> None:
-    delta[key] = delta.get(key, 0) + by
-
-
 def _apply(conn: sqlite3.Connection, delta: Delta) -> None:
-    changes = [(d, day, p, n) for (d, day, p), n in delta.items() if n]
+    # In key order, each upsert finds its page next to the previous one's.
+    changes = sorted((d, day, p, n) for (d, day, p), n in delta.items() if n)
     conn.executemany(
         "INSERT INTO uniq_links VALUES (?, ?, ?, ?) "
         "ON CONFLICT (dim, day, prev) DO UPDATE SET n = n + excluded.n",
@@ -340,11 +350,3 @@ def _apply(conn: sqlite3.Connection, delta: Delta) -> None:
         "DELETE FROM uniq_links WHERE dim = ? AND day = ? AND prev = ? AND n <= 0",
         [(d, day, p) for d, day, p, n in changes if n < 0],
     )
-
-
-def _rows(conn: sqlite3.Connection, where: str, value: Any) -> list[PageView]:
-    rows = conn.execute(
-        f"SELECT * FROM pageviews WHERE {where} AND bot = 0",  # noqa: S608
-        (value,),
-    ).fetchall()
-    return [PageView._make((*r[:10], bool(r[10]))) for r in rows]

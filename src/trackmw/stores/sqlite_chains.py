@@ -1,0 +1,192 @@
+"""How ``sqlite_uniques`` keeps an entity's chains in one row of text, and extends them.
+
+A row is the entity's dimensions' segments, ``;``-joined: ``dim:day,day,…`` (dimension
+id, then its visit days as ``date.toordinal()`` numbers, ascending).
+
+A batch touches a few dimensions of each of its visitors, mostly with a day later than
+any in the chain (today): the row is split into its segments, such a day is appended to
+its segment's text, and the other segments are joined back as they were. Only a day
+arriving out of order decodes its chain.
+
+Almost every visitor keeps one browser, OS and device: their three chains are then the
+visitor's own chain (all visitors), and the row says so with a first segment
+``c:browser,os,device`` (dimension ids, 0 for none) instead of three copies that each
+batch would have to extend. The links of the three dimensions follow those of the
+visitor's chain. A visitor seen with a second class gets the three chains written out
+(``with_classes``) and from then on extended like any other.
+
+Every change to a chain adds to a ``Delta`` of links: ``(dim, day, prev) -> +n/-n``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+__all__ = [
+    "Class",
+    "Delta",
+    "bump",
+    "join_days",
+    "merge",
+    "parse_days",
+    "split",
+    "with_classes",
+]
+
+Class = tuple[int, int, int]  # browser, OS and device dimension ids (0: none)
+Delta = dict[tuple[int, int, int], int]
+
+
+def merge(
+    text: str | None,
+    visits: dict[int, set[int]],
+    delta: Delta,
+    follow: int = 0,
+    mirrored: Sequence[int] = (),
+) -> str:
+    """``text`` (an entity's chains) with these days added; their links go to ``delta``,
+    and those of dimension ``follow`` also to the ``mirrored`` dimensions'."""
+    links = delta
+    own: Delta = {}
+    parts = text.split(";") if text else []
+    where = {part[: part.find(":")]: i for i, part in enumerate(parts)}
+    for dim, new in visits.items():
+        if mirrored:
+            delta = own if dim == follow else links
+        name = str(dim)
+        i = where.get(name)
+        if i is None:  # the entity's first visit in this dimension
+            if len(new) == 1:
+                (day,) = new
+                key = (dim, day, -1)
+                delta[key] = delta.get(key, 0) + 1
+                parts.append(f"{name}:{day}")
+            else:
+                chain: list[int] = []
+                _insert(chain, sorted(new), dim, delta)
+                parts.append(f"{name}:{join_days(chain)}")
+            continue
+        part = parts[i]
+        head = len(name) + 1
+        days = _extend(part[head:], new, dim, delta)
+        if days is not None:
+            parts[i] = part[:head] + days
+    for (_, day, prev), n in own.items():
+        for dim in (follow, *mirrored):
+            key = (dim, day, prev)
+            links[key] = links.get(key, 0) + n
+    return ";".join(parts)
+
+
+def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
+    """The days of ``chain`` (text) and ``new``, or None if none is new; the links that
+    change go to ``delta``."""
+    last = int(chain[chain.rfind(",") + 1 :])
+    if len(new) == 1:
+        (day,) = new
+        if day > last:  # the usual case: a later day (today), appended
+            key = (dim, day, last)
+            delta[key] = delta.get(key, 0) + 1
+            return f"{chain},{day}"
+        if day == last:
+            return None
+    days = sorted(new)
+    if days[0] > last:
+        prev = last
+        for day in days:
+            key = (dim, day, prev)
+            delta[key] = delta.get(key, 0) + 1
+            prev = day
+        return f"{chain},{join_days(days)}"
+    old = parse_days(chain)
+    return join_days(old) if _insert(old, days, dim, delta) else None
+
+
+def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
+    """Insert ``days`` into the sorted ``chain``, relinking successors; any new?"""
+    changed = False
+    for day in days:
+        i = bisect_left(chain, day)
+        if i < len(chain) and chain[i] == day:
+            continue
+        prev = chain[i - 1] if i else -1
+        if i < len(chain):  # an earlier day arrived late: relink its successor
+            succ = chain[i]
+            bump(delta, (dim, succ, prev), -1)
+            bump(delta, (dim, succ, day), 1)
+        bump(delta, (dim, day, prev), 1)
+        chain.insert(i, day)
+        changed = True
+    return changed
+
+
+def with_classes(
+    text: str, dims: dict[int, set[int]], seen: dict[Class, set[int]], visitors: int
+) -> tuple[str, tuple[int, ...]]:
+    """A visitor's chains ``text`` before adding this batch's ``seen`` classes, and the
+    class dimensions whose links follow the visitor's chain (none: they were added to
+    ``dims`` as dimensions of their own)."""
+    segment = text.partition(";")[0][2:] if text.startswith("c:") else None
+    if len(seen) == 1:
+        (cls,) = seen
+        written, mirrored = _class_text(cls)
+        if segment == written:
+            return text, mirrored
+        if not text:
+            return "c:" + written, mirrored
+    if segment is not None:  # a second class: the first one's chains are written out
+        rest = text[len(segment) + 3 :]
+        chain = split(rest)[visitors]
+        text = ";".join([rest, *(f"{d}:{chain}" for d in _class(segment) if d)])
+    for cls, days in seen.items():
+        for dim in cls:
+            if dim:
+                have = dims.get(dim)
+                if have is None:
+                    dims[dim] = set(days)
+                else:
+                    have |= days
+    return text, ()
+
+
+@lru_cache(maxsize=1024)
+def _class_text(cls: Class) -> tuple[str, tuple[int, ...]]:
+    """A class segment's text, and its dimensions."""
+    return "{},{},{}".format(*cls), tuple(d for d in cls if d)
+
+
+def _class(text: str) -> Class:
+    browser, os, device = map(int, text.split(","))
+    return browser, os, device
+
+
+def split(text: str, visitors: int | None = None) -> dict[int, str]:
+    """Each dimension's days (text) in an entity's chains; with the id of the
+    ``visitors`` dimension, also those of a class segment's dimensions."""
+    out: dict[int, str] = {}
+    cls = ""
+    for part in text.split(";"):
+        dim, _, days = part.partition(":")
+        if dim == "c":
+            cls = days
+        else:
+            out[int(dim)] = days
+    if cls and visitors is not None:
+        for member in _class(cls):
+            if member:
+                out[member] = out[visitors]
+    return out
+
+
+def parse_days(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def join_days(days: Iterable[int]) -> str:
+    return ",".join(map(str, days))
+
+
+def bump(delta: Delta, key: tuple[int, int, int], by: int) -> None:
+    delta[key] = delta.get(key, 0) + by

@@ -1,0 +1,164 @@
+"""The raw page views of ``SQLiteStore``, kept for a visitor's own data, erasure,
+retention and rebuilding the rollups.
+
+A row of ``pageview_groups`` holds the page views of one batch that share a day, a
+visitor, a user, a browser class and botness (a visitor's session, mostly; anonymous
+views share one group per day), as one JSON array ``[ts, path, referrer, campaign, ts,
+path, …]``. A batch of 1,000 page views is a few hundred rows instead of a thousand,
+each with one array instead of eleven bound values per page view: that was most of what
+writing the raw events cost. The same groups feed the distinct counts
+(``sqlite_uniques``), which look at a session's visitor, day and browser only once.
+
+The groups are indexed by ``(day, visitor_id)`` and ``(day, user_id)``, not by the ids
+alone: a batch's index entries then land at the end of each index, next to each other,
+instead of one random page each. Looking a visitor up walks the distinct days of the
+index (a loose index scan) and seeks the visitor in each.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..events import PageView
+from .sqlite_rows import insert_rows
+
+__all__ = ["SCHEMA", "Groups", "add", "all_pageviews", "from_schema_2", "group", "of", "purge"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pageview_groups (
+    day TEXT NOT NULL,
+    visitor_id TEXT,
+    user_id TEXT,
+    browser TEXT,
+    os TEXT,
+    device TEXT,
+    bot INTEGER NOT NULL,
+    n INTEGER NOT NULL,      -- page views in the group
+    views TEXT NOT NULL      -- JSON [ts, path, referrer, campaign, ts, path, ...]
+);
+CREATE INDEX IF NOT EXISTS pageview_groups_visitor ON pageview_groups (day, visitor_id)
+    WHERE visitor_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pageview_groups_user ON pageview_groups (day, user_id)
+    WHERE user_id IS NOT NULL;
+"""
+
+
+def _json_dumps() -> Callable[[list[Any]], str]:
+    """``json.dumps``, without the C encoder it makes anew at each call.
+
+    A batch encodes a few hundred small lists, and making the encoder cost more than
+    encoding them. Where the json module has no C encoder, or it takes other
+    arguments than CPython 3.11's, this is ``json.dumps`` itself.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.dumps
+    try:
+        # The arguments json.dumps passes by default, without the circular check
+        # (markers): these lists hold only numbers, strings and None.
+        encode = make(
+            None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+        )
+    except TypeError:
+        return json.dumps
+
+    def dumps(obj: list[Any]) -> str:
+        return "".join(encode(obj, 0))
+
+    sample = [1.5, '/ü"\n', None, True, 3]
+    return dumps if dumps(sample) == json.dumps(sample) else json.dumps
+
+
+_dumps = _json_dumps()
+
+#: ``(day, visitor_id, user_id, browser, os, device, bot)`` -> ``[ts, path, referrer,
+#: campaign, ts, path, …]``: the page views of a batch, grouped.
+Groups = dict[tuple[Any, ...], list[Any]]
+
+
+def group(pageviews: Iterable[PageView]) -> Groups:
+    """The page views by day, visitor, user, browser class and botness."""
+    groups: Groups = {}
+    get = groups.get
+    for ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot in pageviews:
+        key = (day, visitor, user, browser, os, device, bot)
+        views = get(key)
+        if views is None:
+            groups[key] = [ts, path, referrer, campaign]
+        else:
+            views += ts, path, referrer, campaign
+    return groups
+
+
+def add(conn: sqlite3.Connection, groups: Groups) -> None:
+    """Insert grouped page views."""
+    dumps = _dumps
+    insert_rows(
+        conn,
+        "INSERT INTO pageview_groups",
+        [(*key, len(views) // 4, dumps(views)) for key, views in groups.items()],
+    )
+
+
+def of(conn: sqlite3.Connection, column: str, value: str) -> tuple[list[int], list[PageView]]:
+    """The groups (rowids) and page views whose ``column`` (visitor_id or user_id) is
+    ``value``."""
+    if column not in ("visitor_id", "user_id"):
+        raise ValueError(column)
+    rows = conn.execute(
+        "WITH RECURSIVE days(day) AS ("  # noqa: S608
+        f"SELECT min(day) FROM pageview_groups WHERE {column} IS NOT NULL UNION ALL "
+        f"SELECT (SELECT min(day) FROM pageview_groups WHERE {column} IS NOT NULL "
+        "AND day > days.day) FROM days WHERE days.day IS NOT NULL) "
+        "SELECT rowid, day, visitor_id, user_id, browser, os, device, bot, views "
+        "FROM pageview_groups "
+        f"WHERE {column} = ? AND day IN (SELECT day FROM days WHERE day IS NOT NULL)",
+        (value,),
+    ).fetchall()
+    return [r[0] for r in rows], _pageviews(r[1:] for r in rows)
+
+
+def purge(conn: sqlite3.Connection, cut: str) -> int:
+    """Delete the page views of days before ``cut``; how many there were."""
+    ((removed,),) = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM pageview_groups WHERE day < ?", (cut,)
+    ).fetchall()
+    conn.execute("DELETE FROM pageview_groups WHERE day < ?", (cut,))
+    return int(removed)
+
+
+def from_schema_2(conn: sqlite3.Connection) -> None:
+    """Move the page views of a schema 1 or 2 file (one row each) into groups."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pageviews'").fetchone():
+        return
+    cursor = conn.execute("SELECT * FROM pageviews ORDER BY rowid")
+    while rows := cursor.fetchmany(50_000):
+        add(conn, group(PageView._make((*r[:10], bool(r[10]))) for r in rows))
+    conn.execute("DROP TABLE pageviews")
+
+
+def all_pageviews(conn: sqlite3.Connection) -> Iterable[list[PageView]]:
+    """Every stored page view, in lists of a few thousand."""
+    cursor = conn.execute(
+        "SELECT day, visitor_id, user_id, browser, os, device, bot, views FROM pageview_groups"
+    )
+    while rows := cursor.fetchmany(1_000):
+        yield _pageviews(rows)
+
+
+def _pageviews(rows: Iterable[Sequence[Any]]) -> list[PageView]:
+    out = []
+    for day, visitor, user, browser, os, device, bot, text in rows:
+        views = json.loads(text)
+        for i in range(0, len(views), 4):
+            ts, path, referrer, campaign = views[i : i + 4]
+            out.append(
+                PageView(
+                    ts, day, visitor, user, path, referrer, campaign, browser, os, device, bool(bot)
+                )
+            )
+    return out

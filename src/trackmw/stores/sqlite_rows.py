@@ -1,0 +1,53 @@
+"""Many rows in few SQLite statements.
+
+``executemany`` runs its statement once per row, through Python's driver each time
+(bind, step, reset). ``insert_rows`` sends the rows as ``INSERT … VALUES (…), (…), …``
+instead, in statements of a power-of-two number of rows, so that the few statement texts
+stay in the connection's statement cache. Measured on a batch: page view groups (nine
+values a row) and the daily rollup's upserts take about half the time this way; the
+link table's integer upserts take longer (SQLite's plan for a multi-row upsert costs
+more there than the driver's round), so they stay with ``executemany``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["insert_rows"]
+
+#: SQLite's default limit of bound values per statement before 3.32 (later: 32,766).
+MAX_VALUES = 999
+MAX_ROWS = 256
+
+
+def insert_rows(
+    conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], tail: str = ""
+) -> None:
+    """Run ``head VALUES (?, …), … tail`` for ``rows`` (all of the same width).
+
+    ``head`` is e.g. ``"INSERT INTO t"``, ``tail`` e.g. an ``ON CONFLICT`` clause. Rows
+    are inserted in their order, as ``executemany`` would: a later row of the same key
+    meets the earlier one's conflict clause.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    size = MAX_ROWS
+    while size * width > MAX_VALUES:
+        size //= 2
+    start, count = 0, len(rows)
+    while start < count:
+        while size > count - start:
+            size //= 2
+        chunk = rows[start : start + size]
+        conn.execute(_statement(head, width, size, tail), [v for row in chunk for v in row])
+        start += size
+
+
+@lru_cache(maxsize=256)
+def _statement(head: str, width: int, rows: int, tail: str) -> str:
+    values = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([values] * rows)} {tail}"

@@ -1,0 +1,116 @@
+"""SQLite files of older schemas are upgraded when opened, their data intact.
+
+Schemas 1 and 2 kept one ``pageviews`` row per page view (schema 1 also lacked the
+``uniq_*`` link tables); schema 3 keeps them grouped in ``pageview_groups``. An old file
+is made here the way its schema laid it out: the rollups of a current file, the raw page
+views put back one row each with the old table and indexes, the version set back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from trackmw.events import ConsentChoice, PageView
+from trackmw.stores.memory import MemoryStore
+from trackmw.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+
+from .data import START, USERS, batches, events
+
+OLD_PAGEVIEWS = """
+CREATE TABLE pageviews (
+    ts REAL NOT NULL,
+    day TEXT NOT NULL,
+    visitor_id TEXT,
+    user_id TEXT,
+    path TEXT NOT NULL,
+    referrer TEXT,
+    campaign TEXT,
+    browser TEXT,
+    os TEXT,
+    device TEXT,
+    bot INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX pageviews_visitor ON pageviews (visitor_id) WHERE visitor_id IS NOT NULL;
+CREATE INDEX pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL;
+"""
+
+
+def old_file(path: Path, version: int) -> tuple[list[PageView], list[ConsentChoice]]:
+    """A schema ``version`` (1 or 2) file at ``path``, holding the events returned."""
+    views, choices = events(seed=41, n=900, days=5)
+    store = SQLiteStore(f"sqlite:///{path}")
+    for i, batch in enumerate(batches(views, 200)):
+        store.write(batch, choices if i == 0 else [])
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(OLD_PAGEVIEWS)
+    conn.executemany("INSERT INTO pageviews VALUES (?,?,?,?,?,?,?,?,?,?,?)", views)
+    conn.execute("DROP TABLE pageview_groups")
+    if version == 1:
+        for table in ("uniq_links", "uniq_entities", "uniq_dims"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("CREATE TABLE daily_visitors (day TEXT)")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    conn.close()
+    return views, choices
+
+
+def tables(path: Path) -> tuple[set[str], str]:
+    conn = sqlite3.connect(path)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    finally:
+        conn.close()
+    return names, version
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_file_is_upgraded_with_its_data(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.db"
+    views, choices = old_file(path, version)
+    reference = MemoryStore("memory://")
+    reference.write(views, choices)
+    store = SQLiteStore(f"sqlite:///{path}")
+    try:
+        for days in (0, 2, 4, 10):
+            since, until = START, START + timedelta(days=days)
+            assert store.report(since, until).to_dict() == reference.report(since, until).to_dict()
+        for visitor in sorted({v.visitor_id for v in views if v.visitor_id}):
+            assert store.visitor_data(visitor) == reference.visitor_data(visitor)
+        names, stored_version = tables(path)
+        assert stored_version == str(SCHEMA_VERSION)
+        assert {"pageviews", "daily_visitors", "pageviews_visitor"}.isdisjoint(names)
+        # Erasure and retention work on the moved page views.
+        assert store.erase("v01", USERS["v01"]) == reference.erase("v01", USERS["v01"])
+        assert store.purge(START + timedelta(days=2)) == reference.purge(START + timedelta(days=2))
+        since, until = START, START + timedelta(days=4)
+        assert store.report(since, until).to_dict() == reference.report(since, until).to_dict()
+    finally:
+        store.close()
+
+
+def groups(path: Path) -> tuple[int, int]:
+    """Rows and page views in ``pageview_groups`` after opening the store at ``path``."""
+    store = SQLiteStore(f"sqlite:///{path}")
+    try:
+        store.report(START, START)
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        rows, views = conn.execute("SELECT count(*), sum(n) FROM pageview_groups").fetchone()
+    finally:
+        conn.close()
+    return rows, views
+
+
+def test_upgrading_twice_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_file(path, 2)
+    first = groups(path)
+    assert groups(path) == first and first[1] == 900

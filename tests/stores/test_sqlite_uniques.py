@@ -1,0 +1,107 @@
+"""SQLite's distinct counts when visitors change browser class.
+
+A visitor seen with one browser, OS and device keeps them as a class segment that
+follows its own chain; a second class writes the first one's chains out. Reports must
+equal the reference (the memory store) through every step: class changes in later
+batches, within one batch, on days arriving late, then erasure and retention.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from trackmw.events import PageView
+from trackmw.stores.memory import MemoryStore
+from trackmw.stores.sqlite import SQLiteStore
+
+from .data import START, ts_of
+
+CHROME = ("Chrome", "Windows", "desktop")
+FIREFOX = ("Firefox", "Windows", "desktop")  # shares the OS and the device
+PHONE = ("Mobile Safari", "iOS", "mobile")
+
+
+def view(day: int, visitor: str, path: str, cls: tuple[str, str, str]) -> PageView:
+    when = START + timedelta(days=day)
+    return PageView(ts_of(when, 60), when.isoformat(), visitor, None, path, None, None, *cls, False)
+
+
+STEPS: list[list[PageView]] = [
+    [view(2, "v1", "/a", CHROME), view(2, "v2", "/a", PHONE), view(3, "v3", "/b", CHROME)],
+    [view(4, "v1", "/b", FIREFOX), view(4, "v2", "/b", PHONE)],  # v1: a second class
+    [view(0, "v2", "/a", CHROME), view(1, "v2", "/c", PHONE)],  # late days, v2 too
+    [view(5, "v3", "/a", CHROME), view(5, "v3", "/c", PHONE), view(6, "v4", "/a", PHONE)],
+    [view(3, "v1", "/a", CHROME), view(6, "v4", "/b", PHONE), view(7, "v4", "/a", PHONE)],
+]
+
+
+def ranges() -> list[tuple[date, date]]:
+    return [
+        (START + timedelta(days=a), START + timedelta(days=b))
+        for a in range(0, 8)
+        for b in range(a, 8)
+    ]
+
+
+def assert_same(sql: SQLiteStore, mem: MemoryStore) -> None:
+    for since, until in ranges():
+        assert sql.report(since, until).to_dict() == mem.report(since, until).to_dict(), (
+            since,
+            until,
+        )
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[SQLiteStore, MemoryStore]:
+    sql = SQLiteStore(f"sqlite:///{tmp_path / 'u.db'}")
+    yield sql, MemoryStore("memory://")
+    sql.close()
+
+
+def test_class_changes_keep_reports_equal(stores: tuple[SQLiteStore, MemoryStore]) -> None:
+    sql, mem = stores
+    for batch in STEPS:
+        sql.write(batch, [])
+        mem.write(batch, [])
+        assert_same(sql, mem)
+
+
+def test_erasure_and_retention_after_class_changes(
+    stores: tuple[SQLiteStore, MemoryStore],
+) -> None:
+    sql, mem = stores
+    for batch in STEPS:
+        sql.write(batch, [])
+        mem.write(batch, [])
+    assert sql.erase("v1") == mem.erase("v1")
+    assert_same(sql, mem)
+    cut = START + timedelta(days=4)
+    assert sql.purge(cut) == mem.purge(cut)
+    assert_same(sql, mem)
+    later = [view(8, "v2", "/a", PHONE), view(8, "v4", "/c", CHROME)]
+    sql.write(later, [])
+    mem.write(later, [])
+    assert_same(sql, mem)
+
+
+def test_a_visitor_with_one_class_keeps_no_copies_of_its_chain(
+    stores: tuple[SQLiteStore, MemoryStore],
+) -> None:
+    sql, _ = stores
+    for day in range(5):
+        sql.write([view(day, "v1", "/a", CHROME), view(day, "v2", "/a", CHROME)], [])
+    sql.write([view(5, "v2", "/a", PHONE)], [])
+    conn = sqlite3.connect(sql.path)
+    try:
+        rows = dict(conn.execute("SELECT key, chains FROM uniq_entities"))
+    finally:
+        conn.close()
+    one, two = rows["v:v1"].split(";"), rows["v:v2"].split(";")
+    # v1: the class, the visitor's chain and the page's. v2: the visitor's and the
+    # page's, and those of both classes' browser, OS and device written out.
+    assert one[0].startswith("c:") and len(one) == 3
+    assert not two[0].startswith("c:") and len(two) == 2 + 6
