@@ -16,7 +16,7 @@ import pytest
 
 from trackmw.events import ConsentChoice, PageView
 from trackmw.stores.memory import MemoryStore
-from trackmw.stores.sqlite import SQLiteStore
+from trackmw.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
 START = date(2026, 10, 1)
 DAYS = 40
@@ -192,6 +192,6 @@ def test_a_schema_1_file_is_migrated(stores: tuple[SQLiteStore, MemoryStore]) ->
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         conn.close()
-        assert "daily_visitors" not in tables and version == ("2",)
+        assert "daily_visitors" not in tables and version == (str(SCHEMA_VERSION),)
     finally:
         reopened.close()
