@@ -131,7 +131,7 @@ class LazyVisitor(BaseLazyVisitor):
         self._core = core
         self._state = state
         self.visitor = self.issued_id = None
-        self._scope: Scope | None = scope  # dropped when the request ends: see release()
+        self._scope: Scope | None = scope  # both dropped when the request ends: release()
         self._send = send
 
     def _request(self) -> Request:
@@ -140,9 +140,10 @@ class LazyVisitor(BaseLazyVisitor):
         return request_from_scope(self._scope, _CORE_HEADERS)
 
     def release(self) -> None:
-        """Forget the scope (which holds this object): no reference cycle outlives the
-        request, so no garbage-collector pass is needed to free it."""
-        self._scope = None
+        """Forget the scope (which holds this object) and the server's ``send`` (whose
+        owner holds the scope): no reference cycle outlives the request, so no
+        garbage-collector pass is needed to free it."""
+        self._scope, self._send = None, _over
 
     # -- send wrappers: the middleware passes the one its cookie state calls for ----------
 
@@ -188,6 +189,11 @@ class LazyVisitor(BaseLazyVisitor):
         except Exception:
             log.exception("trackmw: could not add cookies; response sent unchanged")
         return message
+
+
+def _over(message: Message) -> Awaitable[None]:
+    """What ``send`` becomes once the app has returned (ASGI allows no later message)."""
+    raise RuntimeError("trackmw: the response is over; no more messages can be sent")
 
 
 def _add_headers(message: Message, cookies: list[str]) -> Message:
@@ -275,7 +281,7 @@ class TrackingMiddleware:
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            lazy._scope = None  # release(), inlined: this runs on every request
+            lazy._scope, lazy._send = None, _over  # release(), inlined: on every request
 
     def _quick_pixel(self, scope: Scope) -> int | None:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in
