@@ -165,6 +165,39 @@ def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
     return float(rps.group(1)), float(p99.group(1)) * _UNITS[p99.group(2)]
 
 
+def _cpu_seconds(all_servers: list[Server]) -> float:
+    """CPU seconds used so far by the server processes (from ``/proc``; 0 elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for s in all_servers:
+        if s.proc is None:
+            continue
+        try:
+            with open(f"/proc/{s.proc.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def settle(all_servers: list[Server], timeout: float = 15.0) -> None:
+    """Wait until no server is busy (at most ``timeout`` seconds).
+
+    A tracked server's writer thread goes on writing the events of its last run for a
+    moment after the load stops; on a 2-core machine that would take CPU from the
+    next variant's run, so each run starts once the servers have gone quiet.
+    """
+    deadline = time.monotonic() + timeout
+    before = _cpu_seconds(all_servers)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = _cpu_seconds(all_servers)
+        if now - before < 0.025:  # under 10 % of one core over the last 0.25 s
+            return
+        before = now
+
+
 def measure(all_servers: list[Server], rounds: int, seconds: float, connections: int,
             log: Callable[[str], None]) -> dict[str, tuple[list[float], list[float]]]:
     """(requests/s, p99 ms) of each server, one sample each per round, interleaved."""
@@ -172,6 +205,7 @@ def measure(all_servers: list[Server], rounds: int, seconds: float, connections:
         run_wrk(s, 1, connections)
     for r in range(rounds):
         for s in all_servers if r % 2 == 0 else all_servers[::-1]:
+            settle(all_servers)
             rps, p99 = run_wrk(s, seconds, connections)
             s.rps.append(rps)
             s.p99.append(p99)
