@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, date
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -151,6 +152,32 @@ def daily_count_keys(pv: PageView) -> list[tuple[str, str, str]]:
     if pv.campaign:
         keys.append((pv.day, "campaign", pv.campaign))
     return keys
+
+
+def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]:
+    """What ``daily_count_keys`` adds up to over many page views, counted in bulk.
+
+    Page views that differ only in visitor, time or browser add to the same counters,
+    so they are first counted by what matters (in C), then expanded once per kind.
+    """
+    kinds = Counter(
+        (pv.day, pv.bot, pv.path, pv.visitor_id is None, pv.referrer, pv.campaign)
+        for pv in pageviews
+    )
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for (day, bot, path, anonymous, referrer, campaign), n in kinds.items():
+        if bot:
+            counts[(day, "bot", "")] += n
+            continue
+        counts[(day, "total", "")] += n
+        counts[(day, "page", path)] += n
+        if anonymous:
+            counts[(day, "anonymous", "")] += n
+        if referrer:
+            counts[(day, "referrer", referrer)] += n
+        if campaign:
+            counts[(day, "campaign", campaign)] += n
+    return counts
 
 
 def tombstone_key(kind: str, value: str) -> str:

@@ -20,17 +20,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import date
-from itertools import chain
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from . import sqlite_pageviews as stored
-from .base import Store, daily_count_keys, purge_horizon, tombstone_keys
+from .base import Store, daily_count_keys, daily_counts, purge_horizon, tombstone_keys
 from .memory import visitor_document
 from .sqlite_rows import insert_rows
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
@@ -181,8 +179,7 @@ class SQLiteStore(Store):
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         if not pageviews and not consents:
             return
-        # Counter counts in C what a loop of dict updates would count in Python.
-        counts = Counter(chain.from_iterable(map(daily_count_keys, pageviews)))
+        counts = daily_counts(pageviews)
         groups = stored.group(pageviews)
         conn = self._conn()
         try:
