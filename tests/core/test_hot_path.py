@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -229,3 +230,22 @@ def test_the_quick_pixel_path_counts_what_the_general_path_counts(
         "rate-limited-429",
     )
     assert any(status is not None for status in taken) is common
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_json_made_once_is_json_dumps(ensure_ascii: bool, separators: tuple[str, str]) -> None:
+    from trackmw._json import dumps_function
+
+    dumps = dumps_function(ensure_ascii=ensure_ascii, separators=separators)
+    for value in (
+        ["abc"],
+        [1.5, 1e16, -0.0, 10**20, None, True, False, 'a"b\\c\n\x01é€\u2028'],
+        {"c": 1, "v": "1", "nested": {"k": [1, {"x": None}]}},
+        [],
+        {},
+        "plain",
+    ):
+        assert dumps(value) == json.dumps(value, ensure_ascii=ensure_ascii, separators=separators)
+    with pytest.raises(TypeError):
+        dumps([object()])

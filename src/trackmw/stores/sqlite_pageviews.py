@@ -18,11 +18,11 @@ index (a loose index scan) and seeks the visitor in each.
 from __future__ import annotations
 
 import json
-import json.encoder
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .._json import dumps_function
 from ..events import PageView
 from .sqlite_rows import insert_rows
 
@@ -47,33 +47,8 @@ CREATE INDEX IF NOT EXISTS pageview_groups_user ON pageview_groups (day, user_id
 """
 
 
-def _json_dumps() -> Callable[[list[Any]], str]:
-    """``json.dumps``, without the C encoder it makes anew at each call.
-
-    A batch encodes a few hundred small lists, and making the encoder cost more than
-    encoding them. Where the json module has no C encoder, or it takes other
-    arguments than CPython 3.11's, this is ``json.dumps`` itself.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return json.dumps
-    try:
-        # The arguments json.dumps passes by default, without the circular check
-        # (markers): these lists hold only numbers, strings and None.
-        encode = make(
-            None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
-        )
-    except TypeError:
-        return json.dumps
-
-    def dumps(obj: list[Any]) -> str:
-        return "".join(encode(obj, 0))
-
-    sample = [1.5, '/ü"\n', None, True, 3]
-    return dumps if dumps(sample) == json.dumps(sample) else json.dumps
-
-
-_dumps = _json_dumps()
+# A batch encodes a few hundred small lists: the encoder is made once.
+_dumps = dumps_function()
 
 #: ``(day, visitor_id, user_id, browser, os, device, bot)`` -> ``[ts, path, referrer,
 #: campaign, ts, path, …]``: the page views of a batch, grouped.
