@@ -23,6 +23,8 @@ CONSENT_COOKIE = "trackmw_consent"
 PREFS_COOKIE = "trackmw_prefs"
 #: Distinct ``Cookie`` headers whose state is kept (dropped all at once when full).
 _STATE_CACHE = 10_000
+#: Longer ``Cookie`` headers are read each time rather than kept (at most ~40 MB held).
+_CACHED_HEADER = 4096
 
 
 class CookieState:
@@ -130,7 +132,7 @@ class CookieReader:
                 return self.state("", dnt, gpc, now)
             text = ""
         state = self._read_state(text, dnt, gpc, now)
-        if state.not_before <= now <= state.not_after:
+        if state.not_before <= now <= state.not_after and len(text) <= _CACHED_HEADER:
             states = self.states
             if len(states) >= _STATE_CACHE:
                 states.clear()

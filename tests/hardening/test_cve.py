@@ -316,3 +316,15 @@ def test_a_rejection_survives_two_key_rotations_of_a_returning_visitor(
     _, seen = third.page("/")
     assert (seen["analytics"], seen["decided"], seen["id"]) == (False, True, None)
     assert "trackmw_id" not in browser.jar
+
+
+def test_large_distinct_cookie_headers_are_not_kept(make_tracker: Callable[..., Tracker]) -> None:
+    # A client sending ever new, large headers naming our cookies must not fill memory
+    # with cached states: headers past a few KB are read each time and never kept.
+    reader = make_tracker().core.reader
+    now = time.time()
+    for i in range(50):
+        reader.state(f"trackmw_id=x{i}; pad={'a' * 5000}".encode(), False, False, now)
+    assert reader.states == {}
+    reader.state(b"trackmw_id=small", False, False, now)
+    assert list(reader.states) == [b"trackmw_id=small"]
