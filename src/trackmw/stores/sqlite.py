@@ -106,7 +106,7 @@ class SQLiteStore(Store):
                     isolation_level=None,
                     check_same_thread=False,
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal(conn, self.busy_timeout)
                 # Under WAL, NORMAL syncs at checkpoints only: a commit survives the
                 # process crashing; a power loss or OS crash may undo the last commits
                 # but leaves the file consistent.
@@ -387,3 +387,23 @@ def _rollback(conn: sqlite3.Connection) -> None:
     """
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def _wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode (it stays so), waiting up to ``timeout`` for the lock.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database
+    is locked" at once, without its busy handler, when another process holds one: two
+    workers opening a new file together (gunicorn's at shutdown) would lose a batch.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
