@@ -25,6 +25,7 @@ from .messages import PAGE_HEADERS, PRIVATE_ADDED, Request, Response, private_he
 from .pixel import GIF, PIXEL_HEADERS
 from .tracker import Tracker
 from .visitor import LazyVisitor as BaseLazyVisitor
+from .visitor import RequestOver
 
 __all__ = ["LazyVisitor", "TrackingMiddleware"]
 
@@ -84,7 +85,7 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-_PIXEL_RAW = _encode(PIXEL_HEADERS)
+_PIXEL_RAW = tuple(_encode(PIXEL_HEADERS))  # copied into each response
 _PRIVATE_RAW = _encode(list(PRIVATE_ADDED))
 _CACHE_NAMES = frozenset((b"vary", b"cache-control"))
 
@@ -136,7 +137,7 @@ class LazyVisitor(BaseLazyVisitor):
 
     def _request(self) -> Request:
         if self._scope is None:
-            raise LookupError("trackmw: the request is over; its visitor was not read")
+            raise RequestOver("trackmw: the request is over; its visitor was not read")
         return request_from_scope(self._scope, _CORE_HEADERS)
 
     def release(self) -> None:
@@ -302,7 +303,9 @@ class TrackingMiddleware:
         if agent is None or host is None:
             return None
         try:
-            return self.core.quick_beacon(cookie, agent, host, scope["query_string"], _time())
+            return self.core.quick_beacon(
+                cookie, agent, host, scope.get("query_string", b""), _time()
+            )
         except Exception:  # never break the pixel: the general path decides
             log.exception("trackmw: the pixel's quick path failed")
             return None
@@ -358,7 +361,8 @@ async def send_response(send: Send, response: Response) -> None:
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": _PIXEL_RAW if headers is PIXEL_HEADERS else _encode(headers),
+            # A fresh list: middleware around this one may edit headers in place.
+            "headers": [*_PIXEL_RAW] if headers is PIXEL_HEADERS else _encode(headers),
         }
     )
     await send({"type": "http.response.body", "body": response.body})

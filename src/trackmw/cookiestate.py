@@ -126,13 +126,12 @@ class CookieReader:
         state = self.states.get(key)
         if state is not None and state.not_before <= now <= state.not_after:
             return state
-        text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie
-        if not text or "trackmw_" not in text:
-            if cookie != "":  # every visitor without our cookies is in one state: cached once
-                return self.state("", dnt, gpc, now)
-            text = ""
+        text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie or ""
+        size = len(text)
+        if "trackmw_" not in text:
+            text = ""  # every visitor without our cookies is in the same state
         state = self._read_state(text, dnt, gpc, now)
-        if state.not_before <= now <= state.not_after and len(text) <= _CACHED_HEADER:
+        if state.not_before <= now <= state.not_after and size <= _CACHED_HEADER:
             states = self.states
             if len(states) >= _STATE_CACHE:
                 states.clear()

@@ -72,8 +72,12 @@ class Tracking:
                 except LookupError:
                     return Markup("")
 
-            # The visitor (or None on excluded paths), built only if the template uses it.
-            return {"trackmw_visitor": _template_visitor, "trackmw_beacon": beacon}
+            # The visitor, built only if the template uses it; None on excluded paths.
+            tracked = request.environ.get("trackmw.visitor") is not None
+            return {
+                "trackmw_visitor": _template_visitor if tracked else None,
+                "trackmw_beacon": beacon,
+            }
 
         return tracker
 

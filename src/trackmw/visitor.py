@@ -215,6 +215,7 @@ class Visitor:
         self._core.record_choice(self, now)
 
     def _set_record(self, record: ConsentRecord) -> None:
+        withheld_by_signal = self._consent.reason in ("dnt", "gpc")
         self._record = record
         self._consent_dirty = True
         settings = self._core.settings
@@ -228,10 +229,10 @@ class Visitor:
         )
         if self._consent.analytics:
             if self.id is None:
-                # A visitor whose signals (GPC, DNT) had withheld analytics, accepting
-                # now, keeps the id its browser still holds; only a visitor without
-                # one (or just erased) gets a new one.
-                if self._sent_id is not None and not self._erased:
+                # A visitor whose signal (GPC, DNT) had withheld analytics, accepting
+                # now, keeps the id its browser still holds (its linked user is not
+                # carried over); after a rejection, or an erasure, the id is new.
+                if withheld_by_signal and self._sent_id is not None and not self._erased:
                     self.id = self._sent_id
                 else:
                     self.id = self._core.new_id()
@@ -297,6 +298,10 @@ class Visitor:
 log = logging.getLogger("trackmw")
 
 
+class RequestOver(LookupError):
+    """The request a ``LazyVisitor`` belongs to has ended before its visitor was read."""
+
+
 class LazyVisitor:
     """A request's ``Visitor``, built on first call: what the adapters put in the ASGI
     scope (``scope["trackmw"]``) or WSGI environ (``environ["trackmw.visitor"]``).
@@ -322,7 +327,7 @@ class LazyVisitor:
             try:
                 req = self._request()
                 visitor = self._core.visitor_from_state(req, self._state, self.issued_id)
-            except LookupError:  # the request is over
+            except RequestOver:
                 raise
             except Exception as exc:  # never break the host app: as if untracked
                 log.exception("trackmw: could not read the visitor")

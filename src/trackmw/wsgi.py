@@ -78,7 +78,10 @@ class LazyVisitor(BaseLazyVisitor):
         self._core = core  # the base's attributes, without a super().__init__ call
         self._state = state
         self.visitor = self.issued_id = None
-        self._environ = environ
+        # The environ as it arrived: an app may rewrite PATH_INFO and SCRIPT_NAME in
+        # place (werkzeug's DispatcherMiddleware) before it asks for the visitor. A
+        # copy made before this object goes into the environ also holds no cycle.
+        self._environ = environ.copy()
         self._start_response = start
 
     def _request(self) -> Request:
@@ -87,7 +90,7 @@ class LazyVisitor(BaseLazyVisitor):
     def start_quiet(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
         """For a visitor who needs no cookie unless the app changes something."""
         if self.visitor is None:
-            return self._start_response(status, headers, exc_info)
+            return self._start(status, headers, exc_info)
         return self.start_full(status, headers, exc_info)
 
     def start_fresh(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
@@ -105,7 +108,7 @@ class LazyVisitor(BaseLazyVisitor):
             headers = private_headers(headers, [cookie])
         except Exception:
             log.exception("trackmw: could not add cookies; response sent unchanged")
-        return self._start_response(status, headers, exc_info)
+        return self._start(status, headers, exc_info)
 
     def start_full(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
         """For any other visitor: the core decides (and may count the page)."""
@@ -115,6 +118,11 @@ class LazyVisitor(BaseLazyVisitor):
                 headers = changed
         except Exception:
             log.exception("trackmw: could not add cookies; response sent unchanged")
+        return self._start(status, headers, exc_info)
+
+    def _start(self, status: str, headers: list[Any], exc_info: Any) -> Any:
+        if exc_info is None:  # some start_response callables take two arguments
+            return self._start_response(status, headers)
         return self._start_response(status, headers, exc_info)
 
 

@@ -149,6 +149,17 @@ def test_accepting_again_under_a_signal_keeps_the_id_the_browser_holds(client: C
     assert (seen["id"], seen["new"]) == (first["id"], False)
 
 
+def test_accepting_after_a_rejection_gets_a_new_id(client: Client) -> None:
+    # Only a signal's withholding keeps the id: after an explicit rejection, an id the
+    # browser still sends (its deletion did not take) is not linked again.
+    result, first = client.page("/?do=accept")
+    old_cookie = client.jar["trackmw_id"]
+    client.page("/?do=reject")
+    client.jar["trackmw_id"] = old_cookie  # a browser that kept it
+    _, seen = client.page("/?do=accept")
+    assert seen["analytics"] is True and seen["id"] != first["id"] and seen["new"] is True
+
+
 @pytest.mark.parametrize("value", ["0", "yes", "true", " 2", "", "1, 1"])
 def test_only_exactly_1_is_a_signal(client: Client, value: str) -> None:
     _, seen = client.page("/", headers={"dnt": value, "sec-gpc": value})

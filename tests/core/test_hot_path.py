@@ -249,3 +249,40 @@ def test_json_made_once_is_json_dumps(ensure_ascii: bool, separators: tuple[str,
         assert dumps(value) == json.dumps(value, ensure_ascii=ensure_ascii, separators=separators)
     with pytest.raises(TypeError):
         dumps([object()])
+
+
+def test_the_pixel_headers_are_a_fresh_list_each_time(make_tracker: Any) -> None:
+    # Middleware around trackmw may append to a response's headers in place: neither
+    # path may hand it the list that every later pixel response is built from.
+    import asyncio
+
+    from trackmw.asgi import TrackingMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the pixel never reaches the app")
+
+    tracker = make_tracker(policy_version="1")
+    middleware = TrackingMiddleware(app, tracker)
+    cookie = _returning_cookie(tracker)
+    starts: list[Any] = []
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"].append((b"x-request-id", str(len(starts)).encode()))
+            starts.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    for extra in ([], [("dnt", "1")], [], [("dnt", "1")]):  # the quick and general paths
+        headers = [("host", "site.example"), ("user-agent", UA), ("cookie", cookie), *extra]
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/_trackmw/pixel.gif",
+            "query_string": b"p=%2F",
+            "headers": [(k.encode(), v.encode()) for k, v in headers],
+        }
+        asyncio.run(middleware(scope, receive, send))
+    for i, start in enumerate(starts):
+        assert [v for k, v in start["headers"] if k == b"x-request-id"] == [str(i).encode()]

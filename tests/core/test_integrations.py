@@ -48,7 +48,7 @@ def test_flask_templates_get_the_visitor_or_none_on_excluded_paths() -> None:
     app = Flask(__name__)
     tracker = Tracker(secret_keys=[SECRET], store="memory://", exclude_paths=["/static"])
     Tracking(app, tracker)
-    template = "{{ trackmw_visitor.id if trackmw_visitor else 'none' }}"
+    template = "{{ 'none' if trackmw_visitor is none else trackmw_visitor.id }}"
 
     @app.route("/")
     @app.route("/static/x")
@@ -91,3 +91,69 @@ def test_count_server_side_counts_html_pages(make_tracker: Any) -> None:
         c.get("/a", headers={"user-agent": BROWSER_UA})
     report = tracker.stats()
     assert (report.pageviews, report.visitors) == (2, 1)
+
+
+def test_a_dispatcher_inside_trackmw_does_not_change_the_page_it_records(
+    make_tracker: Any,
+) -> None:
+    # werkzeug's DispatcherMiddleware rewrites PATH_INFO in place before the mounted
+    # app asks for its visitor: the visitor still describes the request as it came.
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from trackmw import get_visitor
+    from trackmw.wsgi import TrackingMiddleware
+
+    tracker = make_tracker()
+
+    def blog(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [get_visitor(environ).beacon_url().encode()]
+
+    def root(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("404 Not Found", [])
+        return [b""]
+
+    app = TrackingMiddleware(DispatcherMiddleware(root, {"/blog": blog}), tracker)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/blog/post",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "site.example",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "HTTP_USER_AGENT": BROWSER_UA,
+    }
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: None))
+    assert body.decode().endswith("?p=%2Fblog%2Fpost")
+
+
+def test_a_two_argument_start_response_is_called_with_two(make_tracker: Any) -> None:
+    # PEP 3333 servers accept exc_info, but outer middleware and test shims often take
+    # (status, headers) only: trackmw passes exc_info only when there is one.
+    from trackmw.wsgi import TrackingMiddleware
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"ok"]
+
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[Any]) -> None:
+        seen.append((status, headers))
+
+    tracked = TrackingMiddleware(app, make_tracker())
+    for cookie in (None, "x=1"):  # a new visitor, and one the core builds in full
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "SERVER_NAME": "s",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "HTTP_USER_AGENT": BROWSER_UA,
+        }
+        if cookie:
+            environ["HTTP_COOKIE"] = cookie
+        assert b"".join(tracked(environ, start_response)) == b"ok"
+    assert [s for s, _ in seen] == ["200 OK", "200 OK"]
+    assert all(any(k == "set-cookie" for k, _ in h) for _, h in seen)
