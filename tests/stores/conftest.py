@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_service
+from trackmw.stores import Store, open_store
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = int(os.environ.get("TRACKMW_TEST_REDIS_PORT", "6379"))
@@ -227,3 +228,11 @@ def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -
                 conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     else:  # pragma: no cover
         raise AssertionError(store_kind)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """The store at ``store_url``, opened; closed after the test."""
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -7,7 +7,6 @@ with numbers worked out by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
@@ -31,13 +30,6 @@ pytestmark = pytest.mark.services
 
 D0, D1, D2, D3 = (START + timedelta(days=i) for i in range(4))
 LAST = D3
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 @pytest.fixture

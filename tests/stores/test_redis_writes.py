@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 
 from trackmw.events import ConsentChoice
-from trackmw.stores import Store, open_store
+from trackmw.stores import Store
 
 from .data import START, consent, pageview, ts_of
 
@@ -18,76 +17,69 @@ pytestmark = pytest.mark.services
 REDIS = ("redis", "redis-hll", "redis-cluster")
 
 
-@pytest.fixture
-def redis_store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
-
-
 @pytest.mark.parametrize("store_kind", REDIS)
-def test_two_batches_of_equal_counts_are_both_written(redis_store: Store) -> None:
+def test_two_batches_of_equal_counts_are_both_written(store: Store) -> None:
     # A lone bot hit per flush: the same counters, told apart by the times of the hits.
-    redis_store.write([pageview(START, 1, None, bot=True)], [])
-    redis_store.write([pageview(START, 2, None, bot=True)], [])
-    redis_store.write([pageview(START, 3, None)], [])
-    redis_store.write([pageview(START, 4, None)], [])
-    report = redis_store.report(START, START)
+    store.write([pageview(START, 1, None, bot=True)], [])
+    store.write([pageview(START, 2, None, bot=True)], [])
+    store.write([pageview(START, 3, None)], [])
+    store.write([pageview(START, 4, None)], [])
+    report = store.report(START, START)
     assert (report.bot_hits, report.pageviews, report.anonymous_pageviews) == (2, 2, 2)
 
 
 @pytest.mark.parametrize("store_kind", REDIS)
 def test_entries_with_line_breaks_quotes_and_non_ascii_text_round_trip(
-    redis_store: Store, store_kind: str
+    store: Store, store_kind: str
 ) -> None:
     # Entries travel to the script one a line: a line break of a page must stay escaped.
     odd = ["/a\nb", '/"quoted"\\', "/über/😀", "/tab\there\r"]
     pvs = [pageview(START, i, "v1", path, user="u\n1") for i, path in enumerate(odd)]
     pvs.append(pageview(START, 9, "v2", "/x\n"))
     choice = ConsentChoice(ts_of(START, 20), START.isoformat(), "v1", True, False, "v\n2")
-    redis_store.write(pvs, [choice])
-    data = redis_store.visitor_data("v1")
+    store.write(pvs, [choice])
+    data = store.visitor_data("v1")
     assert [p["page"] for p in data["pageviews"]] == odd
     assert data["user_ids"] == ["u\n1"]
     assert data["consents"][0]["policy_version"] == "v\n2"
-    assert [p["page"] for p in redis_store.visitor_data("v2")["pageviews"]] == ["/x\n"]
-    report = redis_store.report(START, START)
+    assert [p["page"] for p in store.visitor_data("v2")["pageviews"]] == ["/x\n"]
+    report = store.report(START, START)
     assert sorted(p["path"] for p in report.pages) == sorted([*odd, "/x\n"])
     assert report.visitors == 2
-    assert redis_store.erase("v1", "u\n1") == len(odd) + 1
-    report = redis_store.report(START, START)
+    assert store.erase("v1", "u\n1") == len(odd) + 1
+    report = store.report(START, START)
     assert (report.pageviews, [p["path"] for p in report.pages]) == (1, ["/x\n"])
     if not store_kind.endswith("hll"):  # a HyperLogLog cannot forget a member
         assert report.visitors == 1
 
 
 @pytest.mark.parametrize("store_kind", ["redis"])
-def test_day_counters_are_kept_in_a_hash_table(redis_store: Store) -> None:
+def test_day_counters_are_kept_in_a_hash_table(store: Store) -> None:
     # As a listpack (Redis' compact form for small hashes) each HINCRBY scans every field.
-    redis_store.write([pageview(START, 1, "v1")], [])
-    client = redis_store.client  # type: ignore[attr-defined]
-    key = f"{redis_store.prefix}:d:{START.isoformat()}"  # type: ignore[attr-defined]
+    store.write([pageview(START, 1, "v1")], [])
+    client = store.client  # type: ignore[attr-defined]
+    key = f"{store.prefix}:d:{START.isoformat()}"  # type: ignore[attr-defined]
     assert client.object("encoding", key) == "hashtable"
-    assert redis_store.report(START, START).pageviews == 1
+    assert store.report(START, START).pageviews == 1
 
 
 @pytest.mark.parametrize("store_kind", ["redis"])
 def test_lists_of_one_event_per_element_are_still_read_purged_and_erased(
-    redis_store: Store,
+    store: Store,
 ) -> None:
     later = START + timedelta(days=1)
     pvs = [pageview(START, 1, "v1", "/a"), pageview(later, 2, "v1", "/b")]
-    redis_store.write([*pvs, pageview(START, 3, "v2", "/c")], [consent(START, 4, "v1", True)])
-    client = redis_store.client  # type: ignore[attr-defined]
-    key = f"{redis_store.prefix}:e:v1"  # type: ignore[attr-defined]
-    before = redis_store.visitor_data("v1")
+    store.write([*pvs, pageview(START, 3, "v2", "/c")], [consent(START, 4, "v1", True)])
+    client = store.client  # type: ignore[attr-defined]
+    key = f"{store.prefix}:e:v1"  # type: ignore[attr-defined]
+    before = store.visitor_data("v1")
     # As earlier versions wrote them: one event per element, not a batch's array.
     singles = [json.dumps(e) for raw in client.lrange(key, 0, -1) for e in json.loads(raw)]
     assert len(singles) == 3
     client.delete(key)
     client.rpush(key, *singles)
-    assert redis_store.visitor_data("v1") == before
-    assert redis_store.purge(later) == 3  # /a, /c and the consent
-    assert [p["page"] for p in redis_store.visitor_data("v1")["pageviews"]] == ["/b"]
-    assert redis_store.erase("v1") == 1
-    assert redis_store.report(START, later).pageviews == 0
+    assert store.visitor_data("v1") == before
+    assert store.purge(later) == 3  # /a, /c and the consent
+    assert [p["page"] for p in store.visitor_data("v1")["pageviews"]] == ["/b"]
+    assert store.erase("v1") == 1
+    assert store.report(START, later).pageviews == 0

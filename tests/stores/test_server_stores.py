@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -22,24 +21,17 @@ pytestmark = pytest.mark.services
 SERVER_STORES = ("redis", "redis-cluster", "postgresql")
 
 
-@pytest.fixture
-def server_store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
-
-
 @pytest.mark.parametrize("store_kind", SERVER_STORES)
-def test_a_batch_retried_after_a_lost_reply_is_written_once(server_store: Store) -> None:
+def test_a_batch_retried_after_a_lost_reply_is_written_once(store: Store) -> None:
     pvs, choices = events(n=300)
-    server_store.write(pvs, choices)
-    server_store.write(pvs, choices)  # the pipeline's retry of the very same batch
-    r = server_store.report(START, START + timedelta(days=3))
+    store.write(pvs, choices)
+    store.write(pvs, choices)  # the pipeline's retry of the very same batch
+    r = store.report(START, START + timedelta(days=3))
     assert r.pageviews == sum(1 for p in pvs if not p.bot)
     assert r.bot_hits == sum(1 for p in pvs if p.bot)
     assert sum(r.consent.values()) == len(choices)
-    server_store.write(pvs[:1], [])  # a different batch (a prefix) is new
-    assert server_store.report(START, START + timedelta(days=3)).pageviews == r.pageviews + 1
+    store.write(pvs[:1], [])  # a different batch (a prefix) is new
+    assert store.report(START, START + timedelta(days=3)).pageviews == r.pageviews + 1
 
 
 @pytest.mark.parametrize(
