@@ -132,19 +132,16 @@ class LazyVisitor(BaseLazyVisitor):
         self._core = core
         self._state = state
         self.visitor = self.issued_id = None
-        self._scope: Scope | None = scope  # both dropped when the request ends: release()
+        # Both dropped when the request ends (the middleware's finally): the server's
+        # send belongs to an object holding the scope, which holds this object, so
+        # keeping them would leave a reference cycle per request for the collector.
+        self._scope: Scope | None = scope
         self._send = send
 
     def _request(self) -> Request:
         if self._scope is None:
             raise RequestOver("trackmw: the request is over; its visitor was not read")
         return request_from_scope(self._scope, _CORE_HEADERS)
-
-    def release(self) -> None:
-        """Forget the scope (which holds this object) and the server's ``send`` (whose
-        owner holds the scope): no reference cycle outlives the request, so no
-        garbage-collector pass is needed to free it."""
-        self._scope, self._send = None, _over
 
     # -- send wrappers: the middleware passes the one its cookie state calls for ----------
 
@@ -282,7 +279,7 @@ class TrackingMiddleware:
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            lazy._scope, lazy._send = None, _over  # release(), inlined: on every request
+            lazy._scope, lazy._send = None, _over  # no reference cycle outlives the request
 
     def _quick_pixel(self, scope: Scope) -> int | None:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in

@@ -39,7 +39,6 @@ from .messages import Request, Response, private_headers
 from .normalize import local_day
 from .pixel import (
     GIF,
-    MAX_CACHED_QUERY,
     PIXEL_HEADERS,
     page_from_referer,
     parse_pixel_query,
@@ -74,7 +73,6 @@ class Core:
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = settings.exclude_paths
         self._check_hosts = settings.allowed_hosts is not None
-        self._beacons: dict[str | bytes, tuple[str, str | None, str | None]] = {}
         self._agents: dict[str | bytes, str] = {}
         self._hosts: dict[str | bytes, str] = {}
         # Do the cookies' ``Secure`` or ``Domain`` depend on request headers? Without a
@@ -110,13 +108,9 @@ class Core:
         """A fresh random visitor id: 128 bits from the OS's CSPRNG."""
         return secrets.token_urlsafe(16)
 
-    def signals(self, req: Request) -> tuple[bool, bool]:
-        """(DNT, GPC) as honoured by the settings: exactly ``"1"`` counts."""
-        headers = req.headers
-        return self.signal_flags(headers.get("dnt"), headers.get("sec-gpc"))
-
     def signal_flags(self, dnt: str | bytes | None, gpc: str | bytes | None) -> tuple[bool, bool]:
-        """(DNT, GPC) from the two headers' values (``None`` when absent)."""
+        """(DNT, GPC) as honoured by the settings, from the two headers' values (``None``
+        when absent): exactly ``"1"`` counts."""
         s = self.settings
         return (s.honor_dnt and _is_one(dnt), s.honor_gpc and _is_one(gpc))
 
@@ -136,11 +130,16 @@ class Core:
             return self.state(cookie, False, False, now)
         return self.state(cookie, *self.signal_flags(dnt, gpc), now)
 
+    def request_state_of(self, req: Request) -> CookieState:
+        """``request_state`` for a described request."""
+        h = req.headers
+        return self.request_state(
+            h.get("cookie"), h.get("dnt"), h.get("sec-gpc"), req.now or time.time()
+        )
+
     def visitor(self, req: Request) -> Visitor:
         """The ``Visitor`` of ``req``: cookies verified, consent decided, id issued if due."""
-        dnt, gpc = self.signals(req)
-        state = self.state(req.headers.get("cookie"), dnt, gpc, req.now or time.time())
-        return self.visitor_from_state(req, state)
+        return self.visitor_from_state(req, self.request_state_of(req))
 
     def visitor_from_state(
         self, req: Request, state: CookieState, issued_id: str | None = None
@@ -346,8 +345,9 @@ class Core:
                 campaign[:MAX_CAMPAIGN] if campaign else None,
                 # Buffered hits share one copy of each User-Agent and host (a few
                 # hundred bytes per hit otherwise: see "bytes per buffered event").
-                _intern(user_agent[:MAX_UA]),
-                _intern(host.lower()[:253]),
+                self._agents.get(user_agent)
+                or self._text_miss(self._agents, user_agent, MAX_UA, False),
+                self._hosts.get(host) or self._text_miss(self._hosts, host, 253, True),
             )
         )
         return True
@@ -383,11 +383,7 @@ class Core:
         status = 200
         try:
             h = req.headers
-            state = self.state(
-                h.get("cookie"),
-                *self.signal_flags(h.get("dnt"), h.get("sec-gpc")),
-                req.now or time.time(),
-            )
+            state = self.request_state_of(req)
             visitor = None if state.quiet else self.visitor_from_state(req, state)
             if visitor is None:
                 analytics = state.consent.analytics
@@ -446,11 +442,10 @@ class Core:
         visitor_id = state.sent_id
         if not state.quiet or visitor_id is None or not state.consent.analytics:
             return None
-        beacon = self._beacons.get(query)
-        if beacon is None:
-            beacon = self._beacon_miss(query)
-            if beacon is None:
-                return None
+        params = parse_pixel_query(query)  # cached by the raw query
+        page = params.get("p")
+        if page is None:  # the general path takes the page from Referer
+            return None
         agent = self._agents.get(user_agent)
         if agent is None:
             agent = self._text_miss(self._agents, user_agent, MAX_UA, False)
@@ -461,26 +456,11 @@ class Core:
             site = self._text_miss(self._hosts, host, 253, True)
         if not self.rate_limiter.allow(visitor_id, now):
             return self.settings.pixel_rate_limit_status
-        page, referrer, campaign = beacon
+        referrer, campaign = params.get("r"), params.get("c")
         self.pipeline.add(
             _new_tuple(Hit, (now, visitor_id, state.user_id, page, referrer, campaign, agent, site))
         )
         return 200
-
-    def _beacon_miss(self, query: str | bytes) -> tuple[str, str | None, str | None] | None:
-        """``(page, referrer, campaign)`` of a beacon URL's query, cached; ``None`` when it
-        names no page (the pixel then takes the page from ``Referer``)."""
-        text = query.decode("latin-1") if isinstance(query, bytes) else query
-        params = parse_pixel_query(text)  # values decoded and capped
-        page = params.get("p")
-        if page is None:
-            return None
-        beacon = (page, params.get("r"), params.get("c"))
-        if len(text) <= MAX_CACHED_QUERY:
-            if len(self._beacons) >= _TEXTS:
-                self._beacons.clear()
-            self._beacons[query] = beacon
-        return beacon
 
     @staticmethod
     def _text_miss(cache: dict[str | bytes, str], raw: str | bytes, cap: int, lower: bool) -> str:

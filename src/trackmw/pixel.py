@@ -33,18 +33,20 @@ _KEYS = {"p": MAX_LEN, "r": MAX_LEN, "c": MAX_CAMPAIGN}
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-def parse_pixel_query(query: str) -> dict[str, str]:
+def parse_pixel_query(query: str | bytes) -> dict[str, str]:
     """``p``, ``r`` and ``c`` from the pixel's query string, decoded and capped.
 
-    The result is shared between calls with the same query (a page's beacon URL is the
-    same for every visitor coming from the same place): do not modify it.
+    ``query`` may be the raw bytes of an ASGI scope (read as latin-1, as WSGI does).
+    The result is cached by the exact query and shared between calls with the same
+    one (a page's beacon URL is the same for every visitor coming from the same
+    place): do not modify it.
 
     >>> parse_pixel_query("p=%2Fdocs%3Futm_source%3Dx&c=news&zzz=1")
     {'p': '/docs?utm_source=x', 'c': 'news'}
     """
     found = _parsed.get(query)
     if found is None:
-        found = _parse(query)
+        found = _parse(query.decode("latin-1") if isinstance(query, bytes) else query)
         if len(query) <= MAX_CACHED_QUERY:
             if len(_parsed) >= _PARSED_SIZE:
                 _parsed.clear()
@@ -53,7 +55,7 @@ def parse_pixel_query(query: str) -> dict[str, str]:
 
 
 #: Queries parsed lately (bounded: dropped all at once when full), and the longest kept.
-_parsed: dict[str, dict[str, str]] = {}
+_parsed: dict[str | bytes, dict[str, str]] = {}
 _PARSED_SIZE = 2048
 MAX_CACHED_QUERY = 1024
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, MutableMapping
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -302,7 +303,7 @@ class RequestOver(LookupError):
     """The request a ``LazyVisitor`` belongs to has ended before its visitor was read."""
 
 
-class LazyVisitor:
+class LazyVisitor(ABC):
     """A request's ``Visitor``, built on first call: what the adapters put in the ASGI
     scope (``scope["trackmw"]``) or WSGI environ (``environ["trackmw.visitor"]``).
 
@@ -335,5 +336,6 @@ class LazyVisitor:
             self.visitor = visitor
         return visitor
 
+    @abstractmethod
     def _request(self) -> Request:
-        raise NotImplementedError
+        """The request, described for the core (``RequestOver`` once it has ended)."""

@@ -25,6 +25,13 @@ def site(kind: str, make_tracker: Callable[..., Tracker], **settings: object) ->
     return Client(kind, tracker)
 
 
+def log_in(client: Client) -> Result:
+    """Log in to the dashboard with the right token, as its form does."""
+    return client.request(
+        "POST", "/_trackmw/dashboard/login", headers=FORM, body=f"token={TOKEN}".encode()
+    )
+
+
 def no_cors(result: Result) -> None:
     assert not [k for k, _ in result.headers if k.lower().startswith("access-control-")]
 
@@ -83,9 +90,7 @@ def test_the_dashboard_session_cookie_never_unlocks_the_api(
     kind: str, make_tracker: Callable[..., Tracker]
 ) -> None:
     client = site(kind, make_tracker)
-    login = client.request(
-        "POST", "/_trackmw/dashboard/login", headers=FORM, body=f"token={TOKEN}".encode()
-    )
+    login = log_in(client)
     assert login.status == 303 and "trackmw_dash" in login.cookies
     cookie = "trackmw_dash=" + login.cookies["trackmw_dash"]["value"]
     assert client.get("/_trackmw/dashboard", cookie=cookie).status == 200
@@ -135,9 +140,7 @@ def test_the_session_cookie_is_strict_httponly_and_scoped(
     kind: str, make_tracker: Callable[..., Tracker]
 ) -> None:
     client = site(kind, make_tracker)
-    login = client.request(
-        "POST", "/_trackmw/dashboard/login", headers=FORM, body=f"token={TOKEN}".encode()
-    )
+    login = log_in(client)
     cookie = login.cookies["trackmw_dash"]
     assert cookie["httponly"] == "true" and cookie["samesite"] == "Strict"
     assert cookie["path"] == "/_trackmw/dashboard"
@@ -149,9 +152,7 @@ def test_a_cookie_of_another_kind_is_no_dashboard_session(
     kind: str, make_tracker: Callable[..., Tracker], salt: str
 ) -> None:
     client = site(kind, make_tracker)
-    login = client.request(
-        "POST", "/_trackmw/dashboard/login", headers=FORM, body=f"token={TOKEN}".encode()
-    )
+    login = log_in(client)
     payload = URLSafeTimedSerializer(SECRET, salt="trackmw.dashboard").loads(
         login.cookies["trackmw_dash"]["value"]
     )
