@@ -99,7 +99,10 @@ def _with_cookies(raw: list[tuple[bytes, bytes]], cookies: list[str]) -> list[tu
     for name, _ in raw:
         if name.lower() in _CACHE_NAMES:
             return _encode(private_headers(_Decoded(raw), cookies))
-    return [*raw, *_PRIVATE_RAW, *[(b"set-cookie", c.encode("latin-1")) for c in cookies]]
+    out = [*raw, *_PRIVATE_RAW]
+    for cookie in cookies:
+        out.append((b"set-cookie", cookie.encode("latin-1")))
+    return out
 
 
 class _Decoded:
@@ -163,8 +166,7 @@ class LazyVisitor(BaseLazyVisitor):
             if scope is not None:  # None only if the app sends after it returned
                 if core.cookie_needs_headers:
                     req = request_from_scope(scope, _CORE_HEADERS)
-                    self.issued_id = core.new_id()
-                    cookie = core.id_cookie(req, self.issued_id)
+                    self.issued_id, cookie = core.id_cookie(req)
                 else:
                     self.issued_id, cookie = core.new_id_cookie(scope.get("scheme", "http"))
                 message = _add_headers(message, [cookie])

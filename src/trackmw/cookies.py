@@ -18,7 +18,13 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["MAX_COOKIE_HEADER", "delete_cookie_header", "parse_cookies", "set_cookie_header"]
+__all__ = [
+    "MAX_COOKIE_HEADER",
+    "cookie_attributes",
+    "delete_cookie_header",
+    "parse_cookies",
+    "set_cookie_header",
+]
 
 MAX_COOKIE_HEADER = 16_384
 _NAMES = ("trackmw_id", "trackmw_consent", "trackmw_prefs", "trackmw_dash")
@@ -72,11 +78,11 @@ def set_cookie_header(
     """
     if _safe_value(value) is None:
         raise ValueError(f"cookie value for {name} has characters that need quoting")
-    return f"{name}={value}" + _attributes(max_age, path, domain, secure, httponly, samesite)
+    return f"{name}={value}" + cookie_attributes(max_age, path, domain, secure, httponly, samesite)
 
 
 @functools.lru_cache(maxsize=64)
-def _attributes(
+def cookie_attributes(
     max_age: int, path: str, domain: str | None, secure: bool, httponly: bool, samesite: str
 ) -> str:
     """The attributes after a cookie's value: the same few for every cookie of a site."""

@@ -12,23 +12,27 @@ decode), so verified values are cached by their exact text: the same cookie is
 verified once per process, and only its age is checked again.
 
 Signing runs on every new visitor's request. itsdangerous is used through its own
-extension points, with its avoidable costs taken out (the token format is unchanged):
-the signer is built once per salt instead of on every call, each key is derived once
-instead of on every sign and verify (a SHA-1 each time), each key's HMAC is set up
-once and copied per signature, the JSON encoder is built once, and short payloads skip
-the zlib attempt. Together they make a signature about 3 times cheaper than plain
-itsdangerous.
+extension points, with its avoidable costs taken out (the token format is unchanged,
+and a test checks the bytes against plain itsdangerous): the signer is built once per
+salt instead of on every call, each key is derived once instead of on every sign and
+verify (a SHA-1 each time), each key's HMAC is set up once and copied per signature,
+the JSON encoder is built once, short payloads skip the zlib attempt, the timestamp's
+text is made once a second, and base64 is called directly (``binascii``) rather than
+through three layers of Python. Together they make a signature about 3.5 times cheaper
+than plain itsdangerous.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import time
+from binascii import b2a_base64
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_decode, base64_encode
+from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes, want_bytes
 from itsdangerous.signer import HMACAlgorithm
 
 from ._json import dumps_function
@@ -44,6 +48,14 @@ _COMPRESS_FROM = 48
 MAX_SKEW = 60
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def base64url(data: bytes) -> bytes:
+    """``itsdangerous.encoding.base64_encode`` for bytes, in one C call and two methods."""
+    return b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
+
+
 class _KeyedHMAC(HMACAlgorithm):
     """itsdangerous' HMAC algorithm, with each key's HMAC set up once.
 
@@ -56,11 +68,15 @@ class _KeyedHMAC(HMACAlgorithm):
         super().__init__(digest_method)
         self._keyed: dict[bytes, Any] = {}
 
-    def get_signature(self, key: bytes, value: bytes) -> bytes:
+    def keyed(self, key: bytes) -> Any:
+        """The HMAC object set up for ``key``: ``copy()`` it, never update it."""
         keyed = self._keyed.get(key)
         if keyed is None:
             keyed = self._keyed[key] = hmac.new(key, digestmod=self.digest_method)
-        mac = keyed.copy()
+        return keyed
+
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        mac = self.keyed(key).copy()
         mac.update(value)
         digest: bytes = mac.digest()
         return digest
@@ -88,13 +104,38 @@ class _CompactJSON:
 
 
 class _Signer(TimestampSigner):
-    """``TimestampSigner`` deriving each key once, not on every sign and verify."""
+    """``TimestampSigner`` deriving each key once, not on every sign and verify, and
+    writing the timestamp's text once a second."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._derived: dict[Any, bytes] = {}
+        self._mac: Any = None  # the signing key's HMAC, set up once, when it is HMAC
         if type(self.algorithm) is HMACAlgorithm:
             self.algorithm = _KeyedHMAC(self.digest_method)
+            self._mac = self.algorithm.keyed(self.derive_key())
+        self._sep = want_bytes(self.sep)
+        self._stamp: tuple[int, bytes] = (-1, b"")  # (second, its text with the separator)
+
+    def sign(self, value: str | bytes) -> bytes:
+        """``TimestampSigner.sign``: the same bytes, with the timestamp's text reused
+        within its second."""
+        value = want_bytes(value)
+        now = self.get_timestamp()
+        at, stamp = self._stamp
+        if at != now:
+            stamp = self._sep + base64url(int_to_bytes(now))
+            self._stamp = (now, stamp)  # one assignment: threads see either pair whole
+        value = value + stamp
+        return value + self._sep + self.get_signature(value)
+
+    def get_signature(self, value: str | bytes) -> bytes:
+        """``Signer.get_signature``: the derived key's HMAC of ``value``, base64."""
+        if self._mac is None:
+            return super().get_signature(value)
+        mac = self._mac.copy()
+        mac.update(want_bytes(value))
+        return base64url(mac.digest())
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         key = self._derived.get(secret_key)
@@ -112,6 +153,10 @@ class _Serializer(URLSafeTimedSerializer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._signers: dict[Any, Any] = {}
+        if self.serializer is _CompactJSON and not self.serializer_kwargs:
+            self._json: Any = _CompactJSON._dumps
+        else:
+            self._json = functools.partial(self.serializer.dumps, **self.serializer_kwargs)
 
     def make_signer(self, salt: str | bytes | None = None) -> Any:
         signer = self._signers.get(salt)
@@ -122,10 +167,10 @@ class _Serializer(URLSafeTimedSerializer):
     def dump_payload(self, obj: Any) -> bytes:
         # itsdangerous tries zlib on every payload; it cannot shorten a few dozen bytes,
         # and trying costs more than the HMAC. Compressed values still load.
-        text = self.serializer.dumps(obj, **self.serializer_kwargs).encode("utf-8")
+        text = self._json(obj).encode("utf-8")
         if len(text) >= _COMPRESS_FROM:
             return super().dump_payload(obj)
-        return base64_encode(text)
+        return base64url(text)
 
 
 class SignedValue:
@@ -151,13 +196,16 @@ class CookieSigner:
         oldest_first = list(reversed(secret_keys))
         self._all = _Serializer(oldest_first, salt=salt)
         self._newest = _Serializer(oldest_first[-1], salt=salt)
+        self._sign = self._newest.make_signer(salt).sign
         self.max_age = max_age
         self._cache: dict[str, SignedValue | None] = {}
 
     def dumps(self, payload: Any) -> str:
-        """Sign ``payload`` with the newest key; the result is cookie-safe text."""
-        token: str = self._newest.dumps(payload)
-        return token
+        """Sign ``payload`` with the newest key; the result is cookie-safe text.
+
+        ``URLSafeTimedSerializer.dumps``, with the signer looked up once, not per call.
+        """
+        return self._sign(self._newest.dump_payload(payload)).decode("ascii")
 
     def loads(self, value: str, now: float | None = None) -> SignedValue | None:
         """The verified value, or ``None`` if tampered, expired, future-dated or garbled."""

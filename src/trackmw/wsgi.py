@@ -100,8 +100,7 @@ class LazyVisitor(BaseLazyVisitor):
         try:
             core = self._core
             if core.cookie_needs_headers:
-                self.issued_id = core.new_id()
-                cookie = core.id_cookie(request_from_environ(self._environ), self.issued_id)
+                self.issued_id, cookie = core.id_cookie(request_from_environ(self._environ))
             else:
                 scheme = self._environ.get("wsgi.url_scheme", "http")
                 self.issued_id, cookie = core.new_id_cookie(scheme)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
 from trackmw.pixel import GIF, _unquote_plus
-from trackmw.signing import CookieSigner
+from trackmw.signing import CookieSigner, base64url
 
 KEY = "test-secret-key-0123456789"
 
@@ -48,6 +51,37 @@ def test_signed_values_are_the_bytes_itsdangerous_writes(monkeypatch: pytest.Mon
     for payload in (["abc"], ["0123456789abcdefghijkl", "user-7"], {"c": 1, "v": "é"}):
         ours = CookieSigner([KEY, "an-older-key-0123456789"], "trackmw.consent", 60).dumps(payload)
         assert ours == URLSafeTimedSerializer(KEY, salt="trackmw.consent").dumps(payload)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 16, 20, 31, 32, 33, 64])
+def test_base64url_is_itsdangerous_base64(size: int) -> None:
+    data = os.urandom(size)
+    assert base64url(data) == base64_encode(data)
+
+
+def test_new_ids_are_token_urlsafe_and_never_repeat(make_tracker: Any) -> None:
+    core = make_tracker().core
+    ids = [core.new_id() for _ in range(1000)]  # several draws from the OS
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
+
+
+def test_a_forked_child_never_hands_out_its_parents_ids(make_tracker: Any) -> None:
+    core = make_tracker().core
+    core.new_id()  # the parent now holds ids drawn but not handed out
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the ids it would hand out
+        try:
+            os.write(write, " ".join(core.new_id() for _ in range(70)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        child = set(f.read().split())
+    parent = {core.new_id() for _ in range(70)}
+    assert len(child) == 70 and not child & parent
 
 
 # -- the pixel's quick path (Core.quick_beacon) against the general one (Core.pixel) --------
