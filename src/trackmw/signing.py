@@ -29,6 +29,7 @@ import hmac
 import json
 import time
 from binascii import b2a_base64
+from collections.abc import Callable
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
@@ -196,7 +197,7 @@ class CookieSigner:
         oldest_first = list(reversed(secret_keys))
         self._all = _Serializer(oldest_first, salt=salt)
         self._newest = _Serializer(oldest_first[-1], salt=salt)
-        self._sign = self._newest.make_signer(salt).sign
+        self._sign: Callable[[bytes], bytes] = self._newest.make_signer(salt).sign
         self.max_age = max_age
         self._cache: dict[str, SignedValue | None] = {}
 
@@ -205,7 +206,8 @@ class CookieSigner:
 
         ``URLSafeTimedSerializer.dumps``, with the signer looked up once, not per call.
         """
-        return self._sign(self._newest.dump_payload(payload)).decode("ascii")
+        token: bytes = self._sign(self._newest.dump_payload(payload))
+        return token.decode("ascii")
 
     def loads(self, value: str, now: float | None = None) -> SignedValue | None:
         """The verified value, or ``None`` if tampered, expired, future-dated or garbled."""
