@@ -161,6 +161,23 @@ async def raw_gif(scope: Scope, receive: Any, send: Any) -> None:
     await send(_GIF_BODY)
 
 
+class GifMiddleware:
+    """The floor for a beacon served by middleware installed the documented way
+    (``app.add_middleware``): answers every request with the GIF, as ``raw_gif`` does,
+    from inside Starlette's outermost layers (``Starlette.__call__`` and its
+    ``ServerErrorMiddleware``), which no middleware added that way can skip."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await raw_gif(scope, receive, send)
+
+
+def starlette_gif_middleware() -> Starlette:
+    return starlette_bare([Middleware(GifMiddleware)])
+
+
 # -- Flask -------------------------------------------------------------------------------
 
 
@@ -199,6 +216,10 @@ def starlette_session_app() -> Starlette:
 
 def raw_gif_app() -> ASGIApp:
     return raw_gif
+
+
+def gif_middleware_app() -> Starlette:
+    return starlette_gif_middleware()
 
 
 def flask_bare_app() -> Flask:

@@ -82,6 +82,8 @@ def servers() -> list[Server]:
          "starlette_session_app", "/", session, "wire.asgi.bare"),
         ("wire.gif.raw", "uvicorn: raw ASGI GIF (floor)", "u", "raw_gif_app", pixel, returning,
          None),
+        ("wire.gif.middleware", "uvicorn: Starlette middleware answering the GIF (floor)", "u",
+         "gif_middleware_app", pixel, returning, "wire.gif.raw"),
         ("wire.pixel", "uvicorn: trackmw pixel, returning visitor", "u", "starlette_tracked_app",
          pixel, returning, "wire.gif.raw"),
         ("wire.flask.bare", "gunicorn: Flask hello, bare", "g", "flask_bare_app", "/", returning,

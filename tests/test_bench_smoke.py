@@ -25,6 +25,7 @@ VARIANTS = {
     "asgi.session",
     "asgi.basehttp",
     "gif.raw",
+    "gif.middleware",
     "gif.route",
     "pixel.returning",
     "pixel.new",

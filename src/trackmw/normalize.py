@@ -33,52 +33,80 @@ def local_day(ts: float, tz: ZoneInfo) -> str:
 
 
 def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
-    """Turn a raw hit into the page view a store writes."""
-    page = _pages.get(hit.page)
-    if page is None:
-        page = _page(hit.page)
+    """Turn a raw hit into the page view a store writes.
+
+    What a page view keeps of its page, referrer, campaign, User-Agent and host depends
+    on those five values alone, and they repeat from hit to hit: that part is cached
+    by them together (bounded), so a repeated hit costs one lookup and the tuple.
+    """
+    ts, visitor_id, user_id, page, referrer, campaign, user_agent, host = hit
+    key = (page, referrer, campaign, user_agent, host)
+    fixed = _fixed.get(key)
+    if fixed is None:
+        fixed = _fix(page, referrer, campaign, user_agent, host)
+        if len(_fixed) >= 4 * _CACHED:
+            _fixed.clear()
+        _fixed[key] = fixed
+    if visitor_id is None or fixed[6]:  # anonymous views and bots carry no visitor data
+        fixed = _anonymous(fixed)
+        visitor_id = user_id = None
+    # PageView(ts, day, visitor_id, user_id, path, referrer, campaign, browser, os,
+    # device, bot), built as the tuple it is (no keyword parsing).
+    return _new_tuple(PageView, (ts, local_day(ts, tz), visitor_id, user_id, *fixed))
+
+
+def _fix(
+    page: str, referrer: str | None, campaign: str | None, user_agent: str, host: str
+) -> tuple[str, str | None, str | None, str | None, str | None, str | None, bool]:
+    """``(path, referrer, campaign, browser, os, device, bot)`` of a page view.
+
+    Pages and referrers repeat more than whole hits do: their normal forms are cached
+    on their own too, so a hit new in only its User-Agent costs no parsing.
+    """
+    found = _pages.get(page)
+    if found is None:
+        found = _page(page)
         if len(_pages) >= _CACHED:
             _pages.clear()
-        _pages[hit.page] = page
-    path, utm_campaign = page
-    campaign = hit.campaign or utm_campaign
-    referrer = None
-    if hit.referrer:
-        key = (hit.referrer, hit.host)
-        if key in _referrers:
-            referrer = _referrers[key]
+        _pages[page] = found
+    path, utm_campaign = found
+    campaign = campaign or utm_campaign
+    source = None
+    if referrer:
+        if (referrer, host) in _referrers:
+            source = _referrers[(referrer, host)]
         else:
-            referrer = _referrer_host(hit.referrer, hit.host)
+            source = _referrer_host(referrer, host)
             if len(_referrers) >= _CACHED:
                 _referrers.clear()
-            _referrers[key] = referrer
-    ua = classify(hit.user_agent)
-    visitor_id, user_id = hit.visitor_id, hit.user_id
-    browser: str | None = ua.browser
-    os_name: str | None = ua.os
-    device: str | None = ua.device
-    if ua.bot or visitor_id is None:  # bots are never visitors; anonymous views carry nothing
-        visitor_id = user_id = None
-        browser = os_name = device = None
-    return PageView(
-        ts=hit.ts,
-        day=local_day(hit.ts, tz),
-        visitor_id=visitor_id,
-        user_id=user_id,
-        path=path,
-        referrer=referrer,
-        campaign=(campaign or None) and campaign[:MAX_CAMPAIGN],
-        browser=browser,
-        os=os_name,
-        device=device,
-        bot=ua.bot,
+            _referrers[(referrer, host)] = source
+    ua = classify(user_agent)
+    return (
+        path,
+        source,
+        (campaign or None) and campaign[:MAX_CAMPAIGN],
+        ua.browser,
+        ua.os,
+        ua.device,
+        ua.bot,
     )
 
 
-#: Pages and referrers repeat: their normal forms are cached (bounded, dropped when full).
+def _anonymous(
+    fixed: tuple[str, str | None, str | None, str | None, str | None, str | None, bool],
+) -> tuple[str, str | None, str | None, None, None, None, bool]:
+    return (fixed[0], fixed[1], fixed[2], None, None, None, fixed[6])
+
+
+_new_tuple = tuple.__new__
+#: Entries in each cache below (each dropped all at once when full).
 _CACHED = 4096
 _pages: dict[str, tuple[str, str | None]] = {}
 _referrers: dict[tuple[str, str], str | None] = {}
+_fixed: dict[
+    tuple[str, str | None, str | None, str, str],
+    tuple[str, str | None, str | None, str | None, str | None, str | None, bool],
+] = {}
 
 
 def _page(page: str) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from trackmw import StoreError, Tracker
+from trackmw import normalize as normalize_module
 from trackmw.events import ConsentChoice, Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores.memory import MemoryStore
@@ -162,6 +163,7 @@ def test_websocket_scopes_pass_through(make_tracker: Any) -> None:
 
 def test_user_agents_are_classified_in_the_writer_and_cached() -> None:
     classify.cache_clear()
+    normalize_module._fixed.clear()  # what earlier tests' hits gave, cached
     store = MemoryStore("memory://")
     pipeline = Pipeline(lambda: store, flush_interval=3600)
     for i in range(10):
@@ -214,3 +216,24 @@ def test_a_forked_child_writes_its_own_events_and_not_the_parents(tmp_path: Path
     pages = sorted(p["path"] for p in fresh.stats().to_dict()["pages"])
     assert pages == ["/p1", "/p2"] and fresh.stats().pageviews == 2
     fresh.close()
+
+
+def test_a_cached_normal_form_is_shared_only_by_what_it_depends_on() -> None:
+    """``normalize`` caches what a hit's page, referrer, campaign, User-Agent and host
+    give; the visitor (or its absence) still decides what a page view carries."""
+    tz = Pipeline(lambda: MemoryStore("memory://")).tz
+    page, ref = "/a?utm_campaign=spring&x=1", "https://news.example/x"
+    seen = Hit(1.0, "v" * 22, "u1", page, ref, None, BROWSER_UA, "testserver")
+    anonymous = seen._replace(visitor_id=None, user_id=None)
+    bot = seen._replace(user_agent="Googlebot/2.1 (+http://www.google.com/bot.html)")
+    internal = seen._replace(referrer="https://testserver/b")
+    for _ in range(2):  # the first time computed, the second from the cache
+        a = normalize_module.normalize(seen, tz)
+        assert (a.visitor_id, a.user_id, a.path, a.referrer, a.campaign, a.browser) == (
+            "v" * 22, "u1", "/a?utm_campaign=spring", "news.example", "spring", "Chrome"
+        )
+        b = normalize_module.normalize(anonymous, tz)
+        assert (b.visitor_id, b.browser, b.os, b.device, b.path) == (None,) * 4 + (a.path,)
+        c = normalize_module.normalize(bot, tz)
+        assert (c.bot, c.visitor_id, c.user_id, c.browser) == (True, None, None, None)
+        assert normalize_module.normalize(internal, tz).referrer is None
