@@ -214,6 +214,10 @@ def starlette_session_app() -> Starlette:
     return starlette_session()
 
 
+def starlette_noop_app() -> Starlette:
+    return starlette_noop()
+
+
 def raw_gif_app() -> ASGIApp:
     return raw_gif
 

@@ -78,6 +78,8 @@ def servers() -> list[Server]:
          returning, None),
         ("wire.asgi.trackmw", "uvicorn: + trackmw, returning visitor", "u",
          "starlette_tracked_app", "/", returning, "wire.asgi.bare"),
+        ("wire.asgi.noop", "uvicorn: + no-op pure ASGI middleware (floor)", "u",
+         "starlette_noop_app", "/", returning, "wire.asgi.bare"),
         ("wire.asgi.session", "uvicorn: + SessionMiddleware (peer)", "u",
          "starlette_session_app", "/", session, "wire.asgi.bare"),
         ("wire.gif.raw", "uvicorn: raw ASGI GIF (floor)", "u", "raw_gif_app", pixel, returning,
