@@ -19,12 +19,13 @@ __all__ = ["GIF", "PIXEL_HEADERS", "parse_pixel_query"]
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 
 #: The GIF's headers. Shared by every response: copy before adding to them.
+#: No ``Pragma`` or ``Expires``: RFC 9111 deprecates the first, and ``max-age`` overrides
+#: the second in every cache; each header costs the server's response writer time on
+#: every beacon (about 1 µs a header in uvicorn's).
 PIXEL_HEADERS: list[tuple[str, str]] = [
     ("content-type", "image/gif"),
     ("content-length", str(len(GIF))),
     ("cache-control", "no-store, no-cache, must-revalidate, max-age=0"),
-    ("pragma", "no-cache"),
-    ("expires", "0"),
 ]
 
 MAX_QUERY = 3 * MAX_LEN * 2 + 3 * MAX_CAMPAIGN + 64
