@@ -265,7 +265,7 @@ class Core:
             secure = scheme == "https"
         value = self.id_signer.dumps([visitor_id])
         # Signer output is base64url and dots: nothing to check or quote.
-        return visitor_id, f"{ID_COOKIE}={value}{self._id_tails[secure]}"
+        return visitor_id, f"{ID_COOKIE}={value}{self._id_tails[bool(secure)]}"
 
     def cookie_header(
         self, req: Request, name: str, value: str | None, httponly: bool = True
@@ -562,7 +562,8 @@ _new_tuple = tuple.__new__
 #: child, which must not hand out its parent's ids.
 _id_pool: deque[str] = deque()
 _IDS_AT_ONCE = 64
-os.register_at_fork(after_in_child=_id_pool.clear)
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_id_pool.clear)
 
 
 def _intern(text: str) -> str:

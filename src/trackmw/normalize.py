@@ -44,9 +44,12 @@ def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
     fixed = _fixed.get(key)
     if fixed is None:
         fixed = _fix(page, referrer, campaign, user_agent, host)
-        if len(_fixed) >= 4 * _CACHED:
-            _fixed.clear()
-        _fixed[key] = fixed
+        # Only short values are kept: long ones rarely repeat, and a client sending
+        # distinct 2 KB pages must not make the cache hold megabytes.
+        if len(page) + len(referrer or "") + len(campaign or "") <= _FIXED_TEXT:
+            if len(_fixed) >= 2 * _CACHED:
+                _fixed.clear()
+            _fixed[key] = fixed
     if visitor_id is None or fixed[6]:  # anonymous views and bots carry no visitor data
         fixed = _anonymous(fixed)
         visitor_id = user_id = None
@@ -103,6 +106,8 @@ _new_tuple = tuple.__new__
 _CACHED = 4096
 _pages: dict[str, tuple[str, str | None]] = {}
 _referrers: dict[tuple[str, str], str | None] = {}
+#: The longest page, referrer and campaign (together) whose whole hit is cached.
+_FIXED_TEXT = 256
 _fixed: dict[
     tuple[str, str | None, str | None, str, str],
     tuple[str, str | None, str | None, str | None, str | None, str | None, bool],

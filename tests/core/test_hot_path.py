@@ -51,6 +51,22 @@ def test_signed_values_are_the_bytes_itsdangerous_writes(monkeypatch: pytest.Mon
     for payload in (["abc"], ["0123456789abcdefghijkl", "user-7"], {"c": 1, "v": "é"}):
         ours = CookieSigner([KEY, "an-older-key-0123456789"], "trackmw.consent", 60).dumps(payload)
         assert ours == URLSafeTimedSerializer(KEY, salt="trackmw.consent").dumps(payload)
+    long = {"p": "x" * 60}  # 48 bytes and more: compressed when zlib shortens it, as there
+    ours = CookieSigner([KEY], "trackmw.prefs", 60).dumps(long)
+    assert ours == URLSafeTimedSerializer(KEY, salt="trackmw.prefs").dumps(long)
+    assert ours.startswith(".")
+
+
+def test_a_short_payload_is_never_compressed_and_still_loads_both_ways() -> None:
+    """The one difference from itsdangerous: zlib is not tried under 48 bytes."""
+    plain = URLSafeTimedSerializer(KEY, salt="trackmw.visitor")
+    payload = ["v" * 22]
+    assert plain.dumps(payload).startswith(".")  # itsdangerous compresses it
+    ours = CookieSigner([KEY], "trackmw.visitor", 60).dumps(payload)
+    assert not ours.startswith(".")
+    assert plain.loads(ours) == payload
+    loaded = CookieSigner([KEY], "trackmw.visitor", 60).loads(plain.dumps(payload))
+    assert loaded is not None and loaded.payload == payload
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 16, 20, 31, 32, 33, 64])
@@ -320,3 +336,14 @@ def test_the_pixel_headers_are_a_fresh_list_each_time(make_tracker: Any) -> None
         asyncio.run(middleware(scope, receive, send))
     for i, start in enumerate(starts):
         assert [v for k, v in start["headers"] if k == b"x-request-id"] == [str(i).encode()]
+
+
+@pytest.mark.parametrize("secure, scheme, expected", [
+    (None, "http", False), (None, "https", True), (True, "http", True), (False, "https", False),
+    (1, "http", True),  # any true value, as for the other cookies
+])
+def test_a_new_ids_cookie_is_secure_as_the_settings_say(
+    make_tracker: Any, secure: Any, scheme: str, expected: bool
+) -> None:
+    _, cookie = make_tracker(cookie_secure=secure).core.new_id_cookie(scheme)
+    assert ("; Secure" in cookie) is expected

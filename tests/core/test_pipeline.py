@@ -237,3 +237,13 @@ def test_a_cached_normal_form_is_shared_only_by_what_it_depends_on() -> None:
         c = normalize_module.normalize(bot, tz)
         assert (c.bot, c.visitor_id, c.user_id, c.browser) == (True, None, None, None)
         assert normalize_module.normalize(internal, tz).referrer is None
+
+
+def test_long_hits_are_normalized_but_not_kept_in_the_cache() -> None:
+    tz = Pipeline(lambda: MemoryStore("memory://")).tz
+    normalize_module._fixed.clear()
+    short = Hit(1.0, "v" * 22, None, "/a", None, None, BROWSER_UA, "testserver")
+    long = short._replace(page="/" + "x" * 1000)
+    assert normalize_module.normalize(long, tz).path == long.page
+    assert normalize_module.normalize(short, tz).path == "/a"
+    assert [key[0] for key in normalize_module._fixed] == ["/a"]
