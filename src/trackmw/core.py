@@ -73,7 +73,9 @@ class Core:
         self._prefix_slash = settings.prefix + "/"
         self.pixel_path = settings.prefix + "/pixel.gif"
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
-        self._excluded = settings.exclude_paths
+        self._excluded = frozenset(settings.exclude_paths)
+        self._excluded_under = tuple(p + "/" for p in settings.exclude_paths if p != "/")
+        self._excluded_all = "/" in self._excluded
         self._check_hosts = settings.allowed_hosts is not None
         self._agents: dict[str | bytes, str] = {}
         self._hosts: dict[str | bytes, str] = {}
@@ -103,13 +105,16 @@ class Core:
         return path.startswith(self._prefix_slash) or path == self.prefix
 
     def excluded(self, path: str) -> bool:
-        """Is ``path`` under ``exclude_paths`` (no cookie work at all)?"""
-        for prefix in self._excluded:
-            if path.startswith(prefix) and (
-                len(path) == len(prefix) or path[len(prefix)] == "/" or prefix == "/"
-            ):
-                return True
-        return False
+        """Is ``path`` under ``exclude_paths`` (no cookie work at all)?
+
+        ``/static`` excludes ``/static`` and ``/static/…``, not ``/staticky``; ``/``
+        excludes everything. Settings keep the paths without a trailing slash.
+        """
+        return (
+            path in self._excluded
+            or path.startswith(self._excluded_under)
+            or self._excluded_all
+        )
 
     # -- the visitor ----------------------------------------------------------------------
 

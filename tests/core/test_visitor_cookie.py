@@ -215,3 +215,24 @@ def test_beacon_url_and_tag(client: Client) -> None:
     tag = seen["tag"]
     assert tag.startswith('<img src="/_trackmw/pixel.gif?') and 'width="1"' in tag
     assert 'height="1"' in tag and 'alt=""' in tag and "&amp;" in tag
+
+
+@pytest.mark.parametrize(
+    "excluded, path, expected",
+    [
+        (("/static",), "/static", True),
+        (("/static",), "/static/app.css", True),
+        (("/static/",), "/static/app.css", True),
+        (("/static",), "/staticky", False),
+        (("/static",), "/", False),
+        (("/static", "/a/b"), "/a/b/c", True),
+        (("/static", "/a/b"), "/a/bc", False),
+        (("/static", "/a/b"), "/a", False),
+        (("/",), "/anything/at/all", True),
+        (("/",), "/", True),
+    ],
+)
+def test_which_paths_are_excluded(
+    make_tracker: Any, excluded: tuple[str, ...], path: str, expected: bool
+) -> None:
+    assert make_tracker(exclude_paths=excluded).core.excluded(path) is expected
