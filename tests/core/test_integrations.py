@@ -157,3 +157,35 @@ def test_a_two_argument_start_response_is_called_with_two(make_tracker: Any) -> 
         assert b"".join(tracked(environ, start_response)) == b"ok"
     assert [s for s, _ in seen] == ["200 OK", "200 OK"]
     assert all(any(k == "set-cookie" for k, _ in h) for _, h in seen)
+
+
+def test_starlette_wrapped_from_outside_is_tracked_as_with_add_middleware(
+    make_tracker: Any,
+) -> None:
+    """``app = TrackingMiddleware(starlette_app, tracker=...)``: the pixel is answered
+    before Starlette's own layers; pages, the visitor and lifespan work as usual."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from trackmw import get_visitor
+    from trackmw.asgi import TrackingMiddleware
+    from trackmw.pixel import GIF
+
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(get_visitor(request).id or "none")
+
+    tracker = make_tracker()
+    app = TrackingMiddleware(Starlette(routes=[Route("/", home)]), tracker=tracker)
+    headers = {"user-agent": BROWSER_UA}
+    with TestClient(app, base_url="http://site.example") as client:
+        page = client.get("/", headers=headers)
+        assert page.status_code == 200 and page.text != "none"
+        assert "trackmw_id" in page.cookies
+        pixel = client.get("/_trackmw/pixel.gif?p=%2F", headers=headers)
+        assert pixel.content == GIF and pixel.headers["content-type"] == "image/gif"
+        assert len(tracker.pipeline) == 1
+    # Leaving the client ran the lifespan shutdown, which flushed the buffer.
+    assert len(tracker.pipeline) == 0 and tracker.stats().pageviews == 1
