@@ -161,14 +161,9 @@ class LazyVisitor(BaseLazyVisitor):
         if self.visitor is not None:
             return self._send(self._with_cookies(message))
         try:
-            core = self._core
             scope = self._scope
             if scope is not None:  # None only if the app sends after it returned
-                if core.cookie_needs_headers:
-                    req = request_from_scope(scope, _CORE_HEADERS)
-                    self.issued_id, cookie = core.id_cookie(req)
-                else:
-                    self.issued_id, cookie = core.new_id_cookie(scope.get("scheme", "http"))
+                cookie = self.fresh_cookie(scope.get("scheme", "http"))
                 message = _add_headers(message, [cookie])
         except Exception:
             log.exception("trackmw: could not add cookies; response sent unchanged")
@@ -285,7 +280,10 @@ class TrackingMiddleware:
 
     def _quick_pixel(self, scope: Scope) -> int | None:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in
-        one pass: the status to answer with, or ``None`` to take the general path."""
+        one pass: the status to answer with, or ``None`` to take the general path.
+
+        The loop is the page path's with other names, on purpose: one scanner shared by
+        both cost each of them 1.3k instructions a request (1.6% of a bare request)."""
         if scope["method"] != "GET":
             return None
         cookie = agent = host = None

@@ -96,7 +96,7 @@ class CookieState:
             and not self.prefs_stale
         )
         self.quiet = id_ok and others_ok
-        # A new visitor the app leaves alone: its only cookie is the new id (``id_cookie``).
+        # A new visitor the app leaves alone: its only cookie is the new id (``new_id_cookie``).
         self.fresh = consent.analytics and sent_id is None and others_ok
 
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Preferences", "Visitor"]
 
+log = logging.getLogger("trackmw")
+
 MAX_USER_ID = 200
 MAX_PREFS = 20
 MAX_PREFS_BYTES = 1024
@@ -296,9 +298,6 @@ class Visitor:
         return f'<img src="{src}" width="1" height="1" alt="">'
 
 
-log = logging.getLogger("trackmw")
-
-
 class RequestOver(LookupError):
     """The request a ``LazyVisitor`` belongs to has ended before its visitor was read."""
 
@@ -315,12 +314,12 @@ class LazyVisitor(ABC):
     """
 
     __slots__ = ("_core", "_state", "visitor", "issued_id")
-
-    def __init__(self, core: Core, state: CookieState) -> None:
-        self._core = core
-        self._state = state
-        self.visitor: Visitor | None = None
-        self.issued_id: str | None = None  # a new id already sent in a cookie
+    # Set by each subclass's ``__init__`` itself (a ``super().__init__`` call would cost
+    # a few percent of a bare request on every tracked page).
+    _core: Core
+    _state: CookieState
+    visitor: Visitor | None  # built on first call
+    issued_id: str | None  # a new id already sent in a cookie (``fresh_cookie``)
 
     def __call__(self) -> Visitor:
         visitor = self.visitor
@@ -335,6 +334,12 @@ class LazyVisitor(ABC):
                 raise LookupError("trackmw could not read this request's visitor") from exc
             self.visitor = visitor
         return visitor
+
+    def fresh_cookie(self, scheme: str) -> str:
+        """A new visitor's id cookie, for a response the app started without asking
+        for its visitor; the id is kept for when it asks later."""
+        self.issued_id, cookie = self._core.new_id_cookie(scheme, self._request)
+        return cookie
 
     @abstractmethod
     def _request(self) -> Request:

@@ -98,12 +98,7 @@ class LazyVisitor(BaseLazyVisitor):
         if self.visitor is not None:
             return self.start_full(status, headers, exc_info)
         try:
-            core = self._core
-            if core.cookie_needs_headers:
-                self.issued_id, cookie = core.id_cookie(request_from_environ(self._environ))
-            else:
-                scheme = self._environ.get("wsgi.url_scheme", "http")
-                self.issued_id, cookie = core.new_id_cookie(scheme)
+            cookie = self.fresh_cookie(self._environ.get("wsgi.url_scheme", "http"))
             headers = private_headers(headers, [cookie])
         except Exception:
             log.exception("trackmw: could not add cookies; response sent unchanged")
