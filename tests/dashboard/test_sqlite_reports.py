@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores.data import assert_same_report
 from trackmw.events import ConsentChoice, PageView
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -96,10 +97,7 @@ def ranges(rng: random.Random) -> list[tuple[date, date]]:
 
 def assert_same(sql: SQLiteStore, mem: MemoryStore, seed: int) -> None:
     for since, until in ranges(random.Random(seed)):
-        assert sql.report(since, until).to_dict() == mem.report(since, until).to_dict(), (
-            since,
-            until,
-        )
+        assert_same_report(sql.report(since, until), mem.report(since, until))
 
 
 @pytest.fixture

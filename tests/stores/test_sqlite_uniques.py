@@ -18,7 +18,7 @@ from trackmw.events import PageView
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SQLiteStore
 
-from .data import START, ts_of
+from .data import START, assert_same_report, ts_of
 
 CHROME = ("Chrome", "Windows", "desktop")
 FIREFOX = ("Firefox", "Windows", "desktop")  # shares the OS and the device
@@ -49,10 +49,7 @@ def ranges() -> list[tuple[date, date]]:
 
 def assert_same(sql: SQLiteStore, mem: MemoryStore) -> None:
     for since, until in ranges():
-        assert sql.report(since, until).to_dict() == mem.report(since, until).to_dict(), (
-            since,
-            until,
-        )
+        assert_same_report(sql.report(since, until), mem.report(since, until))
 
 
 @pytest.fixture

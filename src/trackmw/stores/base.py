@@ -142,16 +142,7 @@ def daily_count_keys(pv: PageView) -> list[tuple[str, str, str]]:
     The SQL stores keep them in their ``daily_counts`` rollup: ``total``, ``page``,
     ``anonymous``, ``referrer``, ``campaign``, and ``bot`` for a bot (only that one).
     """
-    if pv.bot:
-        return [(pv.day, "bot", "")]
-    keys = [(pv.day, "total", ""), (pv.day, "page", pv.path)]
-    if pv.visitor_id is None:
-        keys.append((pv.day, "anonymous", ""))
-    if pv.referrer:
-        keys.append((pv.day, "referrer", pv.referrer))
-    if pv.campaign:
-        keys.append((pv.day, "campaign", pv.campaign))
-    return keys
+    return _count_keys(pv.day, pv.bot, pv.path, pv.visitor_id is None, pv.referrer, pv.campaign)
 
 
 def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]:
@@ -165,19 +156,25 @@ def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]
         for pv in pageviews
     )
     counts: Counter[tuple[str, str, str]] = Counter()
-    for (day, bot, path, anonymous, referrer, campaign), n in kinds.items():
-        if bot:
-            counts[(day, "bot", "")] += n
-            continue
-        counts[(day, "total", "")] += n
-        counts[(day, "page", path)] += n
-        if anonymous:
-            counts[(day, "anonymous", "")] += n
-        if referrer:
-            counts[(day, "referrer", referrer)] += n
-        if campaign:
-            counts[(day, "campaign", campaign)] += n
+    for kind, n in kinds.items():
+        for key in _count_keys(*kind):
+            counts[key] += n
     return counts
+
+
+def _count_keys(
+    day: str, bot: bool, path: str, anonymous: bool, referrer: str | None, campaign: str | None
+) -> list[tuple[str, str, str]]:
+    if bot:
+        return [(day, "bot", "")]
+    keys = [(day, "total", ""), (day, "page", path)]
+    if anonymous:
+        keys.append((day, "anonymous", ""))
+    if referrer:
+        keys.append((day, "referrer", referrer))
+    if campaign:
+        keys.append((day, "campaign", campaign))
+    return keys
 
 
 def tombstone_key(kind: str, value: str) -> str:

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store, daily_count_keys, purge_horizon, redact, tombstone_keys
+from .base import Store, daily_counts, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
@@ -341,10 +341,7 @@ class PostgresStore(Store):
                 f"SELECT {_PV_COLS} FROM pageviews WHERE {who} FOR UPDATE",
                 args,  # noqa: S608
             ).fetchall()
-            counts: dict[tuple[str, str, str], int] = {}
-            for row in victims:
-                for key in daily_count_keys(PageView(*row)):
-                    counts[key] = counts.get(key, 0) + 1
+            counts = daily_counts(PageView(*row) for row in victims)
             if counts:
                 keys = sorted(counts)
                 conn.execute(

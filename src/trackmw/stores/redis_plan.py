@@ -18,7 +18,6 @@ the batch's id.
 from __future__ import annotations
 
 import hashlib
-import json
 from array import array
 from collections import Counter
 from collections.abc import Sequence
@@ -26,11 +25,12 @@ from itertools import chain
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
+from .._json import dumps_function
 from ..events import ConsentChoice, PageView
 
 __all__ = ["plan"]
 
-_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_json = dumps_function(separators=(",", ":"))
 
 
 class _Day:

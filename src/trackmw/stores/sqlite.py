@@ -28,7 +28,7 @@ from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from . import sqlite_pageviews as stored
-from .base import Store, daily_count_keys, daily_counts, purge_horizon, tombstone_keys
+from .base import Store, daily_counts, purge_horizon, tombstone_keys
 from .memory import visitor_document
 from .sqlite_rows import insert_rows
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
@@ -316,16 +316,13 @@ class SQLiteStore(Store):
                     more_groups, more = stored.of(conn, "user_id", user_id)
                     victims += [v for v in more if v.visitor_id != visitor_id]
                     groups = sorted(set(groups) | set(more_groups))
-                counts: dict[tuple[str, str, str], int] = {}
+                counts = daily_counts(victims)
                 # Chains to recompute: the visitor's, its users', and (when a user is
                 # erased) those of the user's other visitors.
                 visitors = {visitor_id} | {v.visitor_id for v in victims if v.visitor_id}
                 users = {v.user_id for v in victims if v.user_id}
                 if user_id:
                     users.add(user_id)
-                for victim in victims:
-                    for key in daily_count_keys(victim):
-                        counts[key] = counts.get(key, 0) + 1
                 conn.executemany(
                     "UPDATE daily_counts SET pageviews = pageviews - ? "
                     "WHERE day = ? AND kind = ? AND name = ?",

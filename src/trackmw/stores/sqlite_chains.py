@@ -48,35 +48,33 @@ def merge(
 ) -> str:
     """``text`` (an entity's chains) with these days added; their links go to ``delta``,
     and those of dimension ``follow`` also to the ``mirrored`` dimensions'."""
-    links = delta
-    own: Delta = {}
+    own: Delta = {}  # the links of ``follow``, added to each of its mirrors at the end
     parts = text.split(";") if text else []
     where = {part[: part.find(":")]: i for i, part in enumerate(parts)}
     for dim, new in visits.items():
-        if mirrored:
-            delta = own if dim == follow else links
+        target = own if dim == follow else delta
         name = str(dim)
         i = where.get(name)
         if i is None:  # the entity's first visit in this dimension
             if len(new) == 1:
                 (day,) = new
                 key = (dim, day, -1)
-                delta[key] = delta.get(key, 0) + 1
+                target[key] = target.get(key, 0) + 1
                 parts.append(f"{name}:{day}")
             else:
                 chain: list[int] = []
-                _insert(chain, sorted(new), dim, delta)
+                _insert(chain, sorted(new), dim, target)
                 parts.append(f"{name}:{join_days(chain)}")
             continue
         part = parts[i]
         head = len(name) + 1
-        days = _extend(part[head:], new, dim, delta)
+        days = _extend(part[head:], new, dim, target)
         if days is not None:
             parts[i] = part[:head] + days
     for (_, day, prev), n in own.items():
         for dim in (follow, *mirrored):
             key = (dim, day, prev)
-            links[key] = links.get(key, 0) + n
+            delta[key] = delta.get(key, 0) + n
     return ";".join(parts)
 
 

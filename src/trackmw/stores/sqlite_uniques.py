@@ -208,10 +208,8 @@ class Uniques:
                 users = out.get("u:" + user)
                 if users is None:
                     out["u:" + user] = {all_users: {day}}
-                elif all_users in users:
+                else:  # a user's entity only ever holds the all-users chain
                     users[all_users].add(day)
-                else:
-                    users[all_users] = {day}
         return out, classes
 
     def _class(self, conn: sqlite3.Connection, names: tuple[str | None, ...]) -> Class:
