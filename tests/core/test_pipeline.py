@@ -97,6 +97,95 @@ def test_overflow_drops_the_oldest_counts_and_logs_once(caplog: pytest.LogCaptur
     pipeline.close()
 
 
+class RecordingStore(MemoryStore):
+    """A memory store that keeps the size of each batch it is given, and can run
+    ``during_write`` inside a write (events arriving while a batch is written)."""
+
+    def __init__(self) -> None:
+        super().__init__("memory://")
+        self.batches: list[int] = []
+        self.during_write: list[Any] = []
+
+    def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        self.batches.append(len(pageviews) + len(consents))
+        if self.during_write:
+            self.during_write.pop()()
+        super().write(pageviews, consents)
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_a_full_batch_is_written_at_once_and_the_rest_waits_for_the_interval() -> None:
+    store = RecordingStore()
+    pipeline = Pipeline(lambda: store, batch_size=50, flush_interval=3600)
+    for round_ in range(1, 5):
+        for i in range(50):
+            pipeline.add(hit(i))
+        wait_for(lambda round_=round_: pipeline.written == 50 * round_, "a full batch")
+    for i in range(7):
+        pipeline.add(hit(i))
+    time.sleep(0.2)  # time enough for the writer, which leaves a part batch to the interval
+    assert pipeline.written == 200 and len(pipeline) == 7
+    assert pipeline.close() is True
+    assert store.batches == [50, 50, 50, 50, 7]
+
+
+def test_the_writer_writes_the_rest_every_flush_interval() -> None:
+    store = RecordingStore()
+    pipeline = Pipeline(lambda: store, batch_size=1000, flush_interval=0.05)
+    for i in range(3):
+        pipeline.add(hit(i))
+    wait_for(lambda: pipeline.written == 3, "the interval's write")
+    pipeline.add(hit(3))
+    wait_for(lambda: pipeline.written == 4, "the next interval's write")
+    pipeline.close()
+    assert store.batches == [3, 1]
+
+
+def test_a_drain_writes_what_was_buffered_when_it_began() -> None:
+    """Events arriving while a batch is written wait for the next round. Chasing them
+    under load wrote a few dozen events per transaction (see ``Pipeline._run``)."""
+    store = RecordingStore()
+    pipeline = Pipeline(lambda: store, batch_size=10, flush_interval=3600)
+    for i in range(25):
+        pipeline.add(hit(i))
+    arrivals = [lambda: [pipeline.add(hit(100 + i)) for i in range(3)]] * 3
+    store.during_write = list(arrivals)
+    assert pipeline.flush() is True
+    assert store.batches == [10, 10, 5]
+    assert len(pipeline) == 9  # arrived meanwhile: buffered, not lost
+    assert pipeline.flush() is True
+    assert store.batches == [10, 10, 5, 9]
+    pipeline.close()
+
+
+def test_the_request_path_wakes_the_writer_once_per_batch() -> None:
+    """Not on every event past a full batch: each wake-up takes the GIL from requests."""
+    store = FlakyStore()  # down: the buffer stays full, the writer keeps its backoff
+    pipeline = Pipeline(lambda: store, batch_size=10, flush_interval=3600)
+    sets = 0
+    real_set = pipeline._wake.set
+
+    def counted_set() -> None:
+        nonlocal sets
+        sets += 1
+        real_set()
+
+    pipeline._wake.set = counted_set  # type: ignore[method-assign]
+    for i in range(35):
+        pipeline.add(hit(i))
+    assert sets == 3
+    store.down = False
+    pipeline.close()
+    assert len(store._pageviews) == 35
+
+
 def test_close_flushes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/t.db"
     tracker = Tracker(secret_keys=[SECRET], store=url, flush_interval=3600)
