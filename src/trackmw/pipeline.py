@@ -152,13 +152,16 @@ class Pipeline:
             self._wake.clear()
             if self._stop.is_set():
                 break
-            if time.monotonic() < due:
-                if self._failing_since is not None:  # the retry waits for its backoff
-                    continue
-                if self._drain(whole=True):
-                    continue
-            else:
-                self._drain(whole=False)
+            try:
+                if time.monotonic() < due:
+                    if self._failing_since is not None:  # the retry waits for its backoff
+                        continue
+                    if self._drain(whole=True):
+                        continue
+                else:
+                    self._drain(whole=False)
+            except Exception:  # a bug here must not stop the writing for good
+                log.exception("trackmw: the writer failed; retrying in %.1fs", self.flush_interval)
             due = time.monotonic() + (self._backoff or self.flush_interval)
 
     def drain(self) -> bool:
@@ -273,10 +276,12 @@ class Pipeline:
         self._backoff = min(self.retry_max, max(self.retry_min, self._backoff * 2))
         if first or self._backoff >= self.retry_max:
             kind = "store error" if isinstance(exc, StoreError) else type(exc).__name__
+            # Not ``self.store``: when opening the store is what failed, that raises again.
+            store = "the store" if self._store is None else repr(self._store)
             log.error(
-                "trackmw: %s writing to %r: %s; %d events kept, retrying in %.1fs",
+                "trackmw: %s writing to %s: %s; %d events kept, retrying in %.1fs",
                 kind,
-                self.store,
+                store,
                 exc,
                 len(self),
                 self._backoff,

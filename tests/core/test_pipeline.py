@@ -45,6 +45,14 @@ class FlakyStore(MemoryStore):
         super().write(pageviews, consents)
 
 
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
 def test_add_only_appends(make_tracker: Any) -> None:
     pipeline = Pipeline(lambda: MemoryStore("memory://"), flush_interval=60)
     pipeline.add(hit())
@@ -82,6 +90,50 @@ def test_a_refused_batch_is_kept_and_written_exactly_once_when_the_store_is_back
     pipeline.close()
 
 
+def test_a_store_that_cannot_be_opened_is_logged_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Opening the store is the first thing that fails (say, its driver is missing): the
+    writer logs it through ``trackmw``, keeps the events and lives on to retry."""
+    store = MemoryStore("memory://")
+    opened = False
+
+    def factory() -> MemoryStore:
+        if not opened:
+            raise RuntimeError("no driver")
+        return store
+
+    pipeline = Pipeline(factory, flush_interval=0.01)
+    pipeline.retry_min = pipeline.retry_max = 0.01
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        pipeline.add(hit())
+        wait_for(lambda: "RuntimeError writing to the store: no driver" in caplog.text,
+                 "the failure's log line")
+    assert len(pipeline) == 1
+    opened = True
+    wait_for(lambda: len(store._pageviews) == 1, "the retry")
+    pipeline.close()
+
+
+def test_the_writer_outlives_a_bug_in_its_own_loop(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore("memory://")
+    pipeline = Pipeline(lambda: store, flush_interval=0.01)
+    real_drain = pipeline._drain
+    bugs = [ZeroDivisionError("a bug")]
+
+    def drain(whole: bool) -> bool:
+        if bugs:
+            raise bugs.pop()
+        return real_drain(whole)
+
+    pipeline._drain = drain  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        pipeline.add(hit())
+        wait_for(lambda: len(store._pageviews) == 1, "the next round's write")
+    assert "the writer failed" in caplog.text and "ZeroDivisionError: a bug" in caplog.text
+    pipeline.close()
+
+
 def test_overflow_drops_the_oldest_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     store = FlakyStore()
     pipeline = Pipeline(lambda: store, buffer_size=10, flush_interval=3600)
@@ -111,14 +163,6 @@ class RecordingStore(MemoryStore):
         if self.during_write:
             self.during_write.pop()()
         super().write(pageviews, consents)
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def test_a_full_batch_is_written_at_once_and_the_rest_waits_for_the_interval() -> None:
