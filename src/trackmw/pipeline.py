@@ -153,13 +153,12 @@ class Pipeline:
             if self._stop.is_set():
                 break
             try:
-                if time.monotonic() < due:
-                    if self._failing_since is not None:  # the retry waits for its backoff
-                        continue
-                    if self._drain(whole=True):
-                        continue
-                else:
+                if time.monotonic() >= due:
                     self._drain(whole=False)
+                # Woken early by a full batch: the remainder keeps its time, and a retry
+                # waits for its backoff.
+                elif self._failing_since is not None or self._drain(whole=True):
+                    continue
             except Exception:  # a bug here must not stop the writing for good
                 log.exception("trackmw: the writer failed; retrying in %.1fs", self.flush_interval)
             due = time.monotonic() + (self._backoff or self.flush_interval)
