@@ -109,7 +109,10 @@ def section_wire(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
 
     if not os.path.exists(wire.WRK):
         return [], ["wire skipped: wrk is not installed (apt-get install wrk)"]
-    servers = wire.servers()
+    servers = wire.servers(tmp)
+    notes = []
+    if "wire.flask.track_usage" not in {s.name for s in servers}:
+        notes.append("wire: Flask-Track-Usage skipped (it does not build here: see in-process)")
     try:
         wire.start(servers, tmp)
         rounds, seconds = (1, 1) if quick else (7, 2)
@@ -124,7 +127,7 @@ def section_wire(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
         out.append(paired(s.name, s.label + ", p99", p99, "ms", s.baseline,
                           s.baseline + ".p99" if s.baseline else None))
         out[-1].name = s.name + ".p99"
-    return out, [f"wire: wrk -t1 -c32 -d{seconds}s, {rounds} rounds; one worker per server"]
+    return out, notes + [f"wire: wrk -t1 -c32 -d{seconds}s, {rounds} rounds; one worker per server"]
 
 
 def section_ua(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:

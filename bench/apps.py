@@ -218,6 +218,10 @@ def starlette_noop_app() -> Starlette:
     return starlette_noop()
 
 
+def starlette_basehttp_app() -> Starlette:
+    return starlette_basehttp()
+
+
 def raw_gif_app() -> ASGIApp:
     return raw_gif
 
@@ -232,6 +236,14 @@ def flask_bare_app() -> Flask:
 
 def flask_tracked_app() -> Flask:
     return flask_tracked(make_tracker())
+
+
+def flask_track_usage_app() -> Flask:
+    """The Flask peer for gunicorn, on a SQLite file in ``TRACKMW_BENCH_DIR``."""
+    app = flask_track_usage(os.path.join(os.environ.get("TRACKMW_BENCH_DIR", "."), "ftu.db"))
+    if isinstance(app, str):
+        raise RuntimeError(f"Flask-Track-Usage: {app}")
+    return app
 
 
 def session_cookie() -> str:

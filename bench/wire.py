@@ -69,7 +69,8 @@ def gunicorn_command(factory: str, port: int) -> list[str]:
             "--log-level", "warning", f"bench.apps:{factory}()"]
 
 
-def servers() -> list[Server]:
+def servers(store_dir: str) -> list[Server]:
+    """Every variant's server (not started); Flask-Track-Usage only when it builds."""
     returning = apps.returning_cookie()
     session = apps.session_cookie()
     pixel = f"/_trackmw/pixel.gif?{apps.PIXEL_QUERY}"
@@ -80,19 +81,34 @@ def servers() -> list[Server]:
          "starlette_tracked_app", "/", returning, "wire.asgi.bare"),
         ("wire.asgi.noop", "uvicorn: + no-op pure ASGI middleware (floor)", "u",
          "starlette_noop_app", "/", returning, "wire.asgi.bare"),
+        ("wire.asgi.new", "uvicorn: + trackmw, new visitor (cookie signed)", "u",
+         "starlette_tracked_app", "/", None, "wire.asgi.bare"),
+        ("wire.asgi.bare.static", "uvicorn: Starlette /static/x, bare", "u",
+         "starlette_bare_app", "/static/x", returning, None),
+        ("wire.asgi.static", "uvicorn: + trackmw, excluded /static path", "u",
+         "starlette_tracked_app", "/static/x", returning, "wire.asgi.bare.static"),
         ("wire.asgi.session", "uvicorn: + SessionMiddleware (peer)", "u",
          "starlette_session_app", "/", session, "wire.asgi.bare"),
+        ("wire.asgi.basehttp", "uvicorn: + no-op BaseHTTPMiddleware (peer)", "u",
+         "starlette_basehttp_app", "/", returning, "wire.asgi.bare"),
         ("wire.gif.raw", "uvicorn: raw ASGI GIF (floor)", "u", "raw_gif_app", pixel, returning,
          None),
         ("wire.gif.middleware", "uvicorn: Starlette middleware answering the GIF (floor)", "u",
          "gif_middleware_app", pixel, returning, "wire.gif.raw"),
         ("wire.pixel", "uvicorn: trackmw pixel, returning visitor", "u", "starlette_tracked_app",
          pixel, returning, "wire.gif.raw"),
+        ("wire.pixel.new", "uvicorn: trackmw pixel, new visitor", "u", "starlette_tracked_app",
+         pixel, None, "wire.gif.raw"),
         ("wire.flask.bare", "gunicorn: Flask hello, bare", "g", "flask_bare_app", "/", returning,
          None),
         ("wire.flask.trackmw", "gunicorn: Flask + trackmw, returning visitor", "g",
          "flask_tracked_app", "/", returning, "wire.flask.bare"),
+        ("wire.flask.new", "gunicorn: Flask + trackmw, new visitor", "g",
+         "flask_tracked_app", "/", None, "wire.flask.bare"),
     ]
+    if not isinstance(apps.flask_track_usage(os.path.join(store_dir, "ftu-probe.db")), str):
+        specs.append(("wire.flask.track_usage", "gunicorn: Flask + Flask-Track-Usage (peer)",
+                      "g", "flask_track_usage_app", "/", returning, "wire.flask.bare"))
     out = []
     for name, label, kind, factory, path, cookie, baseline in specs:
         port = free_port()
@@ -104,7 +120,7 @@ def servers() -> list[Server]:
 def start(all_servers: list[Server], store_dir: str) -> None:
     for s in all_servers:
         env = dict(os.environ, TRACKMW_BENCH_STORE=f"sqlite:///{store_dir}/{s.name}.db",
-                   PYTHONPATH=str(ROOT))
+                   TRACKMW_BENCH_DIR=store_dir, PYTHONPATH=str(ROOT))
         s.proc = subprocess.Popen(s.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
