@@ -14,7 +14,8 @@ device), so counts are exact and reports read small tables.
   kind of count), rows in key order so that concurrent writers lock them in the same
   order (no deadlocks); consents by ``COPY``. A visitor's and a user's page views are
   found by hash indexes: equality is all erasure and ``/me`` ask, and a hash index
-  costs a batch less to update than a B-tree over random ids.
+  costs a batch less to update than a B-tree over random ids. ``daily_visitors`` has
+  no index by visitor: erasure finds its rows by key, from the visitor's page views.
   The batch's content hash goes into ``batches`` first: a batch retried after its commit
   reply was lost is recognised and written once.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
@@ -44,7 +45,8 @@ from .memory import visitor_document
 __all__ = ["PostgresStore"]
 
 #: 2: a visitor's and a user's page views found by hash indexes (cheaper to insert into
-#: than the B-trees of 1, which are dropped).
+#: than the B-trees of 1, which are dropped), and no index of daily_visitors by visitor
+#: (erasure deletes its rows by their key).
 SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
@@ -68,7 +70,7 @@ CREATE TABLE IF NOT EXISTS daily_visitors (
     day date NOT NULL, visitor_id text NOT NULL, user_id text NOT NULL,
     browser text, os text, device text, pageviews bigint NOT NULL,
     PRIMARY KEY (day, visitor_id, user_id));
-CREATE INDEX IF NOT EXISTS daily_visitors_visitor ON daily_visitors (visitor_id);
+DROP INDEX IF EXISTS daily_visitors_visitor;
 CREATE TABLE IF NOT EXISTS consents (
     ts double precision NOT NULL, day date NOT NULL, visitor_id text,
     analytics boolean NOT NULL, preferences boolean NOT NULL, policy_version text NOT NULL,
@@ -373,7 +375,16 @@ class PostgresStore(Store):
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
             removed = conn.execute(f"DELETE FROM pageviews WHERE {who}", args).rowcount  # noqa: S608
-            conn.execute(f"DELETE FROM daily_visitors WHERE {who}", args)  # noqa: S608
+            # Each of their daily_visitors rows comes from one of these page views: deleted
+            # by its key, so that no index by visitor has to be kept up to date.
+            rows = sorted({(r[1], r[2], r[3] or "") for r in victims if r[2] is not None})
+            if rows:
+                conn.execute(
+                    "DELETE FROM daily_visitors d USING unnest(%s::date[], %s::text[], "
+                    "%s::text[]) AS k(day, visitor_id, user_id) WHERE d.day = k.day "
+                    "AND d.visitor_id = k.visitor_id AND d.user_id = k.user_id",
+                    [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]],
+                )
             removed += conn.execute(
                 "DELETE FROM consents WHERE visitor_id = %s", (visitor_id,)
             ).rowcount
