@@ -102,3 +102,21 @@ def test_a_visitor_with_one_class_keeps_no_copies_of_its_chain(
     # page's, and those of both classes' browser, OS and device written out.
     assert one[0].startswith("c:") and len(one) == 3
     assert not two[0].startswith("c:") and len(two) == 2 + 6
+
+
+@pytest.mark.parametrize(
+    "text, cut, expected",
+    [
+        ("1:5,7,9;12:5", 7, "1:7,9"),  # a page chain wholly before the cut goes
+        ("1:7,9;12:8", 7, "1:7,9;12:8"),  # nothing before the cut: unchanged
+        ("c:3,4,0;1:5,7;12:5", 6, "c:3,4,0;1:7"),  # the class follows the visitor's chain
+        ("c:3,4,0;1:5;12:5", 6, None),  # no day left: only the class would stay
+        ("2:5", 6, None),  # a user's chain, gone
+    ],
+)
+def test_retention_keeps_each_chains_days_from_the_cut(
+    text: str, cut: int, expected: str | None
+) -> None:
+    from trackmw.stores.sqlite_chains import since
+
+    assert since(text, cut) == expected

@@ -31,6 +31,7 @@ __all__ = [
     "join_days",
     "merge",
     "parse_days",
+    "since",
     "split",
     "with_classes",
 ]
@@ -176,6 +177,22 @@ def split(text: str, visitors: int | None = None) -> dict[int, str]:
             if member:
                 out[member] = out[visitors]
     return out
+
+
+def since(text: str, cut: int) -> str | None:
+    """An entity's chains ``text`` without the days before ``cut`` (``None`` if none is
+    left). A class segment stays as long as the visitor's own chain does."""
+    parts = []
+    if text.startswith("c:"):
+        parts.append(text.partition(";")[0])
+    for dim, days_text in split(text).items():
+        days = parse_days(days_text)
+        kept = [d for d in days if d >= cut]
+        if kept:
+            parts.append(f"{dim}:{days_text if len(kept) == len(days) else join_days(kept)}")
+    if not parts or parts[0].startswith("c:") and len(parts) == 1:
+        return None
+    return ";".join(parts)
 
 
 def parse_days(text: str) -> list[int]:

@@ -144,19 +144,10 @@ class Uniques:
         updates: list[tuple[str, str]] = []
         gone: list[tuple[str]] = []
         for key, text in conn.execute("SELECT key, chains FROM uniq_entities").fetchall():
-            parts = []
-            if text.startswith("c:"):  # kept as long as the visitor's chain is
-                parts.append(text.partition(";")[0])
-            for dim, days_text in codec.split(text).items():
-                days = codec.parse_days(days_text)
-                kept = [d for d in days if d >= cut]
-                if kept:
-                    parts.append(
-                        f"{dim}:{days_text if len(kept) == len(days) else codec.join_days(kept)}"
-                    )
-            if not parts or parts[0].startswith("c:") and len(parts) == 1:
+            new = codec.since(text, cut)
+            if new is None:
                 gone.append((key,))
-            elif (new := ";".join(parts)) != text:
+            elif new != text:
                 updates.append((new, key))
         conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
         conn.executemany("UPDATE uniq_entities SET chains = ? WHERE key = ?", updates)
