@@ -221,14 +221,13 @@ def test_postgres_url_options_reach_the_server_next_to_the_schema(store_url: str
         store.close()
 
 
-@pytest.mark.parametrize("store_kind", ["postgresql"])
-def test_postgres_schema_1_gets_hash_indexes_and_keeps_its_data(store_url: str) -> None:
+def _schema_1(store_url: str) -> str:
+    """A PostgreSQL store's schema as version 1 left it (B-tree indexes by visitor and by
+    user), holding one page view of visitor ``old`` and user ``u1``; its name."""
     store = open_store(store_url)
-    schema = store.schema  # type: ignore[attr-defined]
     try:
         store.write([pageview(START, 1, "old", "/old", user="u1")], [])
         with store._connection() as conn:  # type: ignore[attr-defined]
-            # Back to schema 1: B-tree indexes by visitor and user.
             conn.execute("DROP INDEX pageviews_visitor_hash, pageviews_user_hash")
             conn.execute(
                 "CREATE INDEX pageviews_visitor ON pageviews (visitor_id) "
@@ -239,11 +238,16 @@ def test_postgres_schema_1_gets_hash_indexes_and_keeps_its_data(store_url: str) 
             )
             conn.execute("CREATE INDEX daily_visitors_visitor ON daily_visitors (visitor_id)")
             conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        return str(store.schema)  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_schema_1_is_brought_to_schema_2(store_url: str) -> None:
+    schema = _schema_1(store_url)
     store = open_store(store_url)
     try:
-        store.write([pageview(START, 2, "new")], [])
         with store._connection() as conn:  # type: ignore[attr-defined]
             indexes = dict(
                 conn.execute(
@@ -253,12 +257,40 @@ def test_postgres_schema_1_gets_hash_indexes_and_keeps_its_data(store_url: str) 
             )
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
             assert version.fetchone() == ("2",)
-        assert not {"pageviews_visitor", "pageviews_user", "daily_visitors_visitor"} & set(indexes)
-        assert "USING hash (visitor_id)" in indexes["pageviews_visitor_hash"]
-        assert "USING hash (user_id)" in indexes["pageviews_user_hash"]
+    finally:
+        store.close()
+    assert not {"pageviews_visitor", "pageviews_user", "daily_visitors_visitor"} & set(indexes)
+    assert "USING hash (visitor_id)" in indexes["pageviews_visitor_hash"]
+    assert "USING hash (user_id)" in indexes["pageviews_user_hash"]
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_schema_1_data_is_read_and_erased_after_the_upgrade(store_url: str) -> None:
+    _schema_1(store_url)
+    store = open_store(store_url)
+    try:
+        store.write([pageview(START, 2, "new")], [])
         assert [p["page"] for p in store.visitor_data("old")["pageviews"]] == ["/old"]
         assert store.erase("old", "u1") == 1
         report = store.report(START, START)
-        assert (report.pageviews, report.visitors) == (1, 1)
+        assert (report.pageviews, report.visitors, report.registered_visitors) == (1, 1, 0)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_never_marks_a_later_schema_as_its_own(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        store.write([pageview(START, 1, "v")], [])
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    finally:
+        store.close()
+    store = open_store(store_url)
+    try:
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            assert version.fetchone() == ("99",)
     finally:
         store.close()

@@ -61,8 +61,6 @@ CREATE INDEX IF NOT EXISTS pageviews_visitor_hash ON pageviews USING hash (visit
     WHERE visitor_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS pageviews_user_hash ON pageviews USING hash (user_id)
     WHERE user_id IS NOT NULL;
-DROP INDEX IF EXISTS pageviews_visitor;
-DROP INDEX IF EXISTS pageviews_user;
 CREATE TABLE IF NOT EXISTS daily_counts (
     day date NOT NULL, kind text NOT NULL, name text NOT NULL, pageviews bigint NOT NULL,
     PRIMARY KEY (day, kind, name));
@@ -70,7 +68,6 @@ CREATE TABLE IF NOT EXISTS daily_visitors (
     day date NOT NULL, visitor_id text NOT NULL, user_id text NOT NULL,
     browser text, os text, device text, pageviews bigint NOT NULL,
     PRIMARY KEY (day, visitor_id, user_id));
-DROP INDEX IF EXISTS daily_visitors_visitor;
 CREATE TABLE IF NOT EXISTS consents (
     ts double precision NOT NULL, day date NOT NULL, visitor_id text,
     analytics boolean NOT NULL, preferences boolean NOT NULL, policy_version text NOT NULL,
@@ -79,6 +76,13 @@ CREATE INDEX IF NOT EXISTS consents_day ON consents (day);
 CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id)
     WHERE visitor_id IS NOT NULL;
 """
+#: What schema 2 no longer has, each dropped in a transaction of its own: one table locked
+#: at a time, so that the upgrade cannot deadlock with a report or a batch in flight (they
+#: take the two tables in opposite orders). Run at every start: a no-op once gone.
+_DROPPED = (
+    "DROP INDEX IF EXISTS pageviews_visitor, pageviews_user",
+    "DROP INDEX IF EXISTS daily_visitors_visitor",
+)
 _PV_COLS = "ts, day, visitor_id, user_id, path, referrer, campaign, browser, os, device, bot"
 _CC_COLS = "ts, day, visitor_id, analytics, preferences, policy_version, minor, guardian"
 _STAGE = """
@@ -202,13 +206,26 @@ class PostgresStore(Store):
             "big",
             signed=True,
         )
-        with conn.transaction():
+
+        def locked() -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            # The first start on an older schema builds indexes over a table that may be
+            # large: a statement_timeout from the URL's options must not cut that short.
+            conn.execute("SET LOCAL statement_timeout = 0")
+
+        with conn.transaction():
+            locked()
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(_SCHEMA)
+        for statement in _DROPPED:
+            with conn.transaction():
+                locked()
+                conn.execute(statement)
+        with conn.transaction():
+            # Never lowered: a later version's schema stays marked as such.
             conn.execute(
-                "INSERT INTO meta VALUES ('schema_version', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value WHERE meta.value::int < excluded.value::int",
                 (str(SCHEMA_VERSION),),
             )
         self._schema_ready = True
@@ -354,9 +371,10 @@ class PostgresStore(Store):
                 "DO UPDATE SET at = greatest(erasures.at, excluded.at)",
                 (tombstone_keys(visitor_id, user_id), time.time()),
             )
-            # Page views leave the rollups too, so the report is as if they never were.
+            # Page views leave the rollups too, so the report is as if they never were: the
+            # rollups lose exactly the rows deleted (a batch committed meanwhile included).
             victims = conn.execute(
-                f"SELECT {_PV_COLS} FROM pageviews WHERE {who} FOR UPDATE",
+                f"DELETE FROM pageviews WHERE {who} RETURNING {_PV_COLS}",
                 args,  # noqa: S608
             ).fetchall()
             counts = daily_counts(PageView(*row) for row in victims)
@@ -374,10 +392,12 @@ class PostgresStore(Store):
                     ],
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
-            removed = conn.execute(f"DELETE FROM pageviews WHERE {who}", args).rowcount  # noqa: S608
+            removed = len(victims)
             # Each of their daily_visitors rows comes from one of these page views: deleted
             # by its key, so that no index by visitor has to be kept up to date.
-            rows = sorted({(r[1], r[2], r[3] or "") for r in victims if r[2] is not None})
+            rows = sorted(
+                {(r[1], r[2], r[3] or "") for r in victims if r[2] is not None and not r[10]}
+            )
             if rows:
                 conn.execute(
                     "DELETE FROM daily_visitors d USING unnest(%s::date[], %s::text[], "
