@@ -109,10 +109,8 @@ def section_wire(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
 
     if not os.path.exists(wire.WRK):
         return [], ["wire skipped: wrk is not installed (apt-get install wrk)"]
-    servers = wire.servers(tmp)
-    notes = []
-    if "wire.flask.track_usage" not in {s.name for s in servers}:
-        notes.append("wire: Flask-Track-Usage skipped (it does not build here: see in-process)")
+    servers, skipped = wire.servers(tmp)
+    notes = [] if skipped is None else [f"wire: Flask-Track-Usage skipped: {skipped}"]
     try:
         wire.start(servers, tmp)
         rounds, seconds = (1, 1) if quick else (7, 2)

@@ -240,7 +240,7 @@ def flask_tracked_app() -> Flask:
 
 def flask_track_usage_app() -> Flask:
     """The Flask peer for gunicorn, on a SQLite file in ``TRACKMW_BENCH_DIR``."""
-    app = flask_track_usage(os.path.join(os.environ.get("TRACKMW_BENCH_DIR", "."), "ftu.db"))
+    app = flask_track_usage(os.path.join(os.environ.get("TRACKMW_BENCH_DIR", "."), "wire-ftu.db"))
     if isinstance(app, str):
         raise RuntimeError(f"Flask-Track-Usage: {app}")
     return app

@@ -213,9 +213,9 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                     cpu_of = (_redis_cpu(url) if name.startswith("redis")
                               else _postgres_cpu if name == "postgres" else (lambda: 0.0))
                     rates[name].append(write_rate(store, rows, consents, cpu_of))
-                except StoreError as exc:
+                except StoreError as exc:  # reported with the rounds it had, if any
                     down.add(name)
-                    notes.append(f"{name}: {exc}")
+                    notes.append(f"{name}: round {r + 1} failed: {exc}")
                 finally:
                     store.close()
                     try:
@@ -224,7 +224,7 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                         notes.append(f"{name} cleanup: {type(exc).__name__}")
     for name in names:
         measured = sorted(rates[name])
-        if name in down or not measured:
+        if not measured:
             writes[name] = per_cpu[name] = None
             if not quiet:
                 print(f"{name:12} unreachable")
@@ -248,9 +248,9 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
     notes.append(f"buffer: {per_event:,.0f} bytes per event; {shared:,.0f} with User-Agent "
                  "and host strings shared between hits")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    median = f"median of {rounds} rounds" if rounds > 1 else "one round"
     notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,}, "
-                 f"median of {rounds} rounds; load average at the end {load} on "
-                 f"{os.cpu_count()} cores")
+                 f"{median}; load average at the end {load} on {os.cpu_count()} cores")
     if not quiet:
         print(notes[-1])
     return {"writes": writes, "writes_per_cpu_second": per_cpu, "bytes_per_event": per_event,

@@ -69,8 +69,9 @@ def gunicorn_command(factory: str, port: int) -> list[str]:
             "--log-level", "warning", f"bench.apps:{factory}()"]
 
 
-def servers(store_dir: str) -> list[Server]:
-    """Every variant's server (not started); Flask-Track-Usage only when it builds."""
+def servers(store_dir: str) -> tuple[list[Server], str | None]:
+    """Every variant's server (not started), and why Flask-Track-Usage is not among them
+    (``None`` when it is: only when it builds here)."""
     returning = apps.returning_cookie()
     session = apps.session_cookie()
     pixel = f"/_trackmw/pixel.gif?{apps.PIXEL_QUERY}"
@@ -106,7 +107,10 @@ def servers(store_dir: str) -> list[Server]:
         ("wire.flask.new", "gunicorn: Flask + trackmw, new visitor", "g",
          "flask_tracked_app", "/", None, "wire.flask.bare"),
     ]
-    if not isinstance(apps.flask_track_usage(os.path.join(store_dir, "ftu-probe.db")), str):
+    # Built here only to learn whether it builds; the server builds its own.
+    skipped = apps.flask_track_usage(os.path.join(store_dir, "ftu-probe.db"))
+    if not isinstance(skipped, str):
+        skipped = None
         specs.append(("wire.flask.track_usage", "gunicorn: Flask + Flask-Track-Usage (peer)",
                       "g", "flask_track_usage_app", "/", returning, "wire.flask.bare"))
     out = []
@@ -114,7 +118,7 @@ def servers(store_dir: str) -> list[Server]:
         port = free_port()
         cmd = uvicorn_command(factory, port) if kind == "u" else gunicorn_command(factory, port)
         out.append(Server(name, label, cmd, path, cookie, baseline, port))
-    return out
+    return out, skipped
 
 
 def start(all_servers: list[Server], store_dir: str) -> None:

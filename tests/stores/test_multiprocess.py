@@ -1,7 +1,7 @@
 """Many processes on one store: 4 gunicorn workers (the Flask example) and 2 uvicorn
 processes (the Starlette example) take 4,000 pixel hits from 40 visitors; after they
 are stopped with SIGTERM the store holds exactly 4,000 page views and 40 visitors
-(give or take one for HyperLogLog)."""
+(give or take two for HyperLogLog)."""
 
 from __future__ import annotations
 
@@ -49,10 +49,11 @@ def test_six_processes_count_every_hit_exactly_once(store_url: str, store_kind: 
     assert sum(p["pageviews"] for p in report.pages) == HITS
     if store_kind == "redis-hll":
         # Two of 40 random ids share one of Redis' 16,384 registers about one run in
-        # twenty (40² / 2 / 16,384), and the estimate is then one short. "Within 2 %"
-        # of 40 allowed no error at all, so this failed that often. Lost or doubled
-        # hits are caught by the exact page view counts above, in every mode.
-        assert abs(report.visitors - VISITORS) <= 1
+        # twenty (40² / 2 / 16,384), and the estimate is then one short; two such pairs,
+        # about one run in 900. "Within 2 %" of 40 allowed no error at all, so this
+        # failed that often. Lost or doubled hits are caught by the exact page view
+        # counts above, in every mode.
+        assert abs(report.visitors - VISITORS) <= 2
     else:
         assert report.visitors == VISITORS
         assert all(p["visitors"] == VISITORS for p in report.pages)  # i % 7 meets every i % 40

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from trackmw.events import PageView
+from trackmw.stores import sqlite_chains
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SQLiteStore
 
@@ -117,6 +118,4 @@ def test_a_visitor_with_one_class_keeps_no_copies_of_its_chain(
 def test_retention_keeps_each_chains_days_from_the_cut(
     text: str, cut: int, expected: str | None
 ) -> None:
-    from trackmw.stores.sqlite_chains import since
-
-    assert since(text, cut) == expected
+    assert sqlite_chains.since(text, cut) == expected

@@ -181,7 +181,11 @@ def split(text: str, visitors: int | None = None) -> dict[int, str]:
 
 def since(text: str, cut: int) -> str | None:
     """An entity's chains ``text`` without the days before ``cut`` (``None`` if none is
-    left). A class segment stays as long as the visitor's own chain does."""
+    left). A class segment stays as long as the visitor's own chain does.
+
+    >>> since("c:3,4,0;1:5,7;12:5", 6)
+    'c:3,4,0;1:7'
+    """
     parts = []
     if text.startswith("c:"):
         parts.append(text.partition(";")[0])
