@@ -5,8 +5,9 @@ rollups kept in the same transaction (``daily_counts``: page views per day and
 dimension; ``daily_visitors``: one row per visitor and day with its browser, OS and
 device), so counts are exact and reports read small tables.
 
-- Schema: created on first use under ``pg_advisory_xact_lock``, so many processes can
-  start at once. The tables live in the schema named by ``?schema=name`` (default
+- Schema (``postgres_sql``, with the statements and the report's queries): created or
+  brought up to date on first use under ``pg_advisory_xact_lock``, so many processes
+  can start at once. The tables live in the schema named by ``?schema=name`` (default
   ``trackmw``); the parameter is stripped before the URL reaches libpq.
 - Writes: one transaction per batch: page views are copied (``COPY``) into a temporary
   staging table, from which the server inserts them and computes the rollups
@@ -38,84 +39,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
-from ..report import TOP_N, Report, day_range, ranked
+from ..report import Report
+from . import postgres_sql as sql
 from .base import Store, daily_counts, purge_horizon, redact, tombstone_keys
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
 
-#: 2: a visitor's and a user's page views found by hash indexes (cheaper to insert into
-#: than the B-trees of 1, which are dropped), and no index of daily_visitors by visitor
-#: (erasure deletes its rows by their key).
-SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
-CREATE TABLE IF NOT EXISTS erasures (key text PRIMARY KEY, at double precision NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS pageviews (
-    ts double precision NOT NULL, day date NOT NULL, visitor_id text, user_id text,
-    path text NOT NULL, referrer text, campaign text, browser text, os text, device text,
-    bot boolean NOT NULL DEFAULT false);
-CREATE INDEX IF NOT EXISTS pageviews_day_path ON pageviews (day, path);
-CREATE INDEX IF NOT EXISTS pageviews_visitor_hash ON pageviews USING hash (visitor_id)
-    WHERE visitor_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS pageviews_user_hash ON pageviews USING hash (user_id)
-    WHERE user_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS daily_counts (
-    day date NOT NULL, kind text NOT NULL, name text NOT NULL, pageviews bigint NOT NULL,
-    PRIMARY KEY (day, kind, name));
-CREATE TABLE IF NOT EXISTS daily_visitors (
-    day date NOT NULL, visitor_id text NOT NULL, user_id text NOT NULL,
-    browser text, os text, device text, pageviews bigint NOT NULL,
-    PRIMARY KEY (day, visitor_id, user_id));
-CREATE TABLE IF NOT EXISTS consents (
-    ts double precision NOT NULL, day date NOT NULL, visitor_id text,
-    analytics boolean NOT NULL, preferences boolean NOT NULL, policy_version text NOT NULL,
-    minor boolean NOT NULL DEFAULT false, guardian boolean NOT NULL DEFAULT false);
-CREATE INDEX IF NOT EXISTS consents_day ON consents (day);
-CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id)
-    WHERE visitor_id IS NOT NULL;
-"""
-#: What schema 2 no longer has, each dropped in a transaction of its own: one table locked
-#: at a time, so that the upgrade cannot deadlock with a report or a batch in flight (they
-#: take the two tables in opposite orders). Run at every start: a no-op once gone.
-_DROPPED = (
-    "DROP INDEX IF EXISTS pageviews_visitor, pageviews_user",
-    "DROP INDEX IF EXISTS daily_visitors_visitor",
-)
-_PV_COLS = "ts, day, visitor_id, user_id, path, referrer, campaign, browser, os, device, bot"
-_CC_COLS = "ts, day, visitor_id, analytics, preferences, policy_version, minor, guardian"
-_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS trackmw_stage (
-    ts double precision, day date, visitor_id text, user_id text, path text, referrer text,
-    campaign text, browser text, os text, device text, bot boolean) ON COMMIT DELETE ROWS
-"""
-# The rollups of one batch, computed by the server from the staged rows, in key order so
-# that concurrent writers lock rollup rows in the same order. The counts are one GROUP BY
-# per kind over the thousand staged rows: a lateral join making six candidate rows of
-# each page view and grouping them all cost 4.9 µs a page view, these 1.8.
-_ROLLUP_COUNTS = """
-INSERT INTO daily_counts SELECT * FROM (
-    SELECT day, 'total', '', count(*) FROM trackmw_stage WHERE NOT bot GROUP BY day
-    UNION ALL SELECT day, 'bot', '', count(*) FROM trackmw_stage WHERE bot GROUP BY day
-    UNION ALL SELECT day, 'anonymous', '', count(*) FROM trackmw_stage
-        WHERE NOT bot AND visitor_id IS NULL GROUP BY day
-    UNION ALL SELECT day, 'page', path, count(*) FROM trackmw_stage
-        WHERE NOT bot GROUP BY day, path
-    UNION ALL SELECT day, 'referrer', referrer, count(*) FROM trackmw_stage
-        WHERE NOT bot AND referrer <> '' GROUP BY day, referrer
-    UNION ALL SELECT day, 'campaign', campaign, count(*) FROM trackmw_stage
-        WHERE NOT bot AND campaign <> '' GROUP BY day, campaign
-) AS rollup (day, kind, name, n) ORDER BY 1, 2, 3
-ON CONFLICT (day, kind, name) DO UPDATE SET pageviews = daily_counts.pageviews + excluded.pageviews
-"""
-_ROLLUP_VISITORS = """
-INSERT INTO daily_visitors
-SELECT day, visitor_id, coalesce(user_id, ''), min(browser), min(os), min(device), count(*)
-FROM trackmw_stage WHERE NOT bot AND visitor_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-ON CONFLICT (day, visitor_id, user_id)
-DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews
-"""
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _orphans: list[Any] = []  # pools inherited over fork: never used, never closed, never freed
 
@@ -216,8 +146,8 @@ class PostgresStore(Store):
         with conn.transaction():
             locked()
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            conn.execute(_SCHEMA)
-        for statement in _DROPPED:
+            conn.execute(sql.SCHEMA)
+        for statement in sql.DROPPED:
             with conn.transaction():
                 locked()
                 conn.execute(statement)
@@ -226,7 +156,7 @@ class PostgresStore(Store):
             conn.execute(
                 "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) "
                 "DO UPDATE SET value = excluded.value WHERE meta.value::int < excluded.value::int",
-                (str(SCHEMA_VERSION),),
+                (str(sql.SCHEMA_VERSION),),
             )
         self._schema_ready = True
 
@@ -259,15 +189,15 @@ class PostgresStore(Store):
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
             if pageviews:
-                cur.execute(_STAGE)
-                with cur.copy(f"COPY trackmw_stage ({_PV_COLS}) FROM STDIN") as copy:
+                cur.execute(sql.STAGE)
+                with cur.copy(f"COPY trackmw_stage ({sql.PV_COLS}) FROM STDIN") as copy:
                     for pv in pageviews:
                         copy.write_row(pv)
-                cur.execute(f"INSERT INTO pageviews ({_PV_COLS}) SELECT * FROM trackmw_stage")
-                cur.execute(_ROLLUP_COUNTS)
-                cur.execute(_ROLLUP_VISITORS)
+                cur.execute(f"INSERT INTO pageviews ({sql.PV_COLS}) SELECT * FROM trackmw_stage")
+                cur.execute(sql.ROLLUP_COUNTS)
+                cur.execute(sql.ROLLUP_VISITORS)
             if consents:
-                with cur.copy(f"COPY consents ({_CC_COLS}) FROM STDIN") as copy:
+                with cur.copy(f"COPY consents ({sql.CC_COLS}) FROM STDIN") as copy:
                     for choice in consents:
                         copy.write_row(choice)
 
@@ -278,84 +208,17 @@ class PostgresStore(Store):
             return list(conn.execute(sql, params).fetchall())
 
     def report(self, since: date, until: date) -> Report:
-        span = (since, until)
-        report = Report(since=since, until=until)
         with self._connection() as conn:
-
-            def q(sql: str, params: Sequence[Any] = span) -> list[Any]:
-                return list(conn.execute(sql, params).fetchall())
-
-            totals = dict(
-                q(
-                    "SELECT kind, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
-                    "AND %s AND kind IN ('total', 'anonymous', 'bot') GROUP BY kind"
-                )
-            )
-            report.pageviews = totals.get("total") or 0
-            report.anonymous_pageviews = totals.get("anonymous") or 0
-            report.bot_hits = totals.get("bot") or 0
-            ((report.visitors, report.registered_visitors),) = q(
-                "SELECT count(DISTINCT visitor_id), count(DISTINCT nullif(user_id, '')) "
-                "FROM daily_visitors WHERE day BETWEEN %s AND %s"
-            )
-            day_pv = dict(
-                q(
-                    "SELECT day, pageviews FROM daily_counts WHERE day BETWEEN %s AND %s "
-                    "AND kind = 'total'"
-                )
-            )
-            day_vis = dict(
-                q(
-                    "SELECT day, count(DISTINCT visitor_id) FROM daily_visitors "
-                    "WHERE day BETWEEN %s AND %s GROUP BY day"
-                )
-            )
-            report.days = [
-                {"day": d.isoformat(), "pageviews": day_pv.get(d, 0), "visitors": day_vis.get(d, 0)}
-                for d in day_range(since, until)
-            ]
-            pages = q(
-                "SELECT name, sum(pageviews)::bigint AS n FROM daily_counts WHERE day BETWEEN "
-                "%s AND %s AND kind = 'page' GROUP BY name ORDER BY n DESC, name COLLATE \"C\" "
-                "LIMIT %s",
-                (since, until, TOP_N),
-            )
-            page_vis = dict(
-                q(
-                    "SELECT path, count(DISTINCT visitor_id) FROM pageviews WHERE day BETWEEN %s "
-                    "AND %s AND NOT bot AND path = ANY(%s) GROUP BY path",
-                    (since, until, [p for p, _ in pages]),
-                )
-            )
-            report.pages = [
-                {"path": p, "pageviews": n, "visitors": page_vis.get(p, 0)} for p, n in pages
-            ]
-            for attr, column in (("browsers", "browser"), ("os", "os"), ("devices", "device")):
-                rows = q(
-                    f"SELECT {column}, count(DISTINCT visitor_id) FROM daily_visitors "  # noqa: S608
-                    f"WHERE day BETWEEN %s AND %s AND {column} IS NOT NULL GROUP BY {column}"
-                )
-                setattr(report, attr, ranked(dict(rows), "visitors"))
-            for attr, kind in (("referrers", "referrer"), ("campaigns", "campaign")):
-                rows = q(
-                    "SELECT name, sum(pageviews)::bigint FROM daily_counts WHERE day BETWEEN %s "
-                    "AND %s AND kind = %s GROUP BY name",
-                    (since, until, kind),
-                )
-                setattr(report, attr, ranked(dict(rows), "pageviews"))
-            ((accepted, rejected),) = q(
-                "SELECT count(*) FILTER (WHERE analytics), count(*) FILTER (WHERE NOT analytics) "
-                "FROM consents WHERE day BETWEEN %s AND %s"
-            )
-        report.consent = {"accepted": accepted, "rejected": rejected}
-        return report
+            return sql.report(conn, since, until)
 
     # -- visitors' rights and retention ---------------------------------------------------
 
     def visitor_data(self, visitor_id: str) -> dict[str, Any]:
-        rows = self._read(f"SELECT {_PV_COLS} FROM pageviews WHERE visitor_id = %s", (visitor_id,))
+        rows = self._read(
+            f"SELECT {sql.PV_COLS} FROM pageviews WHERE visitor_id = %s", (visitor_id,)
+        )
         choices = self._read(
-            f"SELECT {_CC_COLS} FROM consents WHERE visitor_id = %s", (visitor_id,)
+            f"SELECT {sql.CC_COLS} FROM consents WHERE visitor_id = %s", (visitor_id,)
         )
         return visitor_document(
             [PageView(r[0], r[1].isoformat(), *r[2:]) for r in rows],
@@ -374,7 +237,7 @@ class PostgresStore(Store):
             # Page views leave the rollups too, so the report is as if they never were: the
             # rollups lose exactly the rows deleted (a batch committed meanwhile included).
             victims = conn.execute(
-                f"DELETE FROM pageviews WHERE {who} RETURNING {_PV_COLS}",
+                f"DELETE FROM pageviews WHERE {who} RETURNING {sql.PV_COLS}",
                 args,  # noqa: S608
             ).fetchall()
             counts = daily_counts(PageView(*row) for row in victims)
