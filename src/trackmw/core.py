@@ -69,8 +69,8 @@ class Core:
         self.pixel_path = settings.prefix + "/pixel.gif"
         self.rate_limiter = RateLimiter(settings.pixel_rate_limit)
         self._excluded = frozenset(settings.exclude_paths)
-        self._excluded_under = tuple(p + "/" for p in settings.exclude_paths if p != "/")
-        self._excluded_all = "/" in self._excluded
+        # What an excluded path's subpaths start with; "/" itself starts every path.
+        self._excluded_under = tuple(p if p == "/" else p + "/" for p in settings.exclude_paths)
         self._check_hosts = settings.allowed_hosts is not None
         self._agents: dict[str | bytes, str] = {}
         self._hosts: dict[str | bytes, str] = {}
@@ -105,11 +105,7 @@ class Core:
         ``/static`` excludes ``/static`` and ``/static/…``, not ``/staticky``; ``/``
         excludes everything. Settings keep the paths without a trailing slash.
         """
-        return (
-            path in self._excluded
-            or path.startswith(self._excluded_under)
-            or self._excluded_all
-        )
+        return path in self._excluded or path.startswith(self._excluded_under)
 
     # -- the visitor ----------------------------------------------------------------------
 

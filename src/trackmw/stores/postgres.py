@@ -236,11 +236,15 @@ class PostgresStore(Store):
             )
             # Page views leave the rollups too, so the report is as if they never were: the
             # rollups lose exactly the rows deleted (a batch committed meanwhile included).
-            victims = conn.execute(
-                f"DELETE FROM pageviews WHERE {who} RETURNING {sql.PV_COLS}",
-                args,  # noqa: S608
-            ).fetchall()
-            counts = daily_counts(PageView(*row) for row in victims)
+            victims = [
+                PageView(*row)
+                for row in conn.execute(
+                    f"DELETE FROM pageviews WHERE {who} RETURNING {sql.PV_COLS}",
+                    args,  # noqa: S608
+                )
+            ]
+            removed = len(victims)
+            counts = daily_counts(victims)
             if counts:
                 keys = sorted(counts)
                 conn.execute(
@@ -255,11 +259,14 @@ class PostgresStore(Store):
                     ],
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
-            removed = len(victims)
-            # Each of their daily_visitors rows comes from one of these page views: deleted
-            # by its key, so that no index by visitor has to be kept up to date.
+            # Each of their daily_visitors rows comes from one of these page views (as the
+            # rollup counts them): deleted by its key, so no index by visitor is kept.
             rows = sorted(
-                {(r[1], r[2], r[3] or "") for r in victims if r[2] is not None and not r[10]}
+                {
+                    (v.day, v.visitor_id, v.user_id or "")
+                    for v in victims
+                    if v.visitor_id is not None and not v.bot
+                }
             )
             if rows:
                 conn.execute(
