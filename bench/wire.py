@@ -189,19 +189,33 @@ def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
     return float(rps.group(1)), float(p99.group(1)) * _UNITS[p99.group(2)]
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gunicorn serves from a worker child), from ``/proc``."""
+    pids = [pid]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                pids += [int(child) for child in fh.read().split()]
+        except OSError:
+            continue
+    return pids
+
+
 def _cpu_seconds(all_servers: list[Server]) -> float:
-    """CPU seconds used so far by the server processes (from ``/proc``; 0 elsewhere)."""
+    """CPU seconds used so far by the server processes and their workers (from ``/proc``;
+    0 elsewhere)."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total = 0
     for s in all_servers:
         if s.proc is None:
             continue
-        try:
-            with open(f"/proc/{s.proc.pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        for pid in _process_tree(s.proc.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / tick
 
 
