@@ -22,7 +22,7 @@ from typing import Any
 from trackmw.events import ConsentChoice, PageView
 from trackmw.stores.sqlite import SQLiteStore
 
-__all__ = ["generate", "run"]
+__all__ = ["generate", "in_time_order", "run"]
 
 DAYS = 45
 VISITORS = 50_000
@@ -82,6 +82,12 @@ def generate(
             ts += rng.randrange(5, 120)
 
 
+def in_time_order(events: int, until: date, seed: int = 1) -> list[PageView]:
+    """``generate``'s page views sorted by time: what a live site's batches hold (the
+    last second's events), where ``generate``'s order spreads every batch over all days."""
+    return sorted(generate(events, until=until, seed=seed), key=lambda pv: pv.ts)
+
+
 def _consents(n: int, until: date, seed: int) -> list[ConsentChoice]:
     rng = random.Random(seed + 1)
     out = []
@@ -94,10 +100,10 @@ def _consents(n: int, until: date, seed: int) -> list[ConsentChoice]:
 def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any]:
     """Fill a store at ``path`` (a temporary file by default) and time writes and the report.
 
-    The events are written in time order, as a live site's batches hold the last
-    second's events; ``events_per_second_full`` is the rate of the fill's last fifth,
-    written into a store already holding the first four (a site with history: a batch
-    then dirties more pages of the rollups and chains than in an empty store).
+    The events are written in time order (``in_time_order``). ``events_per_second_full``
+    is the rate of the fill's last fifth, written into a store already holding the
+    first four (a site with history: a batch then dirties more pages of the rollups
+    and chains than in an empty store).
 
     Returns ``{"events", "write_seconds", "events_per_second", "events_per_second_full",
     "report_ms_cold", "report_ms_warm", "db_mb"}``.
@@ -109,7 +115,7 @@ def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False
     try:
         until = date.today()
         store = SQLiteStore(f"sqlite:///{path}")
-        rows = sorted(generate(events, until=until), key=lambda pv: pv.ts)
+        rows = in_time_order(events, until)
         consents = _consents(5_000, until, 1)
         last_fifth = max(0, len(rows) - max(1, len(rows) // 5 // BATCH) * BATCH)
         start = full_start = time.perf_counter()

@@ -35,7 +35,7 @@ from trackmw.events import ConsentChoice, Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores import Store, open_store
 
-from .report_1m import _consents, generate
+from .report_1m import _consents, in_time_order
 
 __all__ = ["buffer_bytes_per_event", "run", "write_rate"]
 
@@ -188,8 +188,7 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
     events = 21_000 if quick else 201_000
     rounds = 1 if quick else ROUNDS
     until = date.today()
-    # A live site's batches hold the last second's events: the stream in time order.
-    rows = sorted(generate(events, until=until, seed=3), key=lambda pv: pv.ts)
+    rows = in_time_order(events, until, seed=3)
     consents = _consents(events // BATCH * 5 + 5, until, 3)
     names = ("sqlite", "redis", "redis_exact", "postgres")
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in names}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -23,6 +24,17 @@ def need_service(available: bool, reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"TRACKMW_REQUIRE_SERVICES=1 but {reason}")
     pytest.skip(reason)
+
+
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float = 30.0, poll: float = 0.01
+) -> None:
+    """Poll ``check`` until it is true; fail the test with ``what`` if it never is."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(poll)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from trackmw.pipeline import Pipeline
 from trackmw.stores.memory import MemoryStore
 from trackmw.useragent import classify
 
-from ..conftest import SECRET
+from ..conftest import SECRET, wait_for
 from .harness import BROWSER_UA
 
 
@@ -43,14 +43,6 @@ class FlakyStore(MemoryStore):
         if self.down:
             raise StoreError("store is down")
         super().write(pageviews, consents)
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def test_add_only_appends(make_tracker: Any) -> None:

@@ -16,14 +16,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_service
+from tests.conftest import need_service, wait_for
 from trackmw.stores import Store, open_store
 
 REDIS_HOST = "127.0.0.1"
@@ -74,15 +73,6 @@ def free_port(also: int = 0) -> int:
                 continue
         return port
     raise RuntimeError("no free port pair found")
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``check`` until it is true; fail the test with ``what`` if it never is."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def delete_prefix(client: object, prefix: str) -> None:

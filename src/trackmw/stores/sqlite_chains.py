@@ -186,17 +186,17 @@ def since(text: str, cut: int) -> str | None:
     >>> since("c:3,4,0;1:5,7;12:5", 6)
     'c:3,4,0;1:7'
     """
-    parts = []
-    if text.startswith("c:"):
-        parts.append(text.partition(";")[0])
+    chains = []
     for dim, days_text in split(text).items():
         days = parse_days(days_text)
         kept = [d for d in days if d >= cut]
         if kept:
-            parts.append(f"{dim}:{days_text if len(kept) == len(days) else join_days(kept)}")
-    if not parts or parts[0].startswith("c:") and len(parts) == 1:
+            chains.append(f"{dim}:{days_text if len(kept) == len(days) else join_days(kept)}")
+    if not chains:
         return None
-    return ";".join(parts)
+    if text.startswith("c:"):
+        chains.insert(0, text.partition(";")[0])
+    return ";".join(chains)
 
 
 def parse_days(text: str) -> list[int]:
