@@ -10,7 +10,8 @@ Nothing accepted is lost while the process lives:
 
 - A batch the store refuses is kept whole and retried with exponential backoff
   (``retry_min`` … ``retry_max`` seconds), and written exactly once when the store is
-  back (a store writes a batch atomically, or not at all).
+  back (a store writes a batch atomically, or not at all). A store whose ``send``
+  returns before the batch is written (Redis) keeps it and retries it the same way.
 - While the store is down, new hits wait in the buffer. Past ``buffer_size`` the oldest
   are dropped; the drops are counted (``Pipeline.dropped``) and logged once per
   ``flush_interval`` with the count.
@@ -41,7 +42,7 @@ from zoneinfo import ZoneInfo
 from .errors import StoreError
 from .events import ConsentChoice, Hit, PageView
 from .normalize import normalize
-from .stores.base import tombstone_key
+from .stores.base import erasure_checks, without_erased
 
 if TYPE_CHECKING:
     from .stores.base import Store
@@ -82,6 +83,7 @@ class Pipeline:
         self.tz = ZoneInfo(timezone)
         self._buffer: deque[Hit | ConsentChoice] = deque()
         self._pending: tuple[list[PageView], list[ConsentChoice]] | None = None
+        self._sent = 0  # events the store took (``Store.send``) and has not yet confirmed
         self._lock = threading.RLock()  # one drain at a time (writer thread, flush, erase)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -115,9 +117,11 @@ class Pipeline:
             self._start()
 
     def __len__(self) -> int:
-        """Events waiting: buffered plus a batch waiting for the store to come back."""
+        """Events waiting: buffered, a batch waiting for the store to come back, and
+        those the store took but has not confirmed."""
         pending = self._pending
-        return len(self._buffer) + (len(pending[0]) + len(pending[1]) if pending else 0)
+        waiting = len(pending[0]) + len(pending[1]) if pending else 0
+        return len(self._buffer) + waiting + self._sent
 
     # -- store access -----------------------------------------------------------------
 
@@ -177,32 +181,36 @@ class Pipeline:
         with self._lock:
             self._log_drops()
             left = len(self._buffer)
-            while True:
-                batch = self._pending
-                if batch is None:
-                    size = min(self.batch_size, left)
-                    if size <= 0 or (whole and size < self.batch_size):
-                        return True
-                    left -= size
-                    batch = self._take(size)
+            try:
+                while True:
+                    batch = self._pending
                     if batch is None:
-                        return True
-                    self._pending = batch
-                try:
-                    self.store.write(*self._without_erased(batch))
-                except Exception as exc:  # the store's errors must never escape the thread
-                    self._failed(exc)
-                    return False
-                self._pending = None
-                self.written += len(batch[0]) + len(batch[1])
-                if self._failing_since is not None:
-                    log.warning(
-                        "trackmw: store %r is back after %.1fs; buffered events written",
-                        self.store,
-                        time.monotonic() - self._failing_since,
-                    )
-                    self._failing_since = None
-                    self._backoff = 0.0
+                        size = min(self.batch_size, left)
+                        if size <= 0 or (whole and size < self.batch_size):
+                            break
+                        left -= size
+                        batch = self._take(size)
+                        if batch is None:
+                            break
+                        self._pending = batch
+                    self.store.send(*self._without_erased(batch))
+                    self._pending = None  # the store's now, until written (Store.send)
+                    self._sent += len(batch[0]) + len(batch[1])
+                self.store.sync()
+            except Exception as exc:  # the store's errors must never escape the thread
+                self._failed(exc)
+                return False
+            self.written += self._sent
+            self._sent = 0
+            if self._failing_since is not None:
+                log.warning(
+                    "trackmw: store %r is back after %.1fs; buffered events written",
+                    self.store,
+                    time.monotonic() - self._failing_since,
+                )
+                self._failing_since = None
+                self._backoff = 0.0
+            return True
 
     def _without_erased(
         self, batch: tuple[list[PageView], list[ConsentChoice]]
@@ -210,38 +218,16 @@ class Pipeline:
         """The batch less the events of visitors (or users) erased after them.
 
         This process removes an erased visitor's events from its own buffer; the store's
-        tombstones catch those buffered in other processes when the erasure came.
+        tombstones catch those buffered in other processes when the erasure came. A
+        store that ``drops_erased`` does it in the write itself, with no question asked
+        first (and no erasure can come between the question and the write).
         """
-        pageviews, consents = batch
-        keys: dict[tuple[str, str], str] = {}  # (kind, id) -> tombstone key
-        for c in consents:
-            if c.visitor_id:
-                keys[("v", c.visitor_id)] = ""
-        for pv in pageviews:
-            if pv.visitor_id:
-                keys[("v", pv.visitor_id)] = ""
-                if pv.user_id:
-                    keys[("u", pv.user_id)] = ""
-        if not keys:
+        store = self.store
+        if store.drops_erased:
             return batch
-        for kind, value in keys:
-            keys[(kind, value)] = tombstone_key(kind, value)
-        erased = self.store.erasures(keys.values())
-        if not erased:
-            return batch
-
-        def dead(kind: str, value: str | None, ts: float) -> bool:
-            at = erased.get(keys[(kind, value)]) if value else None
-            return at is not None and ts <= at
-
-        return (
-            [
-                p
-                for p in pageviews
-                if not (dead("v", p.visitor_id, p.ts) or dead("u", p.user_id, p.ts))
-            ],
-            [c for c in consents if not dead("v", c.visitor_id, c.ts)],
-        )
+        checks = erasure_checks(*batch)
+        erased = store.erasures(checks) if checks else None
+        return without_erased(*batch, erased) if erased else batch
 
     def _take(self, size: int) -> tuple[list[PageView], list[ConsentChoice]] | None:
         """The next ``size`` buffered events (fewer if the buffer runs out), normalized."""
@@ -372,6 +358,7 @@ class Pipeline:
         self._thread = None
         self._buffer = deque()
         self._pending = None
+        self._sent = 0
         if self._store is not None:
             self._store.after_fork()
 

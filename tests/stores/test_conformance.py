@@ -99,6 +99,19 @@ def test_every_report_field_matches_the_reference(store: Store, estimated: bool)
         assert_same_report(store.report(since, until), expected, estimated)
 
 
+def test_batches_sent_one_after_another_are_each_written_once_by_sync(
+    store: Store, estimated: bool
+) -> None:
+    # As the pipeline's writer sends what it found buffered (Redis plans each batch
+    # while its server runs the one before), then waits for all of them.
+    pvs, choices = events()
+    for pv_batch, c_batch in zip(batches(pvs, 97), batches(choices, 7) + [[]] * 10, strict=False):
+        store.send(pv_batch, c_batch)
+    store.sync()
+    store.sync()  # nothing left: a no-op
+    assert_same_report(store.report(D0, LAST), build_report(pvs, choices, D0, LAST), estimated)
+
+
 def test_pages_list_the_top_hundred_largest_first_ties_by_path(store: Store) -> None:
     pvs = [pageview(D0, i, f"v{i % 7}", f"/p{i % 130:03d}") for i in range(130)]
     pvs += [pageview(D0, 200 + i, "v1", "/p129") for i in range(3)]  # the largest

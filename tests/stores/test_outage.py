@@ -6,6 +6,8 @@
   exactly once.
 - A buffer that overflows while the store is down drops the oldest events, counts them
   and logs the count once per interval; what it kept is written when the store is back.
+- A Redis batch between ``send`` and its reply: a reply lost with its connection, a
+  Redis stopped meanwhile, a script cache flushed. Each batch is written exactly once.
 - A private PostgreSQL restarted under a pipeline: the refused batch is kept, the pool's
   stale connections are replaced, and every event is written exactly once.
 """
@@ -28,11 +30,13 @@ import httpx
 import pytest
 
 from tests.conftest import need_service
-from trackmw.events import Hit
+from trackmw.errors import StoreError
+from trackmw.events import Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores import open_store
 
 from .conftest import RedisServer, free_port, wait_for
+from .data import START, pageview
 from .servers import CHROME, Site, send_hits, site_env, visitor_cookies
 
 pytestmark = [pytest.mark.services, pytest.mark.server]
@@ -273,3 +277,85 @@ def _restart_under_a_pipeline(server: PostgresServer) -> None:
         assert (report.pageviews, report.visitors) == (900, 10)
     finally:
         pipeline.close()
+
+
+# -- a batch between ``send`` and its reply (``RedisStore.send``) ------------------------
+
+
+def _pages(url: str) -> list[str]:
+    store = open_store(url)
+    try:
+        return sorted(
+            p["page"] for v in range(7) for p in store.visitor_data(f"v{v}")["pageviews"]
+        )
+    finally:
+        store.close()
+
+
+def _batch(name: str, n: int) -> list[PageView]:
+    return [pageview(START, i, f"v{i % 7}", f"/{name}/{i}") for i in range(n)]
+
+
+def test_a_redis_batch_whose_reply_is_lost_with_its_connection_is_written_once(
+    private_redis: RedisServer,
+) -> None:
+    import redis
+
+    url = f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact"
+    store = open_store(url)
+    other = redis.Redis(port=private_redis.port)
+    try:
+        store.write(_batch("warm", 1), [])  # the script loaded: sends no longer wait
+        store.send(_batch("one", 300), [])
+        wait_for(lambda: len(_pages(url)) == 301, "the first batch's script to run")
+        # Its reply was never read: the connection goes, and the reply with it.
+        assert other.client_kill_filter(_type="normal", skipme=True) >= 1
+        store.send(_batch("two", 200), [])  # reads the lost reply: sends the first again
+        store.sync()
+        sent = _batch("warm", 1) + _batch("one", 300) + _batch("two", 200)
+        assert _pages(url) == sorted(p.path for p in sent)  # the marker: written once
+        assert store.report(START, START).pageviews == 501
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_redis_batch_sent_while_redis_is_down_is_kept_until_it_is_back(
+    private_redis: RedisServer,
+) -> None:
+    url = f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact"
+    store = open_store(url)
+    try:
+        store.write(_batch("warm", 10), [])
+        private_redis.stop()
+        store.send(_batch("kept", 100), [])  # taken: the store keeps it
+        with pytest.raises(StoreError):
+            store.sync()
+        with pytest.raises(StoreError):
+            store.send(_batch("refused", 50), [])  # the kept one failed: not taken
+        private_redis.start()  # same data directory, append-only file
+        store.sync()
+        store.send(_batch("later", 20), [])
+        store.sync()
+        assert store.report(START, START).pageviews == 130
+        assert {p.split("/")[1] for p in _pages(url)} == {"warm", "kept", "later"}
+    finally:
+        store.close()
+
+
+def test_a_redis_that_forgot_the_write_script_gets_it_again(
+    private_redis: RedisServer,
+) -> None:
+    import redis
+
+    url = f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact"
+    store = open_store(url)
+    try:
+        store.write(_batch("one", 10), [])
+        with redis.Redis(port=private_redis.port) as other:
+            other.script_flush()
+        store.send(_batch("two", 10), [])  # EVALSHA answers NOSCRIPT: sent again, loaded
+        store.sync()
+        assert store.report(START, START).pageviews == 20
+    finally:
+        store.close()

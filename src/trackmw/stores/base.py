@@ -1,10 +1,13 @@
 """The store contract, and the registry that picks a store by URL.
 
 A store keeps normalized page views and consent choices and answers reports. The
-pipeline calls ``write`` from its one background thread, with a whole batch that must be
-written atomically (all or nothing): if ``write`` raises ``StoreError``, the pipeline
-keeps the batch and calls ``write`` again later with the same batch, so a store must not
-have written part of it. Reading methods may be called from any thread.
+pipeline calls ``send`` from its one background thread, with a whole batch that must be
+written atomically (all or nothing): if ``send`` raises ``StoreError``, the pipeline
+keeps the batch and sends it again later, so a store must not have written part of it.
+When the pipeline has sent what it had, it calls ``sync``. A store's ``send`` is its
+``write`` unless it can do better: the Redis store returns as soon as the batch is on
+its way, and reads the reply while the next batch is planned (see ``Store.send``).
+Reading methods may be called from any thread.
 
 Each store class names its URL ``schemes``; ``store_class(url)`` finds it, and an
 unknown scheme is a ``ConfigurationError``. Drivers for server stores are imported
@@ -77,6 +80,9 @@ class Store(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: Does ``send`` itself leave out the events of erased visitors (``without_erased``),
+    #: atomically with the write? Otherwise the pipeline asks ``erasures`` first.
+    drops_erased: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Settings | None = None) -> None:
         self.url = url
@@ -90,6 +96,22 @@ class Store(ABC):
     @abstractmethod
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         """Write one batch atomically, or raise ``StoreError`` having written nothing."""
+
+    def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Write one batch as ``write`` does, possibly finishing after the call returns.
+
+        Once ``send`` returns, the store owns the batch: it writes it, exactly once, before
+        the next batch, and keeps it until it is written. ``sync`` waits for that. If
+        ``send`` raises ``StoreError``, the batch was not taken (an earlier one may be
+        what failed: the store still keeps that one). By default, ``write``.
+        """
+        self.write(pageviews, consents)
+
+    def sync(self) -> None:
+        """Return once every batch ``send`` took is written; raise ``StoreError`` if one
+        could not be (the store keeps it, and tries again on the next ``send`` or
+        ``sync``)."""
+        return None
 
     @abstractmethod
     def report(self, since: date, until: date) -> Report:
@@ -191,6 +213,56 @@ def tombstone_keys(visitor_id: str | None, user_id: str | None = None) -> list[s
     if user_id:
         keys.append(tombstone_key("u", user_id))
     return keys
+
+
+def erasure_checks(
+    pageviews: Iterable[PageView], consents: Iterable[ConsentChoice]
+) -> dict[str, float]:
+    """The tombstone key of every visitor and user with events in a batch, and the time
+    of its earliest one there: it was erased too late for the batch if its tombstone is
+    older (``without_erased``)."""
+    firsts: dict[tuple[str, str], float] = {}
+    for c in consents:
+        if c.visitor_id:
+            _earliest(firsts, ("v", c.visitor_id), c.ts)
+    for pv in pageviews:
+        if pv.visitor_id:
+            _earliest(firsts, ("v", pv.visitor_id), pv.ts)
+            if pv.user_id:
+                _earliest(firsts, ("u", pv.user_id), pv.ts)
+    return {tombstone_key(kind, value): ts for (kind, value), ts in firsts.items()}
+
+
+def _earliest(firsts: dict[tuple[str, str], float], key: tuple[str, str], ts: float) -> None:
+    if firsts.get(key, ts) >= ts:
+        firsts[key] = ts
+
+
+def without_erased(
+    pageviews: Sequence[PageView],
+    consents: Sequence[ConsentChoice],
+    erased: dict[str, float],
+) -> tuple[list[PageView], list[ConsentChoice]]:
+    """The batch less the events dated at or before their visitor's (or user's) erasure.
+
+    ``erased``: tombstone key -> when it was erased (``Store.erasures``). An erased
+    visitor's later events are new data, and kept.
+    """
+    keys: dict[tuple[str, str], str] = {}
+
+    def dead(kind: str, value: str | None, ts: float) -> bool:
+        if not value:
+            return False
+        key = keys.get((kind, value))
+        if key is None:
+            key = keys[(kind, value)] = tombstone_key(kind, value)
+        at = erased.get(key)
+        return at is not None and ts <= at
+
+    return (
+        [p for p in pageviews if not (dead("v", p.visitor_id, p.ts) or dead("u", p.user_id, p.ts))],
+        [c for c in consents if not dead("v", c.visitor_id, c.ts)],
+    )
 
 
 def purge_horizon(before: date) -> float:

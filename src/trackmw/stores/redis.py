@@ -42,17 +42,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
-from .base import Store, purge_horizon, redact, tombstone_keys
+from .base import (
+    Store,
+    erasure_checks,
+    purge_horizon,
+    redact,
+    tombstone_keys,
+    without_erased,
+)
 from .memory import visitor_document
 from .redis_plan import plan
 from .redis_scripts import ERASE, PURGE, WRITE
@@ -60,6 +69,10 @@ from .redis_scripts import ERASE, PURGE, WRITE
 __all__ = ["RedisStore"]
 
 log = logging.getLogger("trackmw")
+
+#: Sends of one batch that may each find visitors erased meanwhile before one is written.
+_ERASED_RETRIES = 8
+_UNREAD = object()  # a batch's reply not read yet
 
 _PARAMS = ("prefix", "uniques")
 _orphans: list[Any] = []  # clients inherited over fork: never used, never closed, never freed
@@ -69,6 +82,7 @@ class RedisStore(Store):
     """Counters, HyperLogLogs (or sets) and per-visitor lists in Redis or Redis Cluster."""
 
     schemes = ("redis", "rediss", "redis+cluster")
+    drops_erased = True
     socket_timeout = 5.0
 
     def __init__(self, url: str, settings: Any = None) -> None:
@@ -80,6 +94,9 @@ class RedisStore(Store):
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._pid = os.getpid()
+        self._lock = threading.RLock()  # one batch in flight, one writer at a time
+        self._flight: _Batch | None = None  # sent, its reply not read yet (``send``)
+        self._loaded = False  # has the WRITE script run on the current client?
 
     @staticmethod
     def _parse(url: str) -> tuple[str, dict[str, str], bool]:
@@ -167,7 +184,16 @@ class RedisStore(Store):
         return self._call(lambda c: self._scripts[name](keys=keys, args=args, client=c))
 
     def close(self) -> None:
+        with self._lock:
+            if self._flight is not None:  # sent by ``send`` and never ``sync``ed
+                try:
+                    self._settle()
+                except StoreError as exc:
+                    batch = self._flight
+                    n = len(batch.pageviews) + len(batch.consents) if batch else 0
+                    log.error("trackmw: %r: %d events sent are not written: %s", self, n, exc)
         client, self._client = self._client, None
+        self._loaded = False
         if client is not None:
             try:
                 client.close()
@@ -180,12 +206,59 @@ class RedisStore(Store):
             _orphans.append(self._client)
         self._client = None
         self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._flight = None  # the parent's to write
+        self._loaded = False
 
     # -- writing -----------------------------------------------------------------------
 
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Write one batch, atomically and once (``send``, then ``sync``)."""
+        with self._lock:
+            self.send(pageviews, consents)
+            self._settle()
+
+    def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Send one batch to Redis, without waiting for its script to finish.
+
+        The batch is planned (in Python) while Redis still runs the batch sent before,
+        whose reply is read next: then this one's script call is sent and ``send``
+        returns. A writer with many batches so keeps the client and the server busy at
+        once; one at a time, each would wait for the other. Each batch is still written
+        by one script, atomically, once (its marker), and leaves out the events of
+        visitors erased after them (``drops_erased``: the script checks the tombstones).
+        """
         if not pageviews and not consents:
             return
+        with self._lock:
+            batch = self._batch(pageviews, consents)
+            self._settle()  # the batch before: if it failed, this one is not taken
+            client = self.client
+            self._flight = batch
+            # On a cluster there is no connection of our own to pipeline on; and until a
+            # write succeeded, Redis may not know the script (``EVALSHA`` would fail):
+            # _settle then sends it the usual way, loading the script if need be.
+            if self.cluster or not self._loaded:
+                return
+            pool = client.connection_pool
+            try:
+                conn = pool.get_connection()  # connects if none is free
+            except _errors():
+                return  # _settle sends it, or says why it cannot
+            try:
+                conn.send_command("EVALSHA", self._scripts["write"].sha, 1, *batch.args)
+            except _errors():  # sent or not: _settle sends it again (its marker: once)
+                conn.disconnect()
+                pool.release(conn)
+            else:
+                batch.conn = conn
+
+    def sync(self) -> None:
+        """Wait for the batch ``send`` sent last (``Store.sync``)."""
+        with self._lock:
+            self._settle()
+
+    def _batch(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> _Batch:
         mode = self.mode
         retention = getattr(self.settings, "retention_days", None)
         expiry: dict[str, int] = {}
@@ -195,8 +268,47 @@ class RedisStore(Store):
                 expiry[day] = int(midnight) + (retention + 1) * 86400
         document, entries, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
-        args = [document, batch_id, self.prefix, mode, vttl, entries]
-        self._script("write", [self.prefix + ":days"], args)
+        checks = chain.from_iterable(
+            (key, repr(ts)) for key, ts in erasure_checks(pageviews, consents).items()
+        )
+        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries]
+        args.extend(checks)
+        return _Batch(pageviews, consents, args)
+
+    def _settle(self) -> None:
+        """Finish the batch in flight: read its reply, or send it again until Redis
+        answers; leave out erased visitors' events and send again if the script found
+        some. Raises ``StoreError`` (the batch kept for the next try) if Redis fails."""
+        batch = self._flight
+        if batch is None:
+            return
+        reply: Any = _UNREAD
+        conn, batch.conn = batch.conn, None
+        if conn is not None:
+            pool = self.client.connection_pool
+            try:
+                reply = conn.read_response()  # an error reply is raised (and sent again)
+            except _errors():
+                conn.disconnect()
+                self._loaded = False  # perhaps NOSCRIPT: Redis restarted or flushed it
+            finally:
+                pool.release(conn)
+        for _ in range(_ERASED_RETRIES):
+            if reply is _UNREAD:
+                reply = self._script("write", batch.args[:1], batch.args[1:])
+            if not isinstance(reply, list):  # written (or, for a retry, written before)
+                self._flight = None
+                self._loaded = True
+                return
+            # Tombstones newer than some events: without those, plan and send again.
+            erased = {k: float(at) for k, at in zip(reply[::2], reply[1::2], strict=True)}
+            pageviews, consents = without_erased(batch.pageviews, batch.consents, erased)
+            if not pageviews and not consents:
+                self._flight = None
+                return
+            batch = self._flight = self._batch(pageviews, consents)
+            reply = _UNREAD
+        raise StoreError(f"redis {redact(self.url)}: visitors kept being erased during a write")
 
     # -- reading -----------------------------------------------------------------------
 
@@ -340,6 +452,21 @@ class RedisStore(Store):
             removed += int(n)
             if not int(more):
                 return removed
+
+
+class _Batch:
+    """A planned batch: its events, its ``WRITE`` call's keys and arguments, and the
+    connection its reply is to be read from once sent (``RedisStore.send``)."""
+
+    __slots__ = ("args", "conn", "consents", "pageviews")
+
+    def __init__(
+        self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice], args: list[Any]
+    ) -> None:
+        self.pageviews = pageviews
+        self.consents = consents
+        self.args = args
+        self.conn: Any = None
 
 
 def _errors() -> tuple[type[Exception], ...]:

@@ -1,7 +1,9 @@
 """The Lua scripts of the Redis store (see ``trackmw.stores.redis`` for the key layout).
 
 Each runs atomically in Redis. ``WRITE`` applies one batch, once: it returns at once
-if the batch's marker key exists, and sets it after its last write. ``ERASE`` removes
+if the batch's marker key exists, and sets it after its last write. It writes nothing
+either if a visitor or user of the batch was erased after one of its events there: it
+then answers the tombstones it found, for the client to leave those events out. ``ERASE`` removes
 one visitor (and a linked user's page views) from lists, counters and exact sets, and
 ``PURGE`` drops days before a cut-off, in slices.
 """
@@ -27,6 +29,23 @@ WRITE = (
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local marker = P .. ':batch:' .. ARGV[2]
 if redis.call('EXISTS', marker) == 1 then return -1 end  -- written before: a retry
+-- ARGV[7], ARGV[8], ...: the tombstone key of each visitor and user of the batch, and
+-- the time of its earliest event there. Erased since: answer the tombstones, write nothing.
+if #ARGV > 6 and redis.call('EXISTS', P .. ':erased') == 1 then
+  local found = {}
+  for i = 7, #ARGV, 1000 do
+    local keys = {}
+    for j = i, math.min(i + 998, #ARGV), 2 do keys[#keys + 1] = ARGV[j] end
+    local at = redis.call('HMGET', P .. ':erased', unpack(keys))
+    for n, when in ipairs(at) do
+      local j = i + 2 * (n - 1)
+      if when and tonumber(when) >= tonumber(ARGV[j + 1]) then
+        found[#found + 1] = ARGV[j]; found[#found + 1] = when
+      end
+    end
+  end
+  if #found > 0 then return found end
+end
 -- The batch comes aggregated (redis_plan.py): one command per key, nothing to count.
 local plan = cjson.decode(ARGV[1])
 local hashes, sets, lists, users = plan[1], plan[2], plan[3], plan[4]
