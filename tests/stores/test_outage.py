@@ -33,7 +33,7 @@ from tests.conftest import need_service
 from trackmw.errors import StoreError
 from trackmw.events import Hit, PageView
 from trackmw.pipeline import Pipeline
-from trackmw.stores import open_store
+from trackmw.stores import Store, open_store
 
 from .conftest import RedisServer, free_port, wait_for
 from .data import START, pageview
@@ -296,66 +296,63 @@ def _batch(name: str, n: int) -> list[PageView]:
     return [pageview(START, i, f"v{i % 7}", f"/{name}/{i}") for i in range(n)]
 
 
+@pytest.fixture
+def private_store(private_redis: RedisServer) -> Iterator[Store]:
+    """A Redis store on the private server, opened; closed after the test."""
+    store = open_store(f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def test_a_redis_batch_whose_reply_is_lost_with_its_connection_is_written_once(
-    private_redis: RedisServer,
+    private_redis: RedisServer, private_store: Store
 ) -> None:
     import redis
 
-    url = f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact"
-    store = open_store(url)
-    other = redis.Redis(port=private_redis.port)
-    try:
+    store = private_store
+    with redis.Redis(port=private_redis.port) as other:
         store.write(_batch("warm", 1), [])  # the script loaded: sends no longer wait
         store.send(_batch("one", 300), [])
-        wait_for(lambda: len(_pages(url)) == 301, "the first batch's script to run")
+        wait_for(lambda: len(_pages(store.url)) == 301, "the first batch's script to run")
         # Its reply was never read: the connection goes, and the reply with it.
         assert other.client_kill_filter(_type="normal", skipme=True) >= 1
-        store.send(_batch("two", 200), [])  # reads the lost reply: sends the first again
-        store.sync()
-        sent = _batch("warm", 1) + _batch("one", 300) + _batch("two", 200)
-        assert _pages(url) == sorted(p.path for p in sent)  # the marker: written once
-        assert store.report(START, START).pageviews == 501
-    finally:
-        other.close()
-        store.close()
+    store.send(_batch("two", 200), [])  # reads the lost reply: sends the first again
+    store.sync()
+    sent = _batch("warm", 1) + _batch("one", 300) + _batch("two", 200)
+    assert _pages(store.url) == sorted(p.path for p in sent)  # the marker: written once
+    assert store.report(START, START).pageviews == 501
 
 
 def test_a_redis_batch_sent_while_redis_is_down_is_kept_until_it_is_back(
-    private_redis: RedisServer,
+    private_redis: RedisServer, private_store: Store
 ) -> None:
-    url = f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact"
-    store = open_store(url)
-    try:
-        store.write(_batch("warm", 10), [])
-        private_redis.stop()
-        store.send(_batch("kept", 100), [])  # taken: the store keeps it
-        with pytest.raises(StoreError):
-            store.sync()
-        with pytest.raises(StoreError):
-            store.send(_batch("refused", 50), [])  # the kept one failed: not taken
-        private_redis.start()  # same data directory, append-only file
+    store = private_store
+    store.write(_batch("warm", 10), [])
+    private_redis.stop()
+    store.send(_batch("kept", 100), [])  # taken: the store keeps it
+    with pytest.raises(StoreError):
         store.sync()
-        store.send(_batch("later", 20), [])
-        store.sync()
-        assert store.report(START, START).pageviews == 130
-        assert {p.split("/")[1] for p in _pages(url)} == {"warm", "kept", "later"}
-    finally:
-        store.close()
+    with pytest.raises(StoreError):
+        store.send(_batch("refused", 50), [])  # the kept one failed: not taken
+    private_redis.start()  # same data directory, append-only file
+    store.sync()
+    store.send(_batch("later", 20), [])
+    store.sync()
+    assert store.report(START, START).pageviews == 130
+    assert {p.split("/")[1] for p in _pages(store.url)} == {"warm", "kept", "later"}
 
 
 def test_a_redis_that_forgot_the_write_script_gets_it_again(
-    private_redis: RedisServer,
+    private_redis: RedisServer, private_store: Store
 ) -> None:
     import redis
 
-    url = f"redis://127.0.0.1:{private_redis.port}/0?uniques=exact"
-    store = open_store(url)
-    try:
-        store.write(_batch("one", 10), [])
-        with redis.Redis(port=private_redis.port) as other:
-            other.script_flush()
-        store.send(_batch("two", 10), [])  # EVALSHA answers NOSCRIPT: sent again, loaded
-        store.sync()
-        assert store.report(START, START).pageviews == 20
-    finally:
-        store.close()
+    store = private_store
+    store.write(_batch("one", 10), [])
+    with redis.Redis(port=private_redis.port) as other:
+        other.script_flush()
+    store.send(_batch("two", 10), [])  # EVALSHA answers NOSCRIPT: sent again, loaded
+    store.sync()
+    assert store.report(START, START).pageviews == 20
