@@ -83,7 +83,7 @@ class Pipeline:
         self.tz = ZoneInfo(timezone)
         self._buffer: deque[Hit | ConsentChoice] = deque()
         self._pending: tuple[list[PageView], list[ConsentChoice]] | None = None
-        self._sent = 0  # events the store took (``Store.send``) and has not yet confirmed
+        self._sent = 0  # events the store took and holds, not yet written (``Store.held``)
         self._lock = threading.RLock()  # one drain at a time (writer thread, flush, erase)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -194,14 +194,13 @@ class Pipeline:
                             break
                         self._pending = batch
                     self.store.send(*self._without_erased(batch))
+                    self._count(len(batch[0]) + len(batch[1]))
                     self._pending = None  # the store's now, until written (Store.send)
-                    self._sent += len(batch[0]) + len(batch[1])
                 self.store.sync()
+                self._count(0)
             except Exception as exc:  # the store's errors must never escape the thread
                 self._failed(exc)
                 return False
-            self.written += self._sent
-            self._sent = 0
             if self._failing_since is not None:
                 log.warning(
                     "trackmw: store %r is back after %.1fs; buffered events written",
@@ -211,6 +210,12 @@ class Pipeline:
                 self._failing_since = None
                 self._backoff = 0.0
             return True
+
+    def _count(self, taken: int) -> None:
+        """The store took ``taken`` more events: count those it has written."""
+        held = self.store.held()
+        self.written += self._sent + taken - held
+        self._sent = held
 
     def _without_erased(
         self, batch: tuple[list[PageView], list[ConsentChoice]]
@@ -306,6 +311,8 @@ class Pipeline:
             return not (user_id and isinstance(item, Hit | PageView) and item.user_id == user_id)
 
         with self._lock:
+            self.store.sync()  # a batch the store still holds is written, then erased
+            self._count(0)
             removed = self.store.erase(visitor_id, user_id)
             buf = self._buffer
             for _ in range(len(buf)):  # exactly the items present now, oldest first

@@ -82,6 +82,30 @@ def test_a_refused_batch_is_kept_and_written_exactly_once_when_the_store_is_back
     pipeline.close()
 
 
+def test_a_store_failing_mid_drain_counts_what_it_wrote_and_what_it_keeps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FailsFromThird(FlakyStore):
+        healed = False
+
+        def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+            self.down = self.attempts >= 2 and not self.healed
+            super().write(pageviews, consents)
+
+    store = FailsFromThird()
+    pipeline = Pipeline(lambda: store, flush_interval=3600, batch_size=10)
+    for i in range(30):
+        pipeline.add(hit(i))
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        assert pipeline.flush() is False
+    assert (len(store._pageviews), pipeline.written, len(pipeline)) == (20, 20, 10)
+    assert "10 events kept" in caplog.text
+    store.healed = True
+    assert pipeline.flush() is True
+    assert (len(store._pageviews), pipeline.written, len(pipeline)) == (30, 30, 0)
+    pipeline.close()
+
+
 def test_a_store_that_cannot_be_opened_is_logged_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -356,3 +356,24 @@ def test_a_redis_that_forgot_the_write_script_gets_it_again(
     store.send(_batch("two", 10), [])  # EVALSHA answers NOSCRIPT: sent again, loaded
     store.sync()
     assert store.report(START, START).pageviews == 20
+
+
+def test_an_erasure_reaches_a_batch_the_redis_store_still_holds(
+    private_redis: RedisServer, private_store: Store
+) -> None:
+    pipeline = Pipeline(lambda: private_store, flush_interval=3600, timezone="UTC")
+    try:
+        pipeline.add(hit(1))
+        assert pipeline.flush() is True  # connected, the script loaded
+        private_redis.stop()
+        for i in range(5):
+            pipeline.add(Hit(time.time(), "gone", None, f"/gone/{i}", None, None, CHROME, "h"))
+        assert pipeline.flush() is False  # sent, never answered: the store holds it
+        assert (private_store.held(), len(pipeline)) == (5, 5)
+        private_redis.start()
+        assert pipeline.erase("gone") == 5  # written first, then erased with the rest
+        assert (private_store.held(), len(pipeline), pipeline.written) == (0, 0, 6)
+        assert private_store.visitor_data("gone")["pageviews"] == []
+        assert private_store.report(date.today(), date.today()).pageviews == 1
+    finally:
+        pipeline.close()

@@ -107,6 +107,10 @@ class Store(ABC):
         """
         self.write(pageviews, consents)
 
+    def held(self) -> int:
+        """How many events ``send`` took that are not yet known to be written."""
+        return 0
+
     def sync(self) -> None:
         """Return once every batch ``send`` took is written; raise ``StoreError`` if one
         could not be (the store keeps it, and tries again on the next ``send`` or
@@ -136,9 +140,10 @@ class Store(ABC):
         """When each of ``keys`` was erased (Unix time), for those that were.
 
         ``erase`` leaves a tombstone for ``tombstone_keys(visitor_id, user_id)``; the
-        pipeline asks before each batch and drops the events of an erased visitor or
-        user dated before its erasure. So a page view still buffered in another process
-        when the visitor was erased cannot bring it back.
+        pipeline asks before each batch (unless the store ``drops_erased`` itself) and
+        drops the events of an erased visitor or user dated before its erasure. So a
+        page view still buffered in another process when the visitor was erased cannot
+        bring it back.
         """
         return {}
 

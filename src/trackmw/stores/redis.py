@@ -189,8 +189,7 @@ class RedisStore(Store):
                 try:
                     self._settle()
                 except StoreError as exc:
-                    batch = self._flight
-                    n = len(batch.pageviews) + len(batch.consents) if batch else 0
+                    n = self.held()
                     log.error("trackmw: %r: %d events sent are not written: %s", self, n, exc)
         client, self._client = self._client, None
         self._loaded = False
@@ -213,10 +212,15 @@ class RedisStore(Store):
     # -- writing -----------------------------------------------------------------------
 
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
-        """Write one batch, atomically and once (``send``, then ``sync``)."""
+        """Write one batch, atomically and once (``send``, then ``sync``); or raise
+        ``StoreError`` and keep nothing (the caller sends it again: its marker keeps it once)."""
         with self._lock:
             self.send(pageviews, consents)
-            self._settle()
+            try:
+                self._settle()
+            except StoreError:
+                self._flight = None  # the caller's again
+                raise
 
     def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         """Send one batch to Redis, without waiting for its script to finish.
@@ -243,11 +247,13 @@ class RedisStore(Store):
             pool = client.connection_pool
             try:
                 conn = pool.get_connection()  # connects if none is free
-            except _errors():
-                return  # _settle sends it, or says why it cannot
+            except Exception as exc:  # _settle sends it, or says why it cannot
+                _unexpected(exc)
+                return
             try:
                 conn.send_command("EVALSHA", self._scripts["write"].sha, 1, *batch.args)
-            except _errors():  # sent or not: _settle sends it again (its marker: once)
+            except Exception as exc:  # sent or not: _settle sends it again (its marker: once)
+                _unexpected(exc)
                 conn.disconnect()
                 pool.release(conn)
             else:
@@ -257,6 +263,10 @@ class RedisStore(Store):
         """Wait for the batch ``send`` sent last (``Store.sync``)."""
         with self._lock:
             self._settle()
+
+    def held(self) -> int:
+        batch = self._flight
+        return len(batch.pageviews) + len(batch.consents) if batch is not None else 0
 
     def _batch(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> _Batch:
         mode = self.mode
@@ -279,13 +289,16 @@ class RedisStore(Store):
         """Finish the batch in flight: read its reply, or send it again until Redis
         answers; leave out erased visitors' events and send again if the script found
         some. Raises ``StoreError`` (the batch kept for the next try) if Redis fails."""
+        if self._flight is None:
+            return
+        client = self.client  # first: in a forked child, this forgets the parent's batch
         batch = self._flight
         if batch is None:
             return
         reply: Any = _UNREAD
         conn, batch.conn = batch.conn, None
         if conn is not None:
-            pool = self.client.connection_pool
+            pool = client.connection_pool
             try:
                 reply = conn.read_response()  # an error reply is raised (and sent again)
             except _errors():
@@ -452,6 +465,13 @@ class RedisStore(Store):
             removed += int(n)
             if not int(more):
                 return removed
+
+
+def _unexpected(exc: Exception) -> None:
+    """An error sending a batch on our own connection: expected ones (Redis gone) are
+    said again by ``_settle``, which sends the batch the usual way; others are logged."""
+    if not isinstance(exc, _errors()):
+        log.error("trackmw: redis: could not send a batch ahead (%r); sending it plainly", exc)
 
 
 class _Batch:
