@@ -45,6 +45,15 @@ class FlakyStore(MemoryStore):
         super().write(pageviews, consents)
 
 
+def buffered(store: MemoryStore, hits: int) -> Pipeline:
+    """A pipeline of batches of 10 onto ``store``, given ``hits`` hits (full batches wake
+    its writer, which may try them before the test does: the outcome is the same)."""
+    pipeline = Pipeline(lambda: store, flush_interval=3600, batch_size=10)
+    for i in range(hits):
+        pipeline.add(hit(i))
+    return pipeline
+
+
 def test_add_only_appends(make_tracker: Any) -> None:
     pipeline = Pipeline(lambda: MemoryStore("memory://"), flush_interval=60)
     pipeline.add(hit())
@@ -68,9 +77,7 @@ def test_a_refused_batch_is_kept_and_written_exactly_once_when_the_store_is_back
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = FlakyStore()
-    pipeline = Pipeline(lambda: store, flush_interval=3600, batch_size=10)
-    for i in range(25):
-        pipeline.add(hit(i))
+    pipeline = buffered(store, 25)
     with caplog.at_level(logging.ERROR, logger="trackmw"):
         assert pipeline.flush() is False
         assert pipeline.flush() is False
@@ -93,9 +100,7 @@ def test_a_store_failing_mid_drain_counts_what_it_wrote_and_what_it_keeps(
             super().write(pageviews, consents)
 
     store = FailsFromThird()
-    pipeline = Pipeline(lambda: store, flush_interval=3600, batch_size=10)
-    for i in range(30):
-        pipeline.add(hit(i))
+    pipeline = buffered(store, 30)
     with caplog.at_level(logging.ERROR, logger="trackmw"):
         assert pipeline.flush() is False
     assert (len(store._pageviews), pipeline.written, len(pipeline)) == (20, 20, 10)
