@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo
 from .errors import StoreError
 from .events import ConsentChoice, Hit, PageView
 from .normalize import normalize
-from .stores.base import erasure_checks, without_erased
 
 if TYPE_CHECKING:
     from .stores.base import Store
@@ -193,11 +192,10 @@ class Pipeline:
                         if batch is None:
                             break
                         self._pending = batch
-                    self.store.send(*self._without_erased(batch))
+                    self.store.send(*batch)  # less erased visitors' events (Store.send)
                     self._count(len(batch[0]) + len(batch[1]))
-                    self._pending = None  # the store's now, until written (Store.send)
-                self.store.sync()
-                self._count(0)
+                    self._pending = None  # the store's now, until written
+                self._sync()
             except Exception as exc:  # the store's errors must never escape the thread
                 self._failed(exc)
                 return False
@@ -211,28 +209,16 @@ class Pipeline:
                 self._backoff = 0.0
             return True
 
+    def _sync(self) -> None:
+        """Wait until the store has written every batch it took (``Store.sync``)."""
+        self.store.sync()
+        self._count(0)
+
     def _count(self, taken: int) -> None:
         """The store took ``taken`` more events: count those it has written."""
         held = self.store.held()
         self.written += self._sent + taken - held
         self._sent = held
-
-    def _without_erased(
-        self, batch: tuple[list[PageView], list[ConsentChoice]]
-    ) -> tuple[list[PageView], list[ConsentChoice]]:
-        """The batch less the events of visitors (or users) erased after them.
-
-        This process removes an erased visitor's events from its own buffer; the store's
-        tombstones catch those buffered in other processes when the erasure came. A
-        store that ``drops_erased`` does it in the write itself, with no question asked
-        first (and no erasure can come between the question and the write).
-        """
-        store = self.store
-        if store.drops_erased:
-            return batch
-        checks = erasure_checks(*batch)
-        erased = store.erasures(checks) if checks else None
-        return without_erased(*batch, erased) if erased else batch
 
     def _take(self, size: int) -> tuple[list[PageView], list[ConsentChoice]] | None:
         """The next ``size`` buffered events (fewer if the buffer runs out), normalized."""
@@ -311,8 +297,7 @@ class Pipeline:
             return not (user_id and isinstance(item, Hit | PageView) and item.user_id == user_id)
 
         with self._lock:
-            self.store.sync()  # a batch the store still holds is written, then erased
-            self._count(0)
+            self._sync()  # a batch the store still holds is written, then erased
             removed = self.store.erase(visitor_id, user_id)
             buf = self._buffer
             for _ in range(len(buf)):  # exactly the items present now, oldest first

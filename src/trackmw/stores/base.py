@@ -80,8 +80,8 @@ class Store(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
-    #: Does ``send`` itself leave out the events of erased visitors (``without_erased``),
-    #: atomically with the write? Otherwise the pipeline asks ``erasures`` first.
+    #: Does ``write`` itself leave out the events of erased visitors (``without_erased``),
+    #: atomically? Otherwise ``send`` asks ``erasures`` first.
     drops_erased: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Settings | None = None) -> None:
@@ -98,13 +98,24 @@ class Store(ABC):
         """Write one batch atomically, or raise ``StoreError`` having written nothing."""
 
     def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
-        """Write one batch as ``write`` does, possibly finishing after the call returns.
+        """Write one batch as ``write`` does, less the events of visitors (or users)
+        erased after them, possibly finishing after the call returns.
+
+        The pipeline writes through ``send``. The erased visitors' events are those
+        another process still held when the erasure came (this one removes them from
+        its own buffer): ``erasures`` is asked first, unless ``write`` itself leaves
+        them out (``drops_erased``).
 
         Once ``send`` returns, the store owns the batch: it writes it, exactly once, before
         the next batch, and keeps it until it is written. ``sync`` waits for that. If
         ``send`` raises ``StoreError``, the batch was not taken (an earlier one may be
-        what failed: the store still keeps that one). By default, ``write``.
+        what failed: the store still keeps that one). By default, ``write`` at once.
         """
+        if not self.drops_erased:
+            checks = erasure_checks(pageviews, consents)
+            erased = self.erasures(checks) if checks else None
+            if erased:
+                pageviews, consents = without_erased(pageviews, consents, erased)
         self.write(pageviews, consents)
 
     def held(self) -> int:
@@ -139,11 +150,11 @@ class Store(ABC):
     def erasures(self, keys: Collection[str]) -> dict[str, float]:
         """When each of ``keys`` was erased (Unix time), for those that were.
 
-        ``erase`` leaves a tombstone for ``tombstone_keys(visitor_id, user_id)``; the
-        pipeline asks before each batch (unless the store ``drops_erased`` itself) and
-        drops the events of an erased visitor or user dated before its erasure. So a
-        page view still buffered in another process when the visitor was erased cannot
-        bring it back.
+        ``erase`` leaves a tombstone for ``tombstone_keys(visitor_id, user_id)``; ``send``
+        asks before each batch (unless the store ``drops_erased`` itself) and drops the
+        events of an erased visitor or user dated before its erasure. So a page view
+        still buffered in another process when the visitor was erased cannot bring it
+        back.
         """
         return {}
 

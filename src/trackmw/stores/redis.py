@@ -28,7 +28,14 @@ holds, as every key is in one slot; a failover to a replica that had not yet rec
 the last writes loses them (Redis replication is asynchronous). Redis does not undo a
 script that fails half-way, so the script decodes the whole plan before its first write
 (nothing after can fail); under ``maxmemory`` a full Redis refuses that first write, so
-nothing of the batch is written and it is retried.
+nothing of the batch is written and it is retried. The script also looks up the
+tombstones of the batch's visitors and users, and writes nothing if one was erased
+after its events: the client leaves those out and sends the batch again.
+
+``send`` plans a batch while Redis runs the one sent before, and reads that one's reply
+only then (on a cluster, each batch waits for its reply); ``sync`` reads the last. A
+reply lost with its connection, or a script Redis forgot, gets the batch sent again
+the usual way (its marker keeps it once).
 
 Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
 after their day, and a visitor's list and user links that long after their last event;
@@ -230,7 +237,8 @@ class RedisStore(Store):
         returns. A writer with many batches so keeps the client and the server busy at
         once; one at a time, each would wait for the other. Each batch is still written
         by one script, atomically, once (its marker), and leaves out the events of
-        visitors erased after them (``drops_erased``: the script checks the tombstones).
+        visitors erased after them (``drops_erased``: the script checks the tombstones,
+        so no question to Redis waits for the batch in flight).
         """
         if not pageviews and not consents:
             return

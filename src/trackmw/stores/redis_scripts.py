@@ -3,9 +3,9 @@
 Each runs atomically in Redis. ``WRITE`` applies one batch, once: it returns at once
 if the batch's marker key exists, and sets it after its last write. It writes nothing
 either if a visitor or user of the batch was erased after one of its events there: it
-then answers the tombstones it found, for the client to leave those events out. ``ERASE`` removes
-one visitor (and a linked user's page views) from lists, counters and exact sets, and
-``PURGE`` drops days before a cut-off, in slices.
+then answers the tombstones it found, for the client to leave those events out.
+``ERASE`` removes one visitor (and a linked user's page views) from lists, counters and
+exact sets, and ``PURGE`` drops days before a cut-off, in slices.
 """
 
 from __future__ import annotations
