@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from trackmw.events import ConsentChoice, PageView
 from trackmw.report import TOP_N, Report, build_report
 from trackmw.stores import Store, open_store
 
+from .conftest import STORES
 from .data import (
     CLASSES,
     EXACT_FIELDS,
@@ -302,6 +304,54 @@ def test_erasure_leaves_tombstones_for_the_visitor_and_its_user(store: Store) ->
     assert set(found) == {visitor, user}
     assert "erased-user" not in repr(found)  # hashed: no erased user id kept in clear
     assert all(before - 1 <= at <= time.time() + 1 for at in found.values())
+
+
+def erased_after_batch(after: float) -> tuple[list[PageView], list[ConsentChoice]]:
+    """A batch for after ``erase("gone-visitor", "gone-user")``: a crowd (more tombstone
+    keys than one slice of Redis's check), the gone visitor before and after the
+    erasure, and the gone user's page view on another visitor."""
+    crowd = [pageview(START, i % 3600, f"v{i:05d}") for i in range(1200)]
+    return [
+        *crowd[:700],
+        pageview(START, 1, "gone-visitor", "/before"),
+        pageview(START, 2, "gone-visitor", "/after")._replace(ts=after),
+        pageview(START, 3, "other-visitor", "/as-gone-user", user="gone-user"),
+        pageview(START, 4, "other-visitor", "/own"),
+        *crowd[700:],
+    ], [consent(START, 5, "gone-visitor", True)]
+
+
+def test_a_sent_batch_leaves_out_the_events_of_visitors_and_users_erased_after_them(
+    store: Store,
+) -> None:
+    import time
+
+    store.erase("gone-visitor", "gone-user")
+    after = time.time() + 60
+    store.send(*erased_after_batch(after))
+    # All after the erasure: kept whole (most stores look no visitor up for it).
+    store.send([pageview(START, 6, "gone-visitor", "/later")._replace(ts=after + 1)], [])
+    store.sync()
+    pages = [p["page"] for p in store.visitor_data("gone-visitor")["pageviews"]]
+    assert pages == ["/after", "/later"]
+    assert store.visitor_data("gone-visitor")["consents"] == []
+    assert [p["page"] for p in store.visitor_data("other-visitor")["pageviews"]] == ["/own"]
+    assert store.report(START, START).pageviews == 1200 + 3
+
+
+@pytest.mark.parametrize("store_kind", [k for k in STORES if k != "memory"])
+def test_a_store_that_drops_erased_events_does_so_in_write_itself(store: Store) -> None:
+    # In the write's own transaction (or script), so the pipeline asks nothing first
+    # and no erasure can come between asking and writing.
+    import time
+
+    store.erase("gone-visitor", "gone-user")
+    assert store.drops_erased
+    store.write(*erased_after_batch(time.time() + 60))
+    assert [p["page"] for p in store.visitor_data("gone-visitor")["pageviews"]] == ["/after"]
+    assert store.visitor_data("gone-visitor")["consents"] == []
+    assert [p["page"] for p in store.visitor_data("other-visitor")["pageviews"]] == ["/own"]
+    assert store.report(START, START).pageviews == 1200 + 2
 
 
 def test_an_event_buffered_elsewhere_before_an_erasure_is_not_written_after_it(

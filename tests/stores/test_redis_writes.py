@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 
 import pytest
@@ -84,28 +83,3 @@ def test_lists_of_one_event_per_element_are_still_read_purged_and_erased(
     assert [p["page"] for p in store.visitor_data("v1")["pageviews"]] == ["/b"]
     assert store.erase("v1") == 1
     assert store.report(START, later).pageviews == 0
-
-
-@pytest.mark.parametrize("store_kind", ["redis", "redis-cluster"])
-def test_a_write_leaves_out_the_events_of_visitors_and_users_erased_after_them(
-    store: Store,
-) -> None:
-    # The script checks the batch's tombstones itself (more than one slice of them), so
-    # the pipeline asks nothing first and no erasure can come between asking and writing.
-    store.erase("gone-visitor", "gone-user")
-    after = time.time() + 60
-    crowd = [pageview(START, i % 3600, f"v{i:05d}") for i in range(1200)]
-    batch = [
-        *crowd[:700],
-        pageview(START, 1, "gone-visitor", "/before"),
-        pageview(START, 2, "gone-visitor", "/after")._replace(ts=after),
-        pageview(START, 3, "other-visitor", "/as-gone-user", user="gone-user"),
-        pageview(START, 4, "other-visitor", "/own"),
-        *crowd[700:],
-    ]
-    store.write(batch, [consent(START, 5, "gone-visitor", True)])
-    assert store.drops_erased
-    assert [p["page"] for p in store.visitor_data("gone-visitor")["pageviews"]] == ["/after"]
-    assert store.visitor_data("gone-visitor")["consents"] == []
-    assert [p["page"] for p in store.visitor_data("other-visitor")["pageviews"]] == ["/own"]
-    assert store.report(START, START).pageviews == 1200 + 2

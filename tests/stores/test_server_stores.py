@@ -294,3 +294,43 @@ def test_postgres_never_marks_a_later_schema_as_its_own(store_url: str) -> None:
             assert version.fetchone() == ("99",)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_a_postgres_write_waits_for_an_erasure_in_flight_and_drops_its_visitor(
+    store: Store,
+) -> None:
+    # An erasure from another process has written its tombstone but not committed: a
+    # batch holding the visitor's earlier page view must wait for it, then leave it out.
+    # (Without the lock it would commit first and the erased visitor would come back.)
+    import threading
+    import time
+
+    import psycopg
+
+    from tests.conftest import wait_for
+    from trackmw.stores.base import tombstone_key
+
+    store.write([pageview(START, 0, "someone")], [])  # the schema exists
+    lock = store._erasure_lock  # type: ignore[attr-defined]
+    early = pageview(START, 1, "gone-visitor", "/early")
+    with psycopg.connect(PG_URL, options=f"-c search_path={store.schema}") as eraser:  # type: ignore[attr-defined]
+        eraser.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        eraser.execute(
+            "INSERT INTO erasures VALUES (%s, %s)",
+            (tombstone_key("v", "gone-visitor"), time.time()),
+        )
+        writer = threading.Thread(target=store.write, args=([early], []))
+        writer.start()
+        with psycopg.connect(PG_URL, autocommit=True) as watcher:
+            wait_for(
+                lambda: watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND NOT granted"
+                ).fetchone()[0] > 0,  # type: ignore[index]
+                "the write to wait for the erasure's lock",
+            )
+        eraser.commit()
+    writer.join(30)
+    assert not writer.is_alive()
+    assert store.visitor_data("gone-visitor")["pageviews"] == []

@@ -19,6 +19,10 @@ device), so counts are exact and reports read small tables.
   no index by visitor: erasure finds its rows by key, from the visitor's page views.
   The batch's content hash goes into ``batches`` first: a batch retried after its commit
   reply was lost is recognised and written once.
+- Erasure: ``erase`` holds an advisory lock that every write shares, so a batch is
+  written wholly before an erasure or wholly after it, and then it leaves out the
+  erased visitors' earlier events (``drops_erased``). It only looks them up when the
+  latest erasure is not older than the batch's first event.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
   before use so a restarted server is reconnected to. ``after_fork`` drops the pool
   without closing it, so a forked child never touches its parent's sockets.
@@ -41,7 +45,16 @@ from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import Report
 from . import postgres_sql as sql
-from .base import Store, daily_counts, purge_horizon, redact, tombstone_keys
+from .base import (
+    Store,
+    daily_counts,
+    earliest,
+    erasure_checks,
+    purge_horizon,
+    redact,
+    tombstone_keys,
+    without_erased,
+)
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
@@ -55,6 +68,7 @@ class PostgresStore(Store):
 
     schemes = ("postgresql", "postgres")
     connect_timeout = 5.0
+    drops_erased = True
 
     def __init__(self, url: str, settings: Any = None) -> None:
         super().__init__(url, settings)
@@ -67,6 +81,8 @@ class PostgresStore(Store):
         self._pid = os.getpid()
         self._writes = 0
         self._token = uuid.uuid4().hex  # batch ids of different processes never collide
+        # Writes share it, erase holds it alone (see the module).
+        self._erasure_lock = _lock_key("trackmw-erasure:", self.schema)
 
     @staticmethod
     def _parse(url: str) -> tuple[str, str, int]:
@@ -131,11 +147,7 @@ class PostgresStore(Store):
         return pool
 
     def _migrate(self, conn: Any) -> None:
-        key = int.from_bytes(
-            hashlib.blake2b(b"trackmw:" + self.schema.encode(), digest_size=8).digest(),
-            "big",
-            signed=True,
-        )
+        key = _lock_key("trackmw:", self.schema)
 
         def locked() -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
@@ -180,11 +192,21 @@ class PostgresStore(Store):
         # Same content, same id: a retry of this batch (from this process) is recognised.
         batch_id = f"{self._token}:{hash((tuple(pageviews), tuple(consents))) & (2**64 - 1):x}"
         with self._connection() as conn:
-            cur = conn.execute(
-                "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING", (batch_id,)
-            )
-            if cur.rowcount == 0:
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._erasure_lock,))
+            # The latest erasure, read after the lock (a statement of its own, so that its
+            # snapshot includes an erasure that committed while this write waited).
+            row = conn.execute(
+                "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING "
+                "RETURNING (SELECT max(at) FROM erasures)",
+                (batch_id,),
+            ).fetchone()
+            if row is None:
                 return  # written already: its commit reply was lost, the retry is a no-op
+            if row[0] is not None and row[0] >= earliest(pageviews, consents):
+                erased = _erasures(conn, erasure_checks(pageviews, consents))
+                if erased:
+                    pageviews, consents = without_erased(pageviews, consents, erased)
+            cur = conn.cursor()
             self._writes += 1
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
@@ -229,6 +251,8 @@ class PostgresStore(Store):
         who = "visitor_id = %s" + (" OR user_id = %s" if user_id else "")
         args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
         with self._connection() as conn:
+            # Alone: no write is between reading the tombstones and committing (see write).
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._erasure_lock,))
             conn.execute(
                 "INSERT INTO erasures SELECT unnest(%s::text[]), %s ON CONFLICT (key) "
                 "DO UPDATE SET at = greatest(erasures.at, excluded.at)",
@@ -281,8 +305,8 @@ class PostgresStore(Store):
         return int(removed)
 
     def erasures(self, keys: Collection[str]) -> dict[str, float]:
-        rows = self._read("SELECT key, at FROM erasures WHERE key = ANY(%s)", (list(keys),))
-        return {key: float(at) for key, at in rows}
+        with self._connection() as conn:
+            return _erasures(conn, keys)
 
     def purge(self, before: date) -> int:
         with self._connection() as conn:
@@ -293,3 +317,14 @@ class PostgresStore(Store):
             conn.execute("DELETE FROM daily_visitors WHERE day < %s", (before,))
             conn.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
         return int(removed)
+
+
+def _erasures(conn: Any, keys: Collection[str]) -> dict[str, float]:
+    rows = conn.execute("SELECT key, at FROM erasures WHERE key = ANY(%s)", (list(keys),))
+    return {key: float(at) for key, at in rows}
+
+
+def _lock_key(purpose: str, schema: str) -> int:
+    """An advisory lock's key, one per purpose and schema."""
+    digest = hashlib.blake2b((purpose + schema).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

@@ -33,6 +33,7 @@ SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS erasures (key text PRIMARY KEY, at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS erasures_at ON erasures (at);
 CREATE TABLE IF NOT EXISTS batches (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS pageviews (
     ts double precision NOT NULL, day date NOT NULL, visitor_id text, user_id text,

@@ -28,7 +28,15 @@ from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from . import sqlite_pageviews as stored
-from .base import Store, daily_counts, purge_horizon, tombstone_keys
+from .base import (
+    Store,
+    daily_counts,
+    earliest,
+    erasure_checks,
+    purge_horizon,
+    tombstone_keys,
+    without_erased,
+)
 from .memory import visitor_document
 from .sqlite_rows import insert_rows
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
@@ -59,6 +67,8 @@ CREATE TABLE IF NOT EXISTS consents (
     guardian INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS erasures (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+-- The latest erasure, read before each batch (and purge's cut).
+CREATE INDEX IF NOT EXISTS erasures_at ON erasures (at);
 CREATE INDEX IF NOT EXISTS consents_day ON consents (day);
 CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id) WHERE visitor_id IS NOT NULL;
 """
@@ -69,6 +79,7 @@ class SQLiteStore(Store):
 
     schemes = ("sqlite",)
     busy_timeout = 30.0
+    drops_erased = True
 
     def __init__(self, url: str, settings: Any = None) -> None:
         super().__init__(url, settings)
@@ -185,6 +196,13 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Asked inside the transaction: an erasure (BEGIN IMMEDIATE as well)
+                # comes wholly before or after this batch, never in between.
+                erased = self._erased(conn, pageviews, consents)
+                if erased:
+                    pageviews, consents = without_erased(pageviews, consents, erased)
+                    counts = daily_counts(pageviews)
+                    groups = stored.group(pageviews)
                 stored.add(conn, groups)
                 insert_rows(
                     conn,
@@ -203,6 +221,20 @@ class SQLiteStore(Store):
             self._uniques.committed(True)
         except sqlite3.Error as exc:
             raise StoreError(f"writing to {self.path} failed: {exc}") from exc
+
+    def _erased(
+        self,
+        conn: sqlite3.Connection,
+        pageviews: Sequence[PageView],
+        consents: Sequence[ConsentChoice],
+    ) -> dict[str, float]:
+        """The tombstones that reach into this batch (``without_erased``). Nearly always
+        none: the latest erasure is older than the batch's first event, and no visitor
+        is looked up."""
+        ((latest,),) = conn.execute("SELECT max(at) FROM erasures").fetchall()
+        if latest is None or latest < earliest(pageviews, consents):
+            return {}
+        return _erasures(conn, erasure_checks(pageviews, consents))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -348,13 +380,10 @@ class SQLiteStore(Store):
         return removed
 
     def erasures(self, keys: Collection[str]) -> dict[str, float]:
-        wanted = list(keys)
-        found: dict[str, float] = {}
-        for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(self._read(f"SELECT key, at FROM erasures WHERE key IN ({marks})", chunk))
-        return found
+        try:
+            return _erasures(self._conn(), keys)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading {self.path} failed: {exc}") from exc
 
     def purge(self, before: date) -> int:
         cut = before.isoformat()
@@ -374,6 +403,16 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc
         return removed
+
+
+def _erasures(conn: sqlite3.Connection, keys: Collection[str]) -> dict[str, float]:
+    wanted = list(keys)
+    found: dict[str, float] = {}
+    for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(conn.execute(f"SELECT key, at FROM erasures WHERE key IN ({marks})", chunk))
+    return found
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
