@@ -83,3 +83,22 @@ def test_lists_of_one_event_per_element_are_still_read_purged_and_erased(
     assert [p["page"] for p in store.visitor_data("v1")["pageviews"]] == ["/b"]
     assert store.erase("v1") == 1
     assert store.report(START, later).pageviews == 0
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+def test_tombstones_without_a_latest_time_are_still_checked(store: Store) -> None:
+    # Versions before the hash's "latest" field wrote tombstones alone: the script must
+    # then look the batch's visitors up, as it did.
+    from trackmw.stores.base import tombstone_key
+
+    client = store.client  # type: ignore[attr-defined]
+    erased = f"{store.prefix}:erased"  # type: ignore[attr-defined]
+    client.hset(erased, tombstone_key("v", "gone-visitor"), ts_of(START, 10))
+    store.write([pageview(START, 1, "gone-visitor"), pageview(START, 2, "kept-visitor")], [])
+    assert store.visitor_data("gone-visitor")["pageviews"] == []
+    assert store.report(START, START).pageviews == 1
+    # An erasure never lowers "latest" (hosts' clocks may differ).
+    store.erase("someone")
+    latest = float(client.hget(erased, "latest"))
+    store._script("tombstone", [erased], [repr(latest - 100), "another-key"])  # type: ignore[attr-defined]
+    assert float(client.hget(erased, "latest")) == latest

@@ -17,6 +17,8 @@ that one site's data sits on one node; run several sites (prefixes) to spread th
   day and ``P:days`` (zset) the days held, both for ``purge``; ``P:meta`` records the
   unique-count mode of the first writer, which every later reader and writer follows
   (``?uniques=`` in the URL, else ``redis_uniques``, only chooses for a new store).
+- ``P:erased`` hash: when each erased visitor and user (``tombstone_key``) was erased,
+  and ``latest``, the time of the latest erasure.
 
 Writes. ``redis_plan`` aggregates a batch in Python into one command per key (counter
 sums, distinct members, list elements), and one Lua script (one ``EVALSHA``) replays
@@ -28,9 +30,12 @@ holds, as every key is in one slot; a failover to a replica that had not yet rec
 the last writes loses them (Redis replication is asynchronous). Redis does not undo a
 script that fails half-way, so the script decodes the whole plan before its first write
 (nothing after can fail); under ``maxmemory`` a full Redis refuses that first write, so
-nothing of the batch is written and it is retried. The script also looks up the
-tombstones of the batch's visitors and users, and writes nothing if one was erased
-after its events: the client leaves those out and sends the batch again.
+nothing of the batch is written and it is retried. The script also makes sure no
+visitor or user of the batch was erased after its events. Nearly always the latest
+erasure (``P:erased``'s ``latest`` field) is older than the batch's first event, and
+that is all it reads. Otherwise it asks for the batch's tombstone keys, looks them up,
+and writes nothing if it finds one: the client leaves those events out and sends the
+batch again.
 
 ``send`` plans a batch while Redis runs the one sent before, and reads that one's reply
 only then (on a cluster, each batch waits for its reply); ``sync`` reads the last. A
@@ -63,6 +68,7 @@ from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from .base import (
     Store,
+    earliest,
     erasure_checks,
     purge_horizon,
     redact,
@@ -71,7 +77,7 @@ from .base import (
 )
 from .memory import visitor_document
 from .redis_plan import plan
-from .redis_scripts import ERASE, PURGE, WRITE
+from .redis_scripts import ERASE, PURGE, TOMBSTONE, WRITE
 
 __all__ = ["RedisStore"]
 
@@ -80,6 +86,8 @@ log = logging.getLogger("trackmw")
 #: Sends of one batch that may each find visitors erased meanwhile before one is written.
 _ERASED_RETRIES = 8
 _UNREAD = object()  # a batch's reply not read yet
+#: ``WRITE``'s answer for a batch to send again with its tombstone keys (``_Batch.check``).
+_CHECK = -2
 
 _PARAMS = ("prefix", "uniques")
 _orphans: list[Any] = []  # clients inherited over fork: never used, never closed, never freed
@@ -154,7 +162,12 @@ class RedisStore(Store):
                 raise StoreError(f"cannot connect to {redact(self.url)}: {exc}") from exc
             self._scripts = {
                 name: client.register_script(src)
-                for name, src in (("write", WRITE), ("erase", ERASE), ("purge", PURGE))
+                for name, src in (
+                    ("write", WRITE),
+                    ("erase", ERASE),
+                    ("purge", PURGE),
+                    ("tombstone", TOMBSTONE),
+                )
             }
             self._client = client
         return self._client
@@ -286,11 +299,8 @@ class RedisStore(Store):
                 expiry[day] = int(midnight) + (retention + 1) * 86400
         document, entries, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
-        checks = chain.from_iterable(
-            (key, repr(ts)) for key, ts in erasure_checks(pageviews, consents).items()
-        )
-        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries]
-        args.extend(checks)
+        first = repr(earliest(pageviews, consents))
+        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries, first]
         return _Batch(pageviews, consents, args)
 
     def _settle(self) -> None:
@@ -317,6 +327,10 @@ class RedisStore(Store):
         for _ in range(_ERASED_RETRIES):
             if reply is _UNREAD:
                 reply = self._script("write", batch.args[:1], batch.args[1:])
+            if reply == _CHECK:  # someone erased since its first event: send its keys too
+                batch.check()
+                reply = _UNREAD
+                continue
             if not isinstance(reply, list):  # written (or, for a retry, written before)
                 self._flight = None
                 self._loaded = True
@@ -328,6 +342,7 @@ class RedisStore(Store):
                 self._flight = None
                 return
             batch = self._flight = self._batch(pageviews, consents)
+            batch.check()
             reply = _UNREAD
         raise StoreError(f"redis {redact(self.url)}: visitors kept being erased during a write")
 
@@ -438,14 +453,9 @@ class RedisStore(Store):
         return visitor_document(pageviews, consents)
 
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:
-        now = time.time()
         # The tombstone first: from here on no earlier event of this visitor is written.
-        self._call(
-            lambda c: c.hset(
-                f"{self.prefix}:erased",
-                mapping=dict.fromkeys(tombstone_keys(visitor_id, user_id), now),
-            )
-        )
+        keys = tombstone_keys(visitor_id, user_id)
+        self._script("tombstone", [f"{self.prefix}:erased"], [repr(time.time()), *keys])
         args = [self.prefix, self.mode, visitor_id, user_id or ""]
         return int(self._script("erase", [f"{self.prefix}:e:{visitor_id}"], args))
 
@@ -495,6 +505,13 @@ class _Batch:
         self.consents = consents
         self.args = args
         self.conn: Any = None
+
+    def check(self) -> None:
+        """Add the tombstone key of each visitor and user, and the time of its first event
+        here, to the arguments (``WRITE`` looks them up)."""
+        checks = erasure_checks(self.pageviews, self.consents)
+        del self.args[8:]  # the days key and ARGV[1..7]
+        self.args.extend(chain.from_iterable((key, repr(ts)) for key, ts in checks.items()))
 
 
 def _errors() -> tuple[type[Exception], ...]:

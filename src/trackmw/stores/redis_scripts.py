@@ -10,7 +10,7 @@ exact sets, and ``PURGE`` drops days before a cut-off, in slices.
 
 from __future__ import annotations
 
-__all__ = ["DAY_NOTE", "ERASE", "PURGE", "WRITE"]
+__all__ = ["DAY_NOTE", "ERASE", "PURGE", "TOMBSTONE", "WRITE"]
 
 #: The ``note`` field of every ``P:d:DAY`` hash. Being longer than 64 bytes (Redis'
 #: ``hash-max-listpack-value``), it makes Redis keep the hash as a hash table: in its
@@ -29,14 +29,21 @@ WRITE = (
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local marker = P .. ':batch:' .. ARGV[2]
 if redis.call('EXISTS', marker) == 1 then return -1 end  -- written before: a retry
--- ARGV[7], ARGV[8], ...: the tombstone key of each visitor and user of the batch, and
--- the time of its earliest event there. Erased since: answer the tombstones, write nothing.
-if #ARGV > 6 and redis.call('EXISTS', P .. ':erased') == 1 then
+-- ARGV[7]: the time of the batch's first event. Unless every tombstone is older (the
+-- 'latest' field; tombstones of versions before it have none), the batch needs checking:
+-- ARGV[8], ARGV[9], ...: the tombstone key of each visitor and user of the batch, and the
+-- time of its earliest event there. Without them, ask for them (-2); with them, answer
+-- the tombstones newer than those events, and write nothing.
+local erased = P .. ':erased'
+local latest = redis.call('HGET', erased, 'latest')
+if (latest and tonumber(latest) >= tonumber(ARGV[7]))
+    or (not latest and redis.call('EXISTS', erased) == 1) then
+  if #ARGV == 7 then return -2 end
   local found = {}
-  for i = 7, #ARGV, 1000 do
+  for i = 8, #ARGV, 1000 do
     local keys = {}
     for j = i, math.min(i + 998, #ARGV), 2 do keys[#keys + 1] = ARGV[j] end
-    local at = redis.call('HMGET', P .. ':erased', unpack(keys))
+    local at = redis.call('HMGET', erased, unpack(keys))
     for n, when in ipairs(at) do
       local j = i + 2 * (n - 1)
       if when and tonumber(when) >= tonumber(ARGV[j + 1]) then
@@ -115,6 +122,16 @@ local function keep_only(P, key, v, keep, first)
     redis.call('ZREM', P .. ':first', v)
   end
 end
+"""
+
+#: Tombstones (``P:erased``: key -> Unix time) for ``ARGV[2..]``, erased at ``ARGV[1]``, and
+#: the hash's ``latest`` field raised to it (never lowered: clocks of hosts may differ).
+TOMBSTONE = """
+local at = ARGV[1]
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], at) end
+local latest = redis.call('HGET', KEYS[1], 'latest')
+if not latest or tonumber(latest) < tonumber(at) then redis.call('HSET', KEYS[1], 'latest', at) end
+return 1
 """
 
 ERASE = (
