@@ -306,6 +306,26 @@ def test_erasure_leaves_tombstones_for_the_visitor_and_its_user(store: Store) ->
     assert all(before - 1 <= at <= time.time() + 1 for at in found.values())
 
 
+@pytest.mark.parametrize("store_kind", [k for k in STORES if k != "memory"])
+def test_a_batch_after_the_latest_erasure_looks_no_visitor_up(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import time
+
+    store.erase("gone-visitor", "gone-user")
+    module = importlib.import_module(type(store).__module__)
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("looked the batch's visitors up")
+
+    monkeypatch.setattr(module, "erasure_checks", refuse)
+    later = time.time() + 60
+    store.send([pageview(START, 1, "gone-visitor", "/back")._replace(ts=later)], [])
+    store.sync()
+    assert [p["page"] for p in store.visitor_data("gone-visitor")["pageviews"]] == ["/back"]
+
+
 def erased_after_batch(after: float) -> tuple[list[PageView], list[ConsentChoice]]:
     """A batch for after ``erase("gone-visitor", "gone-user")``: a crowd (more tombstone
     keys than one slice of Redis's check), the gone visitor before and after the
@@ -352,6 +372,38 @@ def test_a_store_that_drops_erased_events_does_so_in_write_itself(store: Store) 
     assert store.visitor_data("gone-visitor")["consents"] == []
     assert [p["page"] for p in store.visitor_data("other-visitor")["pageviews"]] == ["/own"]
     assert store.report(START, START).pageviews == 1200 + 2
+
+
+def test_an_event_timed_at_its_visitors_erasure_is_left_out_one_after_it_kept(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    at = time.time() + 3600
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: at)
+        store.erase("gone-visitor")
+    store.send(
+        [
+            pageview(START, 1, "gone-visitor", "/at")._replace(ts=at),
+            pageview(START, 2, "gone-visitor", "/after")._replace(ts=at + 0.001),
+        ],
+        [],
+    )
+    store.sync()
+    assert [p["page"] for p in store.visitor_data("gone-visitor")["pageviews"]] == ["/after"]
+
+
+def test_events_without_a_visitor_are_written_whatever_was_erased(store: Store) -> None:
+    import time
+
+    store.erase("gone-visitor", "gone-user")
+    later = time.time() + 60
+    store.send([pageview(START, 1, None), pageview(START, 2, None, bot=True)], [])
+    store.send([pageview(START, 3, None)._replace(ts=later)], [])
+    store.sync()
+    report = store.report(START, START)
+    assert (report.pageviews, report.anonymous_pageviews, report.bot_hits) == (2, 2, 1)
 
 
 def test_an_event_buffered_elsewhere_before_an_erasure_is_not_written_after_it(

@@ -221,6 +221,19 @@ def test_postgres_url_options_reach_the_server_next_to_the_schema(store_url: str
         store.close()
 
 
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_transactions_read_committed_whatever_the_url_defaults_to(
+    store_url: str,
+) -> None:
+    # Writes and erasures rely on each statement seeing what committed before it.
+    store = open_store(store_url + "&options=-c%20default_transaction_isolation%3Dserializable")
+    try:
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+    finally:
+        store.close()
+
+
 def _schema_1(store_url: str) -> str:
     """A PostgreSQL store's schema as version 1 left it (B-tree indexes by visitor and by
     user), holding one page view of visitor ``old`` and user ``u1``; its name."""
@@ -322,11 +335,14 @@ def test_a_postgres_write_waits_for_an_erasure_in_flight_and_drops_its_visitor(
         )
         writer = threading.Thread(target=store.write, args=([early], []))
         writer.start()
+        # A bigint advisory key shows in pg_locks as its two 32-bit halves.
+        high, low = divmod(lock & (2**64 - 1), 2**32)
         with psycopg.connect(PG_URL, autocommit=True) as watcher:
             wait_for(
                 lambda: watcher.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND NOT granted"
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
+                    (high, low),
                 ).fetchone()[0] > 0,  # type: ignore[index]
                 "the write to wait for the erasure's lock",
             )

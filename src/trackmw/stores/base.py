@@ -96,7 +96,11 @@ class Store(ABC):
 
     @abstractmethod
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
-        """Write one batch atomically, or raise ``StoreError`` having written nothing."""
+        """Write one batch atomically, or raise ``StoreError`` having written nothing.
+
+        A store that ``drops_erased`` leaves out the events of visitors (and users)
+        erased after them here, in the same transaction.
+        """
 
     def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         """Write one batch as ``write`` does, less the events of visitors (or users)
@@ -251,13 +255,23 @@ def erasure_checks(
 
 
 def earliest(pageviews: Iterable[PageView], consents: Iterable[ConsentChoice]) -> float:
-    """The time of a batch's earliest event (infinity for none): an erasure before it
-    leaves the whole batch alone, so a store that knows its latest erasure can skip
-    ``erasure_checks`` for nearly every batch."""
+    """The time of a batch's earliest event of a visitor (infinity for none): an erasure
+    before it leaves the whole batch alone, so a store that knows its latest erasure can
+    skip ``erasure_checks`` for nearly every batch (``erased_since``). Events without a
+    visitor id (anonymous, bots) are never erased, and do not count."""
     return min(
-        min((pv.ts for pv in pageviews), default=math.inf),
-        min((c.ts for c in consents), default=math.inf),
+        min((pv.ts for pv in pageviews if pv.visitor_id), default=math.inf),
+        min((c.ts for c in consents if c.visitor_id), default=math.inf),
     )
+
+
+def erased_since(
+    latest: float | None, pageviews: Iterable[PageView], consents: Iterable[ConsentChoice]
+) -> bool:
+    """May an erasure reach into this batch, the latest one having been at ``latest``
+    (``None``: never)? Only then need its visitors be looked up (``erasure_checks``):
+    ``without_erased`` drops the events dated at or before their visitor's erasure."""
+    return latest is not None and latest >= earliest(pageviews, consents)
 
 
 def _earliest(firsts: dict[tuple[str, str], float], key: tuple[str, str], ts: float) -> None:

@@ -22,7 +22,10 @@ device), so counts are exact and reports read small tables.
 - Erasure: ``erase`` holds an advisory lock that every write shares, so a batch is
   written wholly before an erasure or wholly after it, and then it leaves out the
   erased visitors' earlier events (``drops_erased``). It only looks them up when the
-  latest erasure is not older than the batch's first event.
+  latest erasure is not older than the batch's first event. While an erasure runs,
+  every process's writes wait (they stay buffered). This relies on READ COMMITTED
+  (each statement sees what committed before it), which the pool's connections use
+  whatever ``default_transaction_isolation`` the URL's options set.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
   before use so a restarted server is reconnected to. ``after_fork`` drops the pool
   without closing it, so a forked child never touches its parent's sockets.
@@ -48,7 +51,7 @@ from . import postgres_sql as sql
 from .base import (
     Store,
     daily_counts,
-    earliest,
+    erased_since,
     erasure_checks,
     purge_horizon,
     redact,
@@ -141,6 +144,7 @@ class PostgresStore(Store):
                 "application_name": "trackmw",
             },
             name="trackmw",
+            configure=_read_committed,
         )
         pool.open(wait=False)
         self._pool = pool
@@ -202,7 +206,7 @@ class PostgresStore(Store):
             ).fetchone()
             if row is None:
                 return  # written already: its commit reply was lost, the retry is a no-op
-            if row[0] is not None and row[0] >= earliest(pageviews, consents):
+            if erased_since(row[0], pageviews, consents):
                 erased = _erasures(conn, erasure_checks(pageviews, consents))
                 if erased:
                     pageviews, consents = without_erased(pageviews, consents, erased)
@@ -328,3 +332,11 @@ def _lock_key(purpose: str, schema: str) -> int:
     """An advisory lock's key, one per purpose and schema."""
     digest = hashlib.blake2b((purpose + schema).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _read_committed(conn: Any) -> None:
+    """Each statement of a write or an erasure sees what committed before it (see the
+    module), whatever isolation the server or the URL's options default to."""
+    import psycopg
+
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED

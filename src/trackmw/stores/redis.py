@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -83,11 +84,13 @@ __all__ = ["RedisStore"]
 
 log = logging.getLogger("trackmw")
 
-#: Sends of one batch that may each find visitors erased meanwhile before one is written.
+#: Sends of one batch that may each find visitors erased meanwhile (or, first, ask for
+#: the batch's tombstone keys) before one is written.
 _ERASED_RETRIES = 8
 _UNREAD = object()  # a batch's reply not read yet
-#: ``WRITE``'s answer for a batch to send again with its tombstone keys (``_Batch.check``).
-_CHECK = -2
+#: ``WRITE``'s answer for a batch to send again with its tombstone keys (``_Batch.check``),
+#: which follow the days key and ARGV[1..7] in its arguments.
+_CHECK, _KEYS_AT = -2, 8
 
 _PARAMS = ("prefix", "uniques")
 _orphans: list[Any] = []  # clients inherited over fork: never used, never closed, never freed
@@ -299,8 +302,10 @@ class RedisStore(Store):
                 expiry[day] = int(midnight) + (retention + 1) * 86400
         document, entries, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
-        first = repr(earliest(pageviews, consents))
-        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries, first]
+        first = earliest(pageviews, consents)  # infinite: no visitor, nothing to check
+        first_arg = repr(first) if first != math.inf else ""
+        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries]
+        args.append(first_arg)
         return _Batch(pageviews, consents, args)
 
     def _settle(self) -> None:
@@ -328,6 +333,8 @@ class RedisStore(Store):
             if reply is _UNREAD:
                 reply = self._script("write", batch.args[:1], batch.args[1:])
             if reply == _CHECK:  # someone erased since its first event: send its keys too
+                if len(batch.args) > _KEYS_AT:  # they were sent: never answered so
+                    raise StoreError(f"redis {redact(self.url)}: unexpected answer -2")
                 batch.check()
                 reply = _UNREAD
                 continue
@@ -471,7 +478,9 @@ class RedisStore(Store):
 
         def drop_old_tombstones(c: Any) -> None:
             erased = c.hgetall(f"{self.prefix}:erased")
-            old = [k for k, at in erased.items() if float(at) < horizon]
+            # "latest" stays: without it, every batch would be checked (as for tombstones
+            # of earlier versions).
+            old = [k for k, at in erased.items() if float(at) < horizon and k != "latest"]
             if old:
                 c.hdel(f"{self.prefix}:erased", *old)
 
@@ -510,7 +519,7 @@ class _Batch:
         """Add the tombstone key of each visitor and user, and the time of its first event
         here, to the arguments (``WRITE`` looks them up)."""
         checks = erasure_checks(self.pageviews, self.consents)
-        del self.args[8:]  # the days key and ARGV[1..7]
+        del self.args[_KEYS_AT:]
         self.args.extend(chain.from_iterable((key, repr(ts)) for key, ts in checks.items()))
 
 

@@ -3,7 +3,9 @@
 Each runs atomically in Redis. ``WRITE`` applies one batch, once: it returns at once
 if the batch's marker key exists, and sets it after its last write. It writes nothing
 either if a visitor or user of the batch was erased after one of its events there: it
-then answers the tombstones it found, for the client to leave those events out.
+then answers the tombstones it found, for the client to leave those events out (or,
+sent without the batch's tombstone keys when someone was erased since its first event,
+-2, for the client to send them). ``TOMBSTONE`` records an erasure.
 ``ERASE`` removes one visitor (and a linked user's page views) from lists, counters and
 exact sets, and ``PURGE`` drops days before a cut-off, in slices.
 """
@@ -29,15 +31,16 @@ WRITE = (
 local P, mode, vttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local marker = P .. ':batch:' .. ARGV[2]
 if redis.call('EXISTS', marker) == 1 then return -1 end  -- written before: a retry
--- ARGV[7]: the time of the batch's first event. Unless every tombstone is older (the
--- 'latest' field; tombstones of versions before it have none), the batch needs checking:
--- ARGV[8], ARGV[9], ...: the tombstone key of each visitor and user of the batch, and the
--- time of its earliest event there. Without them, ask for them (-2); with them, answer
--- the tombstones newer than those events, and write nothing.
+-- ARGV[7]: the time of the batch's first event of a visitor ('' if none has a visitor
+-- id: nothing to check). Unless every tombstone is older (the 'latest' field; tombstones
+-- of versions before it have none), the batch needs checking: ARGV[8], ARGV[9], ...: the
+-- tombstone key of each visitor and user of the batch, and the time of its earliest event
+-- there. Without them, ask for them (-2); with them, answer the tombstones at or after
+-- those events, and write nothing.
 local erased = P .. ':erased'
 local latest = redis.call('HGET', erased, 'latest')
-if (latest and tonumber(latest) >= tonumber(ARGV[7]))
-    or (not latest and redis.call('EXISTS', erased) == 1) then
+if ARGV[7] ~= '' and ((latest and tonumber(latest) >= tonumber(ARGV[7]))
+    or (not latest and redis.call('EXISTS', erased) == 1)) then
   if #ARGV == 7 then return -2 end
   local found = {}
   for i = 8, #ARGV, 1000 do
@@ -125,12 +128,16 @@ end
 """
 
 #: Tombstones (``P:erased``: key -> Unix time) for ``ARGV[2..]``, erased at ``ARGV[1]``, and
-#: the hash's ``latest`` field raised to it (never lowered: clocks of hosts may differ).
+#: the hash's ``latest`` field: each raised to that time, never lowered (hosts' clocks
+#: may differ), as SQLite and PostgreSQL keep the greater time.
 TOMBSTONE = """
 local at = ARGV[1]
-for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], at) end
-local latest = redis.call('HGET', KEYS[1], 'latest')
-if not latest or tonumber(latest) < tonumber(at) then redis.call('HSET', KEYS[1], 'latest', at) end
+local function raise(field)
+  local old = redis.call('HGET', KEYS[1], field)
+  if not old or tonumber(old) < tonumber(at) then redis.call('HSET', KEYS[1], field, at) end
+end
+for i = 2, #ARGV do raise(ARGV[i]) end
+raise('latest')
 return 1
 """
 

@@ -31,7 +31,7 @@ from . import sqlite_pageviews as stored
 from .base import (
     Store,
     daily_counts,
-    earliest,
+    erased_since,
     erasure_checks,
     purge_horizon,
     tombstone_keys,
@@ -232,7 +232,7 @@ class SQLiteStore(Store):
         none: the latest erasure is older than the batch's first event, and no visitor
         is looked up."""
         ((latest,),) = conn.execute("SELECT max(at) FROM erasures").fetchall()
-        if latest is None or latest < earliest(pageviews, consents):
+        if not erased_since(latest, pageviews, consents):
             return {}
         return _erasures(conn, erasure_checks(pageviews, consents))
 
