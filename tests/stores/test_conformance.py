@@ -321,9 +321,12 @@ def test_a_batch_after_the_latest_erasure_looks_no_visitor_up(
 
     monkeypatch.setattr(module, "erasure_checks", refuse)
     later = time.time() + 60
-    store.send([pageview(START, 1, "gone-visitor", "/back")._replace(ts=later)], [])
+    back = pageview(START, 1, "gone-visitor", "/back")._replace(ts=later)
+    # An anonymous view from before the erasure does not count: it is never erased.
+    store.send([pageview(START, 2, None), back], [])
     store.sync()
     assert [p["page"] for p in store.visitor_data("gone-visitor")["pageviews"]] == ["/back"]
+    assert store.report(START, START).pageviews == 2
 
 
 def erased_after_batch(after: float) -> tuple[list[PageView], list[ConsentChoice]]:

@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from trackmw.errors import StoreError
 from trackmw.events import ConsentChoice
 from trackmw.stores import Store
 
@@ -102,8 +103,11 @@ def test_tombstones_without_a_latest_time_are_still_checked(store: Store) -> Non
     # An erasure never lowers "latest" (hosts' clocks may differ).
     store.erase("someone")
     latest = float(client.hget(erased, "latest"))
-    store._script("tombstone", [erased], [repr(latest - 100), "another-key"])  # type: ignore[attr-defined]
+    someone = tombstone_key("v", "someone")
+    at = client.hget(erased, someone)
+    store._script("tombstone", [erased], [repr(latest - 100), someone])  # type: ignore[attr-defined]
     assert float(client.hget(erased, "latest")) == latest
+    assert client.hget(erased, someone) == at  # nor any visitor's time
 
 
 @pytest.mark.parametrize("store_kind", ["redis"])
@@ -115,3 +119,23 @@ def test_a_purge_drops_old_tombstones_but_keeps_the_latest_erasure_time(store: S
     store.purge(date.today() + timedelta(days=10))  # every tombstone is older
     # Without "latest", tombstones written later would look like an earlier version's.
     assert client.hgetall(erased) == {"latest": latest}
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+def test_a_second_request_for_tombstone_keys_is_an_error_not_a_loop(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The script asks (-2) only for a batch sent without its keys: asked again once they
+    # were sent, the client stops at once instead of sending the same batch eight times.
+    store.write([pageview(START, 0, "v0")], [])
+    sent: list[int] = []
+
+    def always_ask(name: str, keys: list[str], args: list[object]) -> int:
+        sent.append(len(args))
+        return -2
+
+    monkeypatch.setattr(store, "_script", always_ask)
+    monkeypatch.setattr(store, "_loaded", False)  # sent through _script, not pipelined
+    with pytest.raises(StoreError, match="-2"):
+        store.write([pageview(START, 1, "v1")], [])
+    assert len(sent) == 2 and sent[1] > sent[0]  # without the keys, then with them

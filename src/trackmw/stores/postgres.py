@@ -22,10 +22,10 @@ device), so counts are exact and reports read small tables.
 - Erasure: ``erase`` holds an advisory lock that every write shares, so a batch is
   written wholly before an erasure or wholly after it, and then it leaves out the
   erased visitors' earlier events (``drops_erased``). It only looks them up when the
-  latest erasure is not older than the batch's first event. While an erasure runs,
-  every process's writes wait (they stay buffered). This relies on READ COMMITTED
-  (each statement sees what committed before it), which the pool's connections use
-  whatever ``default_transaction_isolation`` the URL's options set.
+  latest erasure is not older than the batch's first event of a visitor (``earliest``).
+  While an erasure runs, every process's writes wait (they stay buffered). This relies
+  on READ COMMITTED (each statement sees what committed before it), which the pool's
+  connections use whatever ``default_transaction_isolation`` the URL's options set.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
   before use so a restarted server is reconnected to. ``after_fork`` drops the pool
   without closing it, so a forked child never touches its parent's sockets.

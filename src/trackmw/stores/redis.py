@@ -78,7 +78,7 @@ from .base import (
 )
 from .memory import visitor_document
 from .redis_plan import plan
-from .redis_scripts import ERASE, PURGE, TOMBSTONE, WRITE
+from .redis_scripts import DROP_TOMBSTONES, ERASE, PURGE, TOMBSTONE, WRITE
 
 __all__ = ["RedisStore"]
 
@@ -170,6 +170,7 @@ class RedisStore(Store):
                     ("erase", ERASE),
                     ("purge", PURGE),
                     ("tombstone", TOMBSTONE),
+                    ("drop_tombstones", DROP_TOMBSTONES),
                 )
             }
             self._client = client
@@ -476,15 +477,9 @@ class RedisStore(Store):
     def purge(self, before: date) -> int:
         horizon = purge_horizon(before)
 
-        def drop_old_tombstones(c: Any) -> None:
-            erased = c.hgetall(f"{self.prefix}:erased")
-            # "latest" stays: without it, every batch would be checked (as for tombstones
-            # of earlier versions).
-            old = [k for k, at in erased.items() if float(at) < horizon and k != "latest"]
-            if old:
-                c.hdel(f"{self.prefix}:erased", *old)
-
-        self._call(drop_old_tombstones)
+        # "latest" stays: without it, every batch would be checked (as for tombstones of
+        # earlier versions).
+        self._script("drop_tombstones", [f"{self.prefix}:erased"], [repr(horizon)])
         cut = int(before.strftime("%Y%m%d"))
         removed = 0
         while True:  # in slices, so that Redis is never blocked for long

@@ -12,7 +12,7 @@ exact sets, and ``PURGE`` drops days before a cut-off, in slices.
 
 from __future__ import annotations
 
-__all__ = ["DAY_NOTE", "ERASE", "PURGE", "TOMBSTONE", "WRITE"]
+__all__ = ["DAY_NOTE", "DROP_TOMBSTONES", "ERASE", "PURGE", "TOMBSTONE", "WRITE"]
 
 #: The ``note`` field of every ``P:d:DAY`` hash. Being longer than 64 bytes (Redis'
 #: ``hash-max-listpack-value``), it makes Redis keep the hash as a hash table: in its
@@ -139,6 +139,19 @@ end
 for i = 2, #ARGV do raise(ARGV[i]) end
 raise('latest')
 return 1
+"""
+
+#: Drop the tombstones of ``KEYS[1]`` older than ``ARGV[1]`` (``purge``), in one step:
+#: one raised meanwhile by ``TOMBSTONE`` is not lost. ``latest`` stays.
+DROP_TOMBSTONES = """
+local all, old = redis.call('HGETALL', KEYS[1]), {}
+for i = 1, #all, 2 do
+  if all[i] ~= 'latest' and tonumber(all[i + 1]) < tonumber(ARGV[1]) then
+    old[#old + 1] = all[i]
+  end
+end
+for i = 1, #old, 500 do redis.call('HDEL', KEYS[1], unpack(old, i, math.min(i + 499, #old))) end
+return #old
 """
 
 ERASE = (
