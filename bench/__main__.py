@@ -182,7 +182,7 @@ def section_report(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     events = 100_000 if quick else 1_000_000
     r = report.run(os.path.join(tmp, "report.db"), events, quiet=True)
     n = f"{r['events']:,}"
-    return [
+    figures = [
         Figure("report.sqlite_30d" if not quick else "report.sqlite_30d.quick",
                f"SQLite 30-day report over {n} events (cold)", r["report_ms_cold"], "ms"),
         Figure("report.sqlite_30d.warm", f"SQLite 30-day report over {n} events (warm)",
@@ -191,8 +191,22 @@ def section_report(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
                r["events_per_second"], "events/s"),
         Figure("report.sqlite_fill.full", "SQLite writes, the fill's last fifth (a store "
                "with history)", r["events_per_second_full"], "events/s"),
-    ], ["report: the fill writes its events in time order, in batches of 1,000, as a live "
-        "site does"]
+    ]
+    notes = ["report: the fill writes its events in time order, in batches of 1,000, as a "
+             "live site does"]
+    servers = report.on_servers(events, quiet=True)
+    labels = {"redis": "Redis (HyperLogLog uniques)", "postgres": "PostgreSQL"}
+    for name, label in labels.items():
+        timed = servers.get(name)
+        if timed is not None:
+            figures += [
+                Figure(f"report.{name}_30d" + (".quick" if quick else ""),
+                       f"{label} 30-day report over {n} events (cold)",
+                       timed["report_ms_cold"], "ms"),
+                Figure(f"report.{name}_30d.warm", f"{label} 30-day report over {n} events "
+                       "(warm)", timed["report_ms_warm"], "ms"),
+            ]
+    return figures, notes + servers["notes"]
 
 
 RUNNERS = {

@@ -5,7 +5,9 @@
 referrers and campaigns, in sessions of a few pages), times ``store.write`` (events per
 second, in batches the size the pipeline uses) and then a 30-day ``store.report()``
 (cold, on a fresh connection, and warm), and returns the figures.
-``make bench`` calls ``run``; ``python -m bench.report_1m`` prints them on its own.
+``on_servers`` does the same fill and report on Redis (HyperLogLog uniques) and
+PostgreSQL, when they are reachable (``bench.stores`` names them).
+``make bench`` calls both; ``python -m bench.report_1m`` prints them on its own.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
+from trackmw.errors import StoreError
 from trackmw.events import ConsentChoice, PageView
+from trackmw.stores import Store, open_store
 from trackmw.stores.sqlite import SQLiteStore
 
-__all__ = ["generate", "in_time_order", "run"]
+__all__ = ["generate", "in_time_order", "on_servers", "run"]
 
 DAYS = 45
 VISITORS = 50_000
@@ -163,7 +167,62 @@ def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False
             tmp.cleanup()
 
 
-def _timed(store: SQLiteStore, since: date, until: date) -> float:
+def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any]:
+    """The 30-day report over ``events`` on Redis (HyperLogLog uniques) and PostgreSQL.
+
+    Each is filled as ``run`` fills SQLite (through ``send``, as the pipeline writes),
+    then reported on from a new store object: ``report_ms_cold`` is its first report, on
+    fresh connections (the server's own caches stay warm), ``report_ms_warm`` the best
+    of five after it. Returns ``{name: {"report_ms_cold", "report_ms_warm",
+    "report_visitors"} or None, "notes": [...]}``; ``None`` when the server could not be
+    reached.
+    """
+    from .stores import _postgres, _redis  # bench.stores imports this module
+
+    until = date.today()
+    since = until - timedelta(days=29)
+    rows = in_time_order(events, until)
+    consents = _consents(5_000, until, 1)
+    out: dict[str, Any] = {"notes": []}
+    for name, make in (("redis", lambda: _redis("hll")), ("postgres", _postgres)):
+        url, cleanup = make()
+        try:
+            store = open_store(url)
+            try:
+                for i in range(0, len(rows), BATCH):
+                    store.send(rows[i:i + BATCH], consents[i // BATCH * 5:(i // BATCH + 1) * 5])
+                store.sync()
+            finally:
+                store.close()
+            store = open_store(url)
+            try:
+                start = time.perf_counter()
+                report = store.report(since, until)
+                cold = time.perf_counter() - start
+                warm = min(_timed(store, since, until) for _ in range(5))
+            finally:
+                store.close()
+            timed = out[name] = {
+                "report_ms_cold": round(cold * 1000, 1),
+                "report_ms_warm": round(warm * 1000, 1),
+                "report_visitors": report.visitors,
+            }
+            if not quiet:
+                print(f"{name} 30-day report over {len(rows):,} events: "
+                      f"{timed['report_ms_cold']} ms cold, {timed['report_ms_warm']} ms warm "
+                      f"({report.pageviews:,} page views, {report.visitors:,} visitors)")
+        except StoreError as exc:
+            out[name] = None
+            out["notes"].append(f"report: {name} skipped: {exc}")
+        finally:
+            try:
+                cleanup()
+            except Exception as exc:  # a server that is down has nothing to clean
+                out["notes"].append(f"report: {name} cleanup: {type(exc).__name__}")
+    return out
+
+
+def _timed(store: Store, since: date, until: date) -> float:
     start = time.perf_counter()
     store.report(since, until)
     return time.perf_counter() - start
@@ -175,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="keep the database at this path (default: a temp file)")
     args = parser.parse_args(argv)
     run(args.db, args.events)
+    on_servers(args.events)
     return 0
 
 
