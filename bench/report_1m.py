@@ -171,7 +171,8 @@ def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any
     """The 30-day report over ``events`` on Redis (HyperLogLog uniques) and PostgreSQL.
 
     Each is filled as ``run`` fills SQLite (through ``send``, as the pipeline writes),
-    then reported on from a new store object: ``report_ms_cold`` is its first report, on
+    PostgreSQL's tables are analyzed (``_analyze``), then each is reported on from a new
+    store object: ``report_ms_cold`` is its first report, on
     fresh connections (the server's own caches stay warm), ``report_ms_warm`` the best
     of five after it. Returns ``{name: {"report_ms_cold", "report_ms_warm",
     "report_visitors"} or None, "notes": [...]}``; ``None`` when the server could not be
@@ -194,6 +195,8 @@ def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any
                 store.sync()
             finally:
                 store.close()
+            if name == "postgres":
+                _analyze(url)
             store = open_store(url)
             try:
                 start = time.perf_counter()
@@ -220,6 +223,21 @@ def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any
             except Exception as exc:  # a server that is down has nothing to clean
                 out["notes"].append(f"report: {name} cleanup: {type(exc).__name__}")
     return out
+
+
+def _analyze(url: str) -> None:
+    """Give the planner its statistics, as autovacuum would within a minute of the fill:
+    without them it sorts what it would hash (a report took 1.2 s instead of 0.9 s)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    import psycopg
+
+    from .stores import PG_URL
+
+    schema = dict(parse_qsl(urlsplit(url).query))["schema"]
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        for table in ("pageviews", "daily_visitors", "daily_counts", "consents"):
+            conn.execute(f'ANALYZE "{schema}".{table}')
 
 
 def _timed(store: Store, since: date, until: date) -> float:
