@@ -180,17 +180,18 @@ def section_report(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     if report is None:
         return [], ["report skipped: bench/report_1m.py is not there yet"]
     events = 100_000 if quick else 1_000_000
+    suffix = ".quick" if quick else ""  # smaller data: never the full run's figures
     r = report.run(os.path.join(tmp, "report.db"), events, quiet=True)
     n = f"{r['events']:,}"
     figures = [
-        Figure("report.sqlite_30d" if not quick else "report.sqlite_30d.quick",
-               f"SQLite 30-day report over {n} events (cold)", r["report_ms_cold"], "ms"),
-        Figure("report.sqlite_30d.warm", f"SQLite 30-day report over {n} events (warm)",
-               r["report_ms_warm"], "ms"),
-        Figure("report.sqlite_fill", f"SQLite writes while filling {n} events",
+        Figure("report.sqlite_30d" + suffix, f"SQLite 30-day report over {n} events (cold)",
+               r["report_ms_cold"], "ms"),
+        Figure("report.sqlite_30d.warm" + suffix,
+               f"SQLite 30-day report over {n} events (warm)", r["report_ms_warm"], "ms"),
+        Figure("report.sqlite_fill" + suffix, f"SQLite writes while filling {n} events",
                r["events_per_second"], "events/s"),
-        Figure("report.sqlite_fill.full", "SQLite writes, the fill's last fifth (a store "
-               "with history)", r["events_per_second_full"], "events/s"),
+        Figure("report.sqlite_fill.full" + suffix, "SQLite writes, the fill's last fifth (a "
+               "store with history)", r["events_per_second_full"], "events/s"),
     ]
     notes = ["report: the fill writes its events in time order, in batches of 1,000, as a "
              "live site does"]
@@ -200,11 +201,12 @@ def section_report(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
         timed = servers.get(name)
         if timed is not None:
             figures += [
-                Figure(f"report.{name}_30d" + (".quick" if quick else ""),
+                Figure(f"report.{name}_30d" + suffix,
                        f"{label} 30-day report over {n} events (cold)",
                        timed["report_ms_cold"], "ms"),
-                Figure(f"report.{name}_30d.warm", f"{label} 30-day report over {n} events "
-                       "(warm)", timed["report_ms_warm"], "ms"),
+                Figure(f"report.{name}_30d.warm" + suffix,
+                       f"{label} 30-day report over {n} events (warm)",
+                       timed["report_ms_warm"], "ms"),
             ]
     return figures, notes + servers["notes"]
 

@@ -158,7 +158,7 @@ def _never_opened() -> Store:
 
 def _redis(mode: str) -> tuple[str, Callable[[], None]]:
     prefix = "bench" + uuid.uuid4().hex[:8]
-    url = f"{REDIS_URL}?prefix={prefix}&uniques={mode}"
+    url = f"{REDIS_URL}{_joint(REDIS_URL)}prefix={prefix}&uniques={mode}"
 
     def cleanup() -> None:
         store = open_store(url)
@@ -182,7 +182,12 @@ def _postgres() -> tuple[str, Callable[[], None]]:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
-    return f"{PG_URL}?schema={schema}", cleanup
+    return f"{PG_URL}{_joint(PG_URL)}schema={schema}", cleanup
+
+
+def _joint(url: str) -> str:
+    """What joins one more query parameter to ``url``."""
+    return "&" if "?" in url else "?"
 
 
 def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``python -m bench`` runs: the in-process section, quick, prints its table and valid JSON.
+"""``python -m bench`` runs: the in-process and report sections, quick, print their table
+and valid JSON.
 
 No figure is checked (no timed assertions): only that every variant ran, answered as it
 should (the harness checks each answer before timing it) and was reported.
@@ -11,6 +12,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +66,26 @@ def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     assert by_name["asgi.trackmw.returning"]["baseline"] == "asgi.bare"
     assert by_name["pixel.returning"]["baseline"] == "gif.raw"
     assert by_name["wsgi.trackmw.returning"]["baseline"] == "wsgi.flask"
+
+
+@pytest.mark.services
+def test_quick_report_section_times_the_report_on_every_store_it_reaches(tmp_path: Path) -> None:
+    from tests.conftest import need_service
+    from tests.stores.conftest import postgres_up, redis_up
+
+    need_service(redis_up(), "Redis is not running on 127.0.0.1:6379")
+    need_service(postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432")
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "report", "--out", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    names = {entry["name"] for entry in json.loads(out.read_text())}
+    for store in ("sqlite", "redis", "postgres"):
+        assert {f"report.{store}_30d.quick", f"report.{store}_30d.warm.quick"} <= names
+    assert "PostgreSQL's tables analyzed" in done.stdout
