@@ -7,6 +7,8 @@ with numbers worked out by hand.
 
 from __future__ import annotations
 
+import importlib
+import time
 from datetime import date, timedelta
 from typing import Any
 
@@ -293,8 +295,6 @@ def test_a_site_on_the_store_counts_serves_me_and_erases(store_url: str, make_tr
 
 
 def test_erasure_leaves_tombstones_for_the_visitor_and_its_user(store: Store) -> None:
-    import time
-
     from trackmw.stores.base import tombstone_key
 
     before = time.time()
@@ -310,9 +310,6 @@ def test_erasure_leaves_tombstones_for_the_visitor_and_its_user(store: Store) ->
 def test_a_batch_after_the_latest_erasure_looks_no_visitor_up(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
-    import time
-
     store.erase("gone-visitor", "gone-user")
     module = importlib.import_module(type(store).__module__)
 
@@ -347,8 +344,6 @@ def erased_after_batch(after: float) -> tuple[list[PageView], list[ConsentChoice
 def test_a_sent_batch_leaves_out_the_events_of_visitors_and_users_erased_after_them(
     store: Store,
 ) -> None:
-    import time
-
     store.erase("gone-visitor", "gone-user")
     after = time.time() + 60
     store.send(*erased_after_batch(after))
@@ -366,8 +361,6 @@ def test_a_sent_batch_leaves_out_the_events_of_visitors_and_users_erased_after_t
 def test_a_store_that_drops_erased_events_does_so_in_write_itself(store: Store) -> None:
     # In the write's own transaction (or script), so the pipeline asks nothing first
     # and no erasure can come between asking and writing.
-    import time
-
     store.erase("gone-visitor", "gone-user")
     assert store.drops_erased
     store.write(*erased_after_batch(time.time() + 60))
@@ -380,8 +373,6 @@ def test_a_store_that_drops_erased_events_does_so_in_write_itself(store: Store) 
 def test_an_event_timed_at_its_visitors_erasure_is_left_out_one_after_it_kept(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import time
-
     at = time.time() + 3600
     with monkeypatch.context() as m:
         m.setattr(time, "time", lambda: at)
@@ -398,8 +389,6 @@ def test_an_event_timed_at_its_visitors_erasure_is_left_out_one_after_it_kept(
 
 
 def test_events_without_a_visitor_are_written_whatever_was_erased(store: Store) -> None:
-    import time
-
     store.erase("gone-visitor", "gone-user")
     later = time.time() + 60
     store.send([pageview(START, 1, None), pageview(START, 2, None, bot=True)], [])
@@ -414,8 +403,6 @@ def test_an_event_buffered_elsewhere_before_an_erasure_is_not_written_after_it(
 ) -> None:
     """Two workers on one store: the erasure answered by one, the hit buffered in the
     other before it; when the other flushes, the erased visitor must not come back."""
-    import time
-
     from trackmw.events import Hit
 
     ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"
