@@ -169,15 +169,16 @@ def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False
 def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any]:
     """The 30-day report over ``events`` on Redis (HyperLogLog uniques) and PostgreSQL.
 
-    Each is filled as ``run`` fills SQLite (through ``send``, as the pipeline writes),
-    PostgreSQL's tables are analyzed (``_analyze``), then each is reported on from a new
+    Each is filled with the same events as ``run`` fills SQLite (``bench.stores.write_rate``:
+    ``send`` per batch, as the pipeline writes), PostgreSQL's tables are analyzed
+    (``_analyze``), then each is reported on from a new
     store object: ``report_ms_cold`` is its first report, on
     fresh connections (the server's own caches stay warm), ``report_ms_warm`` the best
     of five after it. Returns ``{name: {"report_ms_cold", "report_ms_warm",
     "report_visitors"} or None, "notes": [...]}``; ``None`` when the server could not be
     reached.
     """
-    from .stores import _postgres, _redis  # bench.stores imports this module
+    from .stores import _postgres, _redis, write_rate  # bench.stores imports this module
 
     until = date.today()
     since = until - timedelta(days=29)
@@ -189,9 +190,7 @@ def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any
         try:
             store = open_store(url)
             try:
-                for i in range(0, len(rows), BATCH):
-                    store.send(rows[i:i + BATCH], consents[i // BATCH * 5:(i // BATCH + 1) * 5])
-                store.sync()
+                write_rate(store, rows, consents)  # the fill: its rate is not reported here
             finally:
                 store.close()
             if name == "postgres":

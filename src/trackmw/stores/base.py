@@ -20,7 +20,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, date
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -117,10 +117,9 @@ class Store(ABC):
         what failed: the store still keeps that one). By default, ``write`` at once.
         """
         if not self.drops_erased:
-            checks = erasure_checks(pageviews, consents)
-            erased = self.erasures(checks) if checks else None
-            if erased:
-                pageviews, consents = without_erased(pageviews, consents, erased)
+            kept = unerased(pageviews, consents, self.erasures)
+            if kept is not None:
+                pageviews, consents = kept
         self.write(pageviews, consents)
 
     def held(self) -> int:
@@ -257,7 +256,7 @@ def erasure_checks(
 def earliest(pageviews: Iterable[PageView], consents: Iterable[ConsentChoice]) -> float:
     """The time of a batch's earliest event of a visitor (infinity for none): an erasure
     before it leaves the whole batch alone, so a store that knows its latest erasure can
-    skip ``erasure_checks`` for nearly every batch (``erased_since``). Events without a
+    skip ``erasure_checks`` for nearly every batch (``unerased``). Events without a
     visitor id (anonymous, bots) are never erased, and do not count."""
     return min(
         min((pv.ts for pv in pageviews if pv.visitor_id), default=math.inf),
@@ -265,13 +264,25 @@ def earliest(pageviews: Iterable[PageView], consents: Iterable[ConsentChoice]) -
     )
 
 
-def erased_since(
-    latest: float | None, pageviews: Iterable[PageView], consents: Iterable[ConsentChoice]
-) -> bool:
-    """May an erasure reach into this batch, the latest one having been at ``latest``
-    (``None``: never)? Only then need its visitors be looked up (``erasure_checks``):
-    ``without_erased`` drops the events dated at or before their visitor's erasure."""
-    return latest is not None and latest >= earliest(pageviews, consents)
+def unerased(
+    pageviews: Sequence[PageView],
+    consents: Sequence[ConsentChoice],
+    erasures: Callable[[Collection[str]], dict[str, float]],
+    latest: float | None = math.inf,
+) -> tuple[list[PageView], list[ConsentChoice]] | None:
+    """The batch less the events of visitors (and users) erased after them
+    (``without_erased``), or ``None`` when it loses none, as nearly every batch.
+
+    ``erasures`` looks the batch's tombstones up (``Store.erasures``, or the same query
+    inside a store's write). It is asked only when the latest erasure, at ``latest``
+    (``None``: there was none; by default not known), is not older than the batch's
+    first event of a visitor.
+    """
+    if latest is None or latest < earliest(pageviews, consents):
+        return None
+    checks = erasure_checks(pageviews, consents)
+    erased = erasures(checks) if checks else None
+    return without_erased(pageviews, consents, erased) if erased else None
 
 
 def _earliest(firsts: dict[tuple[str, str], float], key: tuple[str, str], ts: float) -> None:

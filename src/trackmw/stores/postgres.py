@@ -22,7 +22,7 @@ device), so counts are exact and reports read small tables.
 - Erasure: ``erase`` holds an advisory lock that every write shares, so a batch is
   written wholly before an erasure or wholly after it, and then it leaves out the
   erased visitors' earlier events (``drops_erased``). It only looks them up when the
-  latest erasure is not older than the batch's first event of a visitor (``earliest``).
+  latest erasure is not older than the batch's first event of a visitor (``unerased``).
   While an erasure runs, every process's writes wait (they stay buffered). This relies
   on READ COMMITTED (each statement sees what committed before it), which the pool's
   connections use whatever ``default_transaction_isolation`` the URL's options set.
@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -48,16 +49,7 @@ from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import Report
 from . import postgres_sql as sql
-from .base import (
-    Store,
-    daily_counts,
-    erased_since,
-    erasure_checks,
-    purge_horizon,
-    redact,
-    tombstone_keys,
-    without_erased,
-)
+from .base import Store, daily_counts, purge_horizon, redact, tombstone_keys, unerased
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
@@ -206,10 +198,9 @@ class PostgresStore(Store):
             ).fetchone()
             if row is None:
                 return  # written already: its commit reply was lost, the retry is a no-op
-            if erased_since(row[0], pageviews, consents):
-                erased = _erasures(conn, erasure_checks(pageviews, consents))
-                if erased:
-                    pageviews, consents = without_erased(pageviews, consents, erased)
+            kept = unerased(pageviews, consents, partial(_erasures, conn), row[0])
+            if kept is not None:
+                pageviews, consents = kept
             cur = conn.cursor()
             self._writes += 1
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry

@@ -304,9 +304,8 @@ class RedisStore(Store):
         document, entries, batch_id = plan(self.prefix, mode, pageviews, consents, expiry)
         vttl = (retention + 1) * 86400 if retention else 0
         first = earliest(pageviews, consents)  # infinite: no visitor, nothing to check
-        first_arg = repr(first) if first != math.inf else ""
-        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries]
-        args.append(first_arg)
+        args = [self.prefix + ":days", document, batch_id, self.prefix, mode, vttl, entries,
+                repr(first) if first != math.inf else ""]
         return _Batch(pageviews, consents, args)
 
     def _settle(self) -> None:

@@ -22,21 +22,14 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 from datetime import date
+from functools import partial
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from . import sqlite_pageviews as stored
-from .base import (
-    Store,
-    daily_counts,
-    erased_since,
-    erasure_checks,
-    purge_horizon,
-    tombstone_keys,
-    without_erased,
-)
+from .base import Store, daily_counts, purge_horizon, tombstone_keys, unerased
 from .memory import visitor_document
 from .sqlite_rows import insert_rows
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
@@ -198,9 +191,10 @@ class SQLiteStore(Store):
             try:
                 # Asked inside the transaction: an erasure (BEGIN IMMEDIATE as well)
                 # comes wholly before or after this batch, never in between.
-                erased = self._erased(conn, pageviews, consents)
-                if erased:
-                    pageviews, consents = without_erased(pageviews, consents, erased)
+                ((latest,),) = conn.execute("SELECT max(at) FROM erasures").fetchall()
+                kept = unerased(pageviews, consents, partial(_erasures, conn), latest)
+                if kept is not None:
+                    pageviews, consents = kept
                     counts = daily_counts(pageviews)
                     groups = stored.group(pageviews)
                 stored.add(conn, groups)
@@ -221,20 +215,6 @@ class SQLiteStore(Store):
             self._uniques.committed(True)
         except sqlite3.Error as exc:
             raise StoreError(f"writing to {self.path} failed: {exc}") from exc
-
-    def _erased(
-        self,
-        conn: sqlite3.Connection,
-        pageviews: Sequence[PageView],
-        consents: Sequence[ConsentChoice],
-    ) -> dict[str, float]:
-        """The tombstones that reach into this batch (``without_erased``). Nearly always
-        none: the latest erasure is older than the batch's first event, and no visitor
-        is looked up."""
-        ((latest,),) = conn.execute("SELECT max(at) FROM erasures").fetchall()
-        if not erased_since(latest, pageviews, consents):
-            return {}
-        return _erasures(conn, erasure_checks(pageviews, consents))
 
     # -- reading -----------------------------------------------------------------------
 
