@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, date
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError
@@ -190,18 +192,41 @@ def daily_count_keys(pv: PageView) -> list[tuple[str, str, str]]:
 def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]:
     """What ``daily_count_keys`` adds up to over many page views, counted in bulk.
 
-    Page views that differ only in visitor, time or browser add to the same counters,
-    so they are first counted by what matters (in C), then expanded once per kind.
+    Page views that differ only in visitor, user, time or browser add to the same
+    counters, so they are first counted by what matters, in C (``Counter`` over
+    ``itemgetter``), then expanded once per distinct kind: a batch of 1,000 page views
+    has a few hundred. Anonymous views are counted apart, also in C.
     """
-    kinds = Counter(
-        (pv.day, pv.bot, pv.path, pv.visitor_id is None, pv.referrer, pv.campaign)
-        for pv in pageviews
-    )
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for kind, n in kinds.items():
-        for key in _count_keys(*kind):
-            counts[key] += n
-    return counts
+    views = pageviews if isinstance(pageviews, Sequence) else list(pageviews)
+    counts: dict[tuple[str, str, str], int] = {}  # a Counter's += calls __missing__
+    get = counts.get
+    for (day, bot, path, referrer, campaign), n in Counter(map(_COUNTED, views)).items():
+        if bot:
+            key = (day, "bot", "")
+            counts[key] = get(key, 0) + n
+            continue
+        key = (day, "total", "")
+        counts[key] = get(key, 0) + n
+        key = (day, "page", path)
+        counts[key] = get(key, 0) + n
+        if referrer:
+            key = (day, "referrer", referrer)
+            counts[key] = get(key, 0) + n
+        if campaign:
+            key = (day, "campaign", campaign)
+            counts[key] = get(key, 0) + n
+    anonymous = compress(views, map(is_, map(_VISITOR, views), repeat(None)))
+    for (day, bot), n in Counter(map(_DAY_BOT, anonymous)).items():
+        if not bot:
+            counts[day, "anonymous", ""] = n
+    return Counter(counts)
+
+
+#: The fields of a ``PageView`` that ``daily_counts`` reads: day, bot, path, referrer,
+#: campaign; its visitor; its day and bot.
+_COUNTED = itemgetter(1, 10, 4, 5, 6)
+_VISITOR = itemgetter(2)
+_DAY_BOT = itemgetter(1, 10)
 
 
 def _count_keys(
