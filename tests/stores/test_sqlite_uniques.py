@@ -8,6 +8,7 @@ batches, within one batch, on days arriving late, then erasure and retention.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from datetime import date, timedelta
 from pathlib import Path
@@ -119,3 +120,32 @@ def test_retention_keeps_each_chains_days_from_the_cut(
     text: str, cut: int, expected: str | None
 ) -> None:
     assert sqlite_chains.since(text, cut) == expected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merged_chains_hold_every_day_and_their_links_add_up(seed: int) -> None:
+    # Batch after batch of days, in and out of order, one or several a dimension, some
+    # dimensions new: the text must hold each dimension's days, sorted, and the links
+    # added up over the batches must be exactly those of the final chains.
+    rng = random.Random(seed)
+    text, days, delta = "", {}, {}  # type: ignore[var-annotated]
+    visitors, mirrored = 1, (7, 8)
+    for _ in range(12):
+        visits: dict[int, set[int]] = {}
+        for dim in rng.sample([1, 2, 3, 12, 21, 123], rng.randint(1, 4)):
+            visits[dim] = set(rng.sample(range(700, 716), rng.choice([1, 1, 1, 2, 3])))
+        for dim, new in visits.items():
+            days.setdefault(dim, set()).update(new)
+        text = sqlite_chains.merge(text, visits, delta, visitors, mirrored)
+    stored = sqlite_chains.split(text)
+    assert {dim: sqlite_chains.parse_days(d) for dim, d in stored.items()} == {
+        dim: sorted(d) for dim, d in days.items()
+    }
+    expected: dict[tuple[int, int, int], int] = {}
+    for dim, chain in days.items():
+        prev = -1
+        for day in sorted(chain):
+            for linked in (dim, *mirrored) if dim == visitors else (dim,):
+                expected[linked, day, prev] = 1
+            prev = day
+    assert {key: n for key, n in delta.items() if n} == expected

@@ -48,35 +48,65 @@ def merge(
     mirrored: Sequence[int] = (),
 ) -> str:
     """``text`` (an entity's chains) with these days added; their links go to ``delta``,
-    and those of dimension ``follow`` also to the ``mirrored`` dimensions'."""
+    and those of dimension ``follow`` also to the ``mirrored`` dimensions'.
+
+    A batch touches a few of an entity's segments, out of as many as the pages it ever
+    visited: each is found by a search of the text, edited in place, and the text
+    rebuilt once, rather than split into every segment and joined back.
+    """
     own: Delta = {}  # the links of ``follow``, added to each of its mirrors at the end
-    parts = text.split(";") if text else []
-    where = {part[: part.find(":")]: i for i, part in enumerate(parts)}
+    text = text or ""
+    probe = ";" + text  # a segment ``dim:`` starts the text or follows a ";"
+    edits: list[tuple[int, int, str]] = []  # (start, end, new text) of segments' days
+    added: list[str] = []  # new segments, appended in the order of ``visits``
     for dim, new in visits.items():
         target = own if dim == follow else delta
         name = str(dim)
-        i = where.get(name)
-        if i is None:  # the entity's first visit in this dimension
+        at = probe.find(";" + name + ":")
+        if at < 0:  # the entity's first visit in this dimension
             if len(new) == 1:
                 (day,) = new
                 key = (dim, day, -1)
                 target[key] = target.get(key, 0) + 1
-                parts.append(f"{name}:{day}")
+                added.append(f"{name}:{day}")
             else:
                 chain: list[int] = []
                 _insert(chain, sorted(new), dim, target)
-                parts.append(f"{name}:{join_days(chain)}")
+                added.append(f"{name}:{join_days(chain)}")
             continue
-        part = parts[i]
-        head = len(name) + 1
-        days = _extend(part[head:], new, dim, target)
+        start = at + len(name) + 1  # where its days start, in ``text``
+        end = text.find(";", start)
+        if end < 0:
+            end = len(text)
+        if len(new) == 1:  # the usual case: one day, later than the chain's last
+            (day,) = new
+            last = int(text[text.rfind(",", start, end) + 1 or start : end])
+            if day > last:
+                key = (dim, day, last)
+                target[key] = target.get(key, 0) + 1
+                edits.append((end, end, f",{day}"))
+                continue
+            if day == last:
+                continue
+        days = _extend(text[start:end], new, dim, target)
         if days is not None:
-            parts[i] = part[:head] + days
+            edits.append((start, end, days))
+    if edits:
+        edits.sort()
+        pieces: list[str] = []
+        done = 0
+        for start, end, days in edits:
+            pieces += text[done:start], days
+            done = end
+        pieces.append(text[done:])
+        text = "".join(pieces)
+    if added:
+        text = ";".join([text, *added]) if text else ";".join(added)
     for (_, day, prev), n in own.items():
         for dim in (follow, *mirrored):
             key = (dim, day, prev)
             delta[key] = delta.get(key, 0) + n
-    return ";".join(parts)
+    return text
 
 
 def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
