@@ -52,18 +52,25 @@ def merge(
 
     A batch touches a few of an entity's segments, out of as many as the pages it ever
     visited: each is found by a search of the text, edited in place, and the text
-    rebuilt once, rather than split into every segment and joined back.
+    rebuilt once, rather than split into every segment and joined back. Only when a
+    batch touches many segments (a heavy visitor, whose text is long) is the text
+    indexed once instead.
     """
     own: Delta = {}  # the links of ``follow``, added to each of its mirrors at the end
     text = text or ""
-    probe = ";" + text  # a segment ``dim:`` starts the text or follows a ";"
+    where = _segments(text) if len(visits) > _SEARCHED else None
+    probe = ";" + text if where is None else ""  # a segment starts the text or follows ";"
     edits: list[tuple[int, int, str]] = []  # (start, end, new text) of segments' days
     added: list[str] = []  # new segments, appended in the order of ``visits``
     for dim, new in visits.items():
         target = own if dim == follow else delta
         name = str(dim)
-        at = probe.find(";" + name + ":")
-        if at < 0:  # the entity's first visit in this dimension
+        if where is None:
+            at = probe.find(";" + name + ":")
+            start = at + len(name) + 1 if at >= 0 else -1  # where its days start
+        else:
+            start = where.get(name, -1)
+        if start < 0:  # the entity's first visit in this dimension
             if len(new) == 1:
                 (day,) = new
                 key = (dim, day, -1)
@@ -74,7 +81,6 @@ def merge(
                 _insert(chain, sorted(new), dim, target)
                 added.append(f"{name}:{join_days(chain)}")
             continue
-        start = at + len(name) + 1  # where its days start, in ``text``
         end = text.find(";", start)
         if end < 0:
             end = len(text)
@@ -107,6 +113,21 @@ def merge(
             key = (dim, day, prev)
             delta[key] = delta.get(key, 0) + n
     return text
+
+
+#: Up to this many dimensions a batch, each segment is found by a search of the text.
+_SEARCHED = 12
+
+
+def _segments(text: str) -> dict[str, int]:
+    """Where each segment's days start in ``text``, by the segment's name."""
+    out: dict[str, int] = {}
+    at = 0
+    for part in text.split(";"):
+        colon = part.find(":")
+        out[part[:colon]] = at + colon + 1
+        at += len(part) + 1
+    return out
 
 
 def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
