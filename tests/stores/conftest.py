@@ -12,17 +12,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from bench import local
 
-from tests.conftest import need_service, wait_for
+from tests.conftest import need_service
 from trackmw.stores import Store, open_store
 
 REDIS_HOST = "127.0.0.1"
@@ -36,13 +34,7 @@ STORES = ("memory", "sqlite", "redis", "redis-hll", "redis-cluster", "postgresql
 
 
 def redis_up(port: int = REDIS_PORT) -> bool:
-    try:
-        import redis
-
-        with redis.Redis(host=REDIS_HOST, port=port, socket_timeout=2) as client:
-            return bool(client.ping())
-    except Exception:
-        return False
+    return local.redis_up(port, REDIS_HOST)
 
 
 def postgres_up() -> bool:
@@ -56,25 +48,6 @@ def postgres_up() -> bool:
         return False
 
 
-def free_port(also: int = 0) -> int:
-    """A loopback port nobody listens on (and ``port + also`` free too, if asked)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if also and port + also > 65535:
-            continue
-        if not also:
-            return port
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + also))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
 def delete_prefix(client: object, prefix: str) -> None:
     """Delete every key of one ``{prefix}`` (on each node of a cluster)."""
     keys = list(client.scan_iter(match="{" + prefix + "}*", count=1000))  # type: ignore[attr-defined]
@@ -82,97 +55,15 @@ def delete_prefix(client: object, prefix: str) -> None:
         client.delete(key)  # type: ignore[attr-defined]
 
 
-class RedisServer:
-    """A private ``redis-server`` process on a spare port, stoppable and restartable."""
-
-    def __init__(self, directory: Path, port: int | None = None, *extra: str) -> None:
-        self.dir = directory
-        self.port = port or free_port()
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.dir),
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: redis_up(self.port), f"redis-server on port {self.port}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(30)
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[str]:
     """``redis+cluster://127.0.0.1:PORT``: three masters on spare ports, for the session."""
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        need_service(False, "redis-server / redis-cli are not installed")
-    tmp = Path(tempfile.mkdtemp(prefix="trackmw-cluster-"))
-    nodes: list[RedisServer] = []
-    try:
-        for i in range(3):
-            d = tmp / str(i)
-            d.mkdir()
-            node = RedisServer(
-                d,
-                free_port(also=10000),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(d / "nodes.conf"),
-                "--appendonly",
-                "no",
-            )
-            nodes.append(node.start())
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in nodes),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-
-        def ready() -> bool:
-            import redis
-
-            for n in nodes:
-                with redis.Redis(port=n.port) as c:
-                    if c.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-                        return False
-            return True
-
-        wait_for(ready, "the redis cluster to be ready")
-        yield f"redis+cluster://127.0.0.1:{nodes[0].port}"
-    finally:
-        for node in nodes:
-            node.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(local.local_cluster())
+        except local.Unavailable as exc:
+            need_service(False, str(exc))
+        yield url
 
 
 @pytest.fixture(params=STORES)

@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from bench.local import free_port
 
-from tests.conftest import SECRET
-
-from .conftest import free_port, wait_for
+from tests.conftest import SECRET, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROME = (

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bench.local import RedisServer, free_port
 
-from tests.conftest import need_service
+from tests.conftest import need_service, wait_for
 from trackmw.errors import StoreError
 from trackmw.events import Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores import Store, open_store
 
-from .conftest import RedisServer, free_port, wait_for
 from .data import START, pageview
 from .servers import CHROME, Site, send_hits, site_env, visitor_cookies
 

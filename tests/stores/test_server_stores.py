@@ -7,13 +7,14 @@ import os
 from datetime import date, datetime, timedelta
 
 import pytest
+from bench.local import free_port
 
 from tests.conftest import SECRET, need_service
 from trackmw.errors import ConfigurationError, StoreError
 from trackmw.settings import Settings
 from trackmw.stores import Store, open_store, store_class
 
-from .conftest import PG_URL, free_port, postgres_up
+from .conftest import PG_URL, postgres_up
 from .data import START, events, pageview
 
 pytestmark = pytest.mark.services
