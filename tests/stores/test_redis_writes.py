@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from trackmw.errors import StoreError
-from trackmw.events import ConsentChoice
-from trackmw.stores import Store
+from trackmw.events import ConsentChoice, PageView
+from trackmw.stores import Store, open_store
 
 from .data import START, consent, pageview, ts_of
 
@@ -139,3 +141,59 @@ def test_a_second_request_for_tombstone_keys_is_an_error_not_a_loop(
     with pytest.raises(StoreError, match="-2"):
         store.write([pageview(START, 1, "v1")], [])
     assert len(sent) == 2 and sent[1] > sent[0]  # without the keys, then with them
+
+
+def _batch(name: str, n: int) -> list[PageView]:
+    return [pageview(START, i, f"v{i % 7}", f"/{name}/{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "redis-cluster"])
+def test_a_sent_batch_runs_before_its_reply_is_read(store: Store) -> None:
+    # ``send`` returns with the script sent (the writer plans the next batch meanwhile),
+    # on a cluster too: the batch is written before ``sync`` reads its reply.
+    store.write(_batch("warm", 1), [])  # the script loaded: sends no longer wait
+    store.send(_batch("ahead", 300), [])
+    assert store.held() == 300
+    reader = open_store(store.url)
+    try:
+        wait_for(lambda: reader.report(START, START).pageviews == 301, "the script to run")
+    finally:
+        reader.close()
+    store.sync()
+    assert store.held() == 0
+    assert store.report(START, START).pageviews == 301
+
+
+@pytest.mark.parametrize("store_kind", ["redis-cluster"])
+def test_a_batch_sent_to_a_node_that_lost_the_slot_follows_it_once(store: Store) -> None:
+    # The store's slot moves to another node between two batches. The next batch goes
+    # to the old node, which answers MOVED; it is sent again the usual way, which
+    # follows the slot (and loads the script there), and written once.
+    import redis
+
+    store.write(_batch("one", 50), [])
+    client: Any = store.client  # type: ignore[attr-defined]
+    key = store.prefix + ":days"  # type: ignore[attr-defined]
+    slot = client.keyslot(key)
+    source = client.get_node_from_key(key)
+    target = next(n for n in client.get_primaries() if n.name != source.name)
+    nodes = {n.name: redis.Redis(host=n.host, port=n.port) for n in client.get_primaries()}
+    try:
+        old, new = nodes[source.name], nodes[target.name]
+        old_id, new_id = old.execute_command("CLUSTER MYID"), new.execute_command("CLUSTER MYID")
+        new.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", old_id)
+        old.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", new_id)
+        while keys := old.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            old.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+        for node in nodes.values():
+            node.execute_command("CLUSTER SETSLOT", slot, "NODE", new_id)
+        store.send(_batch("two", 40), [])  # to the old node: MOVED
+        store.send(_batch("three", 30), [])  # reads that, sends "two" again, then this
+        store.sync()
+        assert client.get_node_from_key(key).name == target.name  # the client followed
+        assert store.report(START, START).pageviews == 120
+        pages = [p["path"] for p in store.report(START, START).pages]
+        assert {p.split("/")[1] for p in pages} == {"one", "two", "three"}
+    finally:
+        for node in nodes.values():
+            node.close()

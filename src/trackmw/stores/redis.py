@@ -38,9 +38,10 @@ and writes nothing if it finds one: the client leaves those events out and sends
 batch again.
 
 ``send`` plans a batch while Redis runs the one sent before, and reads that one's reply
-only then (on a cluster, each batch waits for its reply); ``sync`` reads the last. A
-reply lost with its connection, or a script Redis forgot, gets the batch sent again
-the usual way (its marker keeps it once).
+only then; ``sync`` reads the last. On a cluster the batch goes to the node the client
+believes serves the store's slot. A reply lost with its connection, a script Redis
+forgot, or a slot that moved (``MOVED``) gets the batch sent again the usual way (its
+marker keeps it once).
 
 Retention. With ``retention_days`` set, day keys expire ``retention_days + 1`` days
 after their day, and a visitor's list and user links that long after their last event;
@@ -264,13 +265,12 @@ class RedisStore(Store):
             self._settle()  # the batch before: if it failed, this one is not taken
             client = self.client
             self._flight = batch
-            # On a cluster there is no connection of our own to pipeline on; and until a
-            # write succeeded, Redis may not know the script (``EVALSHA`` would fail):
-            # _settle then sends it the usual way, loading the script if need be.
-            if self.cluster or not self._loaded:
+            # Until a write succeeded, Redis may not know the script (``EVALSHA`` would
+            # fail): _settle then sends it the usual way, loading the script if need be.
+            if not self._loaded:
                 return
-            pool = client.connection_pool
             try:
+                pool = self._pool(client, batch.args[0])
                 conn = pool.get_connection()  # connects if none is free
             except Exception as exc:  # _settle sends it, or says why it cannot
                 _unexpected(exc)
@@ -282,7 +282,16 @@ class RedisStore(Store):
                 conn.disconnect()
                 pool.release(conn)
             else:
-                batch.conn = conn
+                batch.conn, batch.pool = conn, pool
+
+    def _pool(self, client: Any, key: str) -> Any:
+        """The connection pool of the server holding ``key``. On a cluster, the node its
+        client believes serves the key's slot, which holds every key of the store (one
+        hash tag). If the slot has moved since, the node answers ``MOVED``: the batch
+        is then sent again the usual way, which follows the cluster."""
+        if self.cluster:
+            return client.get_node_from_key(key).redis_connection.connection_pool
+        return client.connection_pool
 
     def sync(self) -> None:
         """Wait for the batch ``send`` sent last (``Store.sync``)."""
@@ -314,21 +323,23 @@ class RedisStore(Store):
         some. Raises ``StoreError`` (the batch kept for the next try) if Redis fails."""
         if self._flight is None:
             return
-        client = self.client  # first: in a forked child, this forgets the parent's batch
+        if self._pid != os.getpid():  # first: a forked child forgets the parent's batch
+            self.after_fork()
         batch = self._flight
         if batch is None:
             return
         reply: Any = _UNREAD
         conn, batch.conn = batch.conn, None
         if conn is not None:
-            pool = client.connection_pool
             try:
                 reply = conn.read_response()  # an error reply is raised (and sent again)
             except _errors():
                 conn.disconnect()
-                self._loaded = False  # perhaps NOSCRIPT: Redis restarted or flushed it
+                # Perhaps NOSCRIPT (Redis restarted or flushed it, or a cluster's slot
+                # moved to a node that never ran it) or MOVED.
+                self._loaded = False
             finally:
-                pool.release(conn)
+                batch.pool.release(conn)
         for _ in range(_ERASED_RETRIES):
             if reply is _UNREAD:
                 reply = self._script("write", batch.args[:1], batch.args[1:])
@@ -499,7 +510,7 @@ class _Batch:
     """A planned batch: its events, its ``WRITE`` call's keys and arguments, and the
     connection its reply is to be read from once sent (``RedisStore.send``)."""
 
-    __slots__ = ("args", "conn", "consents", "pageviews")
+    __slots__ = ("args", "conn", "consents", "pageviews", "pool")
 
     def __init__(
         self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice], args: list[Any]
@@ -508,6 +519,7 @@ class _Batch:
         self.consents = consents
         self.args = args
         self.conn: Any = None
+        self.pool: Any = None  # the pool ``conn`` came from
 
     def check(self) -> None:
         """Add the tombstone key of each visitor and user, and the time of its first event
