@@ -65,6 +65,7 @@ TARGETS = {
     "ua.cold": ("value", "<=", 50.0),
     "stores.sqlite": ("value", ">=", 100_000),
     "stores.redis": ("value", ">=", 200_000),
+    "stores.redis_cluster": ("value", ">=", 200_000),
     "stores.postgres": ("value", ">=", 50_000),
     "report.sqlite_30d": ("value", "<=", 100.0),
     "memory.bytes_per_event": ("value", "<=", 300),

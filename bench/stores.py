@@ -2,7 +2,8 @@
 
 ``run(quick=False, quiet=False)`` writes the same realistic page views (``bench.report_1m``'s
 generator: sessions, Zipf-like pages, a browser mix, anonymous and bot hits, a few
-consent choices) to SQLite, Redis (HyperLogLog and exact uniques) and PostgreSQL in
+consent choices) to SQLite, Redis (HyperLogLog and exact uniques), a Redis Cluster
+(three masters started on this machine, ``bench.local``) and PostgreSQL in
 batches of 1,000, the pipeline's batch size, each batch one ``store.send`` as the
 pipeline sends them (indexes, rollups, per-visitor lists and the erasure check
 included), three times each from empty (the median counts), and measures with
@@ -15,7 +16,9 @@ CPU second of client and server}, "bytes_per_event": float,
 ``python -m bench.stores`` prints it.
 Servers: Redis at ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, keys under a
 prefix of their own, deleted after), PostgreSQL at ``BENCH_PG_URL`` (default
-``postgresql://postgres@127.0.0.1:5432/test``, a schema of its own, dropped after).
+``postgresql://postgres@127.0.0.1:5432/test``, a schema of its own, dropped after). The
+cluster needs ``redis-server`` and ``redis-cli`` on the PATH; without them it is skipped,
+with a note.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import date
 from typing import Any
 
@@ -36,6 +40,7 @@ from trackmw.events import ConsentChoice, Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores import Store, open_store
 
+from .local import Unavailable, local_cluster
 from .report_1m import _consents, in_time_order
 
 __all__ = ["buffer_bytes_per_event", "run", "write_rate"]
@@ -75,12 +80,17 @@ def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]
 
 
 def _redis_cpu(url: str) -> Callable[[], float]:
-    """The Redis server's own CPU seconds (``INFO cpu``), for ``write_rate``."""
+    """The Redis server's own CPU seconds (``INFO cpu``; a cluster's, of all its nodes),
+    for ``write_rate``."""
     def read() -> float:
         store = open_store(url)
         try:
-            info = store.client.info("cpu")  # type: ignore[attr-defined]
-            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+            client: Any = store.client  # type: ignore[attr-defined]
+            if url.startswith("redis+cluster"):
+                infos = list(client.info("cpu", target_nodes=client.ALL_NODES).values())
+            else:
+                infos = [client.info("cpu")]
+            return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in infos)
         finally:
             store.close()
 
@@ -156,9 +166,9 @@ def _never_opened() -> Store:
     return open_store("memory://")
 
 
-def _redis(mode: str) -> tuple[str, Callable[[], None]]:
+def _redis(mode: str, base: str = REDIS_URL) -> tuple[str, Callable[[], None]]:
     prefix = "bench" + uuid.uuid4().hex[:8]
-    url = f"{REDIS_URL}{_joint(REDIS_URL)}prefix={prefix}&uniques={mode}"
+    url = f"{base}{_joint(base)}prefix={prefix}&uniques={mode}"
 
     def cleanup() -> None:
         store = open_store(url)
@@ -202,13 +212,19 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
     until = date.today()
     rows = in_time_order(events, until, seed=3)
     consents = _consents(events // BATCH * 5 + 5, until, 3)
-    names = ("sqlite", "redis", "redis_exact", "postgres")
+    names = ("sqlite", "redis", "redis_exact", "redis_cluster", "postgres")
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     writes: dict[str, float | None] = {}
     per_cpu: dict[str, float | None] = {}
     notes: list[str] = []
     down: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="trackmw-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="trackmw-bench-") as tmp, ExitStack() as stack:
+        try:  # a throwaway cluster of three masters, on this machine's redis-server
+            cluster: str | None = stack.enter_context(local_cluster())
+        except Unavailable as exc:
+            cluster = None
+            down.add("redis_cluster")
+            notes.append(f"redis_cluster skipped: {exc}")
         for r in range(rounds):
             targets: list[tuple[str, str, Callable[[], None]]] = [
                 ("sqlite", f"sqlite:///{os.path.join(tmp, f'bench{r}.db')}", lambda: None),
@@ -216,6 +232,8 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                 ("redis_exact", *_redis("exact")),
                 ("postgres", *_postgres()),
             ]
+            if cluster is not None:  # its keys go with it: a new prefix each round
+                targets.insert(3, ("redis_cluster", _redis("hll", cluster)[0], lambda: None))
             for name, url, cleanup in targets:
                 if name in down:
                     continue

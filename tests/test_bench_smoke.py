@@ -89,3 +89,28 @@ def test_quick_report_section_times_the_report_on_every_store_it_reaches(tmp_pat
     for store in ("sqlite", "redis", "postgres"):
         assert {f"report.{store}_30d.quick", f"report.{store}_30d.warm.quick"} <= names
     assert "PostgreSQL's tables analyzed" in done.stdout
+
+
+@pytest.mark.services
+def test_quick_stores_section_writes_to_every_store_a_redis_cluster_included(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import need_service
+    from tests.stores.conftest import postgres_up, redis_up
+
+    need_service(redis_up(), "Redis is not running on 127.0.0.1:6379")
+    need_service(postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432")
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "stores", "--out", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    by_name = {entry["name"]: entry for entry in json.loads(out.read_text())}
+    for store in ("sqlite", "redis", "redis_exact", "redis_cluster", "postgres"):
+        assert by_name[f"stores.{store}"]["unit"] == "events/s"
+    assert by_name["stores.redis_cluster"]["target"] == ">= 200000"
