@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
-from trackmw.core import issued_id
 from trackmw.events import ConsentChoice, PageView
 from trackmw.stores import Store, open_store
 from trackmw.stores.sqlite import SQLiteStore
@@ -88,22 +87,8 @@ def generate(
 
 def in_time_order(events: int, until: date, seed: int = 1) -> list[PageView]:
     """``generate``'s page views sorted by time: what a live site's batches hold (the
-    last second's events), where ``generate``'s order spreads every batch over all days.
-
-    Each visitor's id is then the one trackmw would have issued it at its first page
-    view (``trackmw.core.issued_id``: that second, then 128 random bits), as stores
-    see them on a live site."""
-    rows = sorted(generate(events, until=until, seed=seed), key=lambda pv: pv.ts)
-    rng = random.Random(seed)
-    ids: dict[str, str] = {}
-    for i, pv in enumerate(rows):
-        visitor = pv.visitor_id
-        if visitor is not None:
-            issued = ids.get(visitor)
-            if issued is None:
-                issued = ids[visitor] = issued_id(pv.ts, rng.randbytes(16))
-            rows[i] = pv._replace(visitor_id=issued)
-    return rows
+    last second's events), where ``generate``'s order spreads every batch over all days."""
+    return sorted(generate(events, until=until, seed=seed), key=lambda pv: pv.ts)
 
 
 def _consents(n: int, until: date, seed: int) -> list[ConsentChoice]:

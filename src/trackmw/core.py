@@ -110,8 +110,8 @@ class Core:
     # -- the visitor ----------------------------------------------------------------------
 
     def new_id(self) -> str:
-        """A fresh visitor id (``issued_id``): the second it was drawn, then 128 random
-        bits from the OS's CSPRNG.
+        """A fresh random visitor id: 128 bits from the OS's CSPRNG, written as
+        ``secrets.token_urlsafe(16)`` writes them (22 characters).
 
         Ids are drawn from the OS ``_IDS_AT_ONCE`` at a time: each ``urandom`` call is a
         system call (about 0.5 µs, twice the cost of writing the id). The pool is per
@@ -122,11 +122,7 @@ class Core:
             return _id_pool.popleft()  # atomic: two threads never get the same id
         except IndexError:
             block = os.urandom(16 * _IDS_AT_ONCE)
-            prefix = _time_prefix(time.time())
-            ids = [
-                prefix + base64url(block[i : i + 16]).decode("ascii")
-                for i in range(0, len(block), 16)
-            ]
+            ids = [base64url(block[i : i + 16]).decode("ascii") for i in range(0, len(block), 16)]
             _id_pool.extend(ids[1:])
             return ids[0]
 
@@ -565,39 +561,6 @@ _id_pool: deque[str] = deque()
 _IDS_AT_ONCE = 64
 if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
     os.register_at_fork(after_in_child=_id_pool.clear)
-
-
-def issued_id(when: float, token: bytes) -> str:
-    """A visitor id issued at ``when`` (a Unix time) with 16 random bytes ``token``.
-
-    Six characters of the second it was issued, in an alphabet that sorts as its
-    values do (ASCII order), then the token as ``secrets.token_urlsafe(16)`` writes it:
-    28 cookie-safe characters, 128 of their bits random. Ids issued later sort later,
-    so the rows a store keys by visitor id for visitors first seen together lie
-    together: SQLite's distinct-count rows (``sqlite_uniques``) of a batch's new
-    visitors then fill a few pages at the end of their table instead of one random
-    page each. The time tells the visitor nothing its id cookie's signature does not
-    (itsdangerous' timestamp, the time the cookie was signed).
-
-    >>> issued_id(0, bytes(16))
-    '------AAAAAAAAAAAAAAAAAAAAAA'
-    """
-    return _time_prefix(when) + base64url(token).decode("ascii")
-
-
-#: The base64url characters in ASCII order: a number written in them sorts as text.
-_SORTED64 = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
-
-
-def _time_prefix(when: float) -> str:
-    """Six characters of the second ``when``: as text, they sort as the times do (up
-    to 64**6 seconds, the year 4147)."""
-    n = min(max(int(when), 0), 64**6 - 1)
-    digits = []
-    for _ in range(6):
-        n, digit = divmod(n, 64)
-        digits.append(_SORTED64[digit])
-    return "".join(reversed(digits))
 
 
 def _intern(text: str) -> str:
