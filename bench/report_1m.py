@@ -13,6 +13,7 @@ PostgreSQL, when they are reachable (``bench.stores`` names them).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import tempfile
@@ -22,10 +23,11 @@ from datetime import date, timedelta
 from typing import Any
 
 from trackmw.events import ConsentChoice, PageView
+from trackmw.signing import base64url
 from trackmw.stores import Store, open_store
 from trackmw.stores.sqlite import SQLiteStore
 
-__all__ = ["generate", "in_time_order", "on_servers", "run"]
+__all__ = ["generate", "in_time_order", "on_servers", "run", "visitor_ids"]
 
 DAYS = 45
 VISITORS = 50_000
@@ -59,6 +61,7 @@ def generate(
     class_weights = [c[3] for c in _CLASSES]
     visitor_class = [rng.choices(classes, class_weights)[0] for _ in range(VISITORS)]
     visitor_user = [f"user{v}" if v % 9 == 0 else None for v in range(VISITORS)]
+    visitor_id = visitor_ids(seed)
     made = 0
     while made < events:
         v = min(int(rng.paretovariate(1.2)) - 1, VISITORS - 1)  # heavy and casual visitors
@@ -79,7 +82,7 @@ def generate(
                 yield PageView(ts, day, None, None, page, referrer, campaign,
                                None, None, None, False)
             else:
-                yield PageView(ts, day, f"v{v:06d}-{seed}", visitor_user[v], page, referrer,
+                yield PageView(ts, day, visitor_id[v], visitor_user[v], page, referrer,
                                campaign, browser, os_name, device, False)
             referrer = campaign = None
             ts += rng.randrange(5, 120)
@@ -91,12 +94,22 @@ def in_time_order(events: int, until: date, seed: int = 1) -> list[PageView]:
     return sorted(generate(events, until=until, seed=seed), key=lambda pv: pv.ts)
 
 
+@functools.lru_cache(maxsize=4)
+def visitor_ids(seed: int) -> list[str]:
+    """The ``VISITORS`` visitors' ids, as trackmw issues them (``Core.new_id``: 128
+    random bits, 22 characters), drawn from ``seed``. Shorter ids would make rows keyed
+    by them (SQLite's chains, the indexes) smaller than a live site's."""
+    rng = random.Random(seed + 2)
+    return [base64url(rng.randbytes(16)).decode("ascii") for _ in range(VISITORS)]
+
+
 def _consents(n: int, until: date, seed: int) -> list[ConsentChoice]:
     rng = random.Random(seed + 1)
+    ids = visitor_ids(seed)
     out = []
     for i in range(n):
         day = (until - timedelta(days=rng.randrange(DAYS))).isoformat()
-        out.append(ConsentChoice(0.0, day, f"v{i:06d}-{seed}", rng.random() < 0.8, True, "1"))
+        out.append(ConsentChoice(0.0, day, ids[i % VISITORS], rng.random() < 0.8, True, "1"))
     return out
 
 
