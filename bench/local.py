@@ -127,7 +127,8 @@ def local_cluster(masters: int = 3) -> Iterator[str]:
                 "--appendonly",
                 "no",
             )
-            nodes.append(node.start())
+            nodes.append(node)  # first: stopped on the way out even if it never answers
+            node.start()
         created = subprocess.run(
             [
                 "redis-cli",
@@ -148,10 +149,13 @@ def local_cluster(masters: int = 3) -> Iterator[str]:
         def ready() -> bool:
             import redis
 
-            for n in nodes:
-                with redis.Redis(port=n.port) as c:
-                    if c.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-                        return False
+            try:
+                for n in nodes:
+                    with redis.Redis(port=n.port) as c:
+                        if c.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                            return False
+            except redis.RedisError:  # a node not answering yet (or at all: see timeout)
+                return False
             return True
 
         wait_until(ready, "the redis cluster to be ready")

@@ -218,7 +218,8 @@ def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]
     anonymous = compress(views, map(is_, map(_VISITOR, views), repeat(None)))
     for (day, bot), n in Counter(map(_DAY_BOT, anonymous)).items():
         if not bot:
-            counts[day, "anonymous", ""] = n
+            key = (day, "anonymous", "")
+            counts[key] = get(key, 0) + n
     return Counter(counts)
 
 

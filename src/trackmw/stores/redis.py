@@ -290,7 +290,8 @@ class RedisStore(Store):
         hash tag). If the slot has moved since, the node answers ``MOVED``: the batch
         is then sent again the usual way, which follows the cluster."""
         if self.cluster:
-            return client.get_node_from_key(key).redis_connection.connection_pool
+            node = client.get_node_from_key(key)
+            return client.get_redis_connection(node).connection_pool  # made if new
         return client.connection_pool
 
     def sync(self) -> None:
@@ -338,6 +339,9 @@ class RedisStore(Store):
                 # Perhaps NOSCRIPT (Redis restarted or flushed it, or a cluster's slot
                 # moved to a node that never ran it) or MOVED.
                 self._loaded = False
+            except BaseException:  # interrupted: its reply must not reach the next user
+                conn.disconnect()
+                raise
             finally:
                 batch.pool.release(conn)
         for _ in range(_ERASED_RETRIES):

@@ -4,9 +4,10 @@ A row is the entity's dimensions' segments, ``;``-joined: ``dim:day,day,…`` (d
 id, then its visit days as ``date.toordinal()`` numbers, ascending).
 
 A batch touches a few dimensions of each of its visitors, mostly with a day later than
-any in the chain (today): the row is split into its segments, such a day is appended to
-its segment's text, and the other segments are joined back as they were. Only a day
-arriving out of order decodes its chain.
+any in the chain (today): each touched segment is found in the row's text (by a search,
+or for many segments by indexing the text once), such a day is appended to it, and the
+text is rebuilt once around the edits. Only a day arriving out of order decodes its
+chain.
 
 Almost every visitor keeps one browser, OS and device: their three chains are then the
 visitor's own chain (all visitors), and the row says so with a first segment
