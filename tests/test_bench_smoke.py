@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,22 +39,33 @@ VARIANTS = {
 }
 
 
-def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
+def _quick(section: str, tmp_path: Path, services: bool = False) -> tuple[str, list[Any]]:
+    """``python -m bench --quick --only SECTION``: what it printed, and its JSON results.
+    With ``services``, Redis and PostgreSQL must be up (else the test skips)."""
+    if services:
+        from tests.conftest import need_service
+        from tests.stores.conftest import postgres_up, redis_up
+
+        need_service(redis_up(), "Redis is not running on 127.0.0.1:6379")
+        need_service(postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432")
     out = tmp_path / "results.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "inprocess", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--only", section, "--out", str(out)],
         cwd=ROOT,
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
+    stdout, document = _quick("inprocess", tmp_path)
+    lines = stdout.splitlines()
     assert lines[0].startswith("trackmw benchmarks:")
     assert lines[1].startswith("| figure ") and set(lines[2]) <= {"|", "-"}
-    document = json.loads(out.read_text())
     by_name = {entry["name"]: entry for entry in document}
     assert VARIANTS <= set(by_name)
     for entry in document:
@@ -62,7 +74,7 @@ def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
         if entry["baseline"] is not None:
             assert entry["baseline"] in by_name
             assert entry["ratio"] > 0
-        assert entry["label"] in done.stdout
+        assert entry["label"] in stdout
     assert by_name["asgi.trackmw.returning"]["baseline"] == "asgi.bare"
     assert by_name["pixel.returning"]["baseline"] == "gif.raw"
     assert by_name["wsgi.trackmw.returning"]["baseline"] == "wsgi.flask"
@@ -70,47 +82,19 @@ def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_quick_report_section_times_the_report_on_every_store_it_reaches(tmp_path: Path) -> None:
-    from tests.conftest import need_service
-    from tests.stores.conftest import postgres_up, redis_up
-
-    need_service(redis_up(), "Redis is not running on 127.0.0.1:6379")
-    need_service(postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432")
-    out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "report", "--out", str(out)],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    names = {entry["name"] for entry in json.loads(out.read_text())}
+    stdout, document = _quick("report", tmp_path, services=True)
+    names = {entry["name"] for entry in document}
     for store in ("sqlite", "redis", "postgres"):
         assert {f"report.{store}_30d.quick", f"report.{store}_30d.warm.quick"} <= names
-    assert "PostgreSQL's tables analyzed" in done.stdout
+    assert "PostgreSQL's tables analyzed" in stdout
 
 
 @pytest.mark.services
 def test_quick_stores_section_writes_to_every_store_a_redis_cluster_included(
     tmp_path: Path,
 ) -> None:
-    from tests.conftest import need_service
-    from tests.stores.conftest import postgres_up, redis_up
-
-    need_service(redis_up(), "Redis is not running on 127.0.0.1:6379")
-    need_service(postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432")
-    out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "stores", "--out", str(out)],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    by_name = {entry["name"]: entry for entry in json.loads(out.read_text())}
+    _, document = _quick("stores", tmp_path, services=True)
+    by_name = {entry["name"]: entry for entry in document}
     for store in ("sqlite", "redis", "redis_exact", "redis_cluster", "postgres"):
         assert by_name[f"stores.{store}"]["unit"] == "events/s"
     assert by_name["stores.redis_cluster"]["target"] == ">= 200000"
