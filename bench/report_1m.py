@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import random
 import tempfile
@@ -23,8 +24,9 @@ from datetime import date, timedelta
 from typing import Any
 
 from trackmw.events import ConsentChoice, PageView
+from trackmw.report import Report
 from trackmw.signing import base64url
-from trackmw.stores import Store, open_store
+from trackmw.stores import open_store
 from trackmw.stores.sqlite import SQLiteStore
 
 __all__ = ["generate", "in_time_order", "on_servers", "run", "visitor_ids"]
@@ -143,12 +145,7 @@ def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False
         write_s = end - start
         store.close()
         since = until - timedelta(days=29)
-        store = SQLiteStore(f"sqlite:///{path}")
-        start = time.perf_counter()
-        report = store.report(since, until)
-        cold = time.perf_counter() - start
-        warm = min(_timed(store, since, until) for _ in range(5))
-        store.close()
+        report, cold, warm = _report_times(f"sqlite:///{path}", since, until)
         size = sum(
             os.path.getsize(path + ext) for ext in ("", "-wal") if os.path.exists(path + ext)
         )
@@ -210,14 +207,7 @@ def on_servers(events: int = 1_000_000, *, quiet: bool = False) -> dict[str, Any
                 _analyze(url)
                 out["notes"].append("report: PostgreSQL's tables analyzed before timing its "
                                     "report, as autovacuum would soon after such a load")
-            store = open_store(url)
-            try:
-                start = time.perf_counter()
-                report = store.report(since, until)
-                cold = time.perf_counter() - start
-                warm = min(_timed(store, since, until) for _ in range(5))
-            finally:
-                store.close()
+            report, cold, warm = _report_times(url, since, until)
             timed = out[name] = {
                 "report_ms_cold": round(cold * 1000, 1),
                 "report_ms_warm": round(warm * 1000, 1),
@@ -253,10 +243,23 @@ def _analyze(url: str) -> None:
             conn.execute(f'ANALYZE "{schema}".{table}')
 
 
-def _timed(store: Store, since: date, until: date) -> float:
-    start = time.perf_counter()
-    store.report(since, until)
-    return time.perf_counter() - start
+def _report_times(url: str, since: date, until: date) -> tuple[Report, float, float]:
+    """The report of ``since``..``until`` from a new store object at ``url``, the seconds
+    it took (cold: new connections, the server's own caches as they are), and the best
+    of five after it (warm)."""
+    store = open_store(url)
+    try:
+        start = time.perf_counter()
+        report = store.report(since, until)
+        cold = time.perf_counter() - start
+        warm = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            store.report(since, until)
+            warm = min(warm, time.perf_counter() - start)
+        return report, cold, warm
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,12 @@ def pageview(
     )
 
 
+def named_batch(name: str, n: int) -> list[PageView]:
+    """``n`` page views of seven visitors on ``START``, at pages ``/NAME/i``: a batch
+    whose pages say which batch wrote them."""
+    return [pageview(START, i, f"v{i % 7}", f"/{name}/{i}") for i in range(n)]
+
+
 def consent(day: date, second: int, visitor: str | None, analytics: bool) -> ConsentChoice:
     return ConsentChoice(
         ts_of(day, second),

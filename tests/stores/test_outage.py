@@ -32,11 +32,11 @@ from bench.local import RedisServer, free_port
 
 from tests.conftest import need_service, wait_for
 from trackmw.errors import StoreError
-from trackmw.events import Hit, PageView
+from trackmw.events import Hit
 from trackmw.pipeline import Pipeline
 from trackmw.stores import Store, open_store
 
-from .data import START, pageview
+from .data import START, named_batch
 from .servers import CHROME, Site, send_hits, site_env, visitor_cookies
 
 pytestmark = [pytest.mark.services, pytest.mark.server]
@@ -292,10 +292,6 @@ def _pages(url: str) -> list[str]:
         store.close()
 
 
-def _batch(name: str, n: int) -> list[PageView]:
-    return [pageview(START, i, f"v{i % 7}", f"/{name}/{i}") for i in range(n)]
-
-
 @pytest.fixture
 def private_store(private_redis: RedisServer) -> Iterator[Store]:
     """A Redis store on the private server, opened; closed after the test."""
@@ -313,14 +309,14 @@ def test_a_redis_batch_whose_reply_is_lost_with_its_connection_is_written_once(
 
     store = private_store
     with redis.Redis(port=private_redis.port) as other:
-        store.write(_batch("warm", 1), [])  # the script loaded: sends no longer wait
-        store.send(_batch("one", 300), [])
+        store.write(named_batch("warm", 1), [])  # the script loaded: sends no longer wait
+        store.send(named_batch("one", 300), [])
         wait_for(lambda: len(_pages(store.url)) == 301, "the first batch's script to run")
         # Its reply was never read: the connection goes, and the reply with it.
         assert other.client_kill_filter(_type="normal", skipme=True) >= 1
-    store.send(_batch("two", 200), [])  # reads the lost reply: sends the first again
+    store.send(named_batch("two", 200), [])  # reads the lost reply: sends the first again
     store.sync()
-    sent = _batch("warm", 1) + _batch("one", 300) + _batch("two", 200)
+    sent = named_batch("warm", 1) + named_batch("one", 300) + named_batch("two", 200)
     assert _pages(store.url) == sorted(p.path for p in sent)  # the marker: written once
     assert store.report(START, START).pageviews == 501
 
@@ -329,16 +325,16 @@ def test_a_redis_batch_sent_while_redis_is_down_is_kept_until_it_is_back(
     private_redis: RedisServer, private_store: Store
 ) -> None:
     store = private_store
-    store.write(_batch("warm", 10), [])
+    store.write(named_batch("warm", 10), [])
     private_redis.stop()
-    store.send(_batch("kept", 100), [])  # taken: the store keeps it
+    store.send(named_batch("kept", 100), [])  # taken: the store keeps it
     with pytest.raises(StoreError):
         store.sync()
     with pytest.raises(StoreError):
-        store.send(_batch("refused", 50), [])  # the kept one failed: not taken
+        store.send(named_batch("refused", 50), [])  # the kept one failed: not taken
     private_redis.start()  # same data directory, append-only file
     store.sync()
-    store.send(_batch("later", 20), [])
+    store.send(named_batch("later", 20), [])
     store.sync()
     assert store.report(START, START).pageviews == 130
     assert {p.split("/")[1] for p in _pages(store.url)} == {"warm", "kept", "later"}
@@ -350,10 +346,10 @@ def test_a_redis_that_forgot_the_write_script_gets_it_again(
     import redis
 
     store = private_store
-    store.write(_batch("one", 10), [])
+    store.write(named_batch("one", 10), [])
     with redis.Redis(port=private_redis.port) as other:
         other.script_flush()
-    store.send(_batch("two", 10), [])  # EVALSHA answers NOSCRIPT: sent again, loaded
+    store.send(named_batch("two", 10), [])  # EVALSHA answers NOSCRIPT: sent again, loaded
     store.sync()
     assert store.report(START, START).pageviews == 20
 

@@ -10,10 +10,10 @@ import pytest
 
 from tests.conftest import wait_for
 from trackmw.errors import StoreError
-from trackmw.events import ConsentChoice, PageView
+from trackmw.events import ConsentChoice
 from trackmw.stores import Store, open_store
 
-from .data import START, consent, pageview, ts_of
+from .data import START, consent, named_batch, pageview, ts_of
 
 pytestmark = pytest.mark.services
 
@@ -143,16 +143,12 @@ def test_a_second_request_for_tombstone_keys_is_an_error_not_a_loop(
     assert len(sent) == 2 and sent[1] > sent[0]  # without the keys, then with them
 
 
-def _batch(name: str, n: int) -> list[PageView]:
-    return [pageview(START, i, f"v{i % 7}", f"/{name}/{i}") for i in range(n)]
-
-
 @pytest.mark.parametrize("store_kind", ["redis", "redis-cluster"])
 def test_a_sent_batch_runs_before_its_reply_is_read(store: Store) -> None:
     # ``send`` returns with the script sent (the writer plans the next batch meanwhile),
     # on a cluster too: the batch is written before ``sync`` reads its reply.
-    store.write(_batch("warm", 1), [])  # the script loaded: sends no longer wait
-    store.send(_batch("ahead", 300), [])
+    store.write(named_batch("warm", 1), [])  # the script loaded: sends no longer wait
+    store.send(named_batch("ahead", 300), [])
     assert store.held() == 300
     reader = open_store(store.url)
     try:
@@ -171,7 +167,7 @@ def test_a_batch_sent_to_a_node_that_lost_the_slot_follows_it_once(store: Store)
     # follows the slot (and loads the script there), and written once.
     import redis
 
-    store.write(_batch("one", 50), [])
+    store.write(named_batch("one", 50), [])
     client: Any = store.client  # type: ignore[attr-defined]
     key = store.prefix + ":days"  # type: ignore[attr-defined]
     slot = client.keyslot(key)
@@ -187,8 +183,8 @@ def test_a_batch_sent_to_a_node_that_lost_the_slot_follows_it_once(store: Store)
             old.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
         for node in nodes.values():
             node.execute_command("CLUSTER SETSLOT", slot, "NODE", new_id)
-        store.send(_batch("two", 40), [])  # to the old node: MOVED
-        store.send(_batch("three", 30), [])  # reads that, sends "two" again, then this
+        store.send(named_batch("two", 40), [])  # to the old node: MOVED
+        store.send(named_batch("three", 30), [])  # reads that, sends "two" again, then this
         store.sync()
         assert client.get_node_from_key(key).name == target.name  # the client followed
         assert store.report(START, START).pageviews == 120

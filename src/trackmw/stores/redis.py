@@ -322,8 +322,6 @@ class RedisStore(Store):
         """Finish the batch in flight: read its reply, or send it again until Redis
         answers; leave out erased visitors' events and send again if the script found
         some. Raises ``StoreError`` (the batch kept for the next try) if Redis fails."""
-        if self._flight is None:
-            return
         if self._pid != os.getpid():  # first: a forked child forgets the parent's batch
             self.after_fork()
         batch = self._flight

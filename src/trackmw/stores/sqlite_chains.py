@@ -83,21 +83,9 @@ def merge(
                 added.append(f"{name}:{join_days(chain)}")
             continue
         end = text.find(";", start)
-        if end < 0:
-            end = len(text)
-        if len(new) == 1:  # the usual case: one day, later than the chain's last
-            (day,) = new
-            last = int(text[text.rfind(",", start, end) + 1 or start : end])
-            if day > last:
-                key = (dim, day, last)
-                target[key] = target.get(key, 0) + 1
-                edits.append((end, end, f",{day}"))
-                continue
-            if day == last:
-                continue
-        days = _extend(text[start:end], new, dim, target)
-        if days is not None:
-            edits.append((start, end, days))
+        edit = _extend(text, start, len(text) if end < 0 else end, new, dim, target)
+        if edit is not None:
+            edits.append(edit)
     if edits:
         edits.sort()
         pieces: list[str] = []
@@ -131,16 +119,20 @@ def _segments(text: str) -> dict[str, int]:
     return out
 
 
-def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
-    """The days of ``chain`` (text) and ``new``, or None if none is new; the links that
-    change go to ``delta``."""
-    last = int(chain[chain.rfind(",") + 1 :])
+def _extend(
+    text: str, start: int, end: int, new: set[int], dim: int, delta: Delta
+) -> tuple[int, int, str] | None:
+    """The edit adding ``new`` to the chain whose days are ``text[start:end]``: ``(a, b,
+    piece)``, to put ``piece`` in place of ``text[a:b]``; None if no day is new. The links
+    that change go to ``delta``. Days later than the chain's last (today's, as a rule)
+    are appended at ``end``, without reading the chain."""
+    last = int(text[text.rfind(",", start, end) + 1 or start : end])
     if len(new) == 1:
         (day,) = new
         if day > last:  # the usual case: a later day (today), appended
             key = (dim, day, last)
             delta[key] = delta.get(key, 0) + 1
-            return f"{chain},{day}"
+            return end, end, f",{day}"
         if day == last:
             return None
     days = sorted(new)
@@ -150,9 +142,9 @@ def _extend(chain: str, new: set[int], dim: int, delta: Delta) -> str | None:
             key = (dim, day, prev)
             delta[key] = delta.get(key, 0) + 1
             prev = day
-        return f"{chain},{join_days(days)}"
-    old = parse_days(chain)
-    return join_days(old) if _insert(old, days, dim, delta) else None
+        return end, end, "," + join_days(days)
+    old = parse_days(text[start:end])
+    return (start, end, join_days(old)) if _insert(old, days, dim, delta) else None
 
 
 def _insert(chain: list[int], days: list[int], dim: int, delta: Delta) -> bool:
