@@ -255,7 +255,7 @@ class Core:
         the scheme is all this reads.
         """
         visitor_id = self.new_id()
-        value = self.id_signer.dumps([visitor_id])
+        value = self.id_signer.dumps_id(visitor_id)
         if self.cookie_needs_headers:
             return visitor_id, self.cookie_header(describe(), ID_COOKIE, value)
         secure = self.settings.cookie_secure

@@ -19,9 +19,11 @@ itsdangerous compresses any that zlib shortens by 2 bytes): the signer is built 
 salt instead of on every call, each key is derived once instead of on every sign and
 verify (a SHA-1 each time), each key's HMAC is set up once and copied per signature,
 the JSON encoder is built once, short payloads skip the zlib attempt, the timestamp's
-text is made once a second, and base64 is called directly (``binascii``) rather than
-through three layers of Python. Together they make a signature about 4.5 times cheaper
-than plain itsdangerous (2.8 µs against 12.6 µs for a visitor id).
+text is made once a second, base64 is called directly (``binascii``) rather than
+through three layers of Python, and a short payload is signed in one function rather
+than through the serializer's and signer's layers (``dumps_id`` writes a visitor id's
+JSON itself). Together they make a visitor id's token about 7 times cheaper than
+plain itsdangerous (1.8 µs against 13.4 µs).
 """
 
 from __future__ import annotations
@@ -123,14 +125,18 @@ class _Signer(TimestampSigner):
     def sign(self, value: str | bytes) -> bytes:
         """``TimestampSigner.sign``: the same bytes, with the timestamp's text reused
         within its second."""
-        value = want_bytes(value)
+        value = want_bytes(value) + self.stamp()
+        return value + self._sep + self.get_signature(value)
+
+    def stamp(self) -> bytes:
+        """The separator and the current timestamp, as ``sign`` appends them (made
+        once a second)."""
         now = self.get_timestamp()
         at, stamp = self._stamp
         if at != now:
             stamp = self._sep + base64url(int_to_bytes(now))
             self._stamp = (now, stamp)  # one assignment: threads see either pair whole
-        value = value + stamp
-        return value + self._sep + self.get_signature(value)
+        return stamp
 
     def get_signature(self, value: str | bytes) -> bytes:
         """``Signer.get_signature``: the derived key's HMAC of ``value``, base64."""
@@ -199,7 +205,8 @@ class CookieSigner:
         oldest_first = list(reversed(secret_keys))
         self._all = _Serializer(oldest_first, salt=salt)
         self._newest = _Serializer(oldest_first[-1], salt=salt)
-        self._sign: Callable[[bytes], bytes] = self._newest.make_signer(salt).sign
+        self._signer: _Signer = self._newest.make_signer(salt)
+        self._json: Callable[[Any], str] = self._newest._json
         self.max_age = max_age
         self._cache: dict[str, SignedValue | None] = {}
 
@@ -208,8 +215,29 @@ class CookieSigner:
 
         ``URLSafeTimedSerializer.dumps``, with the signer looked up once, not per call.
         """
-        token: bytes = self._sign(self._newest.dump_payload(payload))
-        return token.decode("ascii")
+        text = self._json(payload).encode("utf-8")
+        if len(text) >= _COMPRESS_FROM:
+            token: bytes = self._signer.sign(self._newest.dump_payload(payload))
+            return token.decode("ascii")
+        return self._signed(text)
+
+    def dumps_id(self, visitor_id: str) -> str:
+        """``dumps([visitor_id])`` for an id of URL-safe characters (``Core.new_id``'s),
+        which JSON writes as they are: no JSON encoder on a new visitor's request."""
+        return self._signed(b'["' + visitor_id.encode("ascii") + b'"]')
+
+    def _signed(self, text: bytes) -> str:
+        """The token for a short JSON ``text``: what the serializer's and the signer's
+        layers of calls make, in one function (on every new visitor's request, those
+        layers cost as much as the HMAC)."""
+        signer = self._signer
+        value = base64url(text) + signer.stamp()
+        mac = signer._mac
+        if mac is None:  # an algorithm other than HMAC
+            return (value + signer._sep + signer.get_signature(value)).decode("ascii")
+        mac = mac.copy()
+        mac.update(value)
+        return (value + signer._sep + base64url(mac.digest())).decode("ascii")
 
     def loads(self, value: str, now: float | None = None) -> SignedValue | None:
         """The verified value, or ``None`` if tampered, expired, future-dated or garbled."""

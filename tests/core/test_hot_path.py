@@ -57,6 +57,20 @@ def test_signed_values_are_the_bytes_itsdangerous_writes(monkeypatch: pytest.Mon
     assert ours.startswith(".")
 
 
+def test_a_new_ids_cookie_is_the_token_dumps_makes(
+    make_tracker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dumps_id`` writes the JSON itself; its token must be ``dumps([id])``'s bytes."""
+    monkeypatch.setattr("itsdangerous.timed.time.time", lambda: 1_790_000_000.25)
+    core = make_tracker().core
+    signer = CookieSigner([KEY], "trackmw.visitor", 60)
+    plain = URLSafeTimedSerializer(KEY, salt="trackmw.visitor")
+    for visitor_id in [core.new_id() for _ in range(50)] + ["-_" * 11, "0" * 22]:
+        token = signer.dumps_id(visitor_id)
+        assert token == signer.dumps([visitor_id])
+        assert plain.loads(token) == [visitor_id]
+
+
 def test_a_short_payload_is_never_compressed_and_still_loads_both_ways() -> None:
     """The one difference from itsdangerous: zlib is not tried under 48 bytes."""
     plain = URLSafeTimedSerializer(KEY, salt="trackmw.visitor")
