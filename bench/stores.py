@@ -5,10 +5,11 @@ generator: sessions, Zipf-like pages, a browser mix, anonymous and bot hits, a f
 consent choices) to SQLite, Redis (HyperLogLog and exact uniques), a Redis Cluster
 (three masters started on this machine, ``bench.local``) and PostgreSQL in
 batches of 1,000, the pipeline's batch size, each batch one ``store.send`` as the
-pipeline sends them (indexes, rollups, per-visitor lists and the erasure check
-included), three times each from empty (the median counts), and measures with
-``tracemalloc`` the bytes held per event by 100,000 ``Pipeline.add(Hit(...))`` with
-strings as a request makes them.
+pipeline's writer sends the batches it finds waiting (so SQLite writes them five to a
+transaction, and Redis plans one while its server runs the one before; indexes,
+rollups, per-visitor lists and the erasure check included), three times each from
+empty (the median counts), and measures with ``tracemalloc`` the bytes held per event
+by 100,000 ``Pipeline.add(Hit(...))`` with strings as a request makes them.
 
 Returns ``{"writes": {name: events/s or None}, "writes_per_cpu_second": {name: events per
 CPU second of client and server}, "bytes_per_event": float,
@@ -39,6 +40,7 @@ from trackmw.errors import StoreError
 from trackmw.events import ConsentChoice, Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores import Store, open_store
+from trackmw.stores.sqlite import SQLiteStore
 
 from .local import Unavailable, local_cluster
 from .report_1m import _consents, in_time_order
@@ -58,8 +60,9 @@ def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]
     ``BATCH`` after one warm-up batch.
 
     As the pipeline's writer does when it finds batches waiting: ``store.send`` for
-    each, then ``store.sync`` (every batch written). For most stores ``send`` is
-    ``write``; Redis plans a batch while its server runs the one before.
+    each, then ``store.sync`` (every batch written). For PostgreSQL ``send`` is
+    ``write``; Redis plans a batch while its server runs the one before; SQLite writes
+    the batches sent one after another together, up to ``group_events`` a transaction.
 
     The second figure divides by the CPU time spent: this process's plus the server's
     (``server_cpu()`` reads the server's cumulative CPU seconds). When the two are
@@ -278,7 +281,8 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
                  "and host strings shared between hits")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     median = f"median of {rounds} rounds" if rounds > 1 else "one round"
-    notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,}, "
+    notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,} "
+                 f"(SQLite: {SQLiteStore.group_events:,} a transaction), "
                  f"{median}; load average at the end {load} on {os.cpu_count()} cores")
     if not quiet:
         print(notes[-1])
