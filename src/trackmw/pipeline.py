@@ -22,8 +22,9 @@ Nothing accepted is lost while the process lives:
   connections; nothing opened in the parent is used in the child.
 
 The largest loss on ``kill -9`` is what was buffered and not yet written: at most
-``flush_interval`` seconds of events (plus one batch in flight, which the store then
-never committed).
+``flush_interval`` seconds of events (plus what the store took and had not yet
+committed: a batch in flight to Redis, or the batches SQLite holds to write together,
+up to ``SQLiteStore.group_events``).
 """
 
 from __future__ import annotations
@@ -329,13 +330,16 @@ class Pipeline:
         try:
             ok = self.drain()
         finally:
-            if not ok:
-                log.error("trackmw: %d events could not be written at close", len(self))
             if self._store is not None:
                 try:
-                    self._store.close()
+                    self._store.close()  # a store still holding batches tries them once more
+                    self._count(0)
                 except Exception:
                     log.exception("trackmw: closing the store failed")
+            if not ok:
+                ok = len(self) == 0
+                if not ok:
+                    log.error("trackmw: %d events could not be written at close", len(self))
         return ok
 
     def after_fork(self) -> None:

@@ -223,7 +223,9 @@ class CookieSigner:
 
     def dumps_id(self, visitor_id: str) -> str:
         """``dumps([visitor_id])`` for an id of URL-safe characters (``Core.new_id``'s),
-        which JSON writes as they are: no JSON encoder on a new visitor's request."""
+        which JSON writes as they are: no JSON encoder on a new visitor's request. Any
+        other id (one with a quote, a backslash or a control character) must go through
+        ``dumps``."""
         return self._signed(b'["' + visitor_id.encode("ascii") + b'"]')
 
     def _signed(self, text: bytes) -> str:
@@ -232,10 +234,7 @@ class CookieSigner:
         layers cost as much as the HMAC)."""
         signer = self._signer
         value = base64url(text) + signer.stamp()
-        mac = signer._mac
-        if mac is None:  # an algorithm other than HMAC
-            return (value + signer._sep + signer.get_signature(value)).decode("ascii")
-        mac = mac.copy()
+        mac = signer._mac.copy()  # always HMAC: the serializers use the default algorithm
         mac.update(value)
         return (value + signer._sep + base64url(mac.digest())).decode("ascii")
 

@@ -2,10 +2,11 @@
 
 The file is opened in WAL mode (readers never block the writer), each write is one
 ``BEGIN IMMEDIATE`` transaction (one writer at a time across processes, the others wait
-up to ``busy_timeout``), so several gunicorn workers can write one file. A write that
-still cannot get the lock raises ``StoreError`` and the pipeline retries it whole.
-The batches the pipeline's writer sends one after another (when it is behind) are
-written together, up to ``group_events`` a transaction.
+up to ``busy_timeout``), so several gunicorn workers can write one file. The batches
+the pipeline's writer sends one after another (when it is behind) are held and written
+together, up to ``group_events`` a transaction. A group that still cannot get the lock
+raises ``StoreError``; the store keeps it and writes it whole on the next ``send`` or
+``sync`` (the batch whose ``send`` failed stays the pipeline's, to send again).
 
 Reports never read the raw events. Rollups kept up to date in the same transaction
 as the events answer them: ``daily_counts`` (page views per day and dimension: totals,
@@ -41,6 +42,9 @@ from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
 __all__ = ["SQLiteStore"]
 
 log = logging.getLogger("trackmw")
+
+#: How long ``close`` waits for the lock to write held batches whose last write failed.
+_LAST_TRY_MS = 1000
 
 #: 2: distinct counts from uniq_* link tables instead of daily_visitors.
 #: 3: page views in pageview_groups (sqlite_pageviews) instead of one row each.
@@ -93,6 +97,7 @@ class SQLiteStore(Store):
         self._pid = os.getpid()
         self._held: tuple[list[PageView], list[ConsentChoice]] = ([], [])
         self._held_lock = threading.Lock()
+        self._held_failed = False  # the last attempt to write what is held failed
 
     @staticmethod
     def path_of(url: str) -> str:
@@ -176,11 +181,17 @@ class SQLiteStore(Store):
         self._schema_ready = True
 
     def close(self) -> None:
+        if self._pid != os.getpid():
+            self.after_fork()  # the parent's connections and batches are the parent's
         with self._held_lock:
-            if self._pid == os.getpid() and self.held():  # sent and never synced
+            if self.held():
+                # Sent and never written: tried now, for a second at most if the last try
+                # failed (the pipeline's close may have just waited busy_timeout for it).
                 try:
+                    if self._held_failed:
+                        self._conn().execute(f"PRAGMA busy_timeout = {_LAST_TRY_MS}")
                     self._write_held()
-                except StoreError as exc:
+                except (StoreError, sqlite3.Error) as exc:
                     log.error("trackmw: %r: %d events sent are not written: %s",
                               self, self.held(), exc)
         for conn in self._connections():
@@ -229,10 +240,17 @@ class SQLiteStore(Store):
 
     def _write_held(self) -> None:
         """Write the held batches as one, and let them go (kept if that fails)."""
-        self.write(*self._held)
-        self._held = ([], [])
+        self._held_failed = True
+        self._write(*self._held)
+        self._held, self._held_failed = ([], []), False
 
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Write one batch now, in a transaction of its own, after any batch ``send``
+        holds (in the order they came)."""
+        self.sync()
+        self._write(pageviews, consents)
+
+    def _write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         if not pageviews and not consents:
             return
         counts = daily_counts(pageviews)
