@@ -19,7 +19,8 @@ Nothing accepted is lost while the process lives:
   ``atexit`` hook closes every live pipeline (a gunicorn worker stopped by SIGTERM
   exits through it); the ASGI middleware flushes on lifespan shutdown.
 - After ``os.fork()`` (gunicorn ``--preload``) the child starts its own thread and store
-  connections; nothing opened in the parent is used in the child.
+  connections; nothing opened in the parent is used in the child. A fork waits for a
+  write under way to finish, so that no lock inside the store is held across it.
 
 The largest loss on ``kill -9`` is what was buffered and not yet written: at most
 ``flush_interval`` seconds of events (plus what the store took and had not yet
@@ -367,10 +368,41 @@ def _close_all() -> None:
             log.exception("trackmw: flushing at exit failed")
 
 
+#: How long a fork waits for a pipeline's write under way (``_before_fork``).
+_FORK_WAIT = 5.0
+_held_for_fork: list[threading.RLock] = []
+
+
+def _before_fork() -> None:
+    """Let no pipeline be writing when the process forks.
+
+    A writer thread inside the store at the fork (inside SQLite, which keeps locks of
+    its own per process) could leave the child a lock that no thread there will ever
+    release: the child's first connection to the file would wait forever. So a fork
+    waits for a write under way, ``_FORK_WAIT`` seconds at most, and the parent goes on
+    once the child exists. (Forks are serialized by CPython, and a lock this thread
+    already holds is taken again at once.)
+    """
+    for pipeline in list(_live):
+        lock = pipeline._lock
+        if lock.acquire(timeout=_FORK_WAIT):
+            _held_for_fork.append(lock)
+        else:
+            log.warning("trackmw: forking while a write to %r is under way", pipeline._store)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    _held_for_fork.clear()  # the child's pipelines get new locks
     for pipeline in list(_live):
         pipeline.after_fork()
 
 
 atexit.register(_close_all)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)

@@ -372,6 +372,61 @@ def test_a_forked_child_writes_its_own_events_and_not_the_parents(tmp_path: Path
     fresh.close()
 
 
+def test_a_fork_waits_for_a_write_under_way(tmp_path: Path) -> None:
+    """A writer inside SQLite at the fork could leave the child a lock nobody releases;
+    the fork waits for it. Here the write waits for another connection's lock, which is
+    released 0.3 s after the fork is asked for: the child must see the write done."""
+    import os
+    import sqlite3
+    import threading
+
+    from trackmw.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "forkwait.db"
+
+    def store() -> SQLiteStore:
+        s = SQLiteStore(f"sqlite:///{path}")
+        s.busy_timeout = 10.0
+        return s
+
+    pipeline = Pipeline(store, batch_size=10_000, flush_interval=3600)  # writes on drain only
+    pipeline.store.write([], [])  # the schema
+    for i in range(3):
+        pipeline.add(hit(i))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+
+    def writing() -> bool:
+        if pipeline._lock.acquire(blocking=False):
+            pipeline._lock.release()
+            return False
+        return True
+
+    writer = threading.Thread(target=pipeline.drain)
+    writer.start()
+    wait_for(writing, "the drain to start")
+    release = threading.Timer(0.3, lambda: other.execute("ROLLBACK"))
+    release.start()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's write is done, and SQLite opens
+            code = 1
+            try:
+                with sqlite3.connect(path) as conn:
+                    ((n,),) = conn.execute(
+                        "SELECT count(*) FROM daily_counts WHERE kind = 'page'").fetchall()
+                code = 0 if n == 3 else 10 + n
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.join()
+        writer.join()
+        other.close()
+        pipeline.close()
+
+
 def test_a_cached_normal_form_is_shared_only_by_what_it_depends_on() -> None:
     """``normalize`` caches what a hit's page, referrer, campaign, User-Agent and host
     give; the visitor (or its absence) still decides what a page view carries."""
