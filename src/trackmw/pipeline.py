@@ -337,10 +337,9 @@ class Pipeline:
                     self._count(0)
                 except Exception:
                     log.exception("trackmw: closing the store failed")
+            ok = ok or not len(self)  # the store's close may have written what it held
             if not ok:
-                ok = len(self) == 0
-                if not ok:
-                    log.error("trackmw: %d events could not be written at close", len(self))
+                log.error("trackmw: %d events could not be written at close", len(self))
         return ok
 
     def after_fork(self) -> None:

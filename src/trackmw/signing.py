@@ -28,12 +28,10 @@ plain itsdangerous (1.8 µs against 13.4 µs).
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import time
 from binascii import b2a_base64
-from collections.abc import Callable
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
@@ -162,24 +160,12 @@ class _Serializer(URLSafeTimedSerializer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._signers: dict[Any, Any] = {}
-        if self.serializer is _CompactJSON and not self.serializer_kwargs:
-            self._json: Any = _CompactJSON._dumps
-        else:
-            self._json = functools.partial(self.serializer.dumps, **self.serializer_kwargs)
 
     def make_signer(self, salt: str | bytes | None = None) -> Any:
         signer = self._signers.get(salt)
         if signer is None:
             signer = self._signers[salt] = super().make_signer(salt)
         return signer
-
-    def dump_payload(self, obj: Any) -> bytes:
-        # itsdangerous tries zlib on every payload; it cannot shorten a few dozen bytes,
-        # and trying costs more than the HMAC. Compressed values still load.
-        text = self._json(obj).encode("utf-8")
-        if len(text) >= _COMPRESS_FROM:
-            return super().dump_payload(obj)
-        return base64url(text)
 
 
 class SignedValue:
@@ -206,7 +192,6 @@ class CookieSigner:
         self._all = _Serializer(oldest_first, salt=salt)
         self._newest = _Serializer(oldest_first[-1], salt=salt)
         self._signer: _Signer = self._newest.make_signer(salt)
-        self._json: Callable[[Any], str] = self._newest._json
         self.max_age = max_age
         self._cache: dict[str, SignedValue | None] = {}
 
@@ -214,8 +199,11 @@ class CookieSigner:
         """Sign ``payload`` with the newest key; the result is cookie-safe text.
 
         ``URLSafeTimedSerializer.dumps``, with the signer looked up once, not per call.
+        itsdangerous tries zlib on every payload; it cannot shorten a few dozen bytes, and
+        trying costs more than the HMAC, so only a longer payload goes its way.
+        Compressed values still load.
         """
-        text = self._json(payload).encode("utf-8")
+        text = _CompactJSON._dumps(payload).encode("utf-8")
         if len(text) >= _COMPRESS_FROM:
             token: bytes = self._signer.sign(self._newest.dump_payload(payload))
             return token.decode("ascii")

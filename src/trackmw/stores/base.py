@@ -194,26 +194,16 @@ def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]
 
     Page views that differ only in visitor, user, time or browser add to the same
     counters, so they are first counted by what matters, in C (``Counter`` over
-    ``itemgetter``), then expanded once per distinct kind: a batch of 1,000 page views
-    has a few hundred. Anonymous views are counted apart, also in C.
+    ``itemgetter``), then expanded once per distinct kind (``_count_keys``): a batch of
+    1,000 page views has a few hundred. Whether a view is anonymous is not a field, so
+    anonymous views are counted apart, also in C, and added to their day's
+    ``anonymous`` counter.
     """
     views = pageviews if isinstance(pageviews, Sequence) else list(pageviews)
     counts: dict[tuple[str, str, str], int] = {}  # a Counter's += calls __missing__
     get = counts.get
     for (day, bot, path, referrer, campaign), n in Counter(map(_COUNTED, views)).items():
-        if bot:
-            key = (day, "bot", "")
-            counts[key] = get(key, 0) + n
-            continue
-        key = (day, "total", "")
-        counts[key] = get(key, 0) + n
-        key = (day, "page", path)
-        counts[key] = get(key, 0) + n
-        if referrer:
-            key = (day, "referrer", referrer)
-            counts[key] = get(key, 0) + n
-        if campaign:
-            key = (day, "campaign", campaign)
+        for key in _count_keys(day, bot, path, False, referrer, campaign):
             counts[key] = get(key, 0) + n
     anonymous = compress(views, map(is_, map(_VISITOR, views), repeat(None)))
     for (day, bot), n in Counter(map(_DAY_BOT, anonymous)).items():

@@ -116,9 +116,13 @@ class SQLiteStore(Store):
 
     # -- connections -------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _mine(self) -> None:
+        """In a forked child, first forget the parent's connections and held batches."""
         if self._pid != os.getpid():
             self.after_fork()
+
+    def _conn(self) -> sqlite3.Connection:
+        self._mine()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
@@ -182,8 +186,7 @@ class SQLiteStore(Store):
         self._schema_ready = True
 
     def close(self) -> None:
-        if self._pid != os.getpid():
-            self.after_fork()  # the parent's connections and batches are the parent's
+        self._mine()
         with self._held_lock:
             if self.held():
                 # Sent and never written: tried now, for a second at most if the last try
@@ -220,8 +223,7 @@ class SQLiteStore(Store):
         The pipeline's writer sends every batch it finds waiting, then syncs: one batch
         at a time when it keeps up, several in one transaction when it is behind.
         """
-        if self._pid != os.getpid():
-            self.after_fork()
+        self._mine()
         with self._held_lock:
             held = self.held()
             if held and held + len(pageviews) + len(consents) > self.group_events:
@@ -233,8 +235,7 @@ class SQLiteStore(Store):
         return len(self._held[0]) + len(self._held[1])
 
     def sync(self) -> None:
-        if self._pid != os.getpid():
-            self.after_fork()
+        self._mine()
         with self._held_lock:
             if self.held():
                 self._write_held()
