@@ -12,11 +12,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Reinstalled when the C speedups change: an editable install builds them in place.
+$(VENV)/.installed: pyproject.toml setup.py src/trackmw/_speedups.c | $(BIN)/python
 	$(BIN)/pip install -q -e ".[flask]" uvicorn
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py src/trackmw/_speedups.c | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 

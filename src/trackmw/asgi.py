@@ -7,14 +7,21 @@ paths go straight to the app; every other request gets its ``Visitor`` in
 ``scope["trackmw"]`` (built when first asked for: see ``LazyVisitor``) and, when the
 response starts, the cookies the core asks for.
 Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
+
+A tracked page whose ``Cookie`` header's state is cached (every returning visitor's)
+is recognised in C when ``trackmw._speedups`` is built (``SPEEDUPS``): the header
+pass, the cache lookup and the ``LazyVisitor`` in one call. Without it (no C compiler
+at install, another Python, or ``TRACKMW_NO_EXTENSIONS`` set) the same is done here
+in Python; the tests run both ways.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import time as _time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
@@ -27,9 +34,20 @@ from .tracker import Tracker
 from .visitor import LazyVisitor as BaseLazyVisitor
 from .visitor import RequestOver
 
-__all__ = ["LazyVisitor", "TrackingMiddleware"]
+__all__ = ["SPEEDUPS", "LazyVisitor", "TrackingMiddleware"]
 
 log = logging.getLogger("trackmw")
+
+try:
+    if os.environ.get("TRACKMW_NO_EXTENSIONS"):
+        raise ImportError("TRACKMW_NO_EXTENSIONS is set")
+    from . import _speedups
+except ImportError as exc:  # no compiler at install, another Python: the same in Python
+    log.debug("trackmw: the ASGI middleware runs in pure Python (%s)", exc)
+    _speedups = None  # type: ignore[assignment]
+
+#: Does the middleware take a tracked page's common case in C (``trackmw._speedups``)?
+SPEEDUPS = _speedups is not None
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -118,28 +136,31 @@ class _Decoded:
             yield k.decode("latin-1"), v.decode("latin-1")
 
 
-class LazyVisitor(BaseLazyVisitor):
+class _ASGIVisitor(BaseLazyVisitor):
     """``scope["trackmw"]``: the request's ``Visitor``, built on first call (see
     ``trackmw.visitor.LazyVisitor``), and the app's ``send``, wrapped.
 
     The wrappers (``send_quiet``, ``send_fresh``, ``send_full``) add the cookies the
     core asks for when the response starts. They are plain functions returning the
     server's awaitable, so a message left alone costs one call, not an extra coroutine.
+    The middleware drops ``_scope`` and ``_send`` when the request ends (its
+    ``finally``): the server's send belongs to an object holding the scope, which
+    holds this object, so keeping them would leave a reference cycle per request for
+    the collector.
+
+    Two kinds share these methods: ``LazyVisitor``, whose storage, ``send_quiet`` and
+    ``enter`` (the common case: a tracked page whose cookie state is cached) are in C
+    (``trackmw._speedups.LazyBase``), and ``PyLazyVisitor``, the same in pure Python,
+    which ``LazyVisitor`` is when that module is not built (``SPEEDUPS`` says which).
     """
 
-    __slots__ = ("_scope", "_send")
-
-    def __init__(self, core: Core, scope: Scope, state: CookieState, send: Send) -> None:
-        # The base's attributes set here rather than by super().__init__: one call
-        # less on every request.
-        self._core = core
-        self._state = state
-        self.visitor = self.issued_id = None
-        # Both dropped when the request ends (the middleware's finally): the server's
-        # send belongs to an object holding the scope, which holds this object, so
-        # keeping them would leave a reference cycle per request for the collector.
-        self._scope: Scope | None = scope
-        self._send = send
+    if TYPE_CHECKING:  # the storage is each kind's
+        __slots__ = ("_scope", "_send")
+    else:
+        __slots__ = ()
+    _scope: Scope | None
+    _send: Send
+    send_quiet: Callable[[Message], Awaitable[None]]  # each kind's own
 
     def _request(self) -> Request:
         if self._scope is None:
@@ -147,12 +168,7 @@ class LazyVisitor(BaseLazyVisitor):
         return request_from_scope(self._scope, _CORE_HEADERS)
 
     # -- send wrappers: the middleware passes the one its cookie state calls for ----------
-
-    def send_quiet(self, message: Message) -> Awaitable[None]:
-        """For a visitor who needs no cookie unless the app changes something."""
-        if self.visitor is None or message["type"] != "http.response.start":
-            return self._send(message)
-        return self._send(self._with_cookies(message))
+    # (``send_quiet``, the returning visitor's, is each kind's own.)
 
     def send_fresh(self, message: Message) -> Awaitable[None]:
         """For a new visitor: the id cookie, unless the app asked for its visitor."""
@@ -186,6 +202,39 @@ class LazyVisitor(BaseLazyVisitor):
         return message
 
 
+class PyLazyVisitor(_ASGIVisitor):
+    """``LazyVisitor`` in pure Python (see ``_ASGIVisitor``)."""
+
+    __slots__ = ("_core", "_state", "visitor", "issued_id", "_scope", "_send")
+
+    def __init__(self, core: Core, scope: Scope, state: CookieState, send: Send) -> None:
+        # The base's attributes set here rather than by super().__init__: one call
+        # less on every request.
+        self._core = core
+        self._state = state
+        self.visitor = self.issued_id = None
+        self._scope: Scope | None = scope
+        self._send = send
+
+    def send_quiet(self, message: Message) -> Awaitable[None]:
+        """For a visitor who needs no cookie unless the app changes something."""
+        if self.visitor is None or message["type"] != "http.response.start":
+            return self._send(message)
+        return self._send(self._with_cookies(message))
+
+
+if _speedups is not None:
+
+    class LazyVisitor(_speedups.LazyBase, _ASGIVisitor):
+        """``scope["trackmw"]`` (see ``_ASGIVisitor``), its storage, ``send_quiet``
+        and ``enter`` in C (``trackmw._speedups.LazyBase``)."""
+
+        __slots__ = ()
+
+else:
+    LazyVisitor = PyLazyVisitor  # type: ignore[misc]
+
+
 def _over(message: Message) -> Awaitable[None]:
     """What ``send`` becomes once the app has returned (ASGI allows no later message)."""
     raise RuntimeError("trackmw: the response is over; no more messages can be sent")
@@ -217,54 +266,71 @@ class TrackingMiddleware:
         self._special = (core.prefix, *core.settings.exclude_paths)
         self._quiet_ok = not core.settings.count_server_side
         self._request_state = core.request_state
+        self._states = core.reader.states
         self._pixel_path = core.pixel_path
+        # The kind of ``LazyVisitor`` (read here, so that tests can choose) and, with
+        # the speedups, its ``enter``: the common case, taken in C.
+        self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
+        self._enter = getattr(LazyVisitor, "enter", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self.app(scope, receive, self._lifespan_send(send))
-            else:
-                await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        if path.startswith(self._special):
-            if path == self._pixel_path:
-                status = self._quick_pixel(scope)
-                if status is None:
-                    await self._pixel(scope, send)
+        lazy: _ASGIVisitor | None = None
+        if self._enter is not None:
+            # A tracked page whose Cookie header's state is cached (every returning
+            # visitor's page): the Python below, from the type check to the
+            # ``LazyVisitor`` in the scope, in one C call. ``None`` for anything else.
+            try:
+                lazy = self._enter(scope, self._special, self._states, _time(), self.core, send)
+            except Exception:  # never break the host app: the Python path decides
+                log.exception("trackmw: the middleware's C path failed")
+        if lazy is None:
+            if scope["type"] != "http":
+                if scope["type"] == "lifespan":
+                    await self.app(scope, receive, self._lifespan_send(send))
                 else:
-                    # Fresh messages: middleware around this one may edit headers in place.
-                    start = {"type": "http.response.start", "status": status}
-                    start["headers"] = [*_PIXEL_RAW]
-                    await send(start)
-                    await send({"type": "http.response.body", "body": GIF})
+                    await self.app(scope, receive, send)
                 return
-            core = self.core
-            if core.owns(path):
-                await self._endpoint(scope, receive, send)
-                return
-            if core.excluded(path):
+            path: str = scope["path"]
+            if path.startswith(self._special):
+                if path == self._pixel_path:
+                    status = self._quick_pixel(scope)
+                    if status is None:
+                        await self._pixel(scope, send)
+                    else:
+                        # Fresh messages: middleware around this one may edit headers.
+                        start = {"type": "http.response.start", "status": status}
+                        start["headers"] = [*_PIXEL_RAW]
+                        await send(start)
+                        await send({"type": "http.response.body", "body": GIF})
+                    return
+                core = self.core
+                if core.owns(path):
+                    await self._endpoint(scope, receive, send)
+                    return
+                if core.excluded(path):
+                    await self.app(scope, receive, send)
+                    return
+            try:
+                # Cookie (repeats joined), DNT and Sec-GPC (first of each), in one
+                # pass: one set lookup for each of the other headers.
+                cookie = dnt = gpc = None
+                for name, value in scope["headers"]:
+                    if name in _SCANNED:
+                        if name == b"cookie":
+                            cookie = value if cookie is None else cookie + b"; " + value
+                        elif name == b"dnt":
+                            dnt = value if dnt is None else dnt
+                        elif gpc is None:
+                            gpc = value
+                state = self._request_state(cookie, dnt, gpc, _time())
+            except Exception:  # never break the host app
+                log.exception("trackmw: could not read the visitor; serving the page untracked")
                 await self.app(scope, receive, send)
                 return
-        try:
-            # Cookie (repeats joined), DNT and Sec-GPC (first of each), in one pass:
-            # one set lookup for each of the other headers.
-            cookie = dnt = gpc = None
-            for name, value in scope["headers"]:
-                if name in _SCANNED:
-                    if name == b"cookie":
-                        cookie = value if cookie is None else cookie + b"; " + value
-                    elif name == b"dnt":
-                        dnt = value if dnt is None else dnt
-                    elif gpc is None:
-                        gpc = value
-            state = self._request_state(cookie, dnt, gpc, _time())
-        except Exception:  # never break the host app
-            log.exception("trackmw: could not read the visitor; serving the page untracked")
-            await self.app(scope, receive, send)
-            return
-        lazy = LazyVisitor(self.core, scope, state, send)
-        scope["trackmw"] = lazy
+            lazy = self._lazy(self.core, scope, state, send)
+            scope["trackmw"] = lazy
+        else:
+            state = lazy._state
         # A returning visitor the app leaves alone gets no cookie: nothing to do at all;
         # a new one gets its id cookie, without building its Visitor.
         if self._quiet_ok and state.quiet:

@@ -142,9 +142,9 @@ class Core:
         """What a request's ``Cookie``, ``DNT`` and ``Sec-GPC`` headers say (``state``),
         from their raw values; without signals, a cached state costs one dict lookup."""
         if dnt is None and gpc is None:
-            state = self._states.get(cookie)  # CookieReader.state's hit, inlined: 1% a request
-            if state is not None and state.not_before <= now <= state.not_after:
-                return state
+            cached = self._states.get(cookie)  # CookieReader.state's hit, inlined: 1% a request
+            if cached is not None and cached[0] <= now <= cached[1]:
+                return cached[2]
             return self.state(cookie, False, False, now)
         return self.state(cookie, *self.signal_flags(dnt, gpc), now)
 

@@ -313,9 +313,13 @@ class LazyVisitor(ABC):
     ``send`` or ``start_response`` to add the cookies the core asks for.
     """
 
-    __slots__ = ("_core", "_state", "visitor", "issued_id")
-    # Set by each subclass's ``__init__`` itself (a ``super().__init__`` call would cost
-    # a few percent of a bare request on every tracked page).
+    # Each subclass keeps these four itself, in its ``__slots__`` (set by its own
+    # ``__init__``: a ``super().__init__`` call would cost a few percent of a bare
+    # request on every tracked page) or in C (``trackmw._speedups.LazyBase``).
+    if TYPE_CHECKING:
+        __slots__ = ("_core", "_state", "visitor", "issued_id")
+    else:
+        __slots__ = ()
     _core: Core
     _state: CookieState
     visitor: Visitor | None  # built on first call

@@ -70,7 +70,7 @@ class LazyVisitor(BaseLazyVisitor):
     for.
     """
 
-    __slots__ = ("_environ", "_start_response")
+    __slots__ = ("_core", "_state", "visitor", "issued_id", "_environ", "_start_response")
 
     def __init__(
         self, core: Core, environ: dict[str, Any], state: CookieState, start: StartResponse

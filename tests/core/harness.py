@@ -1,7 +1,9 @@
 """One way to drive both adapters, so every behaviour test runs against ASGI and WSGI.
 
-``Client(kind, tracker)`` wraps a small site (Starlette for ``"asgi"``, Flask for
-``"wsgi"``) in trackmw's middleware and sends raw requests to it in-process: the ASGI
+``Client(kind, tracker)`` wraps a small site (Starlette for ``"asgi"`` and
+``"asgi-py"``, Flask for ``"wsgi"``) in trackmw's middleware and sends raw requests to
+it in-process (``"asgi-py"``: the ASGI middleware without its C speedups, when they
+are built, so that both ways through it are tested): the ASGI
 app is called with a real scope, the WSGI app through ``wsgiref.validate`` with a real
 environ. Responses come back as status, raw header list and body, and a tiny cookie
 jar applies ``Set-Cookie`` headers the way a browser would.
@@ -23,11 +25,20 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from trackmw import Tracker, get_visitor
+from trackmw.asgi import SPEEDUPS, PyLazyVisitor
 from trackmw.asgi import TrackingMiddleware as ASGIMiddleware
 from trackmw.flask import Tracking
 from trackmw.visitor import Visitor
 
-KINDS = ("asgi", "wsgi")
+KINDS = ("asgi", "asgi-py", "wsgi") if SPEEDUPS else ("asgi", "wsgi")
+
+
+class PurePythonMiddleware(ASGIMiddleware):
+    """The ASGI middleware as it runs without ``trackmw._speedups``."""
+
+    def __init__(self, app: Any, tracker: Tracker) -> None:
+        super().__init__(app, tracker)
+        self._lazy, self._enter = PyLazyVisitor, None
 BROWSER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.0.0 Safari/537.36"
@@ -74,7 +85,7 @@ def act(v: Visitor, action: str, arg: str | None) -> None:
         v.preferences["theme"] = arg or "dark"
 
 
-def starlette_site(tracker: Tracker) -> Any:
+def starlette_site(tracker: Tracker, middleware: type[ASGIMiddleware] = ASGIMiddleware) -> Any:
     async def page(req: SRequest) -> Response:
         v = get_visitor(req)
         act(v, req.query_params.get("do", ""), req.query_params.get("arg"))
@@ -92,7 +103,7 @@ def starlette_site(tracker: Tracker) -> Any:
         return PlainTextResponse(found)
 
     app = Starlette(routes=[Route("/static/{p:path}", static), Route("/{p:path}", page)])
-    app.add_middleware(ASGIMiddleware, tracker=tracker)
+    app.add_middleware(middleware, tracker=tracker)
     return app
 
 
@@ -162,7 +173,12 @@ class Client:
     jar: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.app = starlette_site(self.tracker) if self.kind == "asgi" else flask_site(self.tracker)
+        if self.kind == "asgi":
+            self.app = starlette_site(self.tracker)
+        elif self.kind == "asgi-py":
+            self.app = starlette_site(self.tracker, PurePythonMiddleware)
+        else:
+            self.app = flask_site(self.tracker)
 
     def get(self, path: str, **kw: Any) -> Result:
         return self.request("GET", path, **kw)
@@ -197,7 +213,7 @@ class Client:
             cookie = "; ".join(f"{k}={v}" for k, v in self.jar.items())
         if cookie is not None:
             hdrs["cookie"] = cookie
-        if self.kind == "asgi":
+        if self.kind != "wsgi":
             result = self._asgi(method, path, query, hdrs, body, scheme, raw_headers)
         else:
             result = self._wsgi(method, path, query, hdrs, body, scheme, raw_headers)

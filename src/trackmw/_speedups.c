@@ -1,0 +1,332 @@
+/* trackmw._speedups: the ASGI middleware's common case, in C.
+ *
+ * A tracked page whose Cookie header's state is cached (every returning visitor's
+ * page, and a new visitor's) costs trackmw a pass over the request's headers, one
+ * dict lookup and a per-request object. In Python that is about 1.2 us on a 2-core
+ * VM; here it is a quarter of that (see the README's Performance section).
+ *
+ * Optional: trackmw.asgi runs the same logic in Python when this module cannot be
+ * imported (no C compiler at install, another Python implementation, or the
+ * TRACKMW_NO_EXTENSIONS environment variable set). Nothing here decides anything the
+ * Python path does not: a request it does not recognise as the common case gets
+ * None, and the Python path takes it from the start.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+static PyObject *str_type, *str_http, *str_path, *str_headers, *str_trackmw;
+static PyObject *str_send_full;
+
+/* -- the cookie state of a tracked page ------------------------------------------ */
+
+/* The cached CookieState of an HTTP request to a tracked page, as a new reference;
+ * None (a new reference) when the request is anything else; NULL on error.
+ *
+ * The common case is: an "http" scope whose path starts with none of `prefixes`
+ * (trackmw's own and the excluded paths), whose headers are a list of (bytes,
+ * bytes) tuples with at most one "cookie" and no "dnt" or "sec-gpc", and whose
+ * cookie value (or None) is a key of `states` whose window holds `now`. This is
+ * the lookup CookieReader.state and Core.request_state make for such a request. */
+static PyObject *
+lookup_state(PyObject *scope, PyObject *prefixes, PyObject *states, double now)
+{
+    if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(prefixes) || !PyDict_CheckExact(states))
+        Py_RETURN_NONE;
+    PyObject *type = PyDict_GetItemWithError(scope, str_type);
+    if (type == NULL)
+        goto missing;
+    if (type != str_http) { /* servers use the interned literal; compare if not */
+        if (!PyUnicode_CheckExact(type))
+            Py_RETURN_NONE;
+        int eq = PyUnicode_Compare(type, str_http);
+        if (eq == -1 && PyErr_Occurred())
+            return NULL;
+        if (eq != 0)
+            Py_RETURN_NONE;
+    }
+    PyObject *path = PyDict_GetItemWithError(scope, str_path);
+    if (path == NULL)
+        goto missing;
+    if (!PyUnicode_CheckExact(path))
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
+        PyObject *prefix = PyTuple_GET_ITEM(prefixes, i);
+        if (!PyUnicode_CheckExact(prefix))
+            Py_RETURN_NONE;
+        Py_ssize_t match = PyUnicode_Tailmatch(path, prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (match == -1)
+            return NULL;
+        if (match)
+            Py_RETURN_NONE;
+    }
+    PyObject *headers = PyDict_GetItemWithError(scope, str_headers);
+    if (headers == NULL)
+        goto missing;
+    if (!PyList_CheckExact(headers))
+        Py_RETURN_NONE;
+    PyObject *cookie = Py_None;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(item, 0);
+        if (!PyBytes_CheckExact(name))
+            Py_RETURN_NONE;
+        Py_ssize_t size = PyBytes_GET_SIZE(name);
+        const char *text = PyBytes_AS_STRING(name);
+        if (size == 6 && memcmp(text, "cookie", 6) == 0) {
+            PyObject *value = PyTuple_GET_ITEM(item, 1);
+            if (cookie != Py_None || !PyBytes_CheckExact(value))
+                Py_RETURN_NONE; /* repeated headers are joined by the Python path */
+            cookie = value;
+        }
+        else if ((size == 3 && memcmp(text, "dnt", 3) == 0) ||
+                 (size == 7 && memcmp(text, "sec-gpc", 7) == 0))
+            Py_RETURN_NONE; /* a signal: its state is keyed with the signals */
+    }
+    /* (not_before, not_after, state): see CookieReader.states */
+    PyObject *cached = PyDict_GetItemWithError(states, cookie);
+    if (cached == NULL)
+        goto missing;
+    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)))
+        Py_RETURN_NONE;
+    if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
+        now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))) {
+        PyObject *state = PyTuple_GET_ITEM(cached, 2);
+        Py_INCREF(state);
+        return state;
+    }
+    Py_RETURN_NONE;
+missing:
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Check the count of positional arguments and read `now`, the fourth. */
+static int
+unpack_lookup_args(const char *name, Py_ssize_t nargs, Py_ssize_t expected,
+                   PyObject *const *args, double *now)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected, nargs);
+        return -1;
+    }
+    *now = PyFloat_AsDouble(args[3]);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+PyDoc_STRVAR(cached_state_doc,
+"cached_state(scope, prefixes, states, now, /)\n--\n\n"
+"The cached cookie state of a request to a tracked page, or None when the\n"
+"request is not that common case (see LazyBase.enter).");
+
+static PyObject *
+cached_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    double now;
+    if (unpack_lookup_args("cached_state", nargs, 4, args, &now) < 0)
+        return NULL;
+    return lookup_state(args[0], args[1], args[2], now);
+}
+
+/* -- LazyBase: the per-request object of trackmw.asgi.LazyVisitor ---------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *core;
+    PyObject *state;
+    PyObject *visitor;
+    PyObject *issued_id;
+    PyObject *scope;
+    PyObject *send;
+} Lazy;
+
+static PyTypeObject LazyType;
+
+static Lazy *
+lazy_alloc(PyTypeObject *cls, PyObject *core, PyObject *scope, PyObject *state, PyObject *send)
+{
+    Lazy *self = (Lazy *)cls->tp_alloc(cls, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(core);
+    self->core = core;
+    Py_INCREF(state);
+    self->state = state;
+    Py_INCREF(Py_None);
+    self->visitor = Py_None;
+    Py_INCREF(Py_None);
+    self->issued_id = Py_None;
+    Py_INCREF(scope);
+    self->scope = scope;
+    Py_INCREF(send);
+    self->send = send;
+    return self;
+}
+
+static PyObject *
+lazy_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"core", "scope", "state", "send", NULL};
+    PyObject *core, *scope, *state, *send;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:LazyVisitor", names, &core, &scope, &state,
+                                     &send))
+        return NULL;
+    return (PyObject *)lazy_alloc(cls, core, scope, state, send);
+}
+
+PyDoc_STRVAR(enter_doc,
+"enter(scope, prefixes, states, now, core, send, /)\n--\n\n"
+"A new instance for a request to a tracked page whose cookie state is cached\n"
+"(set as scope[\"trackmw\"] too), or None when the request is not that case.\n\n"
+"prefixes: the paths that may be trackmw's own or excluded; states: the cached\n"
+"states by Cookie header (CookieReader.states); now: the time, for their window.");
+
+static PyObject *
+lazy_enter(PyObject *cls, PyObject *const *args, Py_ssize_t nargs)
+{
+    double now;
+    if (unpack_lookup_args("enter", nargs, 6, args, &now) < 0)
+        return NULL;
+    PyObject *state = lookup_state(args[0], args[1], args[2], now);
+    if (state == NULL || state == Py_None)
+        return state;
+    Lazy *self = lazy_alloc((PyTypeObject *)cls, args[4], args[0], state, args[5]);
+    Py_DECREF(state);
+    if (self == NULL)
+        return NULL;
+    if (PyDict_SetItem(args[0], str_trackmw, (PyObject *)self) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+PyDoc_STRVAR(send_quiet_doc,
+"send_quiet(message, /)\n--\n\n"
+"The send wrapper of a visitor who needs no cookie unless the app changes\n"
+"something: the message as it is while the app has not asked for its visitor,\n"
+"else send_full(message).");
+
+static PyObject *
+lazy_send_quiet(Lazy *self, PyObject *message)
+{
+    if (self->visitor == Py_None || self->visitor == NULL)
+        return PyObject_CallOneArg(self->send, message);
+    return PyObject_CallMethodOneArg((PyObject *)self, str_send_full, message);
+}
+
+static int
+lazy_traverse(Lazy *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->core);
+    Py_VISIT(self->state);
+    Py_VISIT(self->visitor);
+    Py_VISIT(self->issued_id);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->send);
+    return 0;
+}
+
+static int
+lazy_clear(Lazy *self)
+{
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->visitor);
+    Py_CLEAR(self->issued_id);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void
+lazy_dealloc(Lazy *self)
+{
+    PyObject_GC_UnTrack(self);
+    lazy_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef lazy_members[] = {
+    {"_core", T_OBJECT_EX, offsetof(Lazy, core), 0, NULL},
+    {"_state", T_OBJECT_EX, offsetof(Lazy, state), 0, NULL},
+    {"visitor", T_OBJECT_EX, offsetof(Lazy, visitor), 0, NULL},
+    {"issued_id", T_OBJECT_EX, offsetof(Lazy, issued_id), 0, NULL},
+    {"_scope", T_OBJECT_EX, offsetof(Lazy, scope), 0, NULL},
+    {"_send", T_OBJECT_EX, offsetof(Lazy, send), 0, NULL},
+    {NULL},
+};
+
+static PyMethodDef lazy_methods[] = {
+    {"enter", (PyCFunction)(void (*)(void))lazy_enter, METH_FASTCALL | METH_CLASS, enter_doc},
+    {"send_quiet", (PyCFunction)lazy_send_quiet, METH_O, send_quiet_doc},
+    {NULL},
+};
+
+PyDoc_STRVAR(lazy_doc,
+"LazyBase(core, scope, state, send)\n--\n\n"
+"The storage and the hot methods of trackmw.asgi.LazyVisitor, which adds the rest.");
+
+static PyTypeObject LazyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trackmw._speedups.LazyBase",
+    .tp_doc = lazy_doc,
+    .tp_basicsize = sizeof(Lazy),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_new = lazy_new,
+    .tp_traverse = (traverseproc)lazy_traverse,
+    .tp_clear = (inquiry)lazy_clear,
+    .tp_dealloc = (destructor)lazy_dealloc,
+    .tp_members = lazy_members,
+    .tp_methods = lazy_methods,
+};
+
+/* -- the module ---------------------------------------------------------------------- */
+
+static PyMethodDef module_methods[] = {
+    {"cached_state", (PyCFunction)(void (*)(void))cached_state, METH_FASTCALL, cached_state_doc},
+    {NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "trackmw._speedups",
+    .m_doc = "The ASGI middleware's common case in C (optional; see trackmw.asgi).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (intern(&str_type, "type") < 0 || intern(&str_http, "http") < 0 ||
+        intern(&str_path, "path") < 0 || intern(&str_headers, "headers") < 0 ||
+        intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0)
+        return NULL;
+    if (PyType_Ready(&LazyType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&LazyType);
+    if (PyModule_AddObject(module, "LazyBase", (PyObject *)&LazyType) < 0) {
+        Py_DECREF(&LazyType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

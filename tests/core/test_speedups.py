@@ -1,0 +1,314 @@
+"""The ASGI middleware's C speedups (``trackmw._speedups``) against its Python path.
+
+Every behaviour test of ``tests/core`` runs through both (the ``asgi`` and ``asgi-py``
+kinds of ``harness.Client``); these tests hold the C code to what the Python path
+decides, and check its objects' memory handling.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trackmw import Tracker
+from trackmw.asgi import SPEEDUPS, LazyVisitor, PyLazyVisitor, TrackingMiddleware, _ASGIVisitor
+from trackmw.consent import ConsentRecord
+
+needs_speedups = pytest.mark.skipif(not SPEEDUPS, reason="trackmw._speedups is not built here")
+
+T0 = 1_800_000_000.0
+
+
+def test_the_speedups_are_built_where_they_are_required() -> None:
+    """CI sets TRACKMW_REQUIRE_SPEEDUPS: a build that silently fell back to pure
+    Python would leave the C code untested."""
+    if os.environ.get("TRACKMW_REQUIRE_SPEEDUPS") == "1":
+        assert SPEEDUPS, "trackmw._speedups did not build (see the pip install output)"
+    elif not SPEEDUPS:
+        pytest.skip("trackmw._speedups is not built here (no C compiler at install?)")
+    assert LazyVisitor is not PyLazyVisitor
+    assert issubclass(LazyVisitor, _ASGIVisitor) and issubclass(PyLazyVisitor, _ASGIVisitor)
+
+
+def test_the_environment_can_turn_the_speedups_off() -> None:
+    code = "import trackmw.asgi as a; print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor)"
+    env = {**os.environ, "TRACKMW_NO_EXTENSIONS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+# -- the lookup: the C code finds what the Python path finds, or leaves it to it ---------
+
+
+def _cookie(tracker: Tracker, signed_at: float) -> bytes:
+    """A returning visitor's Cookie header, its values signed at ``signed_at``."""
+    from unittest import mock
+
+    core = tracker.core
+    with mock.patch("time.time", return_value=signed_at):
+        visitor = core.id_signer.dumps(["v" * 22])
+        record = ConsentRecord(decided=True, analytics=True, preferences=True, policy_version="1")
+        consent = core.consent_signer.dumps(record.to_payload())
+    return f"a=1; trackmw_consent={consent}; trackmw_id={visitor}".encode()
+
+
+@pytest.fixture(scope="module")
+def lookup_tracker() -> Any:
+    tracker = Tracker(secret_keys=["s" * 32], store="memory://", cookie_max_age=3600)
+    yield tracker
+    tracker.close()
+
+
+NAMES = [b"cookie", b"dnt", b"sec-gpc", b"host", b"Cookie", b"cookies", b"x-cookie", b"dn"]
+PATHS = ["/", "/a/b", "/_trackmw/pixel.gif", "/_trackmw", "/_trackmwx", "/static", "/static/x"]
+
+
+def _python_lookup(core: Any, scope: dict[str, Any], prefixes: tuple[str, ...], now: float) -> Any:
+    """The Python path's answer for a cached state: the middleware's header pass and
+    ``Core.request_state``'s cache hit, without computing a missing state."""
+    if scope["type"] != "http" or scope["path"].startswith(prefixes):
+        return None
+    cookie = dnt = gpc = None
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            cookie = value if cookie is None else cookie + b"; " + value
+        elif name == b"dnt":
+            dnt = value if dnt is None else dnt
+        elif name == b"sec-gpc" and gpc is None:
+            gpc = value
+    if dnt is not None or gpc is not None:
+        return None
+    cached = core.reader.states.get(cookie)
+    return cached[2] if cached is not None and cached[0] <= now <= cached[1] else None
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["http", "http", "http", "websocket", "lifespan"]),
+    path=st.sampled_from(PATHS),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(NAMES),
+            st.sampled_from(["none", "plain", "early", "late", "garbage", "other"]),
+            st.sampled_from(["tuple", "tuple", "tuple", "list", "str-name", "triple"]),
+        ),
+        max_size=6,
+    ),
+    offset=st.sampled_from([-120.0, -30.0, 0.0, 1800.0, 3590.0, 3700.0, 7300.0]),
+)
+def test_the_c_lookup_agrees_with_the_python_path(
+    lookup_tracker: Any, kind: str, path: str, headers: list[Any], offset: float
+) -> None:
+    from trackmw import _speedups
+
+    core = lookup_tracker.core
+    values = {
+        "plain": b"a=1",
+        "early": _cached_cookie(lookup_tracker, T0),
+        "late": _cached_cookie(lookup_tracker, T0 + 3600),
+        "garbage": b"trackmw_id=garbage",
+        "other": b"b=2",
+    }
+    for value in (None, *values.values()):  # cache every state, each at a time inside its window
+        core.request_state(value, None, None, T0 + 3600)
+    raw: list[Any] = []
+    for name, value_kind, shape in headers:
+        value = values.get(value_kind, b"x")
+        if shape == "list":
+            raw.append([name, value])
+        elif shape == "str-name":
+            raw.append((name.decode(), value))
+        elif shape == "triple":
+            raw.append((name, value, b""))
+        else:
+            raw.append((name, value))
+    scope = {"type": kind, "path": path, "headers": raw}
+    prefixes = (core.prefix, "/static")
+    now = T0 + offset
+    found = _speedups.cached_state(scope, prefixes, core.reader.states, now)
+    well_formed = all(type(h) is tuple and len(h) == 2 and type(h[0]) is bytes for h in raw)
+    if not well_formed:
+        assert found is None  # malformed: left to the Python path
+        return
+    expected = _python_lookup(core, scope, prefixes, now)
+    if sum(1 for name, _ in raw if name == b"cookie") > 1:
+        assert found is None  # repeated Cookie headers are joined by the Python path
+    else:
+        assert found is expected
+    assert "trackmw" not in scope
+
+
+_COOKIES: dict[float, bytes] = {}
+
+
+def _cached_cookie(tracker: Tracker, signed_at: float) -> bytes:
+    if signed_at not in _COOKIES:
+        _COOKIES[signed_at] = _cookie(tracker, signed_at)
+    return _COOKIES[signed_at]
+
+
+@needs_speedups
+def test_a_cached_entry_of_another_shape_is_left_to_the_python_path(lookup_tracker: Any) -> None:
+    from trackmw import _speedups
+
+    state = lookup_tracker.core.request_state(b"a=1", None, None, T0)
+    scope = {"type": "http", "path": "/", "headers": [(b"cookie", b"a=1")]}
+    for entry in [(0, 1e20, state), (0.0, 1e20), [0.0, 1e20, state], state]:
+        assert _speedups.cached_state(scope, (), {b"a=1": entry}, T0) is None
+    assert _speedups.cached_state(scope, (), {b"a=1": (0.0, 1e20, state)}, T0) is state
+
+
+@needs_speedups
+def test_the_lookup_checks_its_arguments() -> None:
+    from trackmw import _speedups
+
+    scope = {"type": "http", "path": "/", "headers": []}
+    with pytest.raises(TypeError, match="takes 4 arguments"):
+        _speedups.cached_state(scope, (), {})  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _speedups.cached_state(scope, (), {}, "now")  # type: ignore[arg-type]
+    # Not a dict, tuple or list where one is expected: not the common case.
+    assert _speedups.cached_state([], (), {}, T0) is None  # type: ignore[arg-type]
+    assert _speedups.cached_state(scope, ["/x"], {}, T0) is None  # type: ignore[arg-type]
+    assert _speedups.cached_state({**scope, "headers": ()}, (), {}, T0) is None
+    assert _speedups.cached_state({"type": "http"}, (), {}, T0) is None
+    assert _speedups.cached_state({**scope, "path": b"/"}, (), {}, T0) is None
+
+
+# -- the per-request object --------------------------------------------------------------
+
+
+def _middleware(tracker: Tracker) -> TrackingMiddleware:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    return TrackingMiddleware(app, tracker)
+
+
+@needs_speedups
+def test_enter_makes_the_lazy_visitor_and_puts_it_in_the_scope(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    tracker = make_tracker()
+    middleware = _middleware(tracker)
+    core = tracker.core
+    state = core.request_state(None, None, None, T0)
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope: dict[str, Any] = {"type": "http", "path": "/page", "headers": [(b"host", b"x")]}
+    lazy = LazyVisitor.enter(scope, middleware._special, core.reader.states, T0, core, send)
+    assert type(lazy) is LazyVisitor and scope["trackmw"] is lazy
+    assert lazy._core is core and lazy._state is state and lazy._scope is scope
+    assert lazy._send is send and lazy.visitor is None and lazy.issued_id is None
+    # Not the common case: nothing made, the scope untouched.
+    for other in [{**scope, "path": "/static/x"}, {**scope, "type": "websocket"}]:
+        other.pop("trackmw")
+        assert LazyVisitor.enter(other, ("/static",), core.reader.states, T0, core, send) is None
+        assert "trackmw" not in other
+    with pytest.raises(TypeError, match="takes 6 arguments"):
+        LazyVisitor.enter(scope, (), {}, T0, core)  # type: ignore[call-arg]
+
+
+@needs_speedups
+def test_the_constructor_takes_what_the_python_one_takes(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    core = make_tracker().core
+    state = core.request_state(None, None, None, T0)
+    scope: dict[str, Any] = {}
+    for lazy in (
+        LazyVisitor(core, scope, state, print),
+        LazyVisitor(core=core, scope=scope, state=state, send=print),
+    ):
+        assert (lazy._core, lazy._state, lazy._scope, lazy._send) == (core, state, scope, print)
+        assert lazy.visitor is None and lazy.issued_id is None
+        lazy._scope, lazy._send = None, len  # as the middleware's finally does
+        assert lazy._scope is None and lazy._send is len
+    with pytest.raises(TypeError):
+        LazyVisitor(core, scope, state)  # type: ignore[call-arg]
+
+
+@needs_speedups
+def test_send_quiet_passes_messages_on_until_the_app_reads_its_visitor(
+    make_tracker: Callable[..., Tracker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = make_tracker().core
+    state = core.request_state(None, None, None, T0)
+    sent: list[Any] = []
+
+    def send(message: Any) -> str:
+        sent.append(message)
+        return "awaitable"
+
+    lazy = LazyVisitor(core, {}, state, send)
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    assert lazy.send_quiet(start) == "awaitable" and sent == [start]
+    calls: list[Any] = []
+    monkeypatch.setattr(LazyVisitor, "send_full", lambda self, m: calls.append(m) or "full")
+    lazy.visitor = object()  # type: ignore[assignment]
+    assert lazy.send_quiet(start) == "full" and calls == [start] and sent == [start]
+
+
+@needs_speedups
+def test_a_lazy_visitor_and_its_scope_are_collected_together(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """The object and the scope refer to each other until the request ends; if a
+    request never ends (a cancelled task), the collector must still free both."""
+    core = make_tracker().core
+    core.request_state(None, None, None, T0)  # the state enter finds
+
+    class Marker:
+        pass
+
+    marker = Marker()
+    alive = weakref.ref(marker)
+    scope: dict[str, Any] = {"type": "http", "path": "/", "headers": [], "marker": marker}
+    lazy = LazyVisitor.enter(scope, (), core.reader.states, T0, core, print)
+    assert lazy is not None
+    del marker, scope, lazy
+    gc.collect()
+    assert alive() is None
+
+
+@needs_speedups
+def test_the_c_objects_hold_no_reference_after_they_go(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    core = make_tracker().core
+    state = core.request_state(None, None, None, T0)
+    states = core.reader.states
+    scope: dict[str, Any] = {"type": "http", "path": "/", "headers": [(b"a", b"b")]}
+
+    def send(message: Any) -> None:
+        return None
+
+    watched = (core, state, scope, send, states)
+    gc.collect()
+    before = [sys.getrefcount(x) for x in watched]
+    for _ in range(1000):
+        lazy = LazyVisitor.enter(scope, (), states, T0, core, send)
+        assert lazy is not None
+        lazy.send_quiet({"type": "http.response.body"})
+        _speedups_lookup(scope, states)
+        lazy._scope, lazy._send = None, len
+        del scope["trackmw"], lazy
+    assert [sys.getrefcount(x) for x in watched] == before
+
+
+def _speedups_lookup(scope: dict[str, Any], states: Any) -> None:
+    from trackmw import _speedups
+
+    assert _speedups.cached_state(scope, (), states, T0) is not None
