@@ -54,7 +54,7 @@ MAX_SKEW = 60
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
-def base64url(data: bytes) -> bytes:
+def base64url(data: bytes | bytearray) -> bytes:
     """``itsdangerous.encoding.base64_encode`` for bytes, in one C call and two methods."""
     return b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
@@ -129,7 +129,7 @@ class _Signer(TimestampSigner):
     def stamp(self) -> bytes:
         """The separator and the current timestamp, as ``sign`` appends them (made
         once a second)."""
-        now = self.get_timestamp()
+        now = int(time.time())  # get_timestamp(), inlined (one call fewer per new visitor)
         at, stamp = self._stamp
         if at != now:
             stamp = self._sep + base64url(int_to_bytes(now))
@@ -221,10 +221,12 @@ class CookieSigner:
         layers of calls make, in one function (on every new visitor's request, those
         layers cost as much as the HMAC)."""
         signer = self._signer
-        value = base64url(text) + signer.stamp()
+        # base64url(), inlined: two calls of a Python function fewer per new visitor.
+        value = b2a_base64(text, newline=False).translate(_URLSAFE).rstrip(b"=") + signer.stamp()
         mac = signer._mac.copy()  # always HMAC: the serializers use the default algorithm
         mac.update(value)
-        return (value + signer._sep + base64url(mac.digest())).decode("ascii")
+        signature = b2a_base64(mac.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
+        return (value + signer._sep + signature).decode("ascii")
 
     def loads(self, value: str, now: float | None = None) -> SignedValue | None:
         """The verified value, or ``None`` if tampered, expired, future-dated or garbled."""

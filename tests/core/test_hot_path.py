@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -94,6 +95,15 @@ def test_new_ids_are_token_urlsafe_and_never_repeat(make_tracker: Any) -> None:
     ids = [core.new_id() for _ in range(1000)]  # several draws from the OS
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
+    # Each is what token_urlsafe(16) writes for its 16 bytes, and all 128 bits are
+    # random: each bit is set in about half of the ids (the mean is 500 and the
+    # standard deviation 16; a bit the encoding fixed would be set in 0 or 1,000).
+    raw = [base64.urlsafe_b64decode(i + "==") for i in ids]
+    assert all(len(r) == 16 for r in raw)
+    assert [base64.urlsafe_b64encode(r)[:22].decode() for r in raw] == ids
+    numbers = [int.from_bytes(r, "big") for r in raw]
+    for bit in range(128):
+        assert 380 < sum(n >> bit & 1 for n in numbers) < 620, bit
 
 
 def test_a_forked_child_never_hands_out_its_parents_ids(make_tracker: Any) -> None:
