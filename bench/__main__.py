@@ -268,8 +268,11 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    from trackmw.asgi import SPEEDUPS
+
+    speedups = "with" if SPEEDUPS else "without"
     return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+            f"{platform.system()} {platform.release()}, trackmw {speedups} its C speedups")
 
 
 def main(argv: list[str] | None = None) -> int:
