@@ -18,7 +18,7 @@
 #include <structmember.h>
 
 static PyObject *str_type, *str_http, *str_path, *str_headers, *str_trackmw;
-static PyObject *str_send_full;
+static PyObject *str_send_full, *str_visitor, *str_send;
 
 /* -- the cookie state of a tracked page ------------------------------------------ */
 
@@ -175,6 +175,10 @@ lazy_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"core", "scope", "state", "send", NULL};
     PyObject *core, *scope, *state, *send;
+    if (cls->tp_flags & Py_TPFLAGS_IS_ABSTRACT) { /* as object() refuses an ABC */
+        PyErr_Format(PyExc_TypeError, "Can't instantiate abstract class %s", cls->tp_name);
+        return NULL;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:LazyVisitor", names, &core, &scope, &state,
                                      &send))
         return NULL;
@@ -217,9 +221,15 @@ PyDoc_STRVAR(send_quiet_doc,
 static PyObject *
 lazy_send_quiet(Lazy *self, PyObject *message)
 {
-    if (self->visitor == Py_None || self->visitor == NULL)
-        return PyObject_CallOneArg(self->send, message);
-    return PyObject_CallMethodOneArg((PyObject *)self, str_send_full, message);
+    if (self->visitor == NULL || self->send == NULL) /* deleted: the AttributeError */
+        return PyObject_GetAttr((PyObject *)self, self->visitor == NULL ? str_visitor : str_send);
+    if (self->visitor != Py_None)
+        return PyObject_CallMethodOneArg((PyObject *)self, str_send_full, message);
+    PyObject *send = self->send; /* held: the callee may rebind _send */
+    Py_INCREF(send);
+    PyObject *result = PyObject_CallOneArg(send, message);
+    Py_DECREF(send);
+    return result;
 }
 
 static int
@@ -315,7 +325,8 @@ PyInit__speedups(void)
 {
     if (intern(&str_type, "type") < 0 || intern(&str_http, "http") < 0 ||
         intern(&str_path, "path") < 0 || intern(&str_headers, "headers") < 0 ||
-        intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0)
+        intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0 ||
+        intern(&str_visitor, "visitor") < 0 || intern(&str_send, "_send") < 0)
         return NULL;
     if (PyType_Ready(&LazyType) < 0)
         return NULL;

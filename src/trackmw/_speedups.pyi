@@ -11,7 +11,11 @@ _Scope = MutableMapping[str, Any]
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 def cached_state(
-    scope: _Scope, prefixes: tuple[str, ...], states: dict[Any, CookieState], now: float, /
+    scope: _Scope,
+    prefixes: tuple[str, ...],
+    states: dict[Any, tuple[float, float, CookieState]],
+    now: float,
+    /,
 ) -> CookieState | None: ...
 
 class LazyBase:
@@ -27,7 +31,7 @@ class LazyBase:
         cls,
         scope: _Scope,
         prefixes: tuple[str, ...],
-        states: dict[Any, CookieState],
+        states: dict[Any, tuple[float, float, CookieState]],
         now: float,
         core: Core,
         send: _Send,

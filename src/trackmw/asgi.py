@@ -12,7 +12,8 @@ A tracked page whose ``Cookie`` header's state is cached (every returning visito
 is recognised in C when ``trackmw._speedups`` is built (``SPEEDUPS``): the header
 pass, the cache lookup and the ``LazyVisitor`` in one call. Without it (no C compiler
 at install, another Python, or ``TRACKMW_NO_EXTENSIONS`` set) the same is done here
-in Python; the tests run both ways.
+in Python; the tests run both ways. (The C path reads ``CookieReader.states``
+itself: a returning visitor's request does not go through ``Core.request_state``.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = ["SPEEDUPS", "LazyVisitor", "TrackingMiddleware"]
 log = logging.getLogger("trackmw")
 
 try:
-    if os.environ.get("TRACKMW_NO_EXTENSIONS"):
+    if os.environ.get("TRACKMW_NO_EXTENSIONS", "") not in ("", "0"):
         raise ImportError("TRACKMW_NO_EXTENSIONS is set")
     from . import _speedups
 except ImportError as exc:  # no compiler at install, another Python: the same in Python

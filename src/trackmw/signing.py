@@ -128,7 +128,8 @@ class _Signer(TimestampSigner):
 
     def stamp(self) -> bytes:
         """The separator and the current timestamp, as ``sign`` appends them (made
-        once a second)."""
+        once a second). The time is read here, not through ``get_timestamp``: a
+        subclass overriding that must override this too."""
         now = int(time.time())  # get_timestamp(), inlined (one call fewer per new visitor)
         at, stamp = self._stamp
         if at != now:

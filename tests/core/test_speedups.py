@@ -312,3 +312,182 @@ def _speedups_lookup(scope: dict[str, Any], states: Any) -> None:
     from trackmw import _speedups
 
     assert _speedups.cached_state(scope, (), states, T0) is not None
+
+
+# -- odd objects: left to the Python path, or refused as Python would refuse them --------
+
+
+@pytest.mark.parametrize("kind", [LazyVisitor, PyLazyVisitor], ids=["c", "python"])
+@pytest.mark.parametrize("field", ["visitor", "_send"])
+def test_a_deleted_field_raises_as_in_python(kind: type, field: str) -> None:
+    lazy = kind(None, {}, None, print)
+    delattr(lazy, field)
+    with pytest.raises(AttributeError):
+        lazy.send_quiet({"type": "http.response.body"})
+
+
+class _Str(str):
+    pass
+
+
+class _Bytes(bytes):
+    pass
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    pass
+
+
+@needs_speedups
+def test_subclasses_and_odd_values_are_left_to_the_python_path(lookup_tracker: Any) -> None:
+    from trackmw import _speedups
+
+    core = lookup_tracker.core
+    state = core.request_state(b"a=1", None, None, T0)
+    states = core.reader.states
+    scope: dict[str, Any] = {"type": "http", "path": "/", "headers": [(b"cookie", b"a=1")]}
+    assert _speedups.cached_state(scope, (), states, T0) is state
+    assert _speedups.cached_state(scope, (), states, int(T0)) is state  # an int is a time
+    for odd in (
+        {**scope, "type": _Str("http")},
+        {**scope, "path": _Str("/")},
+        {**scope, "headers": [(_Bytes(b"cookie"), b"a=1")]},
+        {**scope, "headers": [(b"cookie", _Bytes(b"a=1"))]},
+        _Dict(scope),
+    ):
+        assert _speedups.cached_state(odd, (), states, T0) is None
+    assert _speedups.cached_state(scope, (), _Dict(states), T0) is None
+    assert _speedups.cached_state(scope, ("",), states, T0) is None  # "" starts every path
+    assert _speedups.cached_state(scope, (_Str("/x"),), states, T0) is None
+    assert _speedups.cached_state(scope, (), states, float("nan")) is None  # no window holds it
+    empty = core.request_state(b"", None, None, T0)
+    assert _speedups.cached_state({**scope, "headers": [(b"cookie", b"")]}, (), states, T0) is empty
+    with pytest.raises(TypeError):
+        _speedups.cached_state(scope, (), states, None)  # type: ignore[arg-type]
+
+
+@needs_speedups
+def test_enter_makes_the_class_it_is_called_on(make_tracker: Callable[..., Tracker]) -> None:
+    core = make_tracker().core
+    core.request_state(None, None, None, T0)
+
+    class WithDict(LazyVisitor):  # type: ignore[misc,valid-type]
+        pass  # no __slots__: instances have a __dict__
+
+    scope: dict[str, Any] = {"type": "http", "path": "/", "headers": []}
+    lazy = WithDict.enter(scope, (), core.reader.states, T0, core, print)
+    assert type(lazy) is WithDict and scope["trackmw"] is lazy
+    lazy.note = "kept"
+    marker = type("Marker", (), {})()
+    alive = weakref.ref(marker)
+    lazy.marker = marker
+    del marker, lazy, scope
+    gc.collect()
+    assert alive() is None
+
+
+@needs_speedups
+def test_an_abstract_subclass_cannot_be_made() -> None:
+    from abc import abstractmethod
+
+    class Abstract(LazyVisitor):  # type: ignore[misc,valid-type]
+        @abstractmethod
+        def more(self) -> None: ...
+
+    with pytest.raises(TypeError, match="abstract"):
+        Abstract(None, {}, None, print)
+
+
+# -- the middleware: both ways through it decide the same ---------------------------------
+
+
+def test_the_middleware_takes_the_c_path_for_a_cached_state(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """A returning visitor's second request is taken in C: the Python path's way of
+    making the LazyVisitor is not used."""
+    import asyncio
+
+    tracker = make_tracker()
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["trackmw"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        return None
+
+    middleware = TrackingMiddleware(app, tracker)
+    assert (middleware._enter is not None) is SPEEDUPS
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", b"a=1")]}
+    asyncio.run(middleware(dict(scope), None, send))  # the state is read and cached
+
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("the Python path made the LazyVisitor")
+
+    if SPEEDUPS:
+        middleware._lazy = refuse
+    asyncio.run(middleware(dict(scope), None, send))
+    assert [type(lazy) for lazy in seen] == [LazyVisitor, LazyVisitor]
+
+
+def _run(
+    kind: type[TrackingMiddleware], tracker: Tracker, scope: dict[str, Any]
+) -> tuple[Any, ...]:
+    """What the app saw (its visitor's state, the send wrapper) and what was sent."""
+    import asyncio
+
+    seen: list[Any] = []
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        lazy = scope.get("trackmw")
+        seen.append((None if lazy is None else lazy._state, getattr(send, "__name__", None)))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(kind(app, tracker)(scope, None, send))
+    start = sent[0]
+    headers = [(k, v) for k, v in start["headers"] if k != b"set-cookie"]
+    cookies = [v.split(b"=")[0] for k, v in start["headers"] if k == b"set-cookie"]
+    return tuple(seen), start["status"], headers, cookies
+
+
+@needs_speedups
+@settings(max_examples=150, deadline=None)
+@given(
+    path=st.sampled_from(["/", "/a", "/static/x", "/staticky", "/_trackmw/consent"]),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from([b"cookie", b"dnt", b"sec-gpc", b"host", b"user-agent"]),
+            st.sampled_from(["none", "returning", "rejected", "garbage", "one"]),
+        ),
+        max_size=4,
+    ),
+)
+def test_both_ways_through_the_middleware_decide_the_same(
+    lookup_tracker: Any, path: str, headers: list[tuple[bytes, str]]
+) -> None:
+    from tests.core.harness import PurePythonMiddleware
+
+    values = {
+        "none": b"",
+        "returning": _cached_cookie(lookup_tracker, T0 + 3600).replace(b"a=1; ", b""),
+        "rejected": b"trackmw_consent=garbage",
+        "garbage": b"trackmw_id=garbage",
+        "one": b"1",
+    }
+    raw = [(name, values[value]) for name, value in headers]
+    scope = {"type": "http", "method": "GET", "scheme": "http", "path": path, "headers": raw}
+    from unittest import mock
+
+    with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
+        first = _run(PurePythonMiddleware, lookup_tracker, dict(scope))  # caches the state
+        assert _run(TrackingMiddleware, lookup_tracker, dict(scope)) == first
+        assert _run(PurePythonMiddleware, lookup_tracker, dict(scope)) == first
+    assert first[0] or not path.startswith("/a")  # a tracked page reached the app
