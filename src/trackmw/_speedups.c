@@ -135,6 +135,59 @@ cached_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return lookup_state(args[0], args[1], args[2], now);
 }
 
+/* -- the beacon's headers ----------------------------------------------------------- */
+
+static int
+is_name(const char *text, Py_ssize_t size, const char *name)
+{
+    return size == (Py_ssize_t)strlen(name) && memcmp(text, name, (size_t)size) == 0;
+}
+
+PyDoc_STRVAR(beacon_headers_doc,
+"beacon_headers(headers, /)\n--\n\n"
+"(cookie, user_agent, host) of a beacon request's common case, from its raw ASGI\n"
+"headers: at most one Cookie (else None in its place), a User-Agent and a Host\n"
+"(the first of each), and no DNT, Sec-GPC or prefetch header. None for anything\n"
+"else, which the Python pass (TrackingMiddleware._quick_pixel) decides.");
+
+static PyObject *
+beacon_headers(PyObject *module, PyObject *headers)
+{
+    if (!PyList_CheckExact(headers))
+        Py_RETURN_NONE;
+    PyObject *cookie = Py_None, *agent = NULL, *host = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value))
+            Py_RETURN_NONE;
+        Py_ssize_t size = PyBytes_GET_SIZE(name);
+        const char *text = PyBytes_AS_STRING(name);
+        if (is_name(text, size, "cookie")) {
+            if (cookie != Py_None)
+                Py_RETURN_NONE; /* repeated headers are joined by the Python pass */
+            cookie = value;
+        }
+        else if (is_name(text, size, "user-agent")) {
+            if (agent == NULL)
+                agent = value;
+        }
+        else if (is_name(text, size, "host")) {
+            if (host == NULL)
+                host = value;
+        }
+        else if (is_name(text, size, "dnt") || is_name(text, size, "sec-gpc") ||
+                 is_name(text, size, "sec-purpose") || is_name(text, size, "purpose") ||
+                 is_name(text, size, "x-moz"))
+            Py_RETURN_NONE; /* a signal or a prefetch: not the common case */
+    }
+    if (agent == NULL || host == NULL)
+        Py_RETURN_NONE;
+    return PyTuple_Pack(3, cookie, agent, host);
+}
+
 /* -- LazyBase: the per-request object of trackmw.asgi.LazyVisitor ---------------- */
 
 typedef struct {
@@ -302,6 +355,7 @@ static PyTypeObject LazyType = {
 
 static PyMethodDef module_methods[] = {
     {"cached_state", (PyCFunction)(void (*)(void))cached_state, METH_FASTCALL, cached_state_doc},
+    {"beacon_headers", (PyCFunction)beacon_headers, METH_O, beacon_headers_doc},
     {NULL},
 };
 

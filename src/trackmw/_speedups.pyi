@@ -18,6 +18,10 @@ def cached_state(
     /,
 ) -> CookieState | None: ...
 
+def beacon_headers(
+    headers: list[tuple[bytes, bytes]], /
+) -> tuple[bytes | None, bytes, bytes] | None: ...
+
 class LazyBase:
     _core: Core
     _state: CookieState

@@ -185,6 +185,61 @@ def test_the_lookup_checks_its_arguments() -> None:
     assert _speedups.cached_state({**scope, "path": b"/"}, (), {}, T0) is None
 
 
+BEACON_NAMES = [b"cookie", b"user-agent", b"host", b"dnt", b"sec-gpc", b"sec-purpose",
+                b"purpose", b"x-moz", b"accept", b"User-Agent", b"hostname"]
+
+
+def _python_beacon_headers(headers: list[Any]) -> Any:
+    """The Python pass of ``TrackingMiddleware._quick_pixel``."""
+    cookie = agent = host = None
+    for name, value in headers:
+        if name == b"cookie":
+            cookie = value if cookie is None else cookie + b"; " + value
+        elif name == b"user-agent":
+            agent = value if agent is None else agent
+        elif name == b"host":
+            host = value if host is None else host
+        elif name in (b"dnt", b"sec-gpc", b"sec-purpose", b"purpose", b"x-moz"):
+            return None
+    return None if agent is None or host is None else (cookie, agent, host)
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(BEACON_NAMES),
+            st.sampled_from([b"a", b"b", b""]),
+            st.sampled_from(["tuple", "tuple", "tuple", "tuple", "list", "str-value"]),
+        ),
+        max_size=7,
+    )
+)
+def test_the_c_beacon_pass_agrees_with_the_python_pass(headers: list[Any]) -> None:
+    from trackmw import _speedups
+
+    raw: list[Any] = []
+    for name, value, shape in headers:
+        if shape == "list":
+            raw.append([name, value])
+        elif shape == "str-value":
+            raw.append((name, value.decode()))
+        else:
+            raw.append((name, value))
+    found = _speedups.beacon_headers(raw)
+    if not all(type(h) is tuple and type(h[1]) is bytes for h in raw):
+        assert found is None  # left to the Python pass
+        return
+    expected = _python_beacon_headers(raw)
+    if sum(1 for name, _ in raw if name == b"cookie") > 1:
+        assert found is None  # repeated Cookie headers are joined by the Python pass
+    else:
+        assert found == expected
+        if found is not None:  # the header values themselves, not copies
+            assert all(x is None or any(x is v for _, v in raw) for x in found)
+
+
 # -- the per-request object --------------------------------------------------------------
 
 
@@ -461,13 +516,15 @@ def _run(
 @needs_speedups
 @settings(max_examples=150, deadline=None)
 @given(
-    path=st.sampled_from(["/", "/a", "/static/x", "/staticky", "/_trackmw/consent"]),
+    path=st.sampled_from(
+        ["/", "/a", "/static/x", "/staticky", "/_trackmw/consent", "/_trackmw/pixel.gif"]
+    ),
     headers=st.lists(
         st.tuples(
-            st.sampled_from([b"cookie", b"dnt", b"sec-gpc", b"host", b"user-agent"]),
+            st.sampled_from([b"cookie", b"dnt", b"sec-gpc", b"host", b"user-agent", b"purpose"]),
             st.sampled_from(["none", "returning", "rejected", "garbage", "one"]),
         ),
-        max_size=4,
+        max_size=5,
     ),
 )
 def test_both_ways_through_the_middleware_decide_the_same(
@@ -483,11 +540,29 @@ def test_both_ways_through_the_middleware_decide_the_same(
         "one": b"1",
     }
     raw = [(name, values[value]) for name, value in headers]
-    scope = {"type": "http", "method": "GET", "scheme": "http", "path": path, "headers": raw}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "query_string": b"p=%2Fa&r=https%3A%2F%2Fexample.org%2F",
+        "headers": raw,
+    }
     from unittest import mock
 
+    buffer = lookup_tracker.core.pipeline._buffer
+
+    def run(kind: type[TrackingMiddleware]) -> tuple[Any, ...]:
+        buffer.clear()
+        result = _run(kind, lookup_tracker, dict(scope))
+        hits = [hit._replace(ts=0) for hit in buffer if hasattr(hit, "_replace")]
+        # A new visitor's id is new each time: only whether the hit has one is compared.
+        return *result, [
+            h if h.visitor_id in (None, "v" * 22) else h._replace(visitor_id="new") for h in hits
+        ]
+
     with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
-        first = _run(PurePythonMiddleware, lookup_tracker, dict(scope))  # caches the state
-        assert _run(TrackingMiddleware, lookup_tracker, dict(scope)) == first
-        assert _run(PurePythonMiddleware, lookup_tracker, dict(scope)) == first
+        first = run(PurePythonMiddleware)  # reads the state and caches it
+        assert run(TrackingMiddleware) == first
+        assert run(PurePythonMiddleware) == first
     assert first[0] or not path.startswith("/a")  # a tracked page reached the app
