@@ -188,6 +188,106 @@ beacon_headers(PyObject *module, PyObject *headers)
     return PyTuple_Pack(3, cookie, agent, host);
 }
 
+/* -- cookies added to a response -------------------------------------------------- */
+
+static PyObject *bytes_set_cookie;
+
+/* Is `name` (bytes) `lower` (lower-case ASCII), in any case? */
+static int
+same_name(PyObject *name, const char *lower)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(name);
+    if (size != (Py_ssize_t)strlen(lower))
+        return 0;
+    const char *text = PyBytes_AS_STRING(name);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        char c = text[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != lower[i])
+            return 0;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(add_cookies_doc,
+"add_cookies(message, added, cookies, /)\n--\n\n"
+"A copy of an http.response.start message whose headers are the app's, then\n"
+"`added` (a list of header tuples), then a Set-Cookie for each of `cookies`\n"
+"(text, encoded as latin-1). None when the app's headers include Vary or\n"
+"Cache-Control (in any case), or are not a list of (bytes, bytes) tuples: the\n"
+"Python path (trackmw.asgi._add_headers) decides those.");
+
+static PyObject *
+add_cookies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "add_cookies() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *message = args[0], *added = args[1], *cookies = args[2];
+    if (!PyDict_CheckExact(message) || !PyList_CheckExact(added) || !PyList_CheckExact(cookies))
+        Py_RETURN_NONE;
+    PyObject *raw = PyDict_GetItemWithError(message, str_headers);
+    if (raw == NULL && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n_raw = 0;
+    if (raw != NULL) {
+        if (!PyList_CheckExact(raw))
+            Py_RETURN_NONE;
+        n_raw = PyList_GET_SIZE(raw);
+        for (Py_ssize_t i = 0; i < n_raw; i++) {
+            PyObject *item = PyList_GET_ITEM(raw, i);
+            if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)))
+                Py_RETURN_NONE;
+            PyObject *name = PyTuple_GET_ITEM(item, 0);
+            if (same_name(name, "vary") || same_name(name, "cache-control"))
+                Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t n_added = PyList_GET_SIZE(added), n_cookies = PyList_GET_SIZE(cookies);
+    for (Py_ssize_t i = 0; i < n_cookies; i++)
+        if (!PyUnicode_CheckExact(PyList_GET_ITEM(cookies, i)))
+            Py_RETURN_NONE;
+    PyObject *headers = PyList_New(n_raw + n_added + n_cookies);
+    if (headers == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n_raw; i++) {
+        PyObject *item = PyList_GET_ITEM(raw, i);
+        Py_INCREF(item);
+        PyList_SET_ITEM(headers, i, item);
+    }
+    for (Py_ssize_t i = 0; i < n_added; i++) {
+        PyObject *item = PyList_GET_ITEM(added, i);
+        Py_INCREF(item);
+        PyList_SET_ITEM(headers, n_raw + i, item);
+    }
+    for (Py_ssize_t i = 0; i < n_cookies; i++) {
+        PyObject *value = PyUnicode_AsLatin1String(PyList_GET_ITEM(cookies, i));
+        if (value == NULL)
+            goto fail;
+        PyObject *item = PyTuple_Pack(2, bytes_set_cookie, value);
+        Py_DECREF(value);
+        if (item == NULL)
+            goto fail;
+        PyList_SET_ITEM(headers, n_raw + n_added + i, item);
+    }
+    PyObject *copy = PyDict_Copy(message);
+    if (copy == NULL)
+        goto fail;
+    if (PyDict_SetItem(copy, str_headers, headers) < 0) {
+        Py_DECREF(copy);
+        goto fail;
+    }
+    Py_DECREF(headers);
+    return copy;
+fail:
+    Py_DECREF(headers); /* slots not yet set are NULL, which list_dealloc skips */
+    return NULL;
+}
+
 /* -- LazyBase: the per-request object of trackmw.asgi.LazyVisitor ---------------- */
 
 typedef struct {
@@ -356,6 +456,7 @@ static PyTypeObject LazyType = {
 static PyMethodDef module_methods[] = {
     {"cached_state", (PyCFunction)(void (*)(void))cached_state, METH_FASTCALL, cached_state_doc},
     {"beacon_headers", (PyCFunction)beacon_headers, METH_O, beacon_headers_doc},
+    {"add_cookies", (PyCFunction)(void (*)(void))add_cookies, METH_FASTCALL, add_cookies_doc},
     {NULL},
 };
 
@@ -381,6 +482,9 @@ PyInit__speedups(void)
         intern(&str_path, "path") < 0 || intern(&str_headers, "headers") < 0 ||
         intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0 ||
         intern(&str_visitor, "visitor") < 0 || intern(&str_send, "_send") < 0)
+        return NULL;
+    bytes_set_cookie = PyBytes_FromString("set-cookie");
+    if (bytes_set_cookie == NULL)
         return NULL;
     if (PyType_Ready(&LazyType) < 0)
         return NULL;

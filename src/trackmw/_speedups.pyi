@@ -22,6 +22,10 @@ def beacon_headers(
     headers: list[tuple[bytes, bytes]], /
 ) -> tuple[bytes | None, bytes, bytes] | None: ...
 
+def add_cookies(
+    message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
+) -> dict[str, Any] | None: ...
+
 class LazyBase:
     _core: Core
     _state: CookieState

@@ -242,10 +242,21 @@ def _over(message: Message) -> Awaitable[None]:
 
 
 def _add_headers(message: Message, cookies: list[str]) -> Message:
-    """A copy of an ``http.response.start`` message with ``cookies`` set, made private."""
+    """A copy of an ``http.response.start`` message with ``cookies`` set, made private.
+
+    In C when built (``_speedups.add_cookies``), which leaves to the Python below the
+    app's headers it does not recognise and those with ``Vary`` or ``Cache-Control``.
+    """
+    if _add_cookies is not None:
+        added = _add_cookies(message, _PRIVATE_RAW, cookies)
+        if added is not None:
+            return added
     message = dict(message)
     message["headers"] = _with_cookies(message.get("headers", []), cookies)
     return message
+
+
+_add_cookies = None if _speedups is None else _speedups.add_cookies
 
 
 _SCANNED = frozenset((b"cookie", b"dnt", b"sec-gpc"))
@@ -253,6 +264,30 @@ _SCANNED = frozenset((b"cookie", b"dnt", b"sec-gpc"))
 _BEACON_HEADERS = frozenset(
     (b"cookie", b"user-agent", b"host", b"dnt", b"sec-gpc", b"sec-purpose", b"purpose", b"x-moz")
 )
+
+
+def beacon_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes, bytes] | None:
+    """The beacon's common case, from its raw ASGI headers: ``(cookie, user_agent,
+    host)`` (the Cookie headers joined, else ``None``; the first User-Agent and Host),
+    or ``None`` without a User-Agent or a Host, or with DNT, Sec-GPC or a prefetch
+    header. ``trackmw._speedups.beacon_headers`` is the same in C.
+
+    The loop is the page path's with other names, on purpose: one scanner shared by
+    both cost each of them 1.3k instructions a request (1.6% of a bare request)."""
+    cookie = agent = host = None
+    for name, value in headers:
+        if name in _BEACON_HEADERS:
+            if name == b"cookie":
+                cookie = value if cookie is None else cookie + b"; " + value
+            elif name == b"user-agent":
+                agent = value if agent is None else agent
+            elif name == b"host":
+                host = value if host is None else host
+            else:  # DNT, Sec-GPC or a prefetch: not the common case
+                return None
+    if agent is None or host is None:
+        return None
+    return cookie, agent, host
 
 
 class TrackingMiddleware:
@@ -348,33 +383,18 @@ class TrackingMiddleware:
 
     def _quick_pixel(self, scope: Scope) -> int | None:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in
-        one pass: the status to answer with, or ``None`` to take the general path.
-
-        The loop is the page path's with other names, on purpose: one scanner shared by
-        both cost each of them 1.3k instructions a request (1.6% of a bare request)."""
+        one pass (``beacon_headers``): the status to answer with, or ``None`` to take the
+        general path."""
         if scope["method"] != "GET":
             return None
-        # In C when built (the same pass: None for anything but the common case).
-        found = None if self._beacon_headers is None else self._beacon_headers(scope["headers"])
-        cookie: bytes | None
-        agent: bytes | None
-        host: bytes | None
-        if found is not None:
-            cookie, agent, host = found
-        else:
-            cookie = agent = host = None
-            for name, value in scope["headers"]:
-                if name in _BEACON_HEADERS:
-                    if name == b"cookie":
-                        cookie = value if cookie is None else cookie + b"; " + value
-                    elif name == b"user-agent":
-                        agent = value if agent is None else agent
-                    elif name == b"host":
-                        host = value if host is None else host
-                    else:  # DNT, Sec-GPC or a prefetch: not the common case
-                        return None
-        if agent is None or host is None:
-            return None
+        headers = scope["headers"]
+        # In C when built, which leaves anything but the common case to Python.
+        found = None if self._beacon_headers is None else self._beacon_headers(headers)
+        if found is None:
+            found = beacon_headers(headers)
+            if found is None:
+                return None
+        cookie, agent, host = found
         try:
             return self.core.quick_beacon(
                 cookie, agent, host, scope.get("query_string", b""), _time()

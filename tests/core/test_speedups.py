@@ -189,21 +189,6 @@ BEACON_NAMES = [b"cookie", b"user-agent", b"host", b"dnt", b"sec-gpc", b"sec-pur
                 b"purpose", b"x-moz", b"accept", b"User-Agent", b"hostname"]
 
 
-def _python_beacon_headers(headers: list[Any]) -> Any:
-    """The Python pass of ``TrackingMiddleware._quick_pixel``."""
-    cookie = agent = host = None
-    for name, value in headers:
-        if name == b"cookie":
-            cookie = value if cookie is None else cookie + b"; " + value
-        elif name == b"user-agent":
-            agent = value if agent is None else agent
-        elif name == b"host":
-            host = value if host is None else host
-        elif name in (b"dnt", b"sec-gpc", b"sec-purpose", b"purpose", b"x-moz"):
-            return None
-    return None if agent is None or host is None else (cookie, agent, host)
-
-
 @needs_speedups
 @settings(max_examples=400, deadline=None)
 @given(
@@ -217,7 +202,7 @@ def _python_beacon_headers(headers: list[Any]) -> Any:
     )
 )
 def test_the_c_beacon_pass_agrees_with_the_python_pass(headers: list[Any]) -> None:
-    from trackmw import _speedups
+    from trackmw import _speedups, asgi
 
     raw: list[Any] = []
     for name, value, shape in headers:
@@ -231,7 +216,7 @@ def test_the_c_beacon_pass_agrees_with_the_python_pass(headers: list[Any]) -> No
     if not all(type(h) is tuple and type(h[1]) is bytes for h in raw):
         assert found is None  # left to the Python pass
         return
-    expected = _python_beacon_headers(raw)
+    expected = asgi.beacon_headers(raw)
     if sum(1 for name, _ in raw if name == b"cookie") > 1:
         assert found is None  # repeated Cookie headers are joined by the Python pass
     else:
@@ -350,23 +335,28 @@ def test_the_c_objects_hold_no_reference_after_they_go(
     def send(message: Any) -> None:
         return None
 
-    watched = (core, state, scope, send, states)
+    from trackmw import _speedups
+
+    header = (b"content-type", b"text/plain")
+    start = {"type": "http.response.start", "status": 200, "headers": [header]}
+    added = [(b"cache-control", b"private")]
+    agent, host = (b"user-agent", b"x"), (b"host", b"y")
+    beacon = [agent, host, (b"cookie", b"a=1")]
+    watched = (core, state, scope, send, states, header, start, added, agent, host, beacon)
     gc.collect()
     before = [sys.getrefcount(x) for x in watched]
     for _ in range(1000):
         lazy = LazyVisitor.enter(scope, (), states, T0, core, send)
         assert lazy is not None
         lazy.send_quiet({"type": "http.response.body"})
-        _speedups_lookup(scope, states)
+        assert _speedups.cached_state(scope, (), states, T0) is not None
         lazy._scope, lazy._send = None, len
         del scope["trackmw"], lazy
+        assert _speedups.add_cookies(start, added, ["a=1"]) is not None
+        with pytest.raises(UnicodeEncodeError):
+            _speedups.add_cookies(start, added, ["a=1", "b=€"])
+        assert _speedups.beacon_headers(beacon) is not None
     assert [sys.getrefcount(x) for x in watched] == before
-
-
-def _speedups_lookup(scope: dict[str, Any], states: Any) -> None:
-    from trackmw import _speedups
-
-    assert _speedups.cached_state(scope, (), states, T0) is not None
 
 
 # -- odd objects: left to the Python path, or refused as Python would refuse them --------
@@ -566,3 +556,69 @@ def test_both_ways_through_the_middleware_decide_the_same(
         assert run(TrackingMiddleware) == first
         assert run(PurePythonMiddleware) == first
     assert first[0] or not path.startswith("/a")  # a tracked page reached the app
+
+
+# -- cookies added to a response: the C copy against the Python one ------------------------
+
+HEADER_NAMES = [b"content-type", b"vary", b"Vary", b"VARY", b"cache-control", b"Cache-Control",
+                b"x-vary", b"set-cookie", b"varies"]
+
+
+def _python_add_headers(message: dict[str, Any], cookies: list[str]) -> dict[str, Any]:
+    from trackmw import asgi
+
+    copy = dict(message)
+    copy["headers"] = asgi._with_cookies(copy.get("headers", []), cookies)
+    return copy
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(
+    headers=st.one_of(
+        st.none(),
+        st.lists(
+            st.tuples(
+                st.sampled_from(HEADER_NAMES),
+                st.sampled_from(["tuple", "tuple", "tuple", "list", "str-value"]),
+            ),
+            max_size=4,
+        ),
+    ),
+    cookies=st.lists(st.sampled_from(["a=1; Path=/", "b=é", "c=€", ""]), max_size=3),
+)
+def test_the_c_cookie_headers_are_the_python_ones(
+    headers: list[Any] | None, cookies: list[str]
+) -> None:
+    from trackmw import _speedups, asgi
+
+    message: dict[str, Any] = {"type": "http.response.start", "status": 200}
+    if headers is not None:
+        raw: list[Any] = []
+        for name, shape in headers:
+            if shape == "list":
+                raw.append([name, b"v"])
+            elif shape == "str-value":
+                raw.append((name, "v"))
+            else:
+                raw.append((name, b"v"))
+        message["headers"] = raw
+    before = repr(message)
+
+    def outcome(add: Callable[[], Any]) -> Any:
+        try:
+            return add()
+        except Exception as exc:  # the Python path's own errors, e.g. a str header value
+            return type(exc)
+
+    expected = outcome(lambda: _python_add_headers(message, cookies))
+    found = outcome(lambda: _speedups.add_cookies(message, asgi._PRIVATE_RAW, cookies))
+    assert repr(message) == before  # the app's message is never changed
+    raw = message.get("headers", [])
+    shapes_known = all(type(h) is tuple and type(h[1]) is bytes for h in raw)
+    cache_named = any(bytes(h[0]).lower() in (b"vary", b"cache-control") for h in raw)
+    if not shapes_known or cache_named:
+        assert found is None  # left to the Python path
+    else:
+        assert found == expected
+    assert outcome(lambda: asgi._add_headers(message, cookies)) == expected
