@@ -185,7 +185,22 @@ beacon_headers(PyObject *module, PyObject *headers)
     }
     if (agent == NULL || host == NULL)
         Py_RETURN_NONE;
-    return PyTuple_Pack(3, cookie, agent, host);
+    /* Held before allocating: a collection it triggers could run a finalizer that
+     * changes the list, whose items these three only borrow. */
+    Py_INCREF(cookie);
+    Py_INCREF(agent);
+    Py_INCREF(host);
+    PyObject *found = PyTuple_New(3);
+    if (found == NULL) {
+        Py_DECREF(cookie);
+        Py_DECREF(agent);
+        Py_DECREF(host);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(found, 0, cookie);
+    PyTuple_SET_ITEM(found, 1, agent);
+    PyTuple_SET_ITEM(found, 2, host);
+    return found;
 }
 
 /* -- cookies added to a response -------------------------------------------------- */
@@ -231,41 +246,55 @@ add_cookies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *raw = PyDict_GetItemWithError(message, str_headers);
     if (raw == NULL && PyErr_Occurred())
         return NULL;
-    Py_ssize_t n_raw = 0;
-    if (raw != NULL) {
-        if (!PyList_CheckExact(raw))
-            Py_RETURN_NONE;
-        n_raw = PyList_GET_SIZE(raw);
-        for (Py_ssize_t i = 0; i < n_raw; i++) {
-            PyObject *item = PyList_GET_ITEM(raw, i);
-            if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
-                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
-                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)))
-                Py_RETURN_NONE;
-            PyObject *name = PyTuple_GET_ITEM(item, 0);
-            if (same_name(name, "vary") || same_name(name, "cache-control"))
-                Py_RETURN_NONE;
-        }
-    }
+    if (raw != NULL && !PyList_CheckExact(raw))
+        Py_RETURN_NONE;
+    Py_ssize_t n_raw = raw == NULL ? 0 : PyList_GET_SIZE(raw);
     Py_ssize_t n_added = PyList_GET_SIZE(added), n_cookies = PyList_GET_SIZE(cookies);
-    for (Py_ssize_t i = 0; i < n_cookies; i++)
-        if (!PyUnicode_CheckExact(PyList_GET_ITEM(cookies, i)))
-            Py_RETURN_NONE;
+    Py_XINCREF(raw); /* held: the message only lends it */
     PyObject *headers = PyList_New(n_raw + n_added + n_cookies);
-    if (headers == NULL)
+    if (headers == NULL) {
+        Py_XDECREF(raw);
         return NULL;
+    }
+    /* The lists are read after the allocation, which may have run a finalizer that
+     * changed them (a collection): if their sizes moved, Python decides. Checking and
+     * copying allocate nothing. */
+    if ((raw != NULL && PyList_GET_SIZE(raw) != n_raw) || PyList_GET_SIZE(added) != n_added ||
+        PyList_GET_SIZE(cookies) != n_cookies)
+        goto python;
     for (Py_ssize_t i = 0; i < n_raw; i++) {
         PyObject *item = PyList_GET_ITEM(raw, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)))
+            goto python;
+        PyObject *name = PyTuple_GET_ITEM(item, 0);
+        if (same_name(name, "vary") || same_name(name, "cache-control"))
+            goto python;
         Py_INCREF(item);
         PyList_SET_ITEM(headers, i, item);
     }
+    for (Py_ssize_t i = 0; i < n_cookies; i++)
+        if (!PyUnicode_CheckExact(PyList_GET_ITEM(cookies, i)))
+            goto python;
     for (Py_ssize_t i = 0; i < n_added; i++) {
         PyObject *item = PyList_GET_ITEM(added, i);
         Py_INCREF(item);
         PyList_SET_ITEM(headers, n_raw + i, item);
     }
+    Py_XDECREF(raw);
+    raw = NULL;
     for (Py_ssize_t i = 0; i < n_cookies; i++) {
-        PyObject *value = PyUnicode_AsLatin1String(PyList_GET_ITEM(cookies, i));
+        /* Encoding allocates: each value is held while it is read, and the list is
+         * checked again before each, in case a finalizer changed it meanwhile. */
+        if (PyList_GET_SIZE(cookies) != n_cookies)
+            goto python;
+        PyObject *text = PyList_GET_ITEM(cookies, i);
+        if (!PyUnicode_CheckExact(text))
+            goto python;
+        Py_INCREF(text);
+        PyObject *value = PyUnicode_AsLatin1String(text);
+        Py_DECREF(text);
         if (value == NULL)
             goto fail;
         PyObject *item = PyTuple_Pack(2, bytes_set_cookie, value);
@@ -283,8 +312,12 @@ add_cookies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(headers);
     return copy;
-fail:
+python:
+    Py_XDECREF(raw);
     Py_DECREF(headers); /* slots not yet set are NULL, which list_dealloc skips */
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(headers);
     return NULL;
 }
 
@@ -305,6 +338,10 @@ static PyTypeObject LazyType;
 static Lazy *
 lazy_alloc(PyTypeObject *cls, PyObject *core, PyObject *scope, PyObject *state, PyObject *send)
 {
+    if (cls->tp_flags & Py_TPFLAGS_IS_ABSTRACT) { /* as object() refuses an ABC */
+        PyErr_Format(PyExc_TypeError, "Can't instantiate abstract class %s", cls->tp_name);
+        return NULL;
+    }
     Lazy *self = (Lazy *)cls->tp_alloc(cls, 0);
     if (self == NULL)
         return NULL;
@@ -328,10 +365,6 @@ lazy_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"core", "scope", "state", "send", NULL};
     PyObject *core, *scope, *state, *send;
-    if (cls->tp_flags & Py_TPFLAGS_IS_ABSTRACT) { /* as object() refuses an ABC */
-        PyErr_Format(PyExc_TypeError, "Can't instantiate abstract class %s", cls->tp_name);
-        return NULL;
-    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:LazyVisitor", names, &core, &scope, &state,
                                      &send))
         return NULL;

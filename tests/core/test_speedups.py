@@ -441,6 +441,9 @@ def test_an_abstract_subclass_cannot_be_made() -> None:
 
     with pytest.raises(TypeError, match="abstract"):
         Abstract(None, {}, None, print)
+    with pytest.raises(TypeError, match="abstract"):
+        Abstract.enter({"type": "http", "path": "/", "headers": []}, (), {None: (0.0, 1e20, 1)},
+                       T0, None, print)
 
 
 # -- the middleware: both ways through it decide the same ---------------------------------
