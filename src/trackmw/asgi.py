@@ -10,10 +10,13 @@ Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
 
 A tracked page whose ``Cookie`` header's state is cached (every returning visitor's)
 is recognised in C when ``trackmw._speedups`` is built (``SPEEDUPS``): the header
-pass, the cache lookup and the ``LazyVisitor`` in one call. Without it (no C compiler
-at install, another Python, or ``TRACKMW_NO_EXTENSIONS`` set) the same is done here
-in Python; the tests run both ways. (The C path reads ``CookieReader.states``
-itself: a returning visitor's request does not go through ``Core.request_state``.)
+pass, the cache lookup and the ``LazyVisitor`` in one call. The beacon's header pass
+(``beacon_headers``) and the cookie headers added to a response (``_add_headers``)
+have a C version too. Without the module (no C compiler at install, another Python,
+or ``TRACKMW_NO_EXTENSIONS`` set) the same is done here in Python; the tests run both
+ways, and the C code leaves anything but the common case to the Python. (The C path
+reads ``CookieReader.states`` itself: a returning visitor's request does not go
+through ``Core.request_state``.)
 """
 
 from __future__ import annotations
