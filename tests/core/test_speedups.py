@@ -39,11 +39,13 @@ def test_the_speedups_are_built_where_they_are_required() -> None:
     assert issubclass(LazyVisitor, _ASGIVisitor) and issubclass(PyLazyVisitor, _ASGIVisitor)
 
 
-def test_the_environment_can_turn_the_speedups_off() -> None:
+@pytest.mark.parametrize(("value", "on"), [("1", False), ("yes", False), ("0", True), ("", True)])
+def test_the_environment_can_turn_the_speedups_off(value: str, on: bool) -> None:
     code = "import trackmw.asgi as a; print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor)"
-    env = {**os.environ, "TRACKMW_NO_EXTENSIONS": "1"}
+    env = {**os.environ, "TRACKMW_NO_EXTENSIONS": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["False", "True"], out.stderr
+    speedups = on and SPEEDUPS
+    assert out.stdout.split() == [str(speedups), str(not speedups)], out.stderr
 
 
 # -- the lookup: the C code finds what the Python path finds, or leaves it to it ---------
