@@ -47,8 +47,6 @@ class CookieState:
         "prefs_sent",
         "consent_stale",
         "prefs_stale",
-        "not_before",
-        "not_after",
         "quiet",
         "fresh",
     )
@@ -65,8 +63,6 @@ class CookieState:
         id_sent: bool,
         prefs_payload: Any,
         prefs_sent: bool,
-        not_before: float,
-        not_after: float,
         consent_stale: bool = False,
         prefs_stale: bool = False,
     ) -> None:
@@ -83,8 +79,6 @@ class CookieState:
         # would drop them (and with them the visitor's choice).
         self.consent_stale = consent_stale and record is not None
         self.prefs_stale = prefs_stale and consent.preferences and prefs_payload is not None
-        self.not_before = not_before
-        self.not_after = not_after
         # The cookie rules at the top of core.py, for a visitor nobody changed.
         if consent.analytics:
             id_ok = sent_id is not None and not id_stale
@@ -111,8 +105,8 @@ class CookieReader:
         self.consent_signer = CookieSigner(keys, "trackmw.consent", max_age)
         self.prefs_signer = CookieSigner(keys, "trackmw.prefs", max_age)
         #: Cached states by ``Cookie`` header (a tuple with the signals when one is on),
-        #: each as ``(not_before, not_after, state)``: its window first, where the C
-        #: speedups (``trackmw._speedups``) read it without an attribute lookup.
+        #: each as ``(not_before, not_after, state)``: the window in which every value
+        #: the state rests on is fresh, then the state (the C speedups read this too).
         self.states: dict[Any, tuple[float, float, CookieState]] = {}
 
     def state(self, cookie: str | bytes | None, dnt: bool, gpc: bool, now: float) -> CookieState:
@@ -120,7 +114,7 @@ class CookieReader:
 
         ``cookie`` may be the raw header (bytes, as ASGI servers give it): it is decoded
         only when its state is not cached. The same header always says the same thing,
-        except that its signed values age: a cached state keeps the time window in
+        except that its signed values age: a state is cached with the time window in
         which all of them are fresh, and one where a value was rejected for its age is
         never cached. So a returning visitor costs one dict lookup and two comparisons.
         """
@@ -132,15 +126,20 @@ class CookieReader:
         size = len(text)
         if "trackmw_" not in text:
             text = ""  # every visitor without our cookies is in the same state
-        state = self._read_state(text, dnt, gpc, now)
-        if state.not_before <= now <= state.not_after and size <= _CACHED_HEADER:
+        entry = self._read_state(text, dnt, gpc, now)
+        if entry[0] <= now <= entry[1] and size <= _CACHED_HEADER:
             states = self.states
             if len(states) >= _STATE_CACHE:
                 states.clear()
-            states[key] = (float(state.not_before), float(state.not_after), state)
-        return state
+            states[key] = entry
+        return entry[2]
 
-    def _read_state(self, cookie: str, dnt: bool, gpc: bool, now: float) -> CookieState:
+    def _read_state(
+        self, cookie: str, dnt: bool, gpc: bool, now: float
+    ) -> tuple[float, float, CookieState]:
+        """The state of a ``Cookie`` header's text, as ``states`` keeps it: after the
+        window in which every value it accepted is fresh (empty when one was rejected
+        for its age)."""
         cookies = parse_cookies(cookie)
         window = [float("-inf"), float("inf")]  # when every accepted value is fresh
 
@@ -186,7 +185,7 @@ class CookieReader:
                     prefs_payload = signed.payload
                     prefs_stale = signed.stale_key
                     break
-        return CookieState(
+        state = CookieState(
             record=record,
             consent=consent,
             signals=(dnt, gpc),
@@ -196,11 +195,10 @@ class CookieReader:
             id_sent=id_values is not None,
             prefs_payload=prefs_payload,
             prefs_sent=prefs_values is not None,
-            not_before=window[0],
-            not_after=window[1],
             consent_stale=consent_stale,
             prefs_stale=prefs_stale,
         )
+        return float(window[0]), float(window[1]), state
 
 
 def _valid_id_payload(payload: Any) -> bool:
