@@ -3,7 +3,9 @@
  * A tracked page whose Cookie header's state is cached (every returning visitor's
  * page, and a new visitor's) costs trackmw a pass over the request's headers, one
  * dict lookup and a per-request object. In Python that is about 1.2 us on a 2-core
- * VM; here it is a quarter of that (see the README's Performance section).
+ * VM; here it is a quarter of that (see the README's Performance section). A
+ * returning visitor's beacon is counted here too, from the caches the Python path
+ * (Core.quick_beacon) fills.
  *
  * Optional: trackmw.asgi runs the same logic in Python when this module cannot be
  * imported (no C compiler at install, another Python implementation, or the
@@ -143,47 +145,59 @@ is_name(const char *text, Py_ssize_t size, const char *name)
     return size == (Py_ssize_t)strlen(name) && memcmp(text, name, (size_t)size) == 0;
 }
 
+/* Scan a beacon's raw ASGI headers for its common case: at most one Cookie (else
+ * *cookie is None), a User-Agent and a Host (the first of each), and no DNT,
+ * Sec-GPC or prefetch header. 1 if it is that case, with the three values borrowed
+ * from the list; 0 if not. Never fails. */
+static int
+scan_beacon(PyObject *headers, PyObject **cookie, PyObject **agent, PyObject **host)
+{
+    if (!PyList_CheckExact(headers))
+        return 0;
+    *cookie = Py_None;
+    *agent = *host = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            return 0;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value))
+            return 0;
+        Py_ssize_t size = PyBytes_GET_SIZE(name);
+        const char *text = PyBytes_AS_STRING(name);
+        if (is_name(text, size, "cookie")) {
+            if (*cookie != Py_None)
+                return 0; /* repeated headers are joined by the Python pass */
+            *cookie = value;
+        }
+        else if (is_name(text, size, "user-agent")) {
+            if (*agent == NULL)
+                *agent = value;
+        }
+        else if (is_name(text, size, "host")) {
+            if (*host == NULL)
+                *host = value;
+        }
+        else if (is_name(text, size, "dnt") || is_name(text, size, "sec-gpc") ||
+                 is_name(text, size, "sec-purpose") || is_name(text, size, "purpose") ||
+                 is_name(text, size, "x-moz"))
+            return 0; /* a signal or a prefetch: not the common case */
+    }
+    return *agent != NULL && *host != NULL;
+}
+
 PyDoc_STRVAR(beacon_headers_doc,
 "beacon_headers(headers, /)\n--\n\n"
 "(cookie, user_agent, host) of a beacon request's common case, from its raw ASGI\n"
 "headers: at most one Cookie (else None in its place), a User-Agent and a Host\n"
 "(the first of each), and no DNT, Sec-GPC or prefetch header. None for anything\n"
-"else, which the Python pass (TrackingMiddleware._quick_pixel) decides.");
+"else, which the Python pass (trackmw.asgi.beacon_headers) decides.");
 
 static PyObject *
 beacon_headers(PyObject *module, PyObject *headers)
 {
-    if (!PyList_CheckExact(headers))
-        Py_RETURN_NONE;
-    PyObject *cookie = Py_None, *agent = NULL, *host = NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
-        PyObject *item = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
-            Py_RETURN_NONE;
-        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
-        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value))
-            Py_RETURN_NONE;
-        Py_ssize_t size = PyBytes_GET_SIZE(name);
-        const char *text = PyBytes_AS_STRING(name);
-        if (is_name(text, size, "cookie")) {
-            if (cookie != Py_None)
-                Py_RETURN_NONE; /* repeated headers are joined by the Python pass */
-            cookie = value;
-        }
-        else if (is_name(text, size, "user-agent")) {
-            if (agent == NULL)
-                agent = value;
-        }
-        else if (is_name(text, size, "host")) {
-            if (host == NULL)
-                host = value;
-        }
-        else if (is_name(text, size, "dnt") || is_name(text, size, "sec-gpc") ||
-                 is_name(text, size, "sec-purpose") || is_name(text, size, "purpose") ||
-                 is_name(text, size, "x-moz"))
-            Py_RETURN_NONE; /* a signal or a prefetch: not the common case */
-    }
-    if (agent == NULL || host == NULL)
+    PyObject *cookie, *agent, *host;
+    if (!scan_beacon(headers, &cookie, &agent, &host))
         Py_RETURN_NONE;
     /* Held before allocating: a collection it triggers could run a finalizer that
      * changes the list, whose items these three only borrow. */
@@ -201,6 +215,178 @@ beacon_headers(PyObject *module, PyObject *headers)
     PyTuple_SET_ITEM(found, 1, agent);
     PyTuple_SET_ITEM(found, 2, host);
     return found;
+}
+
+/* -- the beacon's common case --------------------------------------------------------- */
+
+static PyObject *str_method, *str_GET, *str_query_string, *bytes_empty;
+static PyObject *str_beacon_id, *str_user_id, *str_p, *str_r, *str_c;
+static PyObject *str_rate_limiter, *str_allow, *str_pipeline, *str_add;
+static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200;
+
+/* `key`'s value in the exact dict `d`, borrowed; NULL if absent or on error. */
+#define LOOKUP(d, key) PyDict_GetItemWithError((d), (key))
+
+PyDoc_STRVAR(beacon_doc,
+"beacon(scope, caches, core, now, /)\n--\n\n"
+"Core.quick_beacon for an ASGI scope: the hit counted and the status to answer\n"
+"with, or None when the request is not the common case this decides from the\n"
+"caches alone (then nothing is done, and the Python path decides).\n\n"
+"caches: Core.beacon_caches, (states, queries, agents, hosts, hit type); core: the\n"
+"Core, whose rate_limiter.allow and pipeline.add are called as quick_beacon calls\n"
+"them; now: the time (a float, the hit's timestamp).");
+
+static PyObject *
+beacon(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "beacon() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *scope = args[0], *caches = args[1], *core = args[2], *now_obj = args[3];
+    if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(caches) || PyTuple_GET_SIZE(caches) != 5 ||
+        !PyFloat_CheckExact(now_obj))
+        Py_RETURN_NONE;
+    PyObject *states = PyTuple_GET_ITEM(caches, 0), *queries = PyTuple_GET_ITEM(caches, 1);
+    PyObject *agents = PyTuple_GET_ITEM(caches, 2), *hosts = PyTuple_GET_ITEM(caches, 3);
+    PyTypeObject *hit_type = (PyTypeObject *)PyTuple_GET_ITEM(caches, 4);
+    if (!PyDict_CheckExact(states) || !PyDict_CheckExact(queries) || !PyDict_CheckExact(agents) ||
+        !PyDict_CheckExact(hosts) || !PyType_Check(hit_type) ||
+        !PyType_IsSubtype(hit_type, &PyTuple_Type) ||
+        hit_type->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        hit_type->tp_itemsize != PyTuple_Type.tp_itemsize)
+        Py_RETURN_NONE;
+    double now = PyFloat_AS_DOUBLE(now_obj);
+
+    PyObject *method = LOOKUP(scope, str_method);
+    if (method == NULL)
+        goto missing;
+    if (method != str_GET) {
+        if (!PyUnicode_CheckExact(method))
+            Py_RETURN_NONE;
+        int eq = PyUnicode_Compare(method, str_GET);
+        if (eq == -1 && PyErr_Occurred())
+            return NULL;
+        if (eq != 0)
+            Py_RETURN_NONE;
+    }
+    PyObject *headers = LOOKUP(scope, str_headers);
+    if (headers == NULL)
+        goto missing;
+    PyObject *query = LOOKUP(scope, str_query_string);
+    if (query == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        query = bytes_empty;
+    }
+    if (!PyBytes_CheckExact(query))
+        Py_RETURN_NONE;
+    PyObject *cookie, *agent, *host;
+    if (!scan_beacon(headers, &cookie, &agent, &host) || cookie == Py_None)
+        Py_RETURN_NONE; /* without a cookie there is no visitor to count */
+
+    /* Everything below is read from caches that hold what the Python path would
+     * compute, or this returns None before doing anything. Each value is held, since
+     * the calls further down may run any code (and change those caches). */
+    PyObject *cached = LOOKUP(states, cookie); /* (not_before, not_after, state) */
+    if (cached == NULL)
+        goto missing;
+    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)) ||
+        !(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
+          now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))))
+        Py_RETURN_NONE;
+    PyObject *state = PyTuple_GET_ITEM(cached, 2);
+    PyObject *params = LOOKUP(queries, query); /* parse_pixel_query's cache */
+    if (params == NULL)
+        goto missing;
+    if (!PyDict_CheckExact(params))
+        Py_RETURN_NONE;
+    PyObject *page = LOOKUP(params, str_p);
+    if (page == NULL) /* the general path takes the page from Referer */
+        goto missing;
+    PyObject *referrer = LOOKUP(params, str_r);
+    if (referrer == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *campaign = LOOKUP(params, str_c);
+    if (campaign == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *agent_text = LOOKUP(agents, agent);
+    if (agent_text == NULL)
+        goto missing;
+    PyObject *site = LOOKUP(hosts, host);
+    if (site == NULL)
+        goto missing;
+
+    PyObject *held[8] = {now_obj, NULL, NULL, page, referrer ? referrer : Py_None,
+                         campaign ? campaign : Py_None, agent_text, site};
+    for (int i = 3; i < 8; i++)
+        Py_INCREF(held[i]);
+    PyObject *hit = NULL, *result = NULL, *owner = NULL;
+    Py_INCREF(state);
+    /* CookieState.beacon_id: the id the beacon counts without a cookie (or None) */
+    held[1] = PyObject_GetAttr(state, str_beacon_id);
+    if (held[1] == NULL)
+        goto done;
+    if (held[1] == Py_None) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    held[2] = PyObject_GetAttr(state, str_user_id);
+    if (held[2] == NULL)
+        goto done;
+    owner = PyObject_GetAttr(core, str_rate_limiter);
+    if (owner == NULL)
+        goto done;
+    PyObject *call_args[3] = {owner, held[1], now_obj};
+    PyObject *allowed = PyObject_VectorcallMethod(
+        str_allow, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_CLEAR(owner);
+    if (allowed == NULL)
+        goto done;
+    int ok = PyObject_IsTrue(allowed);
+    Py_DECREF(allowed);
+    if (ok < 0)
+        goto done;
+    if (!ok) { /* over the rate limit: answered, not counted */
+        PyObject *settings = PyObject_GetAttr(core, str_settings);
+        if (settings != NULL) {
+            result = PyObject_GetAttr(settings, str_pixel_rate_limit_status);
+            Py_DECREF(settings);
+        }
+        goto done;
+    }
+    hit = hit_type->tp_alloc(hit_type, 8); /* Hit(now, visitor_id, user_id, page, ...) */
+    if (hit == NULL)
+        goto done;
+    for (int i = 0; i < 8; i++) {
+        Py_INCREF(held[i]);
+        PyTuple_SET_ITEM(hit, i, held[i]);
+    }
+    owner = PyObject_GetAttr(core, str_pipeline);
+    if (owner == NULL)
+        goto done;
+    PyObject *add_args[2] = {owner, hit};
+    PyObject *added = PyObject_VectorcallMethod(
+        str_add, add_args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_CLEAR(owner);
+    if (added == NULL)
+        goto done;
+    Py_DECREF(added);
+    result = int_200;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(hit);
+    Py_DECREF(state);
+    for (int i = 1; i < 8; i++)
+        Py_XDECREF(held[i]);
+    return result;
+missing:
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* -- cookies added to a response -------------------------------------------------- */
@@ -489,6 +675,7 @@ static PyTypeObject LazyType = {
 static PyMethodDef module_methods[] = {
     {"cached_state", (PyCFunction)(void (*)(void))cached_state, METH_FASTCALL, cached_state_doc},
     {"beacon_headers", (PyCFunction)beacon_headers, METH_O, beacon_headers_doc},
+    {"beacon", (PyCFunction)(void (*)(void))beacon, METH_FASTCALL, beacon_doc},
     {"add_cookies", (PyCFunction)(void (*)(void))add_cookies, METH_FASTCALL, add_cookies_doc},
     {NULL},
 };
@@ -514,7 +701,19 @@ PyInit__speedups(void)
     if (intern(&str_type, "type") < 0 || intern(&str_http, "http") < 0 ||
         intern(&str_path, "path") < 0 || intern(&str_headers, "headers") < 0 ||
         intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0 ||
-        intern(&str_visitor, "visitor") < 0 || intern(&str_send, "_send") < 0)
+        intern(&str_visitor, "visitor") < 0 || intern(&str_send, "_send") < 0 ||
+        intern(&str_method, "method") < 0 || intern(&str_GET, "GET") < 0 ||
+        intern(&str_query_string, "query_string") < 0 || intern(&str_beacon_id, "beacon_id") < 0 ||
+        intern(&str_user_id, "user_id") < 0 || intern(&str_p, "p") < 0 ||
+        intern(&str_r, "r") < 0 || intern(&str_c, "c") < 0 ||
+        intern(&str_rate_limiter, "rate_limiter") < 0 || intern(&str_allow, "allow") < 0 ||
+        intern(&str_pipeline, "pipeline") < 0 || intern(&str_add, "add") < 0 ||
+        intern(&str_settings, "settings") < 0 ||
+        intern(&str_pixel_rate_limit_status, "pixel_rate_limit_status") < 0)
+        return NULL;
+    bytes_empty = PyBytes_FromStringAndSize("", 0);
+    int_200 = PyLong_FromLong(200);
+    if (bytes_empty == NULL || int_200 == NULL)
         return NULL;
     bytes_set_cookie = PyBytes_FromString("set-cookie");
     if (bytes_set_cookie == NULL)

@@ -22,6 +22,20 @@ def beacon_headers(
     headers: list[tuple[bytes, bytes]], /
 ) -> tuple[bytes | None, bytes, bytes] | None: ...
 
+def beacon(
+    scope: _Scope,
+    caches: tuple[
+        dict[Any, tuple[float, float, CookieState]],
+        dict[str | bytes, dict[str, str]],
+        dict[str | bytes, str],
+        dict[str | bytes, str],
+        type[tuple[Any, ...]],
+    ],
+    core: Core,
+    now: float,
+    /,
+) -> int | None: ...
+
 def add_cookies(
     message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
 ) -> dict[str, Any] | None: ...

@@ -10,9 +10,9 @@ Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
 
 A tracked page whose ``Cookie`` header's state is cached (every returning visitor's)
 is recognised in C when ``trackmw._speedups`` is built (``SPEEDUPS``): the header
-pass, the cache lookup and the ``LazyVisitor`` in one call. The beacon's header pass
-(``beacon_headers``) and the cookie headers added to a response (``_add_headers``)
-have a C version too. Without the module (no C compiler at install, another Python,
+pass, the cache lookup and the ``LazyVisitor`` in one call. The beacon's common case
+(``Core.quick_beacon``, answered from its caches), its header pass (``beacon_headers``)
+and the cookie headers added to a response (``_add_headers``) have a C version too. Without the module (no C compiler at install, another Python,
 or ``TRACKMW_NO_EXTENSIONS`` set) the same is done here in Python; the tests run both
 ways, and the C code leaves anything but the common case to the Python. (The C path
 reads ``CookieReader.states`` itself: a returning visitor's request does not go
@@ -312,6 +312,9 @@ class TrackingMiddleware:
         self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
         self._enter = getattr(LazyVisitor, "enter", None)
         self._beacon_headers = None if _speedups is None else _speedups.beacon_headers
+        # The beacon's common case in C: ``Core.quick_beacon`` from its caches alone.
+        self._beacon = None if _speedups is None or core._check_hosts else _speedups.beacon
+        self._beacon_caches = core.beacon_caches
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lazy: _ASGIVisitor | None = None
@@ -388,6 +391,14 @@ class TrackingMiddleware:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in
         one pass (``beacon_headers``): the status to answer with, or ``None`` to take the
         general path."""
+        now = _time()
+        if self._beacon is not None:
+            try:
+                status = self._beacon(scope, self._beacon_caches, self.core, now)
+                if status is not None:
+                    return status
+            except Exception:  # never break the pixel: the Python below decides
+                log.exception("trackmw: the pixel's C path failed")
         if scope["method"] != "GET":
             return None
         headers = scope["headers"]
@@ -399,9 +410,7 @@ class TrackingMiddleware:
                 return None
         cookie, agent, host = found
         try:
-            return self.core.quick_beacon(
-                cookie, agent, host, scope.get("query_string", b""), _time()
-            )
+            return self.core.quick_beacon(cookie, agent, host, scope.get("query_string", b""), now)
         except Exception:  # never break the pixel: the general path decides
             log.exception("trackmw: the pixel's quick path failed")
             return None

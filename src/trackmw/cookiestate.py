@@ -49,6 +49,7 @@ class CookieState:
         "prefs_stale",
         "quiet",
         "fresh",
+        "beacon_id",
     )
 
     def __init__(
@@ -92,6 +93,9 @@ class CookieState:
         self.quiet = id_ok and others_ok
         # A new visitor the app leaves alone: its only cookie is the new id (``new_id_cookie``).
         self.fresh = consent.analytics and sent_id is None and others_ok
+        # The id a beacon counts on the quick path (``Core.quick_beacon``): a returning
+        # visitor's who consented to analytics and needs no cookie; else None.
+        self.beacon_id = sent_id if self.quiet and consent.analytics else None
 
 
 class CookieReader:

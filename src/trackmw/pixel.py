@@ -61,6 +61,11 @@ _PARSED_SIZE = 2048
 MAX_CACHED_QUERY = 1024
 
 
+def parsed_queries() -> dict[str | bytes, dict[str, str]]:
+    """``parse_pixel_query``'s cache, by raw query (read-only: for its C reader)."""
+    return _parsed
+
+
 def _parse(query: str) -> dict[str, str]:
     found: dict[str, str] = {}
     if not query:

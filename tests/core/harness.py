@@ -39,6 +39,9 @@ class PurePythonMiddleware(ASGIMiddleware):
     def __init__(self, app: Any, tracker: Tracker) -> None:
         super().__init__(app, tracker)
         self._lazy, self._enter, self._beacon_headers = PyLazyVisitor, None, None
+        self._beacon = None
+
+
 BROWSER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.0.0 Safari/537.36"

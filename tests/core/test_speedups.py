@@ -227,6 +227,144 @@ def test_the_c_beacon_pass_agrees_with_the_python_pass(headers: list[Any]) -> No
             assert all(x is None or any(x is v for _, v in raw) for x in found)
 
 
+# -- the beacon's common case: the C count against Core.quick_beacon ---------------------
+
+
+@pytest.fixture(scope="module")
+def beacon_tracker() -> Any:
+    tracker = Tracker(
+        secret_keys=["s" * 32], store="memory://", cookie_max_age=3600,
+        pixel_rate_limit=3, pixel_rate_limit_status=429,
+    )
+    yield tracker
+    tracker.close()
+
+
+BEACON_QUERIES = [b"p=%2Fa&r=https%3A%2F%2Fexample.org%2F&c=news", b"p=%2Fb", b"r=x", b"",
+                  b"p=&r=x", b"p=%2Fc%0A"]
+
+
+def _beacon_effects(tracker: Tracker, run: Callable[[], Any]) -> tuple[Any, ...]:
+    """What ``run`` answered, and what it changed: the hits buffered and the counts."""
+    core = tracker.core
+    core.pipeline._buffer.clear()
+    before = dict(core.rate_limiter._counts)
+    status = run()
+    return status, list(core.pipeline._buffer), dict(core.rate_limiter._counts), before
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "GET", "GET", "POST", "get"]),
+    cookies=st.lists(st.sampled_from(["accepted", "accepted", "rejected", "garbage"]), max_size=2),
+    query=st.sampled_from(BEACON_QUERIES),
+    agent=st.sampled_from([b"Mozilla/5.0 test", b"Mozilla/5.0 test", b"  ", None, b"curl/8"]),
+    host=st.sampled_from([b"example.org", b"Example.ORG", None]),
+    extra=st.sampled_from(
+        [None, (b"dnt", b"1"), (b"sec-purpose", b"prefetch"), (b"accept", b"*/*")]
+    ),
+    counted=st.integers(min_value=0, max_value=4),
+    warm=st.booleans(),
+)
+def test_the_c_beacon_counts_what_quick_beacon_counts(
+    beacon_tracker: Any, method: str, cookies: list[str], query: bytes, agent: bytes | None,
+    host: bytes | None, extra: Any, counted: int, warm: bool,
+) -> None:
+    """``_speedups.beacon`` answers only where the Python quick path would, with the
+    same status, hit and rate-limit count; where it answers None it changed nothing."""
+    from tests.core.harness import PurePythonMiddleware
+    from trackmw import _speedups
+
+    core = beacon_tracker.core
+    values = {
+        "accepted": _cached_cookie(beacon_tracker, T0 + 3600),
+        "rejected": b"trackmw_consent=garbage",
+        "garbage": b"trackmw_id=garbage",
+    }
+    headers = [(b"cookie", values[c]) for c in cookies]
+    if agent is not None:
+        headers.append((b"user-agent", agent))
+    if host is not None:
+        headers.append((b"host", host))
+    if extra is not None:
+        headers.append(extra)
+    scope = {"type": "http", "method": method, "path": "/_trackmw/pixel.gif",
+             "query_string": query, "headers": headers}
+    now = T0 + 3650 + (counted * 1e-3)
+    python = PurePythonMiddleware(_middleware(beacon_tracker).app, beacon_tracker)
+    core.rate_limiter.allow("v" * 22, now)  # the minute's window, for the counts below
+    core.rate_limiter._counts = {"v" * 22: counted}
+    if warm:  # the Python path has seen this beacon: its caches hold what it read
+        _beacon_effects(beacon_tracker, lambda: python._quick_pixel(dict(scope)))
+        core.rate_limiter._counts = {"v" * 22: counted}
+
+    from unittest import mock
+
+    with mock.patch("trackmw.asgi._time", return_value=now):
+        status, hits, counts, before = _beacon_effects(
+            beacon_tracker, lambda: _speedups.beacon(dict(scope), core.beacon_caches, core, now)
+        )
+        if status is None:
+            assert (hits, counts) == ([], before)  # nothing done: Python decides
+            return
+        core.rate_limiter._counts = dict(before)
+        expected = _beacon_effects(beacon_tracker, lambda: python._quick_pixel(dict(scope)))
+    assert (status, hits, counts) == expected[:3]
+    assert type(hits[0]) is type(expected[1][0]) if hits else status == 429
+
+
+@needs_speedups
+def test_the_c_beacon_counts_a_returning_visitors_beacon(beacon_tracker: Any) -> None:
+    """The common case is taken in C once the Python path has filled the caches."""
+    from unittest import mock
+
+    from tests.core.harness import PurePythonMiddleware
+    from trackmw import _speedups
+
+    core = beacon_tracker.core
+    scope = {"type": "http", "method": "GET", "path": "/_trackmw/pixel.gif",
+             "query_string": BEACON_QUERIES[0],
+             "headers": [(b"host", b"example.org"), (b"user-agent", b"Mozilla/5.0 test"),
+                         (b"cookie", _cached_cookie(beacon_tracker, T0 + 3600))]}
+    now = T0 + 3650
+    core.rate_limiter._counts = {}
+    python = PurePythonMiddleware(_middleware(beacon_tracker).app, beacon_tracker)
+    with mock.patch("trackmw.asgi._time", return_value=now):
+        assert python._quick_pixel(dict(scope)) == 200
+    status, hits, counts, _ = _beacon_effects(
+        beacon_tracker, lambda: _speedups.beacon(dict(scope), core.beacon_caches, core, now)
+    )
+    assert status == 200 and counts == {"v" * 22: 2}
+    assert hits == [(now, "v" * 22, None, "/a", "https://example.org/", "news",
+                     "Mozilla/5.0 test", "example.org")]
+    assert type(hits[0]).__name__ == "Hit"
+    for _ in range(2):
+        _speedups.beacon(dict(scope), core.beacon_caches, core, now)
+    assert _speedups.beacon(dict(scope), core.beacon_caches, core, now) == 429  # over 3 a minute
+
+
+@needs_speedups
+def test_the_c_beacon_leaves_odd_arguments_to_python(beacon_tracker: Any) -> None:
+    from trackmw import _speedups
+
+    core = beacon_tracker.core
+    caches = core.beacon_caches
+    scope = {"type": "http", "method": "GET", "path": "/_trackmw/pixel.gif",
+             "query_string": b"", "headers": []}
+    odd_caches = [caches[:4], (*caches[:4], list), (*caches[:4], dict), [*caches],
+                  (caches[0], [], *caches[2:])]
+    for odd in odd_caches:
+        assert _speedups.beacon(scope, odd, core, T0) is None
+    assert _speedups.beacon(scope, caches, core, 1) is None  # an int time
+    assert _speedups.beacon([], caches, core, T0) is None
+    assert _speedups.beacon({**scope, "method": b"GET"}, caches, core, T0) is None
+    assert _speedups.beacon({**scope, "query_string": "p=1"}, caches, core, T0) is None
+    assert _speedups.beacon({"type": "http", "headers": []}, caches, core, T0) is None
+    with pytest.raises(TypeError):
+        _speedups.beacon(scope, caches, core)
+
+
 # -- the per-request object --------------------------------------------------------------
 
 
