@@ -2,16 +2,18 @@
  *
  * A tracked page whose Cookie header's state is cached (every returning visitor's
  * page, and a new visitor's) costs trackmw a pass over the request's headers, one
- * dict lookup and a per-request object. In Python that is about 1.2 us on a 2-core
- * VM; here it is a quarter of that (see the README's Performance section). A
- * returning visitor's beacon is counted here too, from the caches the Python path
+ * dict lookup, a per-request object and the middleware's call. In Python that is
+ * about 1.5 us on a 2-core VM, a coroutine frame included; here (Entry, the
+ * middleware's __call__, and Guard, which awaits the app in place of that frame) it
+ * is a fraction of that (see the README's Performance section). A returning
+ * visitor's beacon is counted here too, from the caches the Python path
  * (Core.quick_beacon) fills.
  *
  * Optional: trackmw.asgi runs the same logic in Python when this module cannot be
  * imported (no C compiler at install, another Python implementation, or the
  * TRACKMW_NO_EXTENSIONS environment variable set). Nothing here decides anything the
- * Python path does not: a request it does not recognise as the common case gets
- * None, and the Python path takes it from the start.
+ * Python path does not: a request it does not recognise as the common case goes to
+ * the Python path, which takes it from the start.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,90 +26,128 @@ static PyObject *str_send_full, *str_visitor, *str_send;
 
 /* -- the cookie state of a tracked page ------------------------------------------ */
 
-/* The cached CookieState of an HTTP request to a tracked page, as a new reference;
- * None (a new reference) when the request is anything else; NULL on error.
+/* Is the request a tracked page's common case? Its Cookie header (or None) in
+ * *cookie, borrowed from the scope, and 1 if so; 0 if not; -1 on error.
  *
  * The common case is: an "http" scope whose path starts with none of `prefixes`
  * (trackmw's own and the excluded paths), whose headers are a list of (bytes,
- * bytes) tuples with at most one "cookie" and no "dnt" or "sec-gpc", and whose
- * cookie value (or None) is a key of `states` whose window holds `now`. This is
- * the lookup CookieReader.state and Core.request_state make for such a request. */
-static PyObject *
-lookup_state(PyObject *scope, PyObject *prefixes, PyObject *states, double now)
+ * bytes) tuples with at most one "cookie" and no "dnt" or "sec-gpc". */
+static int
+common_case(PyObject *scope, PyObject *prefixes, PyObject **cookie)
 {
-    if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(prefixes) || !PyDict_CheckExact(states))
-        Py_RETURN_NONE;
+    if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(prefixes))
+        return 0;
     PyObject *type = PyDict_GetItemWithError(scope, str_type);
     if (type == NULL)
         goto missing;
     if (type != str_http) { /* servers use the interned literal; compare if not */
         if (!PyUnicode_CheckExact(type))
-            Py_RETURN_NONE;
+            return 0;
         int eq = PyUnicode_Compare(type, str_http);
         if (eq == -1 && PyErr_Occurred())
-            return NULL;
+            return -1;
         if (eq != 0)
-            Py_RETURN_NONE;
+            return 0;
     }
     PyObject *path = PyDict_GetItemWithError(scope, str_path);
     if (path == NULL)
         goto missing;
     if (!PyUnicode_CheckExact(path))
-        Py_RETURN_NONE;
+        return 0;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
         PyObject *prefix = PyTuple_GET_ITEM(prefixes, i);
         if (!PyUnicode_CheckExact(prefix))
-            Py_RETURN_NONE;
+            return 0;
         Py_ssize_t match = PyUnicode_Tailmatch(path, prefix, 0, PY_SSIZE_T_MAX, -1);
         if (match == -1)
-            return NULL;
+            return -1;
         if (match)
-            Py_RETURN_NONE;
+            return 0;
     }
     PyObject *headers = PyDict_GetItemWithError(scope, str_headers);
     if (headers == NULL)
         goto missing;
     if (!PyList_CheckExact(headers))
-        Py_RETURN_NONE;
-    PyObject *cookie = Py_None;
+        return 0;
+    *cookie = Py_None;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
         PyObject *item = PyList_GET_ITEM(headers, i);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
-            Py_RETURN_NONE;
+            return 0;
         PyObject *name = PyTuple_GET_ITEM(item, 0);
         if (!PyBytes_CheckExact(name))
-            Py_RETURN_NONE;
+            return 0;
         Py_ssize_t size = PyBytes_GET_SIZE(name);
         const char *text = PyBytes_AS_STRING(name);
         if (size == 6 && memcmp(text, "cookie", 6) == 0) {
             PyObject *value = PyTuple_GET_ITEM(item, 1);
-            if (cookie != Py_None || !PyBytes_CheckExact(value))
-                Py_RETURN_NONE; /* repeated headers are joined by the Python path */
-            cookie = value;
+            if (*cookie != Py_None || !PyBytes_CheckExact(value))
+                return 0; /* repeated headers are joined by the Python path */
+            *cookie = value;
         }
         else if ((size == 3 && memcmp(text, "dnt", 3) == 0) ||
                  (size == 7 && memcmp(text, "sec-gpc", 7) == 0))
-            Py_RETURN_NONE; /* a signal: its state is keyed with the signals */
+            return 0; /* a signal: its state is keyed with the signals */
     }
-    /* (not_before, not_after, state): see CookieReader.states */
-    PyObject *cached = PyDict_GetItemWithError(states, cookie);
-    if (cached == NULL)
-        goto missing;
+    return 1;
+missing:
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* The state `states` (CookieReader.states) caches for `cookie`, if its window holds
+ * the time: a new reference; None (a new reference) if there is none; NULL on error.
+ * The time is `now`, or when `clock` is not NULL what it returns (called only if
+ * there is an entry to check). This is the lookup CookieReader.state and
+ * Core.request_state make for a request without signals. */
+static PyObject *
+cached_entry(PyObject *states, PyObject *cookie, double now, PyObject *clock)
+{
+    if (!PyDict_CheckExact(states))
+        Py_RETURN_NONE;
+    Py_INCREF(cookie); /* held: a key's __eq__ or the clock may run any code */
+    PyObject *cached = PyDict_GetItemWithError(states, cookie); /* (not_before, not_after, state) */
+    Py_DECREF(cookie);
+    if (cached == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
     if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
         !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
         !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)))
         Py_RETURN_NONE;
-    if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
-        now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))) {
-        PyObject *state = PyTuple_GET_ITEM(cached, 2);
-        Py_INCREF(state);
-        return state;
+    Py_INCREF(cached);
+    if (clock != NULL) {
+        PyObject *time = PyObject_CallNoArgs(clock);
+        now = time == NULL ? -1.0 : PyFloat_AsDouble(time);
+        Py_XDECREF(time);
+        if (now == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(cached);
+            return NULL;
+        }
     }
-    Py_RETURN_NONE;
-missing:
-    if (PyErr_Occurred())
+    PyObject *state = Py_None;
+    if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
+        now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1)))
+        state = PyTuple_GET_ITEM(cached, 2);
+    Py_INCREF(state);
+    Py_DECREF(cached);
+    return state;
+}
+
+/* The cached CookieState of a tracked page's common case (see common_case and
+ * cached_entry), a new reference; None (a new reference) for any other request;
+ * NULL on error. */
+static PyObject *
+lookup_state(PyObject *scope, PyObject *prefixes, PyObject *states, double now, PyObject *clock)
+{
+    PyObject *cookie;
+    int found = common_case(scope, prefixes, &cookie);
+    if (found < 0)
         return NULL;
-    Py_RETURN_NONE;
+    if (found == 0)
+        Py_RETURN_NONE;
+    return cached_entry(states, cookie, now, clock);
 }
 
 /* Check the count of positional arguments and read `now`, the fourth. */
@@ -134,7 +174,7 @@ cached_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double now;
     if (unpack_lookup_args("cached_state", nargs, 4, args, &now) < 0)
         return NULL;
-    return lookup_state(args[0], args[1], args[2], now);
+    return lookup_state(args[0], args[1], args[2], now, NULL);
 }
 
 /* -- the beacon's headers ----------------------------------------------------------- */
@@ -570,7 +610,7 @@ lazy_enter(PyObject *cls, PyObject *const *args, Py_ssize_t nargs)
     double now;
     if (unpack_lookup_args("enter", nargs, 6, args, &now) < 0)
         return NULL;
-    PyObject *state = lookup_state(args[0], args[1], args[2], now);
+    PyObject *state = lookup_state(args[0], args[1], args[2], now, NULL);
     if (state == NULL || state == Py_None)
         return state;
     Lazy *self = lazy_alloc((PyTypeObject *)cls, args[4], args[0], state, args[5]);
@@ -670,6 +710,587 @@ static PyTypeObject LazyType = {
     .tp_methods = lazy_methods,
 };
 
+/* -- the middleware's call: a tracked page's request without a coroutine frame ----- */
+
+static PyObject *str_plan, *str_time, *str_quiet, *str_fresh, *str_send_quiet, *str_send_fresh;
+static PyObject *str_throw, *str_close;
+
+/* What the call needs from the middleware, fixed at its construction. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *app;       /* the wrapped ASGI app */
+    PyObject *prefixes;  /* the paths that may be trackmw's own or excluded */
+    PyObject *states;    /* CookieReader.states */
+    PyObject *core;
+    PyObject *lazy_type; /* the LazyBase subclass to make */
+    PyObject *globals;   /* trackmw.asgi's namespace: its "_time" is the clock */
+    PyObject *over;      /* what a visitor's _send becomes when the request ends */
+    PyObject *failed;    /* logs an exception of this path: failed(exc) */
+    int quiet_ok;        /* not count_server_side: a quiet state's send may pass messages on */
+} Plan;
+
+static PyTypeObject PlanType;
+
+static PyObject *
+plan_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"app", "prefixes", "states", "core", "lazy_type", "quiet_ok",
+                            "globals", "over", "failed", NULL};
+    PyObject *app, *prefixes, *states, *core, *lazy_type, *globals, *over, *failed;
+    int quiet_ok;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OOpO!OO:Plan", names, &app, &PyTuple_Type,
+                                     &prefixes, &PyDict_Type, &states, &core, &lazy_type,
+                                     &quiet_ok, &PyDict_Type, &globals, &over, &failed))
+        return NULL;
+    if (!PyType_Check(lazy_type) || !PyType_IsSubtype((PyTypeObject *)lazy_type, &LazyType)) {
+        PyErr_SetString(PyExc_TypeError, "Plan: lazy_type must be a subclass of LazyBase");
+        return NULL;
+    }
+    Plan *self = (Plan *)cls->tp_alloc(cls, 0);
+    if (self == NULL)
+        return NULL;
+    PyObject **slots[] = {&self->app, &self->prefixes, &self->states, &self->core,
+                          &self->lazy_type, &self->globals, &self->over, &self->failed};
+    PyObject *values[] = {app, prefixes, states, core, lazy_type, globals, over, failed};
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        Py_INCREF(values[i]);
+        *slots[i] = values[i];
+    }
+    self->quiet_ok = quiet_ok;
+    return (PyObject *)self;
+}
+
+static int
+plan_traverse(Plan *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->app);
+    Py_VISIT(self->prefixes);
+    Py_VISIT(self->states);
+    Py_VISIT(self->core);
+    Py_VISIT(self->lazy_type);
+    Py_VISIT(self->globals);
+    Py_VISIT(self->over);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int
+plan_clear(Plan *self)
+{
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->prefixes);
+    Py_CLEAR(self->states);
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->lazy_type);
+    Py_CLEAR(self->globals);
+    Py_CLEAR(self->over);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void
+plan_dealloc(Plan *self)
+{
+    PyObject_GC_UnTrack(self);
+    plan_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef plan_members[] = {
+    {"app", T_OBJECT, offsetof(Plan, app), READONLY, NULL},
+    {"lazy_type", T_OBJECT, offsetof(Plan, lazy_type), READONLY, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(plan_doc,
+"Plan(app, prefixes, states, core, lazy_type, quiet_ok, globals, over, failed)\n--\n\n"
+"What Entry needs from a TrackingMiddleware, fixed at its construction (its _plan).");
+
+static PyTypeObject PlanType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trackmw._speedups.Plan",
+    .tp_doc = plan_doc,
+    .tp_basicsize = sizeof(Plan),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = plan_new,
+    .tp_traverse = (traverseproc)plan_traverse,
+    .tp_clear = (inquiry)plan_clear,
+    .tp_dealloc = (destructor)plan_dealloc,
+    .tp_members = plan_members,
+};
+
+/* The awaitable of a tracked page's request: awaits the app's, then lets the
+ * request's LazyVisitor go (its _scope and _send), as the Python path's `finally`
+ * does: the server's send belongs to an object holding the scope, which holds the
+ * visitor, so keeping them would leave a reference cycle per request. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *iter; /* the app's awaitable's iterator; NULL once it is done */
+    PyObject *lazy; /* the request's LazyVisitor; NULL once let go */
+    PyObject *over; /* what its _send becomes */
+} Guard;
+
+static PyTypeObject GuardType;
+
+/* The request is over: the visitor's _scope becomes None and its _send `over`, and
+ * `lazy` (a reference this takes) is let go. Keeps any exception set. */
+static void
+let_go(PyObject *lazy, PyObject *over)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* the decrefs below may run code */
+    Lazy *visitor = (Lazy *)lazy;
+    PyObject *scope = visitor->scope, *send = visitor->send;
+    Py_INCREF(Py_None);
+    visitor->scope = Py_None;
+    Py_INCREF(over);
+    visitor->send = over;
+    Py_XDECREF(scope);
+    Py_XDECREF(send);
+    Py_DECREF(lazy);
+    PyErr_Restore(type, value, traceback);
+}
+
+static void
+guard_release(Guard *self)
+{
+    PyObject *lazy = self->lazy;
+    if (lazy != NULL) {
+        self->lazy = NULL;
+        let_go(lazy, self->over);
+    }
+}
+
+static void
+guard_done(Guard *self)
+{
+    guard_release(self);
+    if (self->iter != NULL) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        Py_CLEAR(self->iter);
+        PyErr_Restore(type, value, traceback);
+    }
+}
+
+static PySendResult
+guard_am_send(Guard *self, PyObject *arg, PyObject **result)
+{
+    if (self->iter == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited trackmw call");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PySendResult status = PyIter_Send(self->iter, arg, result);
+    if (status == PYGEN_RETURN) { /* None, as the Python path's coroutine returns */
+        Py_DECREF(*result);
+        Py_INCREF(Py_None);
+        *result = Py_None;
+    }
+    if (status != PYGEN_NEXT)
+        guard_done(self);
+    return status;
+}
+
+/* send(value) as a generator's: the next value, or StopIteration(result). */
+static PyObject *
+guard_send(Guard *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = guard_am_send(self, arg, &result);
+    if (status == PYGEN_NEXT)
+        return result;
+    if (status == PYGEN_RETURN) { /* always None (guard_am_send) */
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    return NULL;
+}
+
+static PyObject *
+guard_iternext(Guard *self)
+{
+    return guard_send(self, Py_None);
+}
+
+/* Raise what throw(type[, value[, traceback]]) was given. */
+static PyObject *
+raise_given(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *type = args[0], *value = nargs > 1 ? args[1] : Py_None;
+    if (PyExceptionInstance_Check(type)) {
+        value = type;
+        type = (PyObject *)Py_TYPE(type);
+    }
+    else if (!PyExceptionClass_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from "
+                                         "BaseException, not a value of another type");
+        return NULL;
+    }
+    PyErr_SetObject(type, value);
+    if (nargs > 2 && args[2] != Py_None) {
+        PyObject *exc_type, *exc, *traceback;
+        PyErr_Fetch(&exc_type, &exc, &traceback);
+        PyErr_NormalizeException(&exc_type, &exc, &traceback);
+        if (exc != NULL && PyTraceBack_Check(args[2]))
+            PyException_SetTraceback(exc, args[2]);
+        PyErr_Restore(exc_type, exc, traceback);
+    }
+    return NULL;
+}
+
+/* Look `name` up on `obj`: a new reference, NULL with no error if it has none. */
+static PyObject *
+optional_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *found = PyObject_GetAttr(obj, name);
+    if (found == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    return found;
+}
+
+static PyObject *
+guard_throw(Guard *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *throw = self->iter == NULL ? NULL : optional_attr(self->iter, str_throw);
+    if (throw == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        guard_done(self);
+        return raise_given(args, nargs); /* into the caller, as a finished coroutine does */
+    }
+    PyObject *result = PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
+    Py_DECREF(throw);
+    if (result == NULL) { /* the app's awaitable ended: raised, or returned (StopIteration) */
+        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyErr_Clear(); /* returned: None, as the Python path's coroutine returns */
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        guard_done(self);
+    }
+    return result;
+}
+
+static PyObject *
+guard_close(Guard *self, PyObject *unused)
+{
+    if (self->iter != NULL) {
+        PyObject *close = optional_attr(self->iter, str_close);
+        if (close == NULL && PyErr_Occurred())
+            return NULL;
+        if (close != NULL) {
+            PyObject *result = PyObject_CallNoArgs(close);
+            Py_DECREF(close);
+            if (result == NULL) {
+                guard_done(self);
+                return NULL;
+            }
+            Py_DECREF(result);
+        }
+    }
+    guard_done(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+guard_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static int
+guard_traverse(Guard *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->iter);
+    Py_VISIT(self->lazy);
+    Py_VISIT(self->over);
+    return 0;
+}
+
+static int
+guard_clear(Guard *self)
+{
+    Py_CLEAR(self->iter);
+    Py_CLEAR(self->lazy);
+    Py_CLEAR(self->over);
+    return 0;
+}
+
+static void
+guard_dealloc(Guard *self)
+{
+    PyObject_GC_UnTrack(self);
+    guard_done(self); /* never awaited to its end: the visitor is let go all the same */
+    Py_CLEAR(self->over);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyAsyncMethods guard_async = {
+    .am_await = guard_await,
+    .am_send = (sendfunc)guard_am_send,
+};
+
+static PyMethodDef guard_methods[] = {
+    {"send", (PyCFunction)guard_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))guard_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)guard_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trackmw._speedups.Guard",
+    .tp_doc = "The awaitable of a tracked page's request (see Entry).",
+    .tp_basicsize = sizeof(Guard),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)guard_traverse,
+    .tp_clear = (inquiry)guard_clear,
+    .tp_dealloc = (destructor)guard_dealloc,
+    .tp_as_async = &guard_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)guard_iternext,
+    .tp_methods = guard_methods,
+};
+
+/* The iterator `await awaitable` drives: a coroutine itself, else its __await__(). */
+static PyObject *
+await_iter(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        Py_INCREF(awaitable);
+        return awaitable;
+    }
+    unaryfunc getter = Py_TYPE(awaitable)->tp_as_async == NULL
+                           ? NULL
+                           : Py_TYPE(awaitable)->tp_as_async->am_await;
+    if (getter == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *iter = getter(awaitable);
+    if (iter != NULL && (PyCoro_CheckExact(iter) || !PyIter_Check(iter))) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned %s",
+                     PyCoro_CheckExact(iter) ? "a coroutine" : "a non-iterator");
+        Py_CLEAR(iter);
+    }
+    return iter;
+}
+
+/* Log the exception set (plan.failed), and clear it: the Python path then decides. */
+static void
+report_failure(Plan *plan)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    PyObject *logged = value == NULL ? NULL : PyObject_CallOneArg(plan->failed, value);
+    if (logged == NULL)
+        PyErr_WriteUnraisable(plan->failed);
+    Py_XDECREF(logged);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+}
+
+enum { TAKEN = 1, NOT_TAKEN = 0, FAILED = -1 };
+
+/* A tracked page whose cookie state is cached: the LazyVisitor made and put in the
+ * scope, the app called with the send wrapper its state calls for, and *out the Guard
+ * awaiting it (TAKEN). NOT_TAKEN for any other request, with nothing done but logging
+ * an error of this path; FAILED when the app's call raised (set). */
+static int
+entry_fast(PyObject *const *args, PyObject **out)
+{
+    PyObject *middleware = args[0], *scope = args[1], *receive = args[2], *send = args[3];
+    PyObject *found = optional_attr(middleware, str_plan);
+    if (found == NULL || !Py_IS_TYPE(found, &PlanType)) { /* None: the Python path only */
+        Py_XDECREF(found);
+        if (PyErr_Occurred())
+            PyErr_Clear(); /* not this path's: the Python path meets the same */
+        return NOT_TAKEN;
+    }
+    Plan *plan = (Plan *)found;
+    int taken = NOT_TAKEN;
+    PyObject *state = NULL, *wrapped = NULL, *awaitable = NULL, *iter = NULL;
+    Lazy *lazy = NULL;
+    PyObject *clock = PyDict_GetItemWithError(plan->globals, str_time);
+    if (clock == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "trackmw.asgi._time is gone");
+        goto failed;
+    }
+    Py_INCREF(clock); /* called (in cached_entry) only for a request with a cached state */
+    state = lookup_state(scope, plan->prefixes, plan->states, 0.0, clock);
+    Py_DECREF(clock);
+    if (state == NULL)
+        goto failed;
+    if (state == Py_None)
+        goto done;
+    lazy = lazy_alloc((PyTypeObject *)plan->lazy_type, plan->core, scope, state, send);
+    if (lazy == NULL)
+        goto failed;
+    PyObject *wrapper = str_send_full;
+    if (plan->quiet_ok) {
+        PyObject *flags[2] = {str_quiet, str_fresh}, *names[2] = {str_send_quiet, str_send_fresh};
+        for (int i = 0; i < 2 && wrapper == str_send_full; i++) {
+            PyObject *flag = PyObject_GetAttr(state, flags[i]);
+            int on = flag == NULL ? -1 : PyObject_IsTrue(flag);
+            Py_XDECREF(flag);
+            if (on < 0)
+                goto failed;
+            if (on)
+                wrapper = names[i];
+        }
+    }
+    wrapped = PyObject_GetAttr((PyObject *)lazy, wrapper);
+    if (wrapped == NULL || PyDict_SetItem(scope, str_trackmw, (PyObject *)lazy) < 0)
+        goto failed;
+    PyObject *call[3] = {scope, receive, wrapped};
+    awaitable = PyObject_Vectorcall(plan->app, call, 3, NULL);
+    iter = awaitable == NULL ? NULL : await_iter(awaitable);
+    Guard *guard = iter == NULL ? NULL : PyObject_GC_New(Guard, &GuardType);
+    if (guard == NULL) { /* raised: the Python path's `await` raises it too */
+        taken = FAILED;
+        let_go((PyObject *)lazy, plan->over);
+        lazy = NULL;
+        goto done;
+    }
+    guard->iter = iter;
+    iter = NULL;
+    guard->lazy = (PyObject *)lazy;
+    lazy = NULL;
+    Py_INCREF(plan->over);
+    guard->over = plan->over;
+    PyObject_GC_Track(guard);
+    *out = (PyObject *)guard;
+    taken = TAKEN;
+    goto done;
+failed:
+    report_failure(plan);
+done:
+    Py_XDECREF(iter);
+    Py_XDECREF(awaitable);
+    Py_XDECREF(wrapped);
+    Py_XDECREF((PyObject *)lazy);
+    Py_XDECREF(state);
+    Py_DECREF(plan);
+    return taken;
+}
+
+/* TrackingMiddleware.__call__: the common case above, else its Python __call__. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *func; /* the Python __call__ (an async function) */
+    vectorcallfunc vectorcall;
+} Entry;
+
+static PyObject *
+entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (kwnames == NULL && PyVectorcall_NARGS(nargsf) == 4) {
+        PyObject *guard = NULL;
+        int taken = entry_fast(args, &guard);
+        if (taken != NOT_TAKEN)
+            return guard; /* NULL if the app's call raised */
+    }
+    return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
+}
+
+static PyObject *
+entry_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
+{
+    PyObject *func;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Entry() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Entry", 1, 1, &func))
+        return NULL;
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "Entry: func must be callable");
+        return NULL;
+    }
+    Entry *self = (Entry *)cls->tp_alloc(cls, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(func);
+    self->func = func;
+    self->vectorcall = (vectorcallfunc)entry_vectorcall;
+    return (PyObject *)self;
+}
+
+/* Read from a class, the Python __call__; from an instance, that bound to it. So
+ * TrackingMiddleware().__call__ is an async method, as servers that inspect an app
+ * (to tell ASGI 3 from 2) expect; calling the instance takes the C path. */
+static PyObject *
+entry_get(Entry *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self->func);
+        return self->func;
+    }
+    return PyMethod_New(self->func, obj);
+}
+
+static int
+entry_traverse(Entry *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->func);
+    return 0;
+}
+
+static int
+entry_clear(Entry *self)
+{
+    Py_CLEAR(self->func);
+    return 0;
+}
+
+static void
+entry_dealloc(Entry *self)
+{
+    PyObject_GC_UnTrack(self);
+    entry_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef entry_members[] = {
+    {"__wrapped__", T_OBJECT, offsetof(Entry, func), READONLY, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(entry_doc,
+"Entry(func)\n--\n\n"
+"TrackingMiddleware.__call__ with its common case in C: a request to a tracked page\n"
+"whose cookie state is cached is answered without a coroutine frame (the app's\n"
+"awaitable is awaited by a Guard); anything else, or a middleware whose _plan is\n"
+"None, goes to func, the Python __call__.");
+
+static PyTypeObject EntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trackmw._speedups.Entry",
+    .tp_doc = entry_doc,
+    .tp_basicsize = sizeof(Entry),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR |
+                Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = entry_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Entry, vectorcall),
+    .tp_descr_get = (descrgetfunc)entry_get,
+    .tp_traverse = (traverseproc)entry_traverse,
+    .tp_clear = (inquiry)entry_clear,
+    .tp_dealloc = (destructor)entry_dealloc,
+    .tp_members = entry_members,
+};
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -709,7 +1330,11 @@ PyInit__speedups(void)
         intern(&str_rate_limiter, "rate_limiter") < 0 || intern(&str_allow, "allow") < 0 ||
         intern(&str_pipeline, "pipeline") < 0 || intern(&str_add, "add") < 0 ||
         intern(&str_settings, "settings") < 0 ||
-        intern(&str_pixel_rate_limit_status, "pixel_rate_limit_status") < 0)
+        intern(&str_pixel_rate_limit_status, "pixel_rate_limit_status") < 0 ||
+        intern(&str_plan, "_plan") < 0 || intern(&str_time, "_time") < 0 ||
+        intern(&str_quiet, "quiet") < 0 || intern(&str_fresh, "fresh") < 0 ||
+        intern(&str_send_quiet, "send_quiet") < 0 || intern(&str_send_fresh, "send_fresh") < 0 ||
+        intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0)
         return NULL;
     bytes_empty = PyBytes_FromStringAndSize("", 0);
     int_200 = PyLong_FromLong(200);
@@ -718,14 +1343,14 @@ PyInit__speedups(void)
     bytes_set_cookie = PyBytes_FromString("set-cookie");
     if (bytes_set_cookie == NULL)
         return NULL;
-    if (PyType_Ready(&LazyType) < 0)
+    if (PyType_Ready(&LazyType) < 0 || PyType_Ready(&PlanType) < 0 ||
+        PyType_Ready(&GuardType) < 0 || PyType_Ready(&EntryType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
-    Py_INCREF(&LazyType);
-    if (PyModule_AddObject(module, "LazyBase", (PyObject *)&LazyType) < 0) {
-        Py_DECREF(&LazyType);
+    if (PyModule_AddType(module, &LazyType) < 0 || PyModule_AddType(module, &PlanType) < 0 ||
+        PyModule_AddType(module, &EntryType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,7 +1,7 @@
 """Types of the optional C speedups (``_speedups.c``); see ``trackmw.asgi``."""
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar, overload
 
 from .cookiestate import CookieState
 from .core import Core
@@ -60,3 +60,34 @@ class LazyBase:
         /,
     ) -> Self | None: ...
     def send_quiet(self, message: MutableMapping[str, Any], /) -> Awaitable[None]: ...
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[None]])
+
+class Plan:
+    app: Callable[..., Awaitable[None]]
+    lazy_type: type[LazyBase]
+    def __new__(
+        cls,
+        app: Callable[..., Awaitable[None]],
+        prefixes: tuple[str, ...],
+        states: dict[Any, tuple[float, float, CookieState]],
+        core: Core,
+        lazy_type: type[LazyBase],
+        quiet_ok: bool,
+        globals: dict[str, Any],
+        over: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        failed: Callable[[BaseException], None],
+    ) -> Self: ...
+
+class Entry(Generic[_F]):
+    __wrapped__: _F
+    def __init__(self, func: _F, /) -> None: ...
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _F: ...
+    @overload
+    def __get__(
+        self, obj: object, owner: type | None = None
+    ) -> Callable[[_Scope, Callable[[], Awaitable[Any]], _Send], Awaitable[None]]: ...
+    def __call__(
+        self, obj: Any, scope: _Scope, receive: Any, send: _Send, /
+    ) -> Awaitable[None]: ...

@@ -9,13 +9,15 @@ response starts, the cookies the core asks for.
 Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
 
 A tracked page whose ``Cookie`` header's state is cached (every returning visitor's)
-is recognised in C when ``trackmw._speedups`` is built (``SPEEDUPS``): the header
-pass, the cache lookup and the ``LazyVisitor`` in one call. The beacon's common case
+is taken in C when ``trackmw._speedups`` is built (``SPEEDUPS``): ``__call__`` does the
+header pass and the cache lookup, makes the ``LazyVisitor`` and calls the app, whose
+awaitable a C object awaits in place of a coroutine frame. The beacon's common case
 (``Core.quick_beacon``, answered from its caches), its header pass (``beacon_headers``)
-and the cookie headers added to a response (``_add_headers``) have a C version too. Without the module (no C compiler at install, another Python,
-or ``TRACKMW_NO_EXTENSIONS`` set) the same is done here in Python; the tests run both
-ways, and the C code leaves anything but the common case to the Python. (The C path
-reads ``CookieReader.states`` itself: a returning visitor's request does not go
+and the cookie headers added to a response (``_add_headers``) have a C version too.
+Without the module (no C compiler at install, another Python, or
+``TRACKMW_NO_EXTENSIONS`` set) the same is done here in Python (``_asgi``); the tests
+run both ways, and the C code leaves anything but the common case to the Python. (The
+C path reads ``CookieReader.states`` itself: a returning visitor's request does not go
 through ``Core.request_state``.)
 """
 
@@ -244,6 +246,11 @@ def _over(message: Message) -> Awaitable[None]:
     raise RuntimeError("trackmw: the response is over; no more messages can be sent")
 
 
+def _c_path_failed(exc: BaseException) -> None:
+    """Log an error of the C path (the Python path then takes the request)."""
+    log.error("trackmw: the middleware's C path failed", exc_info=exc)
+
+
 def _add_headers(message: Message, cookies: list[str]) -> Message:
     """A copy of an ``http.response.start`` message with ``cookies`` set, made private.
 
@@ -307,73 +314,69 @@ class TrackingMiddleware:
         self._request_state = core.request_state
         self._states = core.reader.states
         self._pixel_path = core.pixel_path
-        # The kind of ``LazyVisitor`` (read here, so that tests can choose) and, with
-        # the speedups, its ``enter``: the common case, taken in C.
+        # The kind of ``LazyVisitor`` the Python path makes (read here, so that tests
+        # can choose).
         self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
-        self._enter = getattr(LazyVisitor, "enter", None)
         self._beacon_headers = None if _speedups is None else _speedups.beacon_headers
         # The beacon's common case in C: ``Core.quick_beacon`` from its caches alone.
         self._beacon = None if _speedups is None or core._check_hosts else _speedups.beacon
         self._beacon_caches = core.beacon_caches
+        # What ``__call__``'s C path reads (``None``: the Python path takes every request).
+        self._plan = None
+        if _speedups is not None:
+            self._plan = _speedups.Plan(
+                app, self._special, self._states, core, LazyVisitor, self._quiet_ok,
+                globals(), _over, _c_path_failed,
+            )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lazy: _ASGIVisitor | None = None
-        if self._enter is not None:
-            # A tracked page whose Cookie header's state is cached (every returning
-            # visitor's page): the Python below, from the type check to the
-            # ``LazyVisitor`` in the scope, in one C call. ``None`` for anything else.
-            try:
-                lazy = self._enter(scope, self._special, self._states, _time(), self.core, send)
-            except Exception:  # never break the host app: the Python path decides
-                log.exception("trackmw: the middleware's C path failed")
-        if lazy is None:
-            if scope["type"] != "http":
-                if scope["type"] == "lifespan":
-                    await self.app(scope, receive, self._lifespan_send(send))
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The middleware in Python: ``__call__`` without the speedups, and for any
+        request their C path does not take."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(self._special):
+            if path == self._pixel_path:
+                status = self._quick_pixel(scope)
+                if status is None:
+                    await self._pixel(scope, send)
                 else:
-                    await self.app(scope, receive, send)
+                    # Fresh messages: middleware around this one may edit headers.
+                    start = {"type": "http.response.start", "status": status}
+                    start["headers"] = [*_PIXEL_RAW]
+                    await send(start)
+                    await send({"type": "http.response.body", "body": GIF})
                 return
-            path: str = scope["path"]
-            if path.startswith(self._special):
-                if path == self._pixel_path:
-                    status = self._quick_pixel(scope)
-                    if status is None:
-                        await self._pixel(scope, send)
-                    else:
-                        # Fresh messages: middleware around this one may edit headers.
-                        start = {"type": "http.response.start", "status": status}
-                        start["headers"] = [*_PIXEL_RAW]
-                        await send(start)
-                        await send({"type": "http.response.body", "body": GIF})
-                    return
-                core = self.core
-                if core.owns(path):
-                    await self._endpoint(scope, receive, send)
-                    return
-                if core.excluded(path):
-                    await self.app(scope, receive, send)
-                    return
-            try:
-                # Cookie (repeats joined), DNT and Sec-GPC (first of each), in one
-                # pass: one set lookup for each of the other headers.
-                cookie = dnt = gpc = None
-                for name, value in scope["headers"]:
-                    if name in _SCANNED:
-                        if name == b"cookie":
-                            cookie = value if cookie is None else cookie + b"; " + value
-                        elif name == b"dnt":
-                            dnt = value if dnt is None else dnt
-                        elif gpc is None:
-                            gpc = value
-                state = self._request_state(cookie, dnt, gpc, _time())
-            except Exception:  # never break the host app
-                log.exception("trackmw: could not read the visitor; serving the page untracked")
+            core = self.core
+            if core.owns(path):
+                await self._endpoint(scope, receive, send)
+                return
+            if core.excluded(path):
                 await self.app(scope, receive, send)
                 return
-            lazy = self._lazy(self.core, scope, state, send)
-            scope["trackmw"] = lazy
-        else:
-            state = lazy._state
+        try:
+            # Cookie (repeats joined), DNT and Sec-GPC (first of each), in one
+            # pass: one set lookup for each of the other headers.
+            cookie = dnt = gpc = None
+            for name, value in scope["headers"]:
+                if name in _SCANNED:
+                    if name == b"cookie":
+                        cookie = value if cookie is None else cookie + b"; " + value
+                    elif name == b"dnt":
+                        dnt = value if dnt is None else dnt
+                    elif gpc is None:
+                        gpc = value
+            state = self._request_state(cookie, dnt, gpc, _time())
+        except Exception:  # never break the host app
+            log.exception("trackmw: could not read the visitor; serving the page untracked")
+            await self.app(scope, receive, send)
+            return
+        lazy = self._lazy(self.core, scope, state, send)
+        scope["trackmw"] = lazy
         # A returning visitor the app leaves alone gets no cookie: nothing to do at all;
         # a new one gets its id cookie, without building its Visitor.
         if self._quiet_ok and state.quiet:
@@ -386,6 +389,16 @@ class TrackingMiddleware:
             await self.app(scope, receive, wrapped)
         finally:
             lazy._scope, lazy._send = None, _over  # no reference cycle outlives the request
+
+    if _speedups is None:
+        __call__ = _asgi
+    else:
+        # A tracked page whose Cookie header's state is cached (every returning
+        # visitor's page): from the type check to the app's call, in C, without a
+        # coroutine frame; anything else goes to ``_asgi``. Read from an instance,
+        # ``__call__`` is ``_asgi`` bound to it (an async method, as servers that tell
+        # ASGI 3 from 2 expect); calling the instance takes the C path.
+        __call__ = _speedups.Entry(_asgi)
 
     def _quick_pixel(self, scope: Scope) -> int | None:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in

@@ -8,6 +8,7 @@ decides, and check its objects' memory handling.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import subprocess
 import sys
@@ -44,7 +45,9 @@ def test_the_environment_can_turn_the_speedups_off(value: str, on: bool) -> None
     code = "import trackmw.asgi as a; print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor)"
     env = {**os.environ, "TRACKMW_NO_EXTENSIONS": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    speedups = on and SPEEDUPS
+    # Built here? (Not SPEEDUPS: this run itself may have them turned off.)
+    built = importlib.util.find_spec("trackmw._speedups") is not None
+    speedups = on and built
     assert out.stdout.split() == [str(speedups), str(not speedups)], out.stderr
 
 
@@ -608,7 +611,7 @@ def test_the_middleware_takes_the_c_path_for_a_cached_state(
         return None
 
     middleware = TrackingMiddleware(app, tracker)
-    assert (middleware._enter is not None) is SPEEDUPS
+    assert (middleware._plan is not None) is SPEEDUPS
     scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", b"a=1")]}
     asyncio.run(middleware(dict(scope), None, send))  # the state is read and cached
 
@@ -765,3 +768,336 @@ def test_the_c_cookie_headers_are_the_python_ones(
     else:
         assert found == expected
     assert outcome(lambda: asgi._add_headers(message, cookies)) == expected
+
+
+# -- the middleware's call in C (Entry): the app's awaitable awaited by a Guard -------------
+
+
+def _returning_scope(tracker: Tracker) -> dict[str, Any]:
+    """A page request whose cookie state is cached, as the C path takes it."""
+    tracker.core.request_state(b"a=1", None, None, T0)
+    return {"type": "http", "method": "GET", "scheme": "http", "path": "/",
+            "headers": [(b"cookie", b"a=1")]}
+
+
+async def _discard(message: Any) -> None:
+    return None
+
+
+def test_the_middleware_is_an_asgi3_app_to_servers_that_inspect_it(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """uvicorn and Starlette tell ASGI 3 from 2 by asking whether ``app.__call__`` is
+    a coroutine function: with ``__call__`` in C, it must still say so."""
+    import asyncio
+    import inspect
+
+    import uvicorn
+
+    middleware = TrackingMiddleware(_middleware(make_tracker()).app, make_tracker())
+    assert inspect.iscoroutinefunction(middleware.__call__)
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+    assert inspect.iscoroutinefunction(TrackingMiddleware.__call__)
+    config = uvicorn.Config(middleware, lifespan="off")
+    config.load()
+    assert config.interface == "asgi3"
+
+
+@needs_speedups
+@pytest.mark.parametrize("ending", ["returns", "raises", "cancelled", "thrown", "closed"])
+def test_the_visitor_is_let_go_however_the_request_ends(
+    make_tracker: Callable[..., Tracker], ending: str
+) -> None:
+    """What the Python path's ``finally`` does, the Guard does: whatever ends the
+    app's awaitable, the visitor drops its scope and send, and the ending passes
+    through unchanged."""
+    import asyncio
+
+    from trackmw.asgi import _over
+
+    tracker = make_tracker()
+    seen: list[Any] = []
+
+    class Caught(Exception):
+        pass
+
+    async def app(scope: Any, receive: Any, send: Any) -> str:
+        seen.append(scope["trackmw"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if ending == "raises":
+            raise ValueError("the app failed")
+        if ending in ("cancelled", "closed", "thrown"):
+            try:
+                if ending == "cancelled":
+                    await asyncio.sleep(3600)
+                else:
+                    await _Pause()
+            except Caught:
+                seen.append("caught")
+            finally:
+                seen.append("app's finally")
+        await send({"type": "http.response.body", "body": b"ok"})
+        return "the app's value"  # not ASGI's: the middleware returns None, as Python's
+
+    middleware = TrackingMiddleware(app, tracker)
+    scope = _returning_scope(tracker)
+    call = middleware(dict(scope), None, _discard)
+    assert type(call).__name__ == "Guard"  # the C path took it
+
+    async def drive() -> Any:
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(0)
+        if ending == "cancelled":
+            task.cancel()
+        return await task
+
+    async def awaiting() -> Any:
+        return await call
+
+    if ending in ("returns", "raises", "cancelled"):
+        expected = {"returns": None, "raises": ValueError, "cancelled": asyncio.CancelledError}
+        with pytest.raises(expected[ending]) if expected[ending] else _no_error():  # type: ignore[attr-defined]
+            assert asyncio.run(drive()) is None
+    else:  # driven by hand, as an event loop drives a task's coroutine
+        coro = awaiting()
+        coro.send(None)  # to the app's sleep
+        if ending == "thrown":
+            with pytest.raises(StopIteration) as stop:
+                coro.throw(Caught())
+            assert stop.value.value is None and "caught" in seen
+        else:
+            coro.close()
+    lazy = seen[0]
+    assert lazy._scope is None and lazy._send is _over
+    if ending not in ("returns", "raises"):
+        assert "app's finally" in seen
+
+
+class _Pause:
+    """An awaitable that yields once, for a coroutine driven by hand."""
+
+    def __await__(self) -> Any:
+        yield "paused"
+
+
+def _no_error() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@needs_speedups
+def test_a_call_never_awaited_lets_its_visitor_go(make_tracker: Callable[..., Tracker]) -> None:
+    import warnings
+
+    tracker = make_tracker()
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not run")
+
+    middleware = TrackingMiddleware(app, tracker)
+    scope = dict(_returning_scope(tracker))
+    call = middleware(scope, None, _discard)
+    seen.append(scope["trackmw"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the app's coroutine, never awaited
+        del call
+        gc.collect()
+    assert seen[0]._scope is None
+
+
+@needs_speedups
+@pytest.mark.parametrize("awaitable", ["future", "custom", "none"])
+def test_any_awaitable_the_app_returns_is_awaited_as_python_awaits_it(
+    make_tracker: Callable[..., Tracker], awaitable: str
+) -> None:
+    """An app need not be a coroutine function; what it returns is awaited as
+    ``await`` would, and a value that cannot be awaited raises the same TypeError."""
+    import asyncio
+
+    tracker = make_tracker()
+    sent: list[Any] = []
+
+    class Custom:
+        def __await__(self) -> Any:
+            yield from asyncio.sleep(0).__await__()
+            sent.append("custom")
+
+    def app(scope: Any, receive: Any, send: Any) -> Any:
+        if awaitable == "future":
+            future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.set_result, "x")
+            return future
+        return Custom() if awaitable == "custom" else None
+
+    async def both() -> list[Any]:
+        outcomes = []
+        for kind in (TrackingMiddleware, _pure()):
+            try:
+                outcomes.append(await kind(app, tracker)(dict(scope), None, _discard))
+            except TypeError as exc:
+                outcomes.append(str(exc))
+        return outcomes
+
+    scope = _returning_scope(tracker)
+    c, python = asyncio.run(both())
+    assert c == python
+    if awaitable == "none":
+        assert "can't be used in 'await' expression" in c
+    if awaitable == "custom":
+        assert sent == ["custom", "custom"]
+
+
+def _pure() -> type[TrackingMiddleware]:
+    from tests.core.harness import PurePythonMiddleware
+
+    return PurePythonMiddleware
+
+
+@needs_speedups
+def test_the_guard_works_under_a_tracer(make_tracker: Callable[..., Tracker]) -> None:
+    """Under ``sys.settrace`` (coverage, debuggers) CPython drives an awaited object
+    through ``send`` and ``__next__`` rather than its C slot."""
+    import asyncio
+
+    tracker = make_tracker()
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        return tracer
+
+    middleware = TrackingMiddleware(app, tracker)
+    scope = dict(_returning_scope(tracker))
+    old = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        assert asyncio.run(middleware(scope, None, send)) is None
+    finally:
+        sys.settrace(old)
+    assert sent == ["http.response.start", "http.response.body"]
+    assert scope["trackmw"]._scope is None
+
+
+@needs_speedups
+def test_the_guard_is_a_generator_like_iterator(make_tracker: Callable[..., Tracker]) -> None:
+    tracker = make_tracker()
+
+    class Step:
+        def __await__(self) -> Any:
+            got = yield "first"
+            assert got == "sent"
+            return "done"
+
+    async def app(scope: Any, receive: Any, send: Any) -> str:
+        return await Step()
+
+    middleware = TrackingMiddleware(app, tracker)
+    guard = middleware(dict(_returning_scope(tracker)), None, _discard)
+    assert guard.__await__() is guard and iter(guard) is guard
+    assert next(guard) == "first"
+    with pytest.raises(StopIteration) as stop:
+        guard.send("sent")
+    assert stop.value.value is None
+    with pytest.raises(RuntimeError, match="already awaited"):
+        next(guard)
+    guard.close()  # done already: nothing to do
+    with pytest.raises(KeyError):
+        guard.throw(KeyError("after the end"))
+    with pytest.raises(TypeError):
+        guard.throw()
+
+
+@needs_speedups
+def test_an_error_of_the_c_path_is_logged_and_python_takes_the_request(
+    make_tracker: Callable[..., Tracker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cached state's key whose comparison raises: the C lookup fails, which is
+    logged, and the Python path serves the page (untracked, since its lookup fails
+    the same way, and says so)."""
+    import asyncio
+
+    tracker = make_tracker()
+    served: list[Any] = []
+
+    class Clash:
+        def __hash__(self) -> int:
+            return hash(b"a=1")
+
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("no comparing")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        served.append(scope.get("trackmw"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    tracker.core.reader.states.clear()
+    tracker.core.reader.states[Clash()] = (0.0, 1e20, None)  # type: ignore[index]
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", b"a=1")]}
+    with caplog.at_level("ERROR", logger="trackmw"):
+        asyncio.run(TrackingMiddleware(app, tracker)(scope, None, _discard))
+    assert served == [None]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "trackmw: the middleware's C path failed" in messages
+    assert any("serving the page untracked" in m for m in messages)
+
+
+@needs_speedups
+def test_the_c_call_holds_no_reference_after_the_request(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    import asyncio
+
+    tracker = make_tracker()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise ValueError
+
+    middleware, broken = TrackingMiddleware(app, tracker), TrackingMiddleware(failing, tracker)
+    scope = _returning_scope(tracker)
+    plan = middleware._plan
+    watched = (middleware, plan, app, failing, _discard, tracker.core)
+
+    async def many() -> None:
+        for _ in range(1000):
+            await middleware(dict(scope), None, _discard)
+            with pytest.raises(ValueError):
+                await broken(dict(scope), None, _discard)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(many())
+        gc.collect()
+        before = [sys.getrefcount(x) for x in watched]
+        loop.run_until_complete(many())
+        gc.collect()
+        assert [sys.getrefcount(x) for x in watched] == before
+    finally:
+        loop.close()
+
+
+def test_the_plan_takes_only_a_lazy_visitor_class(make_tracker: Callable[..., Tracker]) -> None:
+    if not SPEEDUPS:
+        pytest.skip("trackmw._speedups is not built here")
+    from trackmw import _speedups
+
+    core = make_tracker().core
+    with pytest.raises(TypeError, match="LazyBase"):
+        _speedups.Plan(print, (), {}, core, PyLazyVisitor, True, {}, print, print)
+    with pytest.raises(TypeError):
+        _speedups.Entry(print, print)
+    with pytest.raises(TypeError):
+        _speedups.Entry(1)
