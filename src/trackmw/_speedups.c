@@ -276,6 +276,9 @@ PyDoc_STRVAR(beacon_doc,
 "Core, whose rate_limiter.allow and pipeline.add are called as quick_beacon calls\n"
 "them; now: the time (a float, the hit's timestamp).");
 
+static PyObject *count_beacon(PyObject *scope, PyObject *caches, PyObject *core,
+                              PyObject *now_obj);
+
 static PyObject *
 beacon(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -283,7 +286,13 @@ beacon(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "beacon() takes 4 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *scope = args[0], *caches = args[1], *core = args[2], *now_obj = args[3];
+    return count_beacon(args[0], args[1], args[2], args[3]);
+}
+
+/* beacon(): the status (a new reference), None (not the common case), or NULL. */
+static PyObject *
+count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_obj)
+{
     if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(caches) || PyTuple_GET_SIZE(caches) != 5 ||
         !PyFloat_CheckExact(now_obj))
         Py_RETURN_NONE;
@@ -713,7 +722,7 @@ static PyTypeObject LazyType = {
 /* -- the middleware's call: a tracked page's request without a coroutine frame ----- */
 
 static PyObject *str_plan, *str_time, *str_quiet, *str_fresh, *str_send_quiet, *str_send_fresh;
-static PyObject *str_throw, *str_close;
+static PyObject *str_throw, *str_close, *str_status;
 
 /* What the call needs from the middleware, fixed at its construction. */
 typedef struct {
@@ -726,6 +735,10 @@ typedef struct {
     PyObject *globals;   /* trackmw.asgi's namespace: its "_time" is the clock */
     PyObject *over;      /* what a visitor's _send becomes when the request ends */
     PyObject *failed;    /* logs an exception of this path: failed(exc) */
+    PyObject *pixel_path;
+    PyObject *beacon_caches; /* Core.beacon_caches, or None: every beacon to Python */
+    PyObject *pixel_start;   /* the GIF's http.response.start (copied for each beacon) */
+    PyObject *pixel_body;    /* and its http.response.body */
     int quiet_ok;        /* not count_server_side: a quiet state's send may pass messages on */
 } Plan;
 
@@ -735,12 +748,16 @@ static PyObject *
 plan_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"app", "prefixes", "states", "core", "lazy_type", "quiet_ok",
-                            "globals", "over", "failed", NULL};
+                            "globals", "over", "failed", "pixel_path", "beacon_caches",
+                            "pixel_start", "pixel_body", NULL};
     PyObject *app, *prefixes, *states, *core, *lazy_type, *globals, *over, *failed;
+    PyObject *pixel_path, *beacon_caches, *pixel_start, *pixel_body;
     int quiet_ok;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OOpO!OO:Plan", names, &app, &PyTuple_Type,
-                                     &prefixes, &PyDict_Type, &states, &core, &lazy_type,
-                                     &quiet_ok, &PyDict_Type, &globals, &over, &failed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OOpO!OOUOO!O!:Plan", names, &app,
+                                     &PyTuple_Type, &prefixes, &PyDict_Type, &states, &core,
+                                     &lazy_type, &quiet_ok, &PyDict_Type, &globals, &over,
+                                     &failed, &pixel_path, &beacon_caches, &PyDict_Type,
+                                     &pixel_start, &PyDict_Type, &pixel_body))
         return NULL;
     if (!PyType_Check(lazy_type) || !PyType_IsSubtype((PyTypeObject *)lazy_type, &LazyType)) {
         PyErr_SetString(PyExc_TypeError, "Plan: lazy_type must be a subclass of LazyBase");
@@ -750,8 +767,11 @@ plan_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     PyObject **slots[] = {&self->app, &self->prefixes, &self->states, &self->core,
-                          &self->lazy_type, &self->globals, &self->over, &self->failed};
-    PyObject *values[] = {app, prefixes, states, core, lazy_type, globals, over, failed};
+                          &self->lazy_type, &self->globals, &self->over, &self->failed,
+                          &self->pixel_path, &self->beacon_caches, &self->pixel_start,
+                          &self->pixel_body};
+    PyObject *values[] = {app, prefixes, states, core, lazy_type, globals, over, failed,
+                          pixel_path, beacon_caches, pixel_start, pixel_body};
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
         Py_INCREF(values[i]);
         *slots[i] = values[i];
@@ -771,6 +791,10 @@ plan_traverse(Plan *self, visitproc visit, void *arg)
     Py_VISIT(self->globals);
     Py_VISIT(self->over);
     Py_VISIT(self->failed);
+    Py_VISIT(self->pixel_path);
+    Py_VISIT(self->beacon_caches);
+    Py_VISIT(self->pixel_start);
+    Py_VISIT(self->pixel_body);
     return 0;
 }
 
@@ -785,6 +809,10 @@ plan_clear(Plan *self)
     Py_CLEAR(self->globals);
     Py_CLEAR(self->over);
     Py_CLEAR(self->failed);
+    Py_CLEAR(self->pixel_path);
+    Py_CLEAR(self->beacon_caches);
+    Py_CLEAR(self->pixel_start);
+    Py_CLEAR(self->pixel_body);
     return 0;
 }
 
@@ -803,7 +831,8 @@ static PyMemberDef plan_members[] = {
 };
 
 PyDoc_STRVAR(plan_doc,
-"Plan(app, prefixes, states, core, lazy_type, quiet_ok, globals, over, failed)\n--\n\n"
+"Plan(app, prefixes, states, core, lazy_type, quiet_ok, globals, over, failed,\n"
+"     pixel_path, beacon_caches, pixel_start, pixel_body)\n--\n\n"
 "What Entry needs from a TrackingMiddleware, fixed at its construction (its _plan).");
 
 static PyTypeObject PlanType = {
@@ -1107,17 +1136,9 @@ enum { TAKEN = 1, NOT_TAKEN = 0, FAILED = -1 };
  * awaiting it (TAKEN). NOT_TAKEN for any other request, with nothing done but logging
  * an error of this path; FAILED when the app's call raised (set). */
 static int
-entry_fast(PyObject *const *args, PyObject **out)
+entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
 {
-    PyObject *middleware = args[0], *scope = args[1], *receive = args[2], *send = args[3];
-    PyObject *found = optional_attr(middleware, str_plan);
-    if (found == NULL || !Py_IS_TYPE(found, &PlanType)) { /* None: the Python path only */
-        Py_XDECREF(found);
-        if (PyErr_Occurred())
-            PyErr_Clear(); /* not this path's: the Python path meets the same */
-        return NOT_TAKEN;
-    }
-    Plan *plan = (Plan *)found;
+    PyObject *scope = args[1], *receive = args[2], *send = args[3];
     int taken = NOT_TAKEN;
     PyObject *state = NULL, *wrapped = NULL, *awaitable = NULL, *iter = NULL;
     Lazy *lazy = NULL;
@@ -1181,7 +1202,299 @@ done:
     Py_XDECREF(wrapped);
     Py_XDECREF((PyObject *)lazy);
     Py_XDECREF(state);
-    Py_DECREF(plan);
+    return taken;
+}
+
+/* -- the beacon's answer: its two messages sent in turn ------------------------------ */
+
+/* The awaitable of a beacon answered in C: sends each of `messages` in turn, awaiting
+ * what `send` returns for each, as the Python path's two `await send(...)` do. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *send;
+    PyObject *messages; /* a tuple */
+    Py_ssize_t next;    /* the index of the next message to send */
+    PyObject *iter;     /* the awaitable of the message being sent, or NULL */
+} Sends;
+
+static PyTypeObject SendsType;
+
+static void
+sends_done(Sends *self)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    self->next = PyTuple_GET_SIZE(self->messages);
+    Py_CLEAR(self->iter);
+    Py_CLEAR(self->send);
+    PyErr_Restore(type, value, traceback);
+}
+
+static PySendResult
+sends_am_send(Sends *self, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    while (1) {
+        if (self->iter == NULL) {
+            if (self->next >= PyTuple_GET_SIZE(self->messages)) {
+                if (self->send == NULL) {
+                    PyErr_SetString(PyExc_RuntimeError,
+                                    "cannot reuse an already awaited trackmw call");
+                    return PYGEN_ERROR;
+                }
+                Py_CLEAR(self->send); /* done: awaiting again is an error, as for a coroutine */
+                Py_INCREF(Py_None);
+                *result = Py_None;
+                return PYGEN_RETURN;
+            }
+            PyObject *message = PyTuple_GET_ITEM(self->messages, self->next);
+            self->next++;
+            PyObject *awaitable = PyObject_CallOneArg(self->send, message);
+            self->iter = awaitable == NULL ? NULL : await_iter(awaitable);
+            Py_XDECREF(awaitable);
+            if (self->iter == NULL) {
+                sends_done(self);
+                return PYGEN_ERROR;
+            }
+            arg = Py_None;
+        }
+        PySendResult status = PyIter_Send(self->iter, arg, result);
+        if (status == PYGEN_NEXT)
+            return status;
+        if (status == PYGEN_ERROR) {
+            sends_done(self);
+            return status;
+        }
+        Py_CLEAR(*result); /* that send's value: not ours */
+        Py_CLEAR(self->iter);
+    }
+}
+
+static PyObject *
+sends_send(Sends *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = sends_am_send(self, arg, &result);
+    if (status == PYGEN_NEXT)
+        return result;
+    if (status == PYGEN_RETURN) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    return NULL;
+}
+
+static PyObject *
+sends_iternext(Sends *self)
+{
+    return sends_send(self, Py_None);
+}
+
+static PyObject *
+sends_throw(Sends *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *throw = self->iter == NULL ? NULL : optional_attr(self->iter, str_throw);
+    if (throw == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        sends_done(self);
+        return raise_given(args, nargs);
+    }
+    PyObject *result = PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
+    Py_DECREF(throw);
+    if (result != NULL)
+        return result;
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        sends_done(self);
+        return NULL;
+    }
+    PyErr_Clear(); /* that send's awaitable returned: on to the next message */
+    Py_CLEAR(self->iter);
+    return sends_send(self, Py_None);
+}
+
+static PyObject *
+sends_close(Sends *self, PyObject *unused)
+{
+    if (self->iter != NULL) {
+        PyObject *close = optional_attr(self->iter, str_close);
+        if (close == NULL && PyErr_Occurred())
+            return NULL;
+        if (close != NULL) {
+            PyObject *result = PyObject_CallNoArgs(close);
+            Py_DECREF(close);
+            if (result == NULL) {
+                sends_done(self);
+                return NULL;
+            }
+            Py_DECREF(result);
+        }
+    }
+    sends_done(self);
+    Py_RETURN_NONE;
+}
+
+static int
+sends_traverse(Sends *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->send);
+    Py_VISIT(self->messages);
+    Py_VISIT(self->iter);
+    return 0;
+}
+
+static int
+sends_clear(Sends *self)
+{
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->messages);
+    Py_CLEAR(self->iter);
+    return 0;
+}
+
+static void
+sends_dealloc(Sends *self)
+{
+    PyObject_GC_UnTrack(self);
+    sends_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyAsyncMethods sends_async = {
+    .am_await = guard_await,
+    .am_send = (sendfunc)sends_am_send,
+};
+
+static PyMethodDef sends_methods[] = {
+    {"send", (PyCFunction)sends_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))sends_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)sends_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject SendsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trackmw._speedups.Sends",
+    .tp_doc = "The awaitable of a beacon answered in C: its messages sent in turn.",
+    .tp_basicsize = sizeof(Sends),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)sends_traverse,
+    .tp_clear = (inquiry)sends_clear,
+    .tp_dealloc = (destructor)sends_dealloc,
+    .tp_as_async = &sends_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)sends_iternext,
+    .tp_methods = sends_methods,
+};
+
+/* A copy of a message (a dict) with a copy of its "headers" list, if it has one:
+ * middleware around this one may edit either in place. */
+static PyObject *
+fresh_message(PyObject *message, PyObject *status)
+{
+    PyObject *copy = PyDict_Copy(message);
+    if (copy == NULL)
+        return NULL;
+    PyObject *headers = PyDict_GetItemWithError(copy, str_headers);
+    if (headers != NULL && PyList_Check(headers)) {
+        headers = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
+        if (headers == NULL || PyDict_SetItem(copy, str_headers, headers) < 0) {
+            Py_XDECREF(headers);
+            Py_DECREF(copy);
+            return NULL;
+        }
+        Py_DECREF(headers);
+    }
+    else if (PyErr_Occurred()) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    if (status != NULL && PyDict_SetItem(copy, str_status, status) < 0) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    return copy;
+}
+
+/* A GET of the pixel whose hit the C code counts (count_beacon): *out the awaitable
+ * sending the GIF (TAKEN). NOT_TAKEN for any other request, with nothing done but
+ * logging an error of this path. */
+static int
+entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
+{
+    PyObject *scope = args[1], *send = args[3];
+    if (plan->beacon_caches == Py_None || !PyDict_CheckExact(scope))
+        return NOT_TAKEN;
+    PyObject *path = PyDict_GetItemWithError(scope, str_path);
+    if (path == NULL || !PyUnicode_CheckExact(path)) {
+        PyErr_Clear(); /* no path: the Python path says so */
+        return NOT_TAKEN;
+    }
+    int eq = path == plan->pixel_path ? 0 : PyUnicode_Compare(path, plan->pixel_path);
+    if (eq != 0) {
+        if (eq == -1 && PyErr_Occurred())
+            PyErr_Clear(); /* not comparable: not the pixel */
+        return NOT_TAKEN;
+    }
+    PyObject *type = PyDict_GetItemWithError(scope, str_type);
+    if (type == NULL || !PyUnicode_CheckExact(type) || PyUnicode_Compare(type, str_http) != 0) {
+        PyErr_Clear();
+        return NOT_TAKEN;
+    }
+    int taken = NOT_TAKEN;
+    PyObject *now = NULL, *status = NULL, *messages = NULL;
+    PyObject *clock = PyDict_GetItemWithError(plan->globals, str_time);
+    if (clock == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "trackmw.asgi._time is gone");
+        goto failed;
+    }
+    Py_INCREF(clock);
+    now = PyObject_CallNoArgs(clock);
+    Py_DECREF(clock);
+    if (now == NULL)
+        goto failed;
+    status = count_beacon(scope, plan->beacon_caches, plan->core, now);
+    if (status == NULL)
+        goto failed;
+    if (status == Py_None)
+        goto done;
+    messages = PyTuple_New(2);
+    if (messages == NULL)
+        goto failed;
+    PyObject *start = fresh_message(plan->pixel_start, status);
+    if (start == NULL)
+        goto failed;
+    PyTuple_SET_ITEM(messages, 0, start);
+    PyObject *body = fresh_message(plan->pixel_body, NULL);
+    if (body == NULL)
+        goto failed;
+    PyTuple_SET_ITEM(messages, 1, body);
+    Sends *sends = PyObject_GC_New(Sends, &SendsType);
+    if (sends == NULL)
+        goto failed;
+    Py_INCREF(send);
+    sends->send = send;
+    sends->messages = messages;
+    messages = NULL;
+    sends->next = 0;
+    sends->iter = NULL;
+    PyObject_GC_Track(sends);
+    *out = (PyObject *)sends;
+    taken = TAKEN;
+    goto done;
+failed:
+    /* Counted already (an allocation failed after count_beacon)? Then the Python path
+     * may count the hit again: only on a MemoryError, and logged. */
+    report_failure(plan);
+done:
+    Py_XDECREF(messages);
+    Py_XDECREF(status);
+    Py_XDECREF(now);
     return taken;
 }
 
@@ -1196,10 +1509,20 @@ static PyObject *
 entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     if (kwnames == NULL && PyVectorcall_NARGS(nargsf) == 4) {
-        PyObject *guard = NULL;
-        int taken = entry_fast(args, &guard);
-        if (taken != NOT_TAKEN)
-            return guard; /* NULL if the app's call raised */
+        PyObject *found = optional_attr(args[0], str_plan);
+        if (found != NULL && Py_IS_TYPE(found, &PlanType)) {
+            PyObject *awaitable = NULL;
+            int taken = entry_fast((Plan *)found, args, &awaitable);
+            if (taken == NOT_TAKEN)
+                taken = entry_pixel((Plan *)found, args, &awaitable);
+            Py_DECREF(found);
+            if (taken != NOT_TAKEN)
+                return awaitable; /* NULL if the app's call raised */
+        }
+        else { /* _plan None: the Python path only */
+            Py_XDECREF(found);
+            PyErr_Clear(); /* no _plan: not this path's error; the Python path meets it */
+        }
     }
     return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
 }
@@ -1334,7 +1657,8 @@ PyInit__speedups(void)
         intern(&str_plan, "_plan") < 0 || intern(&str_time, "_time") < 0 ||
         intern(&str_quiet, "quiet") < 0 || intern(&str_fresh, "fresh") < 0 ||
         intern(&str_send_quiet, "send_quiet") < 0 || intern(&str_send_fresh, "send_fresh") < 0 ||
-        intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0)
+        intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0 ||
+        intern(&str_status, "status") < 0)
         return NULL;
     bytes_empty = PyBytes_FromStringAndSize("", 0);
     int_200 = PyLong_FromLong(200);
@@ -1344,7 +1668,8 @@ PyInit__speedups(void)
     if (bytes_set_cookie == NULL)
         return NULL;
     if (PyType_Ready(&LazyType) < 0 || PyType_Ready(&PlanType) < 0 ||
-        PyType_Ready(&GuardType) < 0 || PyType_Ready(&EntryType) < 0)
+        PyType_Ready(&GuardType) < 0 || PyType_Ready(&EntryType) < 0 ||
+        PyType_Ready(&SendsType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)

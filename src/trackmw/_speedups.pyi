@@ -24,13 +24,7 @@ def beacon_headers(
 
 def beacon(
     scope: _Scope,
-    caches: tuple[
-        dict[Any, tuple[float, float, CookieState]],
-        dict[str | bytes, dict[str, str]],
-        dict[str | bytes, str],
-        dict[str | bytes, str],
-        type[tuple[Any, ...]],
-    ],
+    caches: tuple[Any, ...],
     core: Core,
     now: float,
     /,
@@ -77,6 +71,10 @@ class Plan:
         globals: dict[str, Any],
         over: Callable[[MutableMapping[str, Any]], Awaitable[None]],
         failed: Callable[[BaseException], None],
+        pixel_path: str,
+        beacon_caches: tuple[Any, ...] | None,
+        pixel_start: dict[str, Any],
+        pixel_body: dict[str, Any],
     ) -> Self: ...
 
 class Entry(Generic[_F]):

@@ -318,15 +318,26 @@ class TrackingMiddleware:
         # can choose).
         self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
         self._beacon_headers = None if _speedups is None else _speedups.beacon_headers
-        # The beacon's common case in C: ``Core.quick_beacon`` from its caches alone.
-        self._beacon = None if _speedups is None or core._check_hosts else _speedups.beacon
-        self._beacon_caches = core.beacon_caches
         # What ``__call__``'s C path reads (``None``: the Python path takes every request).
         self._plan = None
         if _speedups is not None:
             self._plan = _speedups.Plan(
-                app, self._special, self._states, core, LazyVisitor, self._quiet_ok,
-                globals(), _over, _c_path_failed,
+                app=app,
+                prefixes=self._special,
+                states=self._states,
+                core=core,
+                lazy_type=LazyVisitor,
+                quiet_ok=self._quiet_ok,
+                globals=globals(),
+                over=_over,
+                failed=_c_path_failed,
+                pixel_path=self._pixel_path,
+                # The beacon's common case: ``Core.quick_beacon`` from its caches alone.
+                beacon_caches=core.beacon_caches,
+                pixel_start={
+                    "type": "http.response.start", "status": 200, "headers": list(_PIXEL_RAW)
+                },
+                pixel_body={"type": "http.response.body", "body": GIF},
             )
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -404,14 +415,6 @@ class TrackingMiddleware:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in
         one pass (``beacon_headers``): the status to answer with, or ``None`` to take the
         general path."""
-        now = _time()
-        if self._beacon is not None:
-            try:
-                status = self._beacon(scope, self._beacon_caches, self.core, now)
-                if status is not None:
-                    return status
-            except Exception:  # never break the pixel: the Python below decides
-                log.exception("trackmw: the pixel's C path failed")
         if scope["method"] != "GET":
             return None
         headers = scope["headers"]
@@ -423,7 +426,9 @@ class TrackingMiddleware:
                 return None
         cookie, agent, host = found
         try:
-            return self.core.quick_beacon(cookie, agent, host, scope.get("query_string", b""), now)
+            return self.core.quick_beacon(
+                cookie, agent, host, scope.get("query_string", b""), _time()
+            )
         except Exception:  # never break the pixel: the general path decides
             log.exception("trackmw: the pixel's quick path failed")
             return None

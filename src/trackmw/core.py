@@ -29,7 +29,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .consent import Consent
@@ -76,8 +76,11 @@ class Core:
         self._hosts: dict[str | bytes, str] = {}
         #: What ``quick_beacon`` finds its answers in, for its C version
         #: (``trackmw._speedups.beacon``): the cookie states, the parsed pixel queries,
-        #: the User-Agents and hosts as hits keep them, and the type of a hit.
-        self.beacon_caches = (self._states, parsed_queries(), self._agents, self._hosts, Hit)
+        #: the User-Agents and hosts as hits keep them, and the type of a hit. ``None``
+        #: with ``allowed_hosts``, which only the Python path checks.
+        self.beacon_caches: tuple[Any, ...] | None = None
+        if not self._check_hosts:
+            self.beacon_caches = (self._states, parsed_queries(), self._agents, self._hosts, Hit)
         # Do the cookies' ``Secure`` or ``Domain`` depend on request headers? Without a
         # ``cookie_domain`` and behind no trusted proxy, only the scheme counts.
         self.cookie_needs_headers = settings.cookie_domain is not None or (

@@ -254,7 +254,8 @@ def test_the_quick_pixel_path_counts_what_the_general_path_counts(
 
             tracker.core.quick_beacon = quick_beacon
         else:
-            tracker.core.quick_beacon = lambda *args: None  # the general path only
+            tracker.core.quick_beacon = lambda *args: None  # the general path only,
+            tracker.core.beacon_caches = None  # and not quick_beacon's C version either
         cookie = _returning_cookie(tracker, "user-7" if case == "user" else None)
         query = "p=%2Fdocs%3Fx%3D1"
         headers = [("host", "site.example"), ("user-agent", UA), ("cookie", cookie)]

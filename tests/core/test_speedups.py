@@ -1096,8 +1096,126 @@ def test_the_plan_takes_only_a_lazy_visitor_class(make_tracker: Callable[..., Tr
 
     core = make_tracker().core
     with pytest.raises(TypeError, match="LazyBase"):
-        _speedups.Plan(print, (), {}, core, PyLazyVisitor, True, {}, print, print)
+        _speedups.Plan(print, (), {}, core, PyLazyVisitor, True, {}, print, print, "/p", None,
+                       {}, {})
     with pytest.raises(TypeError):
         _speedups.Entry(print, print)
     with pytest.raises(TypeError):
         _speedups.Entry(1)
+
+
+# -- the beacon answered in C (Entry and Sends) ----------------------------------------------
+
+
+def _pixel_scope(tracker: Tracker) -> dict[str, Any]:
+    """A returning visitor's beacon (``tracker`` has the ``lookup_tracker``'s key)."""
+    return {"type": "http", "method": "GET", "scheme": "http", "path": "/_trackmw/pixel.gif",
+            "query_string": b"p=%2Fa", "headers": [
+                (b"host", b"example.org"), (b"user-agent", b"Mozilla/5.0 test"),
+                (b"cookie", _cached_cookie(tracker, T0 + 3600))]}
+
+
+@needs_speedups
+@pytest.mark.parametrize("limited", [False, True])
+def test_a_returning_visitors_beacon_is_answered_in_c(
+    make_tracker: Callable[..., Tracker], limited: bool
+) -> None:
+    """Once the Python path has filled the caches, the middleware's call counts the
+    hit and sends the GIF itself, with fresh messages each time (middleware around
+    this one may edit them in place)."""
+    import asyncio
+    from unittest import mock
+
+    from trackmw.asgi import _PIXEL_RAW
+    from trackmw.pixel import GIF
+
+    tracker = make_tracker(
+        secret_keys=["s" * 32], cookie_max_age=3600, pixel_rate_limit=1 if limited else 100,
+        pixel_rate_limit_status=429,
+    )
+    middleware = TrackingMiddleware(_middleware(tracker).app, tracker)
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = _pixel_scope(tracker)
+    with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
+        asyncio.run(middleware(dict(scope), None, send))  # the Python path fills the caches
+        calls = [middleware(dict(scope), None, send) for _ in range(2)]
+        assert [type(c).__name__ for c in calls] == ["Sends", "Sends"]
+        for call in calls:
+            assert asyncio.run(_await(call)) is None
+    starts, bodies = sent[0::2], sent[1::2]
+    assert [s["status"] for s in starts] == ([200, 429, 429] if limited else [200, 200, 200])
+    assert all(s["headers"] == list(_PIXEL_RAW) for s in starts)
+    assert len({id(s) for s in starts}) == len({id(s["headers"]) for s in starts}) == 3
+    assert bodies == [{"type": "http.response.body", "body": GIF}] * 3
+    assert len({id(b) for b in bodies}) == 3
+    hits = list(tracker.core.pipeline._buffer)
+    assert len(hits) == (1 if limited else 3) and hits[-1].page == "/a"
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+@needs_speedups
+@pytest.mark.parametrize("fault", ["send raises", "send not awaitable", "thrown", "closed",
+                                   "thrown and caught"])
+def test_the_beacons_sends_end_as_pythons_awaits_would(
+    make_tracker: Callable[..., Tracker], fault: str
+) -> None:
+    from unittest import mock
+
+    tracker = make_tracker(secret_keys=["s" * 32], cookie_max_age=3600)
+    middleware = TrackingMiddleware(_middleware(tracker).app, tracker)
+    sent: list[Any] = []
+
+    class Caught(Exception):
+        pass
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+        if fault == "send raises":
+            raise ConnectionError("gone")
+        if fault.startswith("thrown") or fault == "closed":
+            try:
+                await _Pause()
+            except Caught:
+                if fault == "thrown":
+                    raise
+                sent.append("caught")
+
+    def plain_send(message: Any) -> None:
+        sent.append(message["type"])
+
+    scope = _pixel_scope(tracker)
+    outcomes: list[list[str]] = []
+    with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
+        for kind in (_pure(), TrackingMiddleware):  # the first fills the caches
+            sent.clear()
+            chosen = plain_send if fault == "send not awaitable" else send
+            call = kind(middleware.app, tracker)(dict(scope), None, chosen)
+            coro = _await(call)
+            if fault == "send raises":
+                with pytest.raises(ConnectionError):
+                    coro.send(None)
+            elif fault == "send not awaitable":
+                with pytest.raises(TypeError, match="await"):
+                    coro.send(None)
+            else:
+                assert coro.send(None) == "paused"
+                if fault == "closed":
+                    coro.close()
+                elif fault == "thrown":
+                    with pytest.raises(Caught):
+                        coro.throw(Caught())
+                else:  # caught: the body is sent next, and paused on in turn
+                    assert coro.throw(Caught()) == "paused"
+                    assert sent[-1] == "http.response.body"
+                    with pytest.raises(StopIteration):
+                        coro.throw(Caught())
+            outcomes.append(list(sent))
+            assert type(call).__name__ == ("Sends" if kind is TrackingMiddleware else "coroutine")
+    assert outcomes[0] == outcomes[1]  # the Python path's messages, then the C path's
