@@ -106,6 +106,13 @@ def starlette_tracked(tracker: Tracker) -> Starlette:
     return starlette_bare([Middleware(ASGITracking, tracker=tracker)])
 
 
+def starlette_wrapped(tracker: Tracker) -> ASGITracking:
+    """The same app with trackmw wrapping it (``app = TrackingMiddleware(app, ...)``)
+    rather than added inside it: trackmw's paths are answered before Starlette's own
+    outermost layers, which no middleware added with ``add_middleware`` can skip."""
+    return ASGITracking(starlette_bare(), tracker=tracker)
+
+
 def starlette_session() -> Starlette:
     """The peer: Starlette's signed-cookie ``SessionMiddleware``."""
     return starlette_bare([Middleware(SessionMiddleware, secret_key=SESSION_SECRET)])
@@ -208,6 +215,10 @@ def starlette_bare_app() -> Starlette:
 
 def starlette_tracked_app() -> Starlette:
     return starlette_tracked(make_tracker())
+
+
+def starlette_wrapped_app() -> ASGITracking:
+    return starlette_wrapped(make_tracker())
 
 
 def starlette_session_app() -> Starlette:

@@ -253,6 +253,11 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
     asgi("pixel.returning", "trackmw pixel, returning visitor", tracked,
          asgi_scope("/_trackmw/pixel.gif", apps.PIXEL_QUERY, cookie=returning),
          baseline="gif.raw", after=t.flush)
+    tw = tracker("asgi-wrapped")
+    asgi("pixel.wrapped", "trackmw pixel, returning visitor, trackmw wrapping the app",
+         apps.starlette_wrapped(tw),
+         asgi_scope("/_trackmw/pixel.gif", apps.PIXEL_QUERY, cookie=returning),
+         baseline="gif.raw", after=tw.flush)
     asgi("pixel.new", "trackmw pixel, new visitor", tracked,
          asgi_scope("/_trackmw/pixel.gif", apps.PIXEL_QUERY), cookie=True,
          baseline="gif.raw", after=t.flush)

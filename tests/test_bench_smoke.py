@@ -32,6 +32,7 @@ VARIANTS = {
     "gif.middleware",
     "gif.route",
     "pixel.returning",
+    "pixel.wrapped",
     "pixel.new",
     "wsgi.flask",
     "wsgi.trackmw.returning",

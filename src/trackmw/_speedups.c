@@ -263,6 +263,9 @@ static PyObject *str_method, *str_GET, *str_query_string, *bytes_empty;
 static PyObject *str_beacon_id, *str_user_id, *str_p, *str_r, *str_c;
 static PyObject *str_rate_limiter, *str_allow, *str_pipeline, *str_add;
 static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200;
+static PyObject *str_limit, *str__since, *str__until, *str__counts, *str_max_keys;
+static PyObject *str__thread, *str_buffer_size, *str_batch_size, *str__buffer, *str_append;
+static PyTypeObject *deque_type, *limiter_type, *pipeline_type;
 
 /* `key`'s value in the exact dict `d`, borrowed; NULL if absent or on error. */
 #define LOOKUP(d, key) PyDict_GetItemWithError((d), (key))
@@ -275,6 +278,173 @@ PyDoc_STRVAR(beacon_doc,
 "caches: Core.beacon_caches, (states, queries, agents, hosts, hit type); core: the\n"
 "Core, whose rate_limiter.allow and pipeline.add are called as quick_beacon calls\n"
 "them; now: the time (a float, the hit's timestamp).");
+
+/* An attribute that must be an int: its value in *out, 1; 0 if it is another type
+ * (or too large); -1 on error. */
+static int
+int_attr(PyObject *obj, PyObject *name, long *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    int ok = PyLong_CheckExact(value);
+    if (ok) {
+        *out = PyLong_AsLong(value);
+        if (*out == -1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* too large for a C long: the Python code decides */
+            ok = 0;
+        }
+    }
+    Py_DECREF(value);
+    return ok;
+}
+
+/* RateLimiter.allow(key, now) for its common case: a key counted within the current
+ * minute, or a new key while the table has room. 1 (allowed) or 0 (over the limit),
+ * with the count made as allow makes it; -2 if not that case (nothing done: call
+ * allow); -1 on error. Mirrors ratelimit.py line by line. */
+static int
+quick_allow(PyObject *limiter, PyObject *key, double now)
+{
+    if (Py_TYPE(limiter) != limiter_type) /* a subclass may count otherwise */
+        return -2;
+    long limit, max_keys, n = 0;
+    int ok = int_attr(limiter, str_limit, &limit);
+    if (ok <= 0)
+        return ok < 0 ? -1 : -2;
+    if (limit <= 0)
+        return 1;
+    PyObject *since = PyObject_GetAttr(limiter, str__since);
+    PyObject *until = since == NULL ? NULL : PyObject_GetAttr(limiter, str__until);
+    int current = until != NULL && PyFloat_CheckExact(since) && PyFloat_CheckExact(until) &&
+                  PyFloat_AS_DOUBLE(since) <= now && now < PyFloat_AS_DOUBLE(until);
+    Py_XDECREF(since);
+    Py_XDECREF(until);
+    if (until == NULL)
+        return -1;
+    if (!current) /* a new minute (or the clock went back): allow starts it */
+        return -2;
+    PyObject *counts = PyObject_GetAttr(limiter, str__counts);
+    if (counts == NULL)
+        return -1;
+    int result = -2;
+    if (!PyDict_CheckExact(counts))
+        goto done;
+    PyObject *found = PyDict_GetItemWithError(counts, key); /* counts.get(key, 0) */
+    if (found == NULL && PyErr_Occurred()) {
+        result = -1;
+        goto done;
+    }
+    if (found != NULL) {
+        if (!PyLong_CheckExact(found))
+            goto done;
+        n = PyLong_AsLong(found);
+        if ((n == -1 && PyErr_Occurred()) || n == LONG_MAX) {
+            PyErr_Clear();
+            goto done;
+        }
+    }
+    if (n == 0) {
+        ok = int_attr(limiter, str_max_keys, &max_keys);
+        if (ok <= 0) {
+            result = ok < 0 ? -1 : -2;
+            goto done;
+        }
+        if (PyDict_GET_SIZE(counts) >= max_keys) { /* full: unseen keys are not limited */
+            result = 1;
+            goto done;
+        }
+    }
+    PyObject *count = PyLong_FromLong(n + 1);
+    if (count == NULL || PyDict_SetItem(counts, key, count) < 0) {
+        Py_XDECREF(count);
+        result = -1;
+        goto done;
+    }
+    Py_DECREF(count);
+    result = n < limit;
+done:
+    Py_DECREF(counts);
+    return result;
+}
+
+/* Pipeline.add(item) for its common case: the writer is started and the item neither
+ * fills a batch (whose writer must be woken) nor overflows the buffer. 0 when added;
+ * -2 if not that case (nothing done: call add); -1 on error. Mirrors pipeline.py. */
+static int
+quick_add(PyObject *pipeline, PyObject *item)
+{
+    if (Py_TYPE(pipeline) != pipeline_type) /* a subclass may add otherwise */
+        return -2;
+    long buffer_size, batch_size;
+    PyObject *thread = PyObject_GetAttr(pipeline, str__thread);
+    if (thread == NULL)
+        return -1;
+    int started = thread != Py_None;
+    Py_DECREF(thread);
+    if (!started)
+        return -2;
+    int ok = int_attr(pipeline, str_buffer_size, &buffer_size);
+    if (ok > 0)
+        ok = int_attr(pipeline, str_batch_size, &batch_size);
+    if (ok <= 0)
+        return ok < 0 ? -1 : -2;
+    PyObject *buffer = PyObject_GetAttr(pipeline, str__buffer);
+    if (buffer == NULL)
+        return -1;
+    int result = -2;
+    if (Py_TYPE(buffer) == deque_type && batch_size > 0) {
+        Py_ssize_t n = PyObject_Size(buffer);
+        if (n < 0)
+            result = -1;
+        else if (n + 1 <= buffer_size && (n + 1) % batch_size != 0) {
+            PyObject *done = PyObject_CallMethodOneArg(buffer, str_append, item);
+            result = done == NULL ? -1 : 0;
+            Py_XDECREF(done);
+        }
+    }
+    Py_DECREF(buffer);
+    return result;
+}
+
+PyDoc_STRVAR(allow_doc,
+"allow(limiter, key, now, /)\n--\n\n"
+"limiter.allow(key, now), its common case in C (as the beacon's count makes it).");
+
+static PyObject *
+allow_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "allow() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    int ok = quick_allow(args[0], args[1], now);
+    if (ok == -2)
+        return PyObject_CallMethodObjArgs(args[0], str_allow, args[1], args[2], NULL);
+    return ok < 0 ? NULL : PyBool_FromLong(ok);
+}
+
+PyDoc_STRVAR(add_doc,
+"add(pipeline, item, /)\n--\n\n"
+"pipeline.add(item), its common case in C (as the beacon's count makes it).");
+
+static PyObject *
+add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "add() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int added = quick_add(args[0], args[1]);
+    if (added == -2)
+        return PyObject_CallMethodOneArg(args[0], str_add, args[1]);
+    if (added < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
 
 static PyObject *count_beacon(PyObject *scope, PyObject *caches, PyObject *core,
                               PyObject *now_obj);
@@ -389,14 +559,15 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     owner = PyObject_GetAttr(core, str_rate_limiter);
     if (owner == NULL)
         goto done;
-    PyObject *call_args[3] = {owner, held[1], now_obj};
-    PyObject *allowed = PyObject_VectorcallMethod(
-        str_allow, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int ok = quick_allow(owner, held[1], now);
+    if (ok == -2) {
+        PyObject *call_args[3] = {owner, held[1], now_obj};
+        PyObject *allowed = PyObject_VectorcallMethod(
+            str_allow, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        ok = allowed == NULL ? -1 : PyObject_IsTrue(allowed);
+        Py_XDECREF(allowed);
+    }
     Py_CLEAR(owner);
-    if (allowed == NULL)
-        goto done;
-    int ok = PyObject_IsTrue(allowed);
-    Py_DECREF(allowed);
     if (ok < 0)
         goto done;
     if (!ok) { /* over the rate limit: answered, not counted */
@@ -417,13 +588,17 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     owner = PyObject_GetAttr(core, str_pipeline);
     if (owner == NULL)
         goto done;
-    PyObject *add_args[2] = {owner, hit};
-    PyObject *added = PyObject_VectorcallMethod(
-        str_add, add_args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int added = quick_add(owner, hit);
+    if (added == -2) {
+        PyObject *add_args[2] = {owner, hit};
+        PyObject *done = PyObject_VectorcallMethod(
+            str_add, add_args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        added = done == NULL ? -1 : 0;
+        Py_XDECREF(done);
+    }
     Py_CLEAR(owner);
-    if (added == NULL)
+    if (added < 0)
         goto done;
-    Py_DECREF(added);
     result = int_200;
     Py_INCREF(result);
 done:
@@ -1620,6 +1795,8 @@ static PyMethodDef module_methods[] = {
     {"cached_state", (PyCFunction)(void (*)(void))cached_state, METH_FASTCALL, cached_state_doc},
     {"beacon_headers", (PyCFunction)beacon_headers, METH_O, beacon_headers_doc},
     {"beacon", (PyCFunction)(void (*)(void))beacon, METH_FASTCALL, beacon_doc},
+    {"allow", (PyCFunction)(void (*)(void))allow_hook, METH_FASTCALL, allow_doc},
+    {"add", (PyCFunction)(void (*)(void))add_hook, METH_FASTCALL, add_doc},
     {"add_cookies", (PyCFunction)(void (*)(void))add_cookies, METH_FASTCALL, add_cookies_doc},
     {NULL},
 };
@@ -1658,8 +1835,26 @@ PyInit__speedups(void)
         intern(&str_quiet, "quiet") < 0 || intern(&str_fresh, "fresh") < 0 ||
         intern(&str_send_quiet, "send_quiet") < 0 || intern(&str_send_fresh, "send_fresh") < 0 ||
         intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0 ||
-        intern(&str_status, "status") < 0)
+        intern(&str_status, "status") < 0 || intern(&str_limit, "limit") < 0 ||
+        intern(&str__since, "_since") < 0 || intern(&str__until, "_until") < 0 ||
+        intern(&str__counts, "_counts") < 0 || intern(&str_max_keys, "max_keys") < 0 ||
+        intern(&str__thread, "_thread") < 0 || intern(&str_buffer_size, "buffer_size") < 0 ||
+        intern(&str_batch_size, "batch_size") < 0 || intern(&str__buffer, "_buffer") < 0 ||
+        intern(&str_append, "append") < 0)
         return NULL;
+    /* The types whose common case quick_allow and quick_add mirror. */
+    const char *types[3][2] = {{"collections", "deque"}, {"trackmw.ratelimit", "RateLimiter"},
+                               {"trackmw.pipeline", "Pipeline"}};
+    PyTypeObject **slots[3] = {&deque_type, &limiter_type, &pipeline_type};
+    for (int i = 0; i < 3; i++) {
+        PyObject *module = PyImport_ImportModule(types[i][0]);
+        if (module == NULL)
+            return NULL;
+        *slots[i] = (PyTypeObject *)PyObject_GetAttrString(module, types[i][1]);
+        Py_DECREF(module);
+        if (*slots[i] == NULL)
+            return NULL;
+    }
     bytes_empty = PyBytes_FromStringAndSize("", 0);
     int_200 = PyLong_FromLong(200);
     if (bytes_empty == NULL || int_200 == NULL)

@@ -5,6 +5,9 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 from .cookiestate import CookieState
 from .core import Core
+from .events import ConsentChoice, Hit
+from .pipeline import Pipeline
+from .ratelimit import RateLimiter
 from .visitor import Visitor
 
 _Scope = MutableMapping[str, Any]
@@ -30,6 +33,8 @@ def beacon(
     /,
 ) -> int | None: ...
 
+def allow(limiter: RateLimiter, key: str, now: float, /) -> bool: ...
+def add(pipeline: Pipeline, item: Hit | ConsentChoice, /) -> None: ...
 def add_cookies(
     message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
 ) -> dict[str, Any] | None: ...

@@ -1219,3 +1219,87 @@ def test_the_beacons_sends_end_as_pythons_awaits_would(
             outcomes.append(list(sent))
             assert type(call).__name__ == ("Sends" if kind is TrackingMiddleware else "coroutine")
     assert outcomes[0] == outcomes[1]  # the Python path's messages, then the C path's
+
+
+# -- the rate limit and the buffer, as the beacon's count in C makes them -------------------
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.sampled_from([0, 1, 2, 3]),
+    max_keys=st.sampled_from([1, 2, 100]),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from([0.0, 1.0, 59.9, 60.0, 61.0,
+                                                                   -30.0, 125.0])),
+        max_size=12,
+    ),
+)
+def test_the_c_rate_limit_counts_as_allow_counts(
+    limit: int, max_keys: int, steps: list[tuple[str, float]]
+) -> None:
+    from trackmw import _speedups
+    from trackmw.ratelimit import RateLimiter
+
+    python, c = RateLimiter(limit, max_keys), RateLimiter(limit, max_keys)
+    for key, offset in steps:
+        now = T0 + offset
+        assert _speedups.allow(c, key, now) is python.allow(key, now)
+        assert (c._counts, c._since, c._until) == (python._counts, python._since, python._until)
+
+
+@needs_speedups
+def test_the_c_rate_limit_leaves_a_subclass_and_odd_values_to_allow() -> None:
+    from trackmw import _speedups
+    from trackmw.ratelimit import RateLimiter
+
+    class Always(RateLimiter):
+        def allow(self, key: str, now: float | None = None) -> bool:
+            return True
+
+    limiter = Always(1)
+    limiter.allow("a", T0)
+    assert all(_speedups.allow(limiter, "a", T0) for _ in range(3))
+    odd = RateLimiter(1)
+    odd.allow("a", T0)
+    odd._counts = {"a": 2**70}  # not a C long: allow decides
+    assert _speedups.allow(odd, "a", T0) is False and odd._counts["a"] == 2**70 + 1
+    odd.limit = "1"  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        _speedups.allow(odd, "a", T0)  # as allow itself raises
+
+
+@needs_speedups
+@pytest.mark.parametrize("started", [False, True])
+def test_the_c_add_buffers_as_add_buffers(started: bool) -> None:
+    """In C only while the writer runs and the item neither fills a batch (its wake-up)
+    nor overflows the buffer: otherwise Pipeline.add does all it does."""
+    from trackmw import _speedups
+    from trackmw.pipeline import Pipeline
+    from trackmw.stores.memory import MemoryStore
+
+    pipelines = [
+        Pipeline(lambda: MemoryStore("memory://"), batch_size=3, flush_interval=3600,
+                 buffer_size=5)
+        for _ in "pc"
+    ]
+    python, c = pipelines
+    for p in pipelines:  # no writer thread: it would take from the buffer meanwhile
+        p._start = lambda p=p: setattr(p, "_thread", "running")  # type: ignore[method-assign]
+        if started:
+            p._start()
+    try:
+        for i in range(9):
+            python.add(i)  # type: ignore[arg-type]
+            _speedups.add(c, i)  # type: ignore[arg-type]
+            assert list(c._buffer) == list(python._buffer)
+            assert (c.dropped, c._wake.is_set()) == (python.dropped, python._wake.is_set())
+            assert (c._thread is None) == (python._thread is None)
+            for p in pipelines:
+                p._wake.clear()
+    finally:
+        for p in pipelines:
+            p._buffer.clear()
+            if p._thread == "running":
+                p._thread = None
+            p.close()
