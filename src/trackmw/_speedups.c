@@ -4,7 +4,7 @@
  * page, and a new visitor's) costs trackmw a pass over the request's headers, one
  * dict lookup, a per-request object and the middleware's call. In Python that is
  * about 1.5 us on a 2-core VM, a coroutine frame included; here (Entry, the
- * middleware's __call__, and Guard, which awaits the app in place of that frame) it
+ * middleware's __call__, and Call, which awaits the app in place of that frame) it
  * is a fraction of that (see the README's Performance section). A returning
  * visitor's beacon is counted here too, from the caches the Python path
  * (Core.quick_beacon) fills.
@@ -476,92 +476,90 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
         hit_type->tp_itemsize != PyTuple_Type.tp_itemsize)
         Py_RETURN_NONE;
     double now = PyFloat_AS_DOUBLE(now_obj);
+    /* Every value found is held (kept) until the end: a dict lookup may run a key's
+     * __eq__, and the calls further down any code, which could change the scope, its
+     * headers or the caches. Until the rate limit is asked, nothing is done: NULL with
+     * no error set means None, the Python path decides. */
+    PyObject *kept[16];
+    int n_kept = 0;
+#define KEEP(x) (Py_INCREF(x), kept[n_kept++] = (x))
+    PyObject *result = NULL, *visitor_id = NULL, *user_id = NULL, *hit = NULL, *owner = NULL;
 
     PyObject *method = LOOKUP(scope, str_method);
     if (method == NULL)
-        goto missing;
+        goto end;
+    KEEP(method);
     if (method != str_GET) {
-        if (!PyUnicode_CheckExact(method))
-            Py_RETURN_NONE;
-        int eq = PyUnicode_Compare(method, str_GET);
-        if (eq == -1 && PyErr_Occurred())
-            return NULL;
-        if (eq != 0)
-            Py_RETURN_NONE;
+        if (!PyUnicode_CheckExact(method) || PyUnicode_Compare(method, str_GET) != 0)
+            goto end; /* (Compare cannot fail on two str) */
     }
     PyObject *headers = LOOKUP(scope, str_headers);
     if (headers == NULL)
-        goto missing;
+        goto end;
+    KEEP(headers);
     PyObject *query = LOOKUP(scope, str_query_string);
-    if (query == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        query = bytes_empty;
-    }
-    if (!PyBytes_CheckExact(query))
-        Py_RETURN_NONE;
+    if (query == NULL && PyErr_Occurred())
+        goto end;
+    KEEP(query == NULL ? bytes_empty : query);
+    query = kept[n_kept - 1];
     PyObject *cookie, *agent, *host;
-    if (!scan_beacon(headers, &cookie, &agent, &host) || cookie == Py_None)
-        Py_RETURN_NONE; /* without a cookie there is no visitor to count */
-
-    /* Everything below is read from caches that hold what the Python path would
-     * compute, or this returns None before doing anything. Each value is held, since
-     * the calls further down may run any code (and change those caches). */
+    if (!PyBytes_CheckExact(query) || !scan_beacon(headers, &cookie, &agent, &host) ||
+        cookie == Py_None) /* without a cookie there is no visitor to count */
+        goto end;
+    KEEP(cookie);
+    KEEP(agent);
+    KEEP(host);
     PyObject *cached = LOOKUP(states, cookie); /* (not_before, not_after, state) */
     if (cached == NULL)
-        goto missing;
+        goto end;
+    KEEP(cached);
     if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
         !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
         !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)) ||
         !(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
           now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))))
-        Py_RETURN_NONE;
-    PyObject *state = PyTuple_GET_ITEM(cached, 2);
+        goto end;
+    PyObject *state = PyTuple_GET_ITEM(cached, 2); /* held by `cached` */
     PyObject *params = LOOKUP(queries, query); /* parse_pixel_query's cache */
     if (params == NULL)
-        goto missing;
+        goto end;
+    KEEP(params);
     if (!PyDict_CheckExact(params))
-        Py_RETURN_NONE;
+        goto end;
     PyObject *page = LOOKUP(params, str_p);
     if (page == NULL) /* the general path takes the page from Referer */
-        goto missing;
+        goto end;
+    KEEP(page);
     PyObject *referrer = LOOKUP(params, str_r);
     if (referrer == NULL && PyErr_Occurred())
-        return NULL;
+        goto end;
+    KEEP(referrer == NULL ? Py_None : referrer);
+    referrer = kept[n_kept - 1];
     PyObject *campaign = LOOKUP(params, str_c);
     if (campaign == NULL && PyErr_Occurred())
-        return NULL;
+        goto end;
+    KEEP(campaign == NULL ? Py_None : campaign);
+    campaign = kept[n_kept - 1];
     PyObject *agent_text = LOOKUP(agents, agent);
     if (agent_text == NULL)
-        goto missing;
+        goto end;
+    KEEP(agent_text);
     PyObject *site = LOOKUP(hosts, host);
     if (site == NULL)
-        goto missing;
-
-    PyObject *held[8] = {now_obj, NULL, NULL, page, referrer ? referrer : Py_None,
-                         campaign ? campaign : Py_None, agent_text, site};
-    for (int i = 3; i < 8; i++)
-        Py_INCREF(held[i]);
-    PyObject *hit = NULL, *result = NULL, *owner = NULL;
-    Py_INCREF(state);
+        goto end;
+    KEEP(site);
+#undef KEEP
     /* CookieState.beacon_id: the id the beacon counts without a cookie (or None) */
-    held[1] = PyObject_GetAttr(state, str_beacon_id);
-    if (held[1] == NULL)
-        goto done;
-    if (held[1] == Py_None) {
-        result = Py_None;
-        Py_INCREF(result);
-        goto done;
-    }
-    held[2] = PyObject_GetAttr(state, str_user_id);
-    if (held[2] == NULL)
-        goto done;
-    owner = PyObject_GetAttr(core, str_rate_limiter);
+    visitor_id = PyObject_GetAttr(state, str_beacon_id);
+    if (visitor_id == NULL || visitor_id == Py_None)
+        goto end;
+    user_id = PyObject_GetAttr(state, str_user_id);
+    owner = user_id == NULL ? NULL : PyObject_GetAttr(core, str_rate_limiter);
     if (owner == NULL)
-        goto done;
-    int ok = quick_allow(owner, held[1], now);
+        goto end;
+    int ok = quick_allow(owner, visitor_id, now);
     if (ok == -2) {
-        PyObject *call_args[3] = {owner, held[1], now_obj};
+        PyObject *call_args[3] = {owner, visitor_id, now_obj};
         PyObject *allowed = PyObject_VectorcallMethod(
             str_allow, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         ok = allowed == NULL ? -1 : PyObject_IsTrue(allowed);
@@ -569,25 +567,27 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     }
     Py_CLEAR(owner);
     if (ok < 0)
-        goto done;
+        goto end;
     if (!ok) { /* over the rate limit: answered, not counted */
         PyObject *settings = PyObject_GetAttr(core, str_settings);
         if (settings != NULL) {
             result = PyObject_GetAttr(settings, str_pixel_rate_limit_status);
             Py_DECREF(settings);
         }
-        goto done;
+        goto end;
     }
-    hit = hit_type->tp_alloc(hit_type, 8); /* Hit(now, visitor_id, user_id, page, ...) */
+    hit = hit_type->tp_alloc(hit_type, 8);
     if (hit == NULL)
-        goto done;
+        goto end;
+    PyObject *fields[8] = {now_obj, visitor_id, user_id, page, referrer, campaign, agent_text,
+                           site}; /* Hit(ts, visitor_id, user_id, page, referrer, ...) */
     for (int i = 0; i < 8; i++) {
-        Py_INCREF(held[i]);
-        PyTuple_SET_ITEM(hit, i, held[i]);
+        Py_INCREF(fields[i]);
+        PyTuple_SET_ITEM(hit, i, fields[i]);
     }
     owner = PyObject_GetAttr(core, str_pipeline);
     if (owner == NULL)
-        goto done;
+        goto end;
     int added = quick_add(owner, hit);
     if (added == -2) {
         PyObject *add_args[2] = {owner, hit};
@@ -597,20 +597,19 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
         Py_XDECREF(done);
     }
     Py_CLEAR(owner);
-    if (added < 0)
-        goto done;
-    result = int_200;
-    Py_INCREF(result);
-done:
+    if (added == 0) {
+        result = int_200;
+        Py_INCREF(result);
+    }
+end:
     Py_XDECREF(hit);
-    Py_DECREF(state);
-    for (int i = 1; i < 8; i++)
-        Py_XDECREF(held[i]);
+    Py_XDECREF(user_id);
+    Py_XDECREF(visitor_id);
+    while (n_kept > 0)
+        Py_DECREF(kept[--n_kept]);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
     return result;
-missing:
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
 }
 
 /* -- cookies added to a response -------------------------------------------------- */
@@ -1023,18 +1022,44 @@ static PyTypeObject PlanType = {
     .tp_members = plan_members,
 };
 
-/* The awaitable of a tracked page's request: awaits the app's, then lets the
- * request's LazyVisitor go (its _scope and _send), as the Python path's `finally`
- * does: the server's send belongs to an object holding the scope, which holds the
- * visitor, so keeping them would leave a reference cycle per request. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *iter; /* the app's awaitable's iterator; NULL once it is done */
-    PyObject *lazy; /* the request's LazyVisitor; NULL once let go */
-    PyObject *over; /* what its _send becomes */
-} Guard;
-
-static PyTypeObject GuardType;
+/* The iterator `await awaitable` drives: a coroutine itself, a generator-based
+ * coroutine (types.coroutine), else what its __await__() returns. */
+static PyObject *
+await_iter(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        Py_INCREF(awaitable);
+        return awaitable;
+    }
+    if (PyGen_CheckExact(awaitable)) { /* awaitable only if its code says so */
+        PyObject *code = PyObject_GetAttrString(awaitable, "gi_code");
+        PyObject *flags = code == NULL ? NULL : PyObject_GetAttrString(code, "co_flags");
+        long bits = flags == NULL ? -1 : PyLong_AsLong(flags);
+        Py_XDECREF(code);
+        Py_XDECREF(flags);
+        if (bits == -1 && PyErr_Occurred())
+            return NULL;
+        if (bits & 0x0100) { /* CO_ITERABLE_COROUTINE */
+            Py_INCREF(awaitable);
+            return awaitable;
+        }
+    }
+    unaryfunc getter = Py_TYPE(awaitable)->tp_as_async == NULL
+                           ? NULL
+                           : Py_TYPE(awaitable)->tp_as_async->am_await;
+    if (getter == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *iter = getter(awaitable);
+    if (iter != NULL && (PyCoro_CheckExact(iter) || !PyIter_Check(iter))) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned %s",
+                     PyCoro_CheckExact(iter) ? "a coroutine" : "a non-iterator");
+        Py_CLEAR(iter);
+    }
+    return iter;
+}
 
 /* The request is over: the visitor's _scope becomes None and its _send `over`, and
  * `lazy` (a reference this takes) is let go. Keeps any exception set. */
@@ -1055,56 +1080,150 @@ let_go(PyObject *lazy, PyObject *over)
     PyErr_Restore(type, value, traceback);
 }
 
-static void
-guard_release(Guard *self)
+/* -- Call: the awaitable of a request the C path takes ------------------------------ */
+
+/* What the middleware's Python coroutine would await, awaited in turn, without its
+ * frame: for a tracked page, the app's awaitable, after which the request's visitor
+ * is let go (its _scope and _send, as the Python path's `finally` does: the server's
+ * send belongs to an object holding the scope, which holds the visitor, so keeping
+ * them would leave a reference cycle per request); for a beacon, what `send` returns
+ * for each of its messages. It behaves as a coroutine does when awaited, sent to,
+ * thrown into, closed, finalized, or used again while it runs or once it is done. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *iter;     /* the awaitable being awaited (its iterator), or NULL */
+    PyObject *send;     /* where `messages` go */
+    PyObject *messages; /* a tuple sent in turn once `iter` is done, or NULL */
+    Py_ssize_t next;    /* the index of the next message */
+    PyObject *lazy;     /* the request's visitor, let go at the end; or NULL */
+    PyObject *over;     /* what its _send becomes */
+    char started, running, finished;
+} Call;
+
+static PyTypeObject CallType;
+
+/* A new Call awaiting `iter` (a reference this takes) then sending `messages`. */
+static PyObject *
+call_new(PyObject *iter, PyObject *send, PyObject *messages, PyObject *lazy, PyObject *over)
 {
+    Call *self = PyObject_GC_New(Call, &CallType);
+    if (self == NULL) {
+        Py_XDECREF(iter);
+        return NULL;
+    }
+    self->iter = iter;
+    Py_XINCREF(send);
+    self->send = send;
+    Py_XINCREF(messages);
+    self->messages = messages;
+    self->next = 0;
+    Py_XINCREF(lazy);
+    self->lazy = lazy;
+    Py_XINCREF(over);
+    self->over = over;
+    self->started = self->running = self->finished = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* Done, however it ended: the visitor let go, nothing more to await. Keeps any
+ * exception set. */
+static void
+call_done(Call *self)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* the decrefs below may run code */
+    self->finished = 1;
     PyObject *lazy = self->lazy;
-    if (lazy != NULL) {
-        self->lazy = NULL;
+    self->lazy = NULL;
+    if (lazy != NULL && self->over != NULL)
         let_go(lazy, self->over);
-    }
+    else
+        Py_XDECREF(lazy);
+    Py_CLEAR(self->iter);
+    Py_CLEAR(self->messages);
+    Py_CLEAR(self->send);
+    PyErr_Restore(type, value, traceback);
 }
 
-static void
-guard_done(Guard *self)
+/* May the caller drive it now? 0 if so; -1 with the error a coroutine raises if not. */
+static int
+call_check(Call *self)
 {
-    guard_release(self);
-    if (self->iter != NULL) {
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        Py_CLEAR(self->iter);
-        PyErr_Restore(type, value, traceback);
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "trackmw call already executing");
+        return -1;
     }
+    if (self->finished) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return -1;
+    }
+    return 0;
 }
 
+/* Send `arg` in (None but to the awaitable running), and on: to the next message
+ * when an awaitable returns. Marks it done unless something is awaited still. */
 static PySendResult
-guard_am_send(Guard *self, PyObject *arg, PyObject **result)
+call_step(Call *self, PyObject *arg, PyObject **result)
 {
-    if (self->iter == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited trackmw call");
-        *result = NULL;
-        return PYGEN_ERROR;
+    *result = NULL;
+    PySendResult status = PYGEN_ERROR;
+    self->running = 1;
+    while (1) {
+        if (self->iter == NULL) {
+            if (self->messages == NULL || self->next >= PyTuple_GET_SIZE(self->messages)) {
+                Py_INCREF(Py_None); /* None, as the Python path's coroutine returns */
+                *result = Py_None;
+                status = PYGEN_RETURN;
+                break;
+            }
+            PyObject *message = PyTuple_GET_ITEM(self->messages, self->next);
+            self->next++;
+            PyObject *awaitable = PyObject_CallOneArg(self->send, message);
+            PyObject *iter = awaitable == NULL ? NULL : await_iter(awaitable);
+            Py_XDECREF(awaitable);
+            if (iter == NULL)
+                break;
+            self->iter = iter;
+            arg = Py_None;
+        }
+        PyObject *iter = self->iter; /* held: a re-entrant call cannot free it (running) */
+        Py_INCREF(iter);
+        status = PyIter_Send(iter, arg, result);
+        Py_DECREF(iter);
+        if (status != PYGEN_RETURN)
+            break;
+        Py_CLEAR(*result); /* that awaitable's value: not the middleware's */
+        Py_CLEAR(self->iter);
+        arg = Py_None;
     }
-    PySendResult status = PyIter_Send(self->iter, arg, result);
-    if (status == PYGEN_RETURN) { /* None, as the Python path's coroutine returns */
-        Py_DECREF(*result);
-        Py_INCREF(Py_None);
-        *result = Py_None;
-    }
+    self->running = 0;
     if (status != PYGEN_NEXT)
-        guard_done(self);
+        call_done(self);
     return status;
 }
 
-/* send(value) as a generator's: the next value, or StopIteration(result). */
-static PyObject *
-guard_send(Guard *self, PyObject *arg)
+static PySendResult
+call_am_send(Call *self, PyObject *arg, PyObject **result)
 {
-    PyObject *result;
-    PySendResult status = guard_am_send(self, arg, &result);
+    *result = NULL;
+    if (call_check(self) < 0)
+        return PYGEN_ERROR;
+    if (!self->started && arg != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+        return PYGEN_ERROR;
+    }
+    self->started = 1;
+    return call_step(self, arg, result);
+}
+
+/* A step's outcome as a generator method gives it: the value, or StopIteration. */
+static PyObject *
+call_outcome(PySendResult status, PyObject *result)
+{
     if (status == PYGEN_NEXT)
         return result;
-    if (status == PYGEN_RETURN) { /* always None (guard_am_send) */
+    if (status == PYGEN_RETURN) { /* always None */
         Py_DECREF(result);
         PyErr_SetNone(PyExc_StopIteration);
     }
@@ -1112,32 +1231,52 @@ guard_send(Guard *self, PyObject *arg)
 }
 
 static PyObject *
-guard_iternext(Guard *self)
+call_send(Call *self, PyObject *arg)
 {
-    return guard_send(self, Py_None);
+    PyObject *result;
+    PySendResult status = call_am_send(self, arg, &result);
+    return call_outcome(status, result);
 }
 
-/* Raise what throw(type[, value[, traceback]]) was given. */
+static PyObject *
+call_iternext(Call *self)
+{
+    return call_send(self, Py_None);
+}
+
+/* Raise what throw(type[, value[, traceback]]) was given, as gen.throw raises it. */
 static PyObject *
 raise_given(PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *type = args[0], *value = nargs > 1 ? args[1] : Py_None;
+    PyObject *traceback = nargs > 2 ? args[2] : Py_None;
+    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
     if (PyExceptionInstance_Check(type)) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
         value = type;
         type = (PyObject *)Py_TYPE(type);
     }
     else if (!PyExceptionClass_Check(type)) {
-        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from "
-                                         "BaseException, not a value of another type");
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from BaseException, "
+                     "not %s", Py_TYPE(type)->tp_name);
         return NULL;
     }
     PyErr_SetObject(type, value);
-    if (nargs > 2 && args[2] != Py_None) {
-        PyObject *exc_type, *exc, *traceback;
-        PyErr_Fetch(&exc_type, &exc, &traceback);
-        PyErr_NormalizeException(&exc_type, &exc, &traceback);
-        if (exc != NULL && PyTraceBack_Check(args[2]))
-            PyException_SetTraceback(exc, args[2]);
+    if (traceback != Py_None) {
+        PyObject *exc_type, *exc, *tb;
+        PyErr_Fetch(&exc_type, &exc, &tb);
+        PyErr_NormalizeException(&exc_type, &exc, &tb);
+        Py_XDECREF(tb);
+        Py_INCREF(traceback);
+        if (exc != NULL)
+            PyException_SetTraceback(exc, traceback);
         PyErr_Restore(exc_type, exc, traceback);
     }
     return NULL;
@@ -1154,142 +1293,158 @@ optional_attr(PyObject *obj, PyObject *name)
 }
 
 static PyObject *
-guard_throw(Guard *self, PyObject *const *args, Py_ssize_t nargs)
+call_throw(Call *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
         return NULL;
     }
+    if (call_check(self) < 0)
+        return NULL;
+    self->started = 1;
     PyObject *throw = self->iter == NULL ? NULL : optional_attr(self->iter, str_throw);
-    if (throw == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        guard_done(self);
-        return raise_given(args, nargs); /* into the caller, as a finished coroutine does */
+    if (throw == NULL) { /* raised where it stands, as into a coroutine not yet started */
+        if (!PyErr_Occurred())
+            raise_given(args, nargs);
+        call_done(self);
+        return NULL;
     }
+    self->running = 1;
     PyObject *result = PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
+    self->running = 0;
     Py_DECREF(throw);
-    if (result == NULL) { /* the app's awaitable ended: raised, or returned (StopIteration) */
-        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-            PyErr_Clear(); /* returned: None, as the Python path's coroutine returns */
-            PyErr_SetNone(PyExc_StopIteration);
-        }
-        guard_done(self);
+    if (result != NULL)
+        return result; /* it went on, and awaits again */
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        call_done(self);
+        return NULL;
     }
-    return result;
+    PyErr_Clear(); /* that awaitable returned: on to the next message, if any */
+    Py_CLEAR(self->iter);
+    PyObject *next;
+    PySendResult status = call_step(self, Py_None, &next);
+    return call_outcome(status, next);
 }
 
 static PyObject *
-guard_close(Guard *self, PyObject *unused)
+call_close(Call *self, PyObject *unused)
 {
-    if (self->iter != NULL) {
-        PyObject *close = optional_attr(self->iter, str_close);
-        if (close == NULL && PyErr_Occurred())
-            return NULL;
-        if (close != NULL) {
-            PyObject *result = PyObject_CallNoArgs(close);
-            Py_DECREF(close);
-            if (result == NULL) {
-                guard_done(self);
-                return NULL;
-            }
-            Py_DECREF(result);
-        }
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "trackmw call already executing");
+        return NULL;
     }
-    guard_done(self);
+    if (self->finished)
+        Py_RETURN_NONE;
+    PyObject *close = self->iter == NULL ? NULL : optional_attr(self->iter, str_close);
+    int ok = close != NULL || !PyErr_Occurred();
+    if (close != NULL) {
+        self->running = 1;
+        PyObject *result = PyObject_CallNoArgs(close);
+        self->running = 0;
+        Py_DECREF(close);
+        ok = result != NULL;
+        Py_XDECREF(result);
+    }
+    call_done(self);
+    if (!ok)
+        return NULL;
     Py_RETURN_NONE;
 }
 
+/* Never awaited to its end: closed as a coroutine is, so that what it awaits cleans
+ * up while the visitor still works; then the visitor is let go. */
+static void
+call_finalize(Call *self)
+{
+    if (self->finished || self->running)
+        return;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *result = call_close(self, NULL);
+    if (result == NULL)
+        PyErr_WriteUnraisable((PyObject *)self);
+    Py_XDECREF(result);
+    PyErr_Restore(type, value, traceback);
+}
+
 static PyObject *
-guard_await(PyObject *self)
+call_await(PyObject *self)
 {
     Py_INCREF(self);
     return self;
 }
 
 static int
-guard_traverse(Guard *self, visitproc visit, void *arg)
+call_traverse(Call *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->iter);
+    Py_VISIT(self->send);
+    Py_VISIT(self->messages);
     Py_VISIT(self->lazy);
     Py_VISIT(self->over);
     return 0;
 }
 
 static int
-guard_clear(Guard *self)
+call_clear(Call *self)
 {
+    self->finished = 1; /* (only in a cycle being collected: nothing to let go then) */
     Py_CLEAR(self->iter);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->messages);
     Py_CLEAR(self->lazy);
     Py_CLEAR(self->over);
     return 0;
 }
 
 static void
-guard_dealloc(Guard *self)
+call_dealloc(Call *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+        return; /* resurrected by its finalizer */
     PyObject_GC_UnTrack(self);
-    guard_done(self); /* never awaited to its end: the visitor is let go all the same */
-    Py_CLEAR(self->over);
+    call_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyAsyncMethods guard_async = {
-    .am_await = guard_await,
-    .am_send = (sendfunc)guard_am_send,
+static PyAsyncMethods call_async = {
+    .am_await = call_await,
+    .am_send = (sendfunc)call_am_send,
 };
 
-static PyMethodDef guard_methods[] = {
-    {"send", (PyCFunction)guard_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))guard_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)guard_close, METH_NOARGS, NULL},
+static PyMethodDef call_methods[] = {
+    {"send", (PyCFunction)call_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))call_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)call_close, METH_NOARGS, NULL},
     {NULL},
 };
 
-static PyTypeObject GuardType = {
+static PyTypeObject CallType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "trackmw._speedups.Guard",
-    .tp_doc = "The awaitable of a tracked page's request (see Entry).",
-    .tp_basicsize = sizeof(Guard),
+    .tp_name = "trackmw._speedups.Call",
+    .tp_doc = "The awaitable of a request trackmw's C path takes (see Entry).",
+    .tp_basicsize = sizeof(Call),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)guard_traverse,
-    .tp_clear = (inquiry)guard_clear,
-    .tp_dealloc = (destructor)guard_dealloc,
-    .tp_as_async = &guard_async,
+    .tp_traverse = (traverseproc)call_traverse,
+    .tp_clear = (inquiry)call_clear,
+    .tp_dealloc = (destructor)call_dealloc,
+    .tp_finalize = (destructor)call_finalize,
+    .tp_as_async = &call_async,
     .tp_iter = PyObject_SelfIter,
-    .tp_iternext = (iternextfunc)guard_iternext,
-    .tp_methods = guard_methods,
+    .tp_iternext = (iternextfunc)call_iternext,
+    .tp_methods = call_methods,
 };
 
-/* The iterator `await awaitable` drives: a coroutine itself, else its __await__(). */
-static PyObject *
-await_iter(PyObject *awaitable)
-{
-    if (PyCoro_CheckExact(awaitable)) {
-        Py_INCREF(awaitable);
-        return awaitable;
-    }
-    unaryfunc getter = Py_TYPE(awaitable)->tp_as_async == NULL
-                           ? NULL
-                           : Py_TYPE(awaitable)->tp_as_async->am_await;
-    if (getter == NULL) {
-        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
-                     Py_TYPE(awaitable)->tp_name);
-        return NULL;
-    }
-    PyObject *iter = getter(awaitable);
-    if (iter != NULL && (PyCoro_CheckExact(iter) || !PyIter_Check(iter))) {
-        PyErr_Format(PyExc_TypeError, "__await__() returned %s",
-                     PyCoro_CheckExact(iter) ? "a coroutine" : "a non-iterator");
-        Py_CLEAR(iter);
-    }
-    return iter;
-}
+enum { TAKEN = 1, NOT_TAKEN = 0, FAILED = -1 };
 
-/* Log the exception set (plan.failed), and clear it: the Python path then decides. */
-static void
+/* An error of the C path (set): an Exception is logged (plan.failed) and cleared, and
+ * the Python path then decides (NOT_TAKEN), as its `except Exception` would; anything
+ * else (KeyboardInterrupt, SystemExit) stays set and propagates (FAILED). */
+static int
 report_failure(Plan *plan)
 {
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return FAILED;
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
     PyErr_NormalizeException(&type, &value, &traceback);
@@ -1302,14 +1457,15 @@ report_failure(Plan *plan)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(traceback);
+    return NOT_TAKEN;
 }
 
-enum { TAKEN = 1, NOT_TAKEN = 0, FAILED = -1 };
-
 /* A tracked page whose cookie state is cached: the LazyVisitor made and put in the
- * scope, the app called with the send wrapper its state calls for, and *out the Guard
+ * scope, the app called with the send wrapper its state calls for, and *out the Call
  * awaiting it (TAKEN). NOT_TAKEN for any other request, with nothing done but logging
- * an error of this path; FAILED when the app's call raised (set). */
+ * an error of this path; FAILED (set) when the app's call raised, or on an error
+ * that is not an Exception. The app is called here, when the middleware is, rather
+ * than when its awaitable is first awaited (the same for `await middleware(...)`). */
 static int
 entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
 {
@@ -1352,27 +1508,18 @@ entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
     PyObject *call[3] = {scope, receive, wrapped};
     awaitable = PyObject_Vectorcall(plan->app, call, 3, NULL);
     iter = awaitable == NULL ? NULL : await_iter(awaitable);
-    Guard *guard = iter == NULL ? NULL : PyObject_GC_New(Guard, &GuardType);
-    if (guard == NULL) { /* raised: the Python path's `await` raises it too */
+    *out = iter == NULL ? NULL : call_new(iter, NULL, NULL, (PyObject *)lazy, plan->over);
+    if (*out == NULL) { /* raised: the Python path's `await` raises it too */
         taken = FAILED;
         let_go((PyObject *)lazy, plan->over);
         lazy = NULL;
         goto done;
     }
-    guard->iter = iter;
-    iter = NULL;
-    guard->lazy = (PyObject *)lazy;
-    lazy = NULL;
-    Py_INCREF(plan->over);
-    guard->over = plan->over;
-    PyObject_GC_Track(guard);
-    *out = (PyObject *)guard;
     taken = TAKEN;
     goto done;
 failed:
-    report_failure(plan);
+    taken = report_failure(plan);
 done:
-    Py_XDECREF(iter);
     Py_XDECREF(awaitable);
     Py_XDECREF(wrapped);
     Py_XDECREF((PyObject *)lazy);
@@ -1381,190 +1528,6 @@ done:
 }
 
 /* -- the beacon's answer: its two messages sent in turn ------------------------------ */
-
-/* The awaitable of a beacon answered in C: sends each of `messages` in turn, awaiting
- * what `send` returns for each, as the Python path's two `await send(...)` do. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *send;
-    PyObject *messages; /* a tuple */
-    Py_ssize_t next;    /* the index of the next message to send */
-    PyObject *iter;     /* the awaitable of the message being sent, or NULL */
-} Sends;
-
-static PyTypeObject SendsType;
-
-static void
-sends_done(Sends *self)
-{
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    self->next = PyTuple_GET_SIZE(self->messages);
-    Py_CLEAR(self->iter);
-    Py_CLEAR(self->send);
-    PyErr_Restore(type, value, traceback);
-}
-
-static PySendResult
-sends_am_send(Sends *self, PyObject *arg, PyObject **result)
-{
-    *result = NULL;
-    while (1) {
-        if (self->iter == NULL) {
-            if (self->next >= PyTuple_GET_SIZE(self->messages)) {
-                if (self->send == NULL) {
-                    PyErr_SetString(PyExc_RuntimeError,
-                                    "cannot reuse an already awaited trackmw call");
-                    return PYGEN_ERROR;
-                }
-                Py_CLEAR(self->send); /* done: awaiting again is an error, as for a coroutine */
-                Py_INCREF(Py_None);
-                *result = Py_None;
-                return PYGEN_RETURN;
-            }
-            PyObject *message = PyTuple_GET_ITEM(self->messages, self->next);
-            self->next++;
-            PyObject *awaitable = PyObject_CallOneArg(self->send, message);
-            self->iter = awaitable == NULL ? NULL : await_iter(awaitable);
-            Py_XDECREF(awaitable);
-            if (self->iter == NULL) {
-                sends_done(self);
-                return PYGEN_ERROR;
-            }
-            arg = Py_None;
-        }
-        PySendResult status = PyIter_Send(self->iter, arg, result);
-        if (status == PYGEN_NEXT)
-            return status;
-        if (status == PYGEN_ERROR) {
-            sends_done(self);
-            return status;
-        }
-        Py_CLEAR(*result); /* that send's value: not ours */
-        Py_CLEAR(self->iter);
-    }
-}
-
-static PyObject *
-sends_send(Sends *self, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult status = sends_am_send(self, arg, &result);
-    if (status == PYGEN_NEXT)
-        return result;
-    if (status == PYGEN_RETURN) {
-        Py_DECREF(result);
-        PyErr_SetNone(PyExc_StopIteration);
-    }
-    return NULL;
-}
-
-static PyObject *
-sends_iternext(Sends *self)
-{
-    return sends_send(self, Py_None);
-}
-
-static PyObject *
-sends_throw(Sends *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
-        return NULL;
-    }
-    PyObject *throw = self->iter == NULL ? NULL : optional_attr(self->iter, str_throw);
-    if (throw == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        sends_done(self);
-        return raise_given(args, nargs);
-    }
-    PyObject *result = PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
-    Py_DECREF(throw);
-    if (result != NULL)
-        return result;
-    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        sends_done(self);
-        return NULL;
-    }
-    PyErr_Clear(); /* that send's awaitable returned: on to the next message */
-    Py_CLEAR(self->iter);
-    return sends_send(self, Py_None);
-}
-
-static PyObject *
-sends_close(Sends *self, PyObject *unused)
-{
-    if (self->iter != NULL) {
-        PyObject *close = optional_attr(self->iter, str_close);
-        if (close == NULL && PyErr_Occurred())
-            return NULL;
-        if (close != NULL) {
-            PyObject *result = PyObject_CallNoArgs(close);
-            Py_DECREF(close);
-            if (result == NULL) {
-                sends_done(self);
-                return NULL;
-            }
-            Py_DECREF(result);
-        }
-    }
-    sends_done(self);
-    Py_RETURN_NONE;
-}
-
-static int
-sends_traverse(Sends *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->send);
-    Py_VISIT(self->messages);
-    Py_VISIT(self->iter);
-    return 0;
-}
-
-static int
-sends_clear(Sends *self)
-{
-    Py_CLEAR(self->send);
-    Py_CLEAR(self->messages);
-    Py_CLEAR(self->iter);
-    return 0;
-}
-
-static void
-sends_dealloc(Sends *self)
-{
-    PyObject_GC_UnTrack(self);
-    sends_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyAsyncMethods sends_async = {
-    .am_await = guard_await,
-    .am_send = (sendfunc)sends_am_send,
-};
-
-static PyMethodDef sends_methods[] = {
-    {"send", (PyCFunction)sends_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))sends_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)sends_close, METH_NOARGS, NULL},
-    {NULL},
-};
-
-static PyTypeObject SendsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "trackmw._speedups.Sends",
-    .tp_doc = "The awaitable of a beacon answered in C: its messages sent in turn.",
-    .tp_basicsize = sizeof(Sends),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)sends_traverse,
-    .tp_clear = (inquiry)sends_clear,
-    .tp_dealloc = (destructor)sends_dealloc,
-    .tp_as_async = &sends_async,
-    .tp_iter = PyObject_SelfIter,
-    .tp_iternext = (iternextfunc)sends_iternext,
-    .tp_methods = sends_methods,
-};
 
 /* A copy of a message (a dict) with a copy of its "headers" list, if it has one:
  * middleware around this one may edit either in place. */
@@ -1595,9 +1558,11 @@ fresh_message(PyObject *message, PyObject *status)
     return copy;
 }
 
-/* A GET of the pixel whose hit the C code counts (count_beacon): *out the awaitable
+/* A GET of the pixel whose hit the C code counts (count_beacon): *out the Call
  * sending the GIF (TAKEN). NOT_TAKEN for any other request, with nothing done but
- * logging an error of this path. */
+ * logging an error of this path; FAILED (set) on an error that is not an Exception.
+ * The hit is counted here, when the middleware is called (as the app is called for a
+ * page), not when the awaitable is first awaited. */
 static int
 entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
 {
@@ -1649,23 +1614,15 @@ entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
     if (body == NULL)
         goto failed;
     PyTuple_SET_ITEM(messages, 1, body);
-    Sends *sends = PyObject_GC_New(Sends, &SendsType);
-    if (sends == NULL)
+    *out = call_new(NULL, send, messages, NULL, NULL);
+    if (*out == NULL)
         goto failed;
-    Py_INCREF(send);
-    sends->send = send;
-    sends->messages = messages;
-    messages = NULL;
-    sends->next = 0;
-    sends->iter = NULL;
-    PyObject_GC_Track(sends);
-    *out = (PyObject *)sends;
     taken = TAKEN;
     goto done;
 failed:
     /* Counted already (an allocation failed after count_beacon)? Then the Python path
      * may count the hit again: only on a MemoryError, and logged. */
-    report_failure(plan);
+    taken = report_failure(plan);
 done:
     Py_XDECREF(messages);
     Py_XDECREF(status);
@@ -1769,7 +1726,7 @@ PyDoc_STRVAR(entry_doc,
 "Entry(func)\n--\n\n"
 "TrackingMiddleware.__call__ with its common case in C: a request to a tracked page\n"
 "whose cookie state is cached is answered without a coroutine frame (the app's\n"
-"awaitable is awaited by a Guard); anything else, or a middleware whose _plan is\n"
+"awaitable is awaited by a Call); anything else, or a middleware whose _plan is\n"
 "None, goes to func, the Python __call__.");
 
 static PyTypeObject EntryType = {
@@ -1863,8 +1820,7 @@ PyInit__speedups(void)
     if (bytes_set_cookie == NULL)
         return NULL;
     if (PyType_Ready(&LazyType) < 0 || PyType_Ready(&PlanType) < 0 ||
-        PyType_Ready(&GuardType) < 0 || PyType_Ready(&EntryType) < 0 ||
-        PyType_Ready(&SendsType) < 0)
+        PyType_Ready(&CallType) < 0 || PyType_Ready(&EntryType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)

@@ -301,7 +301,15 @@ def beacon_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, by
 
 
 class TrackingMiddleware:
-    """Track visitors of an ASGI app (see the module docstring)."""
+    """Track visitors of an ASGI app (see the module docstring).
+
+    With the C speedups, what the middleware is made with (the app, the tracker's
+    settings) is read once, here: make a new middleware rather than change ``app`` on
+    this one. For a request the C path takes, the app is called (and a beacon's hit
+    counted) when the middleware is called, not when its awaitable is first awaited;
+    ``await middleware(scope, receive, send)``, as servers and Starlette call it,
+    sees no difference.
+    """
 
     def __init__(self, app: ASGIApp, tracker: Tracker) -> None:
         self.app = app
