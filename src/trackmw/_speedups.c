@@ -265,7 +265,8 @@ static PyObject *str_rate_limiter, *str_allow, *str_pipeline, *str_add;
 static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200;
 static PyObject *str_limit, *str__since, *str__until, *str__counts, *str_max_keys;
 static PyObject *str__thread, *str_buffer_size, *str_batch_size, *str__buffer, *str_append;
-static PyTypeObject *deque_type, *limiter_type, *pipeline_type;
+static PyTypeObject *deque_type;
+static PyObject *limiter_allow, *pipeline_add; /* RateLimiter.allow and Pipeline.add */
 
 /* `key`'s value in the exact dict `d`, borrowed; NULL if absent or on error. */
 #define LOOKUP(d, key) PyDict_GetItemWithError((d), (key))
@@ -299,6 +300,20 @@ int_attr(PyObject *obj, PyObject *name, long *out)
     return ok;
 }
 
+/* Is obj.name the method `func` (the class's own, not overridden in a subclass or
+ * patched on the class or the instance)? 0 with an error set if reading it failed. */
+static int
+is_plain_method(PyObject *obj, PyObject *name, PyObject *func)
+{
+    PyObject *method = PyObject_GetAttr(obj, name);
+    if (method == NULL)
+        return 0;
+    int plain = PyMethod_Check(method) && PyMethod_GET_FUNCTION(method) == func &&
+                PyMethod_GET_SELF(method) == obj;
+    Py_DECREF(method);
+    return plain;
+}
+
 /* RateLimiter.allow(key, now) for its common case: a key counted within the current
  * minute, or a new key while the table has room. 1 (allowed) or 0 (over the limit),
  * with the count made as allow makes it; -2 if not that case (nothing done: call
@@ -306,8 +321,8 @@ int_attr(PyObject *obj, PyObject *name, long *out)
 static int
 quick_allow(PyObject *limiter, PyObject *key, double now)
 {
-    if (Py_TYPE(limiter) != limiter_type) /* a subclass may count otherwise */
-        return -2;
+    if (!is_plain_method(limiter, str_allow, limiter_allow)) /* overridden, or patched */
+        return PyErr_Occurred() ? -1 : -2;
     long limit, max_keys, n = 0;
     int ok = int_attr(limiter, str_limit, &limit);
     if (ok <= 0)
@@ -374,8 +389,8 @@ done:
 static int
 quick_add(PyObject *pipeline, PyObject *item)
 {
-    if (Py_TYPE(pipeline) != pipeline_type) /* a subclass may add otherwise */
-        return -2;
+    if (!is_plain_method(pipeline, str_add, pipeline_add)) /* overridden, or patched */
+        return PyErr_Occurred() ? -1 : -2;
     long buffer_size, batch_size;
     PyObject *thread = PyObject_GetAttr(pipeline, str__thread);
     if (thread == NULL)
@@ -1161,6 +1176,36 @@ call_check(Call *self)
     return 0;
 }
 
+/* A StopIteration raised in a coroutine's body becomes this RuntimeError (PEP 479):
+ * else a task driving it would take it for the coroutine's return. */
+static void
+no_stop_iteration(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+        return;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    PyErr_SetString(PyExc_RuntimeError, "coroutine raised StopIteration");
+    if (value == NULL)
+        return;
+    PyObject *new_type, *new_value, *new_traceback;
+    PyErr_Fetch(&new_type, &new_value, &new_traceback);
+    PyErr_NormalizeException(&new_type, &new_value, &new_traceback);
+    if (new_value != NULL) {
+        Py_INCREF(value);
+        PyException_SetCause(new_value, value); /* steals */
+        PyException_SetContext(new_value, value); /* steals */
+    }
+    else
+        Py_DECREF(value);
+    PyErr_Restore(new_type, new_value, new_traceback);
+}
+
 /* Send `arg` in (None but to the awaitable running), and on: to the next message
  * when an awaitable returns. Marks it done unless something is awaited still. */
 static PySendResult
@@ -1182,8 +1227,10 @@ call_step(Call *self, PyObject *arg, PyObject **result)
             PyObject *awaitable = PyObject_CallOneArg(self->send, message);
             PyObject *iter = awaitable == NULL ? NULL : await_iter(awaitable);
             Py_XDECREF(awaitable);
-            if (iter == NULL)
+            if (iter == NULL) {
+                no_stop_iteration();
                 break;
+            }
             self->iter = iter;
             arg = Py_None;
         }
@@ -1292,6 +1339,25 @@ optional_attr(PyObject *obj, PyObject *name)
     return found;
 }
 
+/* Close what is awaited, with `running` set: 0, or -1 with its error set. */
+static int
+close_awaited(Call *self)
+{
+    if (self->iter == NULL)
+        return 0;
+    self->running = 1;
+    PyObject *close = optional_attr(self->iter, str_close);
+    int ok = close != NULL || !PyErr_Occurred();
+    if (close != NULL) {
+        PyObject *result = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+        ok = result != NULL;
+        Py_XDECREF(result);
+    }
+    self->running = 0;
+    return ok ? 0 : -1;
+}
+
 static PyObject *
 call_throw(Call *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1302,25 +1368,41 @@ call_throw(Call *self, PyObject *const *args, Py_ssize_t nargs)
     if (call_check(self) < 0)
         return NULL;
     self->started = 1;
-    PyObject *throw = self->iter == NULL ? NULL : optional_attr(self->iter, str_throw);
-    if (throw == NULL) { /* raised where it stands, as into a coroutine not yet started */
-        if (!PyErr_Occurred())
+    PyObject *thrown = PyExceptionInstance_Check(args[0]) ? (PyObject *)Py_TYPE(args[0]) : args[0];
+    if (PyExceptionClass_Check(thrown) &&
+        PyObject_IsSubclass(thrown, PyExc_GeneratorExit) == 1) {
+        /* As a coroutine does: what it awaits is closed, then it raises GeneratorExit
+         * itself (or the error closing raised). */
+        if (close_awaited(self) == 0)
             raise_given(args, nargs);
+        no_stop_iteration();
         call_done(self);
         return NULL;
     }
     self->running = 1;
+    PyObject *throw = self->iter == NULL ? NULL : optional_attr(self->iter, str_throw);
+    if (throw == NULL) { /* raised where it stands, as into a coroutine not yet started */
+        self->running = 0;
+        if (!PyErr_Occurred())
+            raise_given(args, nargs);
+        no_stop_iteration();
+        call_done(self);
+        return NULL;
+    }
     PyObject *result = PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
-    self->running = 0;
     Py_DECREF(throw);
-    if (result != NULL)
+    if (result != NULL) {
+        self->running = 0;
         return result; /* it went on, and awaits again */
+    }
     if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        self->running = 0;
         call_done(self);
         return NULL;
     }
     PyErr_Clear(); /* that awaitable returned: on to the next message, if any */
     Py_CLEAR(self->iter);
+    self->running = 0;
     PyObject *next;
     PySendResult status = call_step(self, Py_None, &next);
     return call_outcome(status, next);
@@ -1335,18 +1417,11 @@ call_close(Call *self, PyObject *unused)
     }
     if (self->finished)
         Py_RETURN_NONE;
-    PyObject *close = self->iter == NULL ? NULL : optional_attr(self->iter, str_close);
-    int ok = close != NULL || !PyErr_Occurred();
-    if (close != NULL) {
-        self->running = 1;
-        PyObject *result = PyObject_CallNoArgs(close);
-        self->running = 0;
-        Py_DECREF(close);
-        ok = result != NULL;
-        Py_XDECREF(result);
-    }
+    int ok = close_awaited(self);
+    if (ok < 0)
+        no_stop_iteration();
     call_done(self);
-    if (!ok)
+    if (ok < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1360,6 +1435,10 @@ call_finalize(Call *self)
         return;
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
+    if (!self->started && PyErr_WarnEx(PyExc_RuntimeWarning,
+                                       "coroutine 'TrackingMiddleware.__call__' was never "
+                                       "awaited", 1) < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
     PyObject *result = call_close(self, NULL);
     if (result == NULL)
         PyErr_WriteUnraisable((PyObject *)self);
@@ -1368,11 +1447,27 @@ call_finalize(Call *self)
 }
 
 static PyObject *
-call_await(PyObject *self)
+call_await(Call *self)
 {
+    if (self->started && !self->finished) { /* as a coroutine another awaits already */
+        PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
+        return NULL;
+    }
     Py_INCREF(self);
-    return self;
+    return (PyObject *)self;
 }
+
+static PyObject *
+call_name(Call *self, void *closure)
+{
+    return PyUnicode_FromString(closure == NULL ? "__call__" : "TrackingMiddleware.__call__");
+}
+
+static PyGetSetDef call_getset[] = {
+    {"__name__", (getter)call_name, NULL, NULL, NULL},
+    {"__qualname__", (getter)call_name, NULL, NULL, "qualified"},
+    {NULL},
+};
 
 static int
 call_traverse(Call *self, visitproc visit, void *arg)
@@ -1408,7 +1503,7 @@ call_dealloc(Call *self)
 }
 
 static PyAsyncMethods call_async = {
-    .am_await = call_await,
+    .am_await = (unaryfunc)call_await,
     .am_send = (sendfunc)call_am_send,
 };
 
@@ -1430,9 +1525,10 @@ static PyTypeObject CallType = {
     .tp_dealloc = (destructor)call_dealloc,
     .tp_finalize = (destructor)call_finalize,
     .tp_as_async = &call_async,
-    .tp_iter = PyObject_SelfIter,
+    .tp_iter = PyObject_SelfIter, /* `yield from call.__await__()` (asyncio wraps so) */
     .tp_iternext = (iternextfunc)call_iternext,
     .tp_methods = call_methods,
+    .tp_getset = call_getset,
 };
 
 enum { TAKEN = 1, NOT_TAKEN = 0, FAILED = -1 };
@@ -1640,9 +1736,15 @@ typedef struct {
 static PyObject *
 entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
+    if (self->func == NULL) { /* cleared by the collector: unreachable but in its cycle */
+        PyErr_SetString(PyExc_RuntimeError, "trackmw: this __call__ was cleared");
+        return NULL;
+    }
     if (kwnames == NULL && PyVectorcall_NARGS(nargsf) == 4) {
         PyObject *found = optional_attr(args[0], str_plan);
-        if (found != NULL && Py_IS_TYPE(found, &PlanType)) {
+        if (found == NULL && PyErr_Occurred())
+            return NULL; /* reading _plan failed: as reading any attribute would */
+        if (found != NULL && Py_IS_TYPE(found, &PlanType) && ((Plan *)found)->app != NULL) {
             PyObject *awaitable = NULL;
             int taken = entry_fast((Plan *)found, args, &awaitable);
             if (taken == NOT_TAKEN)
@@ -1651,10 +1753,8 @@ entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kw
             if (taken != NOT_TAKEN)
                 return awaitable; /* NULL if the app's call raised */
         }
-        else { /* _plan None: the Python path only */
+        else /* _plan None (or none): the Python path only */
             Py_XDECREF(found);
-            PyErr_Clear(); /* no _plan: not this path's error; the Python path meets it */
-        }
     }
     return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
 }
@@ -1688,6 +1788,10 @@ entry_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 static PyObject *
 entry_get(Entry *self, PyObject *obj, PyObject *type)
 {
+    if (self->func == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "trackmw: this __call__ was cleared");
+        return NULL;
+    }
     if (obj == NULL || obj == Py_None) {
         Py_INCREF(self->func);
         return self->func;
@@ -1799,19 +1903,24 @@ PyInit__speedups(void)
         intern(&str_batch_size, "batch_size") < 0 || intern(&str__buffer, "_buffer") < 0 ||
         intern(&str_append, "append") < 0)
         return NULL;
-    /* The types whose common case quick_allow and quick_add mirror. */
-    const char *types[3][2] = {{"collections", "deque"}, {"trackmw.ratelimit", "RateLimiter"},
+    /* What quick_allow and quick_add mirror, and the deque the pipeline buffers in. */
+    const char *found[3][2] = {{"collections", "deque"}, {"trackmw.ratelimit", "RateLimiter"},
                                {"trackmw.pipeline", "Pipeline"}};
-    PyTypeObject **slots[3] = {&deque_type, &limiter_type, &pipeline_type};
+    PyObject *objects[3];
     for (int i = 0; i < 3; i++) {
-        PyObject *module = PyImport_ImportModule(types[i][0]);
-        if (module == NULL)
-            return NULL;
-        *slots[i] = (PyTypeObject *)PyObject_GetAttrString(module, types[i][1]);
-        Py_DECREF(module);
-        if (*slots[i] == NULL)
+        PyObject *module = PyImport_ImportModule(found[i][0]);
+        objects[i] = module == NULL ? NULL : PyObject_GetAttrString(module, found[i][1]);
+        Py_XDECREF(module);
+        if (objects[i] == NULL)
             return NULL;
     }
+    deque_type = (PyTypeObject *)objects[0];
+    limiter_allow = PyObject_GetAttrString(objects[1], "allow"); /* the plain functions */
+    pipeline_add = PyObject_GetAttrString(objects[2], "add");
+    Py_DECREF(objects[1]);
+    Py_DECREF(objects[2]);
+    if (limiter_allow == NULL || pipeline_add == NULL)
+        return NULL;
     bytes_empty = PyBytes_FromStringAndSize("", 0);
     int_200 = PyLong_FromLong(200);
     if (bytes_empty == NULL || int_200 == NULL)

@@ -1486,3 +1486,128 @@ def test_the_c_tests_pass_under_the_debug_allocator() -> None:
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _both_outcomes(
+    tracker: Tracker, scope: dict[str, Any], drive: Callable[[Any], Any]
+) -> list[Any]:
+    """``drive(call)`` for the Python path's call and then the C path's (the first
+    fills the beacon's caches): what each gave or raised, as (type name, text)."""
+    from unittest import mock
+
+    outcomes = []
+    with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
+        for kind in (_pure(), TrackingMiddleware):
+            send = drive.send  # type: ignore[attr-defined]
+            call = kind(_middleware(tracker).app, tracker)(dict(scope), None, send)
+            try:
+                outcomes.append(("returned", drive(call)))
+            except BaseException as exc:  # the outcome is what is compared
+                outcomes.append((type(exc).__name__, str(exc)))
+            assert type(call).__name__ == ("Call" if kind is TrackingMiddleware else "coroutine")
+    return outcomes
+
+
+@needs_speedups
+def test_a_stop_iteration_from_send_is_a_runtime_error_as_in_a_coroutine(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """PEP 479: a task driving the call must not take it for the call's return (found
+    by review: an asyncio task driving it directly never completed)."""
+    import asyncio
+
+    tracker = make_tracker(secret_keys=["s" * 32], cookie_max_age=3600)
+
+    def drive(call: Any) -> Any:  # the call itself as the task's coroutine
+        return asyncio.run(asyncio.wait_for(call, 10))
+
+    def send(message: Any) -> Any:
+        raise StopIteration
+
+    drive.send = send  # type: ignore[attr-defined]
+    c = _both_outcomes(tracker, _pixel_scope(tracker), drive)
+    assert c[0] == c[1] == ("RuntimeError", "coroutine raised StopIteration")
+
+
+@needs_speedups
+def test_a_throw_of_generator_exit_closes_as_in_a_coroutine(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    tracker = make_tracker(secret_keys=["s" * 32], cookie_max_age=3600)
+
+    async def send(message: Any) -> None:
+        try:
+            await _Pause()
+        except GeneratorExit:
+            await _Pause()  # ignores it
+
+    def drive(call: Any) -> Any:  # by hand, as a task drives its coroutine
+        call.send(None)
+        try:
+            return call.throw(GeneratorExit)
+        finally:
+            call.close()
+
+    drive.send = send  # type: ignore[attr-defined]
+    python, c = _both_outcomes(tracker, _pixel_scope(tracker), drive)
+    assert python == c and "ignored GeneratorExit" in c[1]
+
+
+@needs_speedups
+def test_the_c_beacon_calls_allow_and_add_where_they_are_patched(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """The C mirrors of RateLimiter.allow and Pipeline.add stand aside for a method
+    patched on the class or the instance, or overridden (found by review)."""
+    import asyncio
+    from unittest import mock
+
+    from trackmw.ratelimit import RateLimiter
+
+    tracker = make_tracker(secret_keys=["s" * 32], cookie_max_age=3600)
+    middleware = TrackingMiddleware(_middleware(tracker).app, tracker)
+    scope = _pixel_scope(tracker)
+    core = tracker.core
+    with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
+        _pure()(middleware.app, tracker)._quick_pixel(dict(scope))  # fills the caches
+        core.pipeline._thread = core.pipeline._thread or "running"  # type: ignore[assignment]
+        for target, name in ((core.pipeline, "add"), (core.rate_limiter, "allow"),
+                             (RateLimiter, "allow")):
+            real = getattr(target, name)
+            patch = (  # on the class, a function that binds as the method does
+                mock.patch.object(target, name, autospec=True, side_effect=real)
+                if isinstance(target, type)
+                else mock.patch.object(target, name, wraps=real)
+            )
+            with patch as patched:
+                call = middleware(dict(scope), None, _discard)
+                assert type(call).__name__ == "Call"
+                asyncio.run(_await(call))
+            assert patched.call_count == 1, (target, name)
+
+
+@needs_speedups
+def test_a_call_is_awaited_once_and_warns_when_never_awaited(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    import asyncio
+    import warnings
+
+    tracker = make_tracker()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await _Pause()
+
+    call = TrackingMiddleware(app, tracker)(_returning_scope(tracker), None, _discard)
+    assert call.__qualname__ == "TrackingMiddleware.__call__"
+    assert call.send(None) == "paused"
+    with pytest.raises(RuntimeError, match="being awaited already"):
+        call.__await__()
+    call.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unawaited = TrackingMiddleware(app, tracker)(_returning_scope(tracker), None, _discard)
+        del unawaited
+        gc.collect()
+    assert any("was never awaited" in str(w.message) for w in caught)
+    assert asyncio.iscoroutine(call)  # send, throw, close and __await__: asyncio's test
