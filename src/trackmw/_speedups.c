@@ -278,7 +278,10 @@ PyDoc_STRVAR(beacon_doc,
 "caches alone (then nothing is done, and the Python path decides).\n\n"
 "caches: Core.beacon_caches, (states, queries, agents, hosts, hit type); core: the\n"
 "Core, whose rate_limiter.allow and pipeline.add are called as quick_beacon calls\n"
-"them; now: the time (a float, the hit's timestamp).");
+"them (their common case mirrored in C); now: the time (a float, the hit's\n"
+"timestamp). Entry counts a beacon with the same code; this function, like\n"
+"cached_state, LazyBase.enter, allow and add, is the piece the tests hold to the\n"
+"Python path.");
 
 /* An attribute that must be an int: its value in *out, 1; 0 if it is another type
  * (or too large); -1 on error. */
@@ -798,7 +801,8 @@ lazy_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 PyDoc_STRVAR(enter_doc,
 "enter(scope, prefixes, states, now, core, send, /)\n--\n\n"
 "A new instance for a request to a tracked page whose cookie state is cached\n"
-"(set as scope[\"trackmw\"] too), or None when the request is not that case.\n\n"
+"(set as scope[\"trackmw\"] too), or None when the request is not that case: the\n"
+"first step of Entry's page path, on its own for the tests.\n\n"
 "prefixes: the paths that may be trackmw's own or excluded; states: the cached\n"
 "states by Cookie header (CookieReader.states); now: the time, for their window.");
 
