@@ -266,7 +266,8 @@ static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200;
 static PyObject *str_limit, *str__since, *str__until, *str__counts, *str_max_keys;
 static PyObject *str__thread, *str_buffer_size, *str_batch_size, *str__buffer, *str_append;
 static PyTypeObject *deque_type;
-static PyObject *limiter_allow, *pipeline_add; /* RateLimiter.allow and Pipeline.add */
+static PyTypeObject *limiter_type, *pipeline_type; /* RateLimiter and Pipeline */
+static PyObject *limiter_allow, *pipeline_add;     /* and their allow and add */
 
 /* `key`'s value in the exact dict `d`, borrowed; NULL if absent or on error. */
 #define LOOKUP(d, key) PyDict_GetItemWithError((d), (key))
@@ -283,38 +284,43 @@ PyDoc_STRVAR(beacon_doc,
 "cached_state, LazyBase.enter, allow and add, is the piece the tests hold to the\n"
 "Python path.");
 
-/* An attribute that must be an int: its value in *out, 1; 0 if it is another type
- * (or too large); -1 on error. */
-static int
-int_attr(PyObject *obj, PyObject *name, long *out)
+/* The instance dict of `obj` (a new reference) when obj is exactly of `type` and its
+ * method `name` is the class's own `func`: not replaced on the class, not shadowed on
+ * the instance. The attributes quick_allow and quick_add read are then plain instance
+ * attributes (the classes define no descriptors for them), which Python reads from
+ * this dict too. NULL if not (with an error set only if reading failed). */
+static PyObject *
+plain_dict(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL)
-        return -1;
-    int ok = PyLong_CheckExact(value);
-    if (ok) {
-        *out = PyLong_AsLong(value);
-        if (*out == -1 && PyErr_Occurred()) {
-            PyErr_Clear(); /* too large for a C long: the Python code decides */
-            ok = 0;
-        }
+    if (Py_TYPE(obj) != type || PyDict_GetItemWithError(type->tp_dict, name) != func)
+        return NULL;
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL)
+        return NULL;
+    if (!PyDict_CheckExact(dict) || PyDict_GetItemWithError(dict, name) != NULL ||
+        PyErr_Occurred()) {
+        Py_DECREF(dict);
+        return NULL;
     }
-    Py_DECREF(value);
-    return ok;
+    return dict;
 }
 
-/* Is obj.name the method `func` (the class's own, not overridden in a subclass or
- * patched on the class or the instance)? 0 with an error set if reading it failed. */
+/* An instance attribute (from plain_dict's dict) that must be an int: its value in
+ * *out, 1; 0 if it is missing, another type or too large; -1 on error. */
 static int
-is_plain_method(PyObject *obj, PyObject *name, PyObject *func)
+int_item(PyObject *dict, PyObject *name, long *out)
 {
-    PyObject *method = PyObject_GetAttr(obj, name);
-    if (method == NULL)
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyLong_CheckExact(value))
         return 0;
-    int plain = PyMethod_Check(method) && PyMethod_GET_FUNCTION(method) == func &&
-                PyMethod_GET_SELF(method) == obj;
-    Py_DECREF(method);
-    return plain;
+    *out = PyLong_AsLong(value);
+    if (*out == -1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* too large for a C long: the Python code decides */
+        return 0;
+    }
+    return 1;
 }
 
 /* RateLimiter.allow(key, now) for its common case: a key counted within the current
@@ -324,28 +330,36 @@ is_plain_method(PyObject *obj, PyObject *name, PyObject *func)
 static int
 quick_allow(PyObject *limiter, PyObject *key, double now)
 {
-    if (!is_plain_method(limiter, str_allow, limiter_allow)) /* overridden, or patched */
+    PyObject *attrs = plain_dict(limiter, limiter_type, str_allow, limiter_allow);
+    if (attrs == NULL) /* another class, or allow overridden or patched */
         return PyErr_Occurred() ? -1 : -2;
     long limit, max_keys, n = 0;
-    int ok = int_attr(limiter, str_limit, &limit);
-    if (ok <= 0)
-        return ok < 0 ? -1 : -2;
-    if (limit <= 0)
-        return 1;
-    PyObject *since = PyObject_GetAttr(limiter, str__since);
-    PyObject *until = since == NULL ? NULL : PyObject_GetAttr(limiter, str__until);
-    int current = until != NULL && PyFloat_CheckExact(since) && PyFloat_CheckExact(until) &&
-                  PyFloat_AS_DOUBLE(since) <= now && now < PyFloat_AS_DOUBLE(until);
-    Py_XDECREF(since);
-    Py_XDECREF(until);
-    if (until == NULL)
-        return -1;
-    if (!current) /* a new minute (or the clock went back): allow starts it */
-        return -2;
-    PyObject *counts = PyObject_GetAttr(limiter, str__counts);
-    if (counts == NULL)
-        return -1;
     int result = -2;
+    PyObject *counts = NULL;
+    int ok = int_item(attrs, str_limit, &limit);
+    if (ok <= 0) {
+        result = ok < 0 ? -1 : -2;
+        goto done;
+    }
+    if (limit <= 0) {
+        result = 1;
+        goto done;
+    }
+    PyObject *since = PyDict_GetItemWithError(attrs, str__since);
+    PyObject *until = since == NULL ? NULL : PyDict_GetItemWithError(attrs, str__until);
+    if (until == NULL) {
+        result = PyErr_Occurred() ? -1 : -2;
+        goto done;
+    }
+    if (!PyFloat_CheckExact(since) || !PyFloat_CheckExact(until) ||
+        !(PyFloat_AS_DOUBLE(since) <= now && now < PyFloat_AS_DOUBLE(until)))
+        goto done; /* a new minute (or the clock went back): allow starts it */
+    counts = PyDict_GetItemWithError(attrs, str__counts);
+    if (counts == NULL) {
+        result = PyErr_Occurred() ? -1 : -2;
+        goto done;
+    }
+    Py_INCREF(counts); /* held: allocating below may run a finalizer that replaces it */
     if (!PyDict_CheckExact(counts))
         goto done;
     PyObject *found = PyDict_GetItemWithError(counts, key); /* counts.get(key, 0) */
@@ -363,7 +377,7 @@ quick_allow(PyObject *limiter, PyObject *key, double now)
         }
     }
     if (n == 0) {
-        ok = int_attr(limiter, str_max_keys, &max_keys);
+        ok = int_item(attrs, str_max_keys, &max_keys);
         if (ok <= 0) {
             result = ok < 0 ? -1 : -2;
             goto done;
@@ -382,7 +396,8 @@ quick_allow(PyObject *limiter, PyObject *key, double now)
     Py_DECREF(count);
     result = n < limit;
 done:
-    Py_DECREF(counts);
+    Py_XDECREF(counts);
+    Py_DECREF(attrs);
     return result;
 }
 
@@ -392,36 +407,42 @@ done:
 static int
 quick_add(PyObject *pipeline, PyObject *item)
 {
-    if (!is_plain_method(pipeline, str_add, pipeline_add)) /* overridden, or patched */
+    PyObject *attrs = plain_dict(pipeline, pipeline_type, str_add, pipeline_add);
+    if (attrs == NULL) /* another class, or add overridden or patched */
         return PyErr_Occurred() ? -1 : -2;
     long buffer_size, batch_size;
-    PyObject *thread = PyObject_GetAttr(pipeline, str__thread);
-    if (thread == NULL)
-        return -1;
-    int started = thread != Py_None;
-    Py_DECREF(thread);
-    if (!started)
-        return -2;
-    int ok = int_attr(pipeline, str_buffer_size, &buffer_size);
-    if (ok > 0)
-        ok = int_attr(pipeline, str_batch_size, &batch_size);
-    if (ok <= 0)
-        return ok < 0 ? -1 : -2;
-    PyObject *buffer = PyObject_GetAttr(pipeline, str__buffer);
-    if (buffer == NULL)
-        return -1;
     int result = -2;
+    PyObject *thread = PyDict_GetItemWithError(attrs, str__thread);
+    if (thread == NULL || thread == Py_None) { /* not started: add starts it */
+        result = PyErr_Occurred() ? -1 : -2;
+        goto done;
+    }
+    int ok = int_item(attrs, str_buffer_size, &buffer_size);
+    if (ok > 0)
+        ok = int_item(attrs, str_batch_size, &batch_size);
+    if (ok <= 0) {
+        result = ok < 0 ? -1 : -2;
+        goto done;
+    }
+    PyObject *buffer = PyDict_GetItemWithError(attrs, str__buffer);
+    if (buffer == NULL) {
+        result = PyErr_Occurred() ? -1 : -2;
+        goto done;
+    }
     if (Py_TYPE(buffer) == deque_type && batch_size > 0) {
+        Py_INCREF(buffer);
         Py_ssize_t n = PyObject_Size(buffer);
         if (n < 0)
             result = -1;
         else if (n + 1 <= buffer_size && (n + 1) % batch_size != 0) {
-            PyObject *done = PyObject_CallMethodOneArg(buffer, str_append, item);
-            result = done == NULL ? -1 : 0;
-            Py_XDECREF(done);
+            PyObject *appended = PyObject_CallMethodOneArg(buffer, str_append, item);
+            result = appended == NULL ? -1 : 0;
+            Py_XDECREF(appended);
         }
+        Py_DECREF(buffer);
     }
-    Py_DECREF(buffer);
+done:
+    Py_DECREF(attrs);
     return result;
 }
 
@@ -1919,10 +1940,10 @@ PyInit__speedups(void)
             return NULL;
     }
     deque_type = (PyTypeObject *)objects[0];
+    limiter_type = (PyTypeObject *)objects[1];
+    pipeline_type = (PyTypeObject *)objects[2];
     limiter_allow = PyObject_GetAttrString(objects[1], "allow"); /* the plain functions */
     pipeline_add = PyObject_GetAttrString(objects[2], "add");
-    Py_DECREF(objects[1]);
-    Py_DECREF(objects[2]);
     if (limiter_allow == NULL || pipeline_add == NULL)
         return NULL;
     bytes_empty = PyBytes_FromStringAndSize("", 0);
