@@ -231,7 +231,8 @@ PyDoc_STRVAR(beacon_headers_doc,
 "(cookie, user_agent, host) of a beacon request's common case, from its raw ASGI\n"
 "headers: at most one Cookie (else None in its place), a User-Agent and a Host\n"
 "(the first of each), and no DNT, Sec-GPC or prefetch header. None for anything\n"
-"else, which the Python pass (trackmw.asgi.beacon_headers) decides.");
+"else, which the Python pass (trackmw.asgi.beacon_headers) decides. The pass the\n"
+"beacon's C count makes, on its own for the tests.");
 
 static PyObject *
 beacon_headers(PyObject *module, PyObject *headers)
@@ -548,17 +549,12 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     KEEP(cookie);
     KEEP(agent);
     KEEP(host);
-    PyObject *cached = LOOKUP(states, cookie); /* (not_before, not_after, state) */
-    if (cached == NULL)
+    PyObject *state = cached_entry(states, cookie, now, NULL); /* as a page finds it */
+    if (state == NULL)
         goto end;
-    KEEP(cached);
-    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
-        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
-        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)) ||
-        !(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
-          now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))))
+    kept[n_kept++] = state; /* a new reference already */
+    if (state == Py_None)
         goto end;
-    PyObject *state = PyTuple_GET_ITEM(cached, 2); /* held by `cached` */
     PyObject *params = LOOKUP(queries, query); /* parse_pixel_query's cache */
     if (params == NULL)
         goto end;
@@ -819,6 +815,17 @@ lazy_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
     return (PyObject *)lazy_alloc(cls, core, scope, state, send);
 }
 
+/* A new instance for the request, put in scope["trackmw"] too; NULL on error. */
+static Lazy *
+lazy_in_scope(PyTypeObject *cls, PyObject *core, PyObject *scope, PyObject *state,
+              PyObject *send)
+{
+    Lazy *self = lazy_alloc(cls, core, scope, state, send);
+    if (self != NULL && PyDict_SetItem(scope, str_trackmw, (PyObject *)self) < 0)
+        Py_CLEAR(self);
+    return self;
+}
+
 PyDoc_STRVAR(enter_doc,
 "enter(scope, prefixes, states, now, core, send, /)\n--\n\n"
 "A new instance for a request to a tracked page whose cookie state is cached\n"
@@ -836,14 +843,8 @@ lazy_enter(PyObject *cls, PyObject *const *args, Py_ssize_t nargs)
     PyObject *state = lookup_state(args[0], args[1], args[2], now, NULL);
     if (state == NULL || state == Py_None)
         return state;
-    Lazy *self = lazy_alloc((PyTypeObject *)cls, args[4], args[0], state, args[5]);
+    Lazy *self = lazy_in_scope((PyTypeObject *)cls, args[4], args[0], state, args[5]);
     Py_DECREF(state);
-    if (self == NULL)
-        return NULL;
-    if (PyDict_SetItem(args[0], str_trackmw, (PyObject *)self) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
     return (PyObject *)self;
 }
 
@@ -1166,41 +1167,6 @@ call_new(PyObject *iter, PyObject *send, PyObject *messages, PyObject *lazy, PyO
     return (PyObject *)self;
 }
 
-/* Done, however it ended: the visitor let go, nothing more to await. Keeps any
- * exception set. */
-static void
-call_done(Call *self)
-{
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback); /* the decrefs below may run code */
-    self->finished = 1;
-    PyObject *lazy = self->lazy;
-    self->lazy = NULL;
-    if (lazy != NULL && self->over != NULL)
-        let_go(lazy, self->over);
-    else
-        Py_XDECREF(lazy);
-    Py_CLEAR(self->iter);
-    Py_CLEAR(self->messages);
-    Py_CLEAR(self->send);
-    PyErr_Restore(type, value, traceback);
-}
-
-/* May the caller drive it now? 0 if so; -1 with the error a coroutine raises if not. */
-static int
-call_check(Call *self)
-{
-    if (self->running) {
-        PyErr_SetString(PyExc_ValueError, "trackmw call already executing");
-        return -1;
-    }
-    if (self->finished) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
-        return -1;
-    }
-    return 0;
-}
-
 /* A StopIteration raised in a coroutine's body becomes this RuntimeError (PEP 479):
  * else a task driving it would take it for the coroutine's return. */
 static void
@@ -1231,6 +1197,42 @@ no_stop_iteration(void)
     PyErr_Restore(new_type, new_value, new_traceback);
 }
 
+/* Done, however it ended: the visitor let go, nothing more to await. Keeps any
+ * exception set, a StopIteration becoming the RuntimeError a coroutine raises. */
+static void
+call_done(Call *self)
+{
+    no_stop_iteration();
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* the decrefs below may run code */
+    self->finished = 1;
+    PyObject *lazy = self->lazy;
+    self->lazy = NULL;
+    if (lazy != NULL && self->over != NULL)
+        let_go(lazy, self->over);
+    else
+        Py_XDECREF(lazy);
+    Py_CLEAR(self->iter);
+    Py_CLEAR(self->messages);
+    Py_CLEAR(self->send);
+    PyErr_Restore(type, value, traceback);
+}
+
+/* May the caller drive it now? 0 if so; -1 with the error a coroutine raises if not. */
+static int
+call_check(Call *self)
+{
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "trackmw call already executing");
+        return -1;
+    }
+    if (self->finished) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return -1;
+    }
+    return 0;
+}
+
 /* Send `arg` in (None but to the awaitable running), and on: to the next message
  * when an awaitable returns. Marks it done unless something is awaited still. */
 static PySendResult
@@ -1252,10 +1254,8 @@ call_step(Call *self, PyObject *arg, PyObject **result)
             PyObject *awaitable = PyObject_CallOneArg(self->send, message);
             PyObject *iter = awaitable == NULL ? NULL : await_iter(awaitable);
             Py_XDECREF(awaitable);
-            if (iter == NULL) {
-                no_stop_iteration();
+            if (iter == NULL)
                 break;
-            }
             self->iter = iter;
             arg = Py_None;
         }
@@ -1400,7 +1400,6 @@ call_throw(Call *self, PyObject *const *args, Py_ssize_t nargs)
          * itself (or the error closing raised). */
         if (close_awaited(self) == 0)
             raise_given(args, nargs);
-        no_stop_iteration();
         call_done(self);
         return NULL;
     }
@@ -1410,7 +1409,6 @@ call_throw(Call *self, PyObject *const *args, Py_ssize_t nargs)
         self->running = 0;
         if (!PyErr_Occurred())
             raise_given(args, nargs);
-        no_stop_iteration();
         call_done(self);
         return NULL;
     }
@@ -1443,8 +1441,6 @@ call_close(Call *self, PyObject *unused)
     if (self->finished)
         Py_RETURN_NONE;
     int ok = close_awaited(self);
-    if (ok < 0)
-        no_stop_iteration();
     call_done(self);
     if (ok < 0)
         return NULL;
@@ -1558,6 +1554,21 @@ static PyTypeObject CallType = {
 
 enum { TAKEN = 1, NOT_TAKEN = 0, FAILED = -1 };
 
+/* The clock the Python path calls: trackmw.asgi's `_time` (read each time, so that a
+ * patched clock reaches the C path too), a new reference; NULL with an error set. */
+static PyObject *
+plan_clock(Plan *plan)
+{
+    PyObject *clock = PyDict_GetItemWithError(plan->globals, str_time);
+    if (clock == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "trackmw.asgi._time is gone");
+        return NULL;
+    }
+    Py_INCREF(clock);
+    return clock;
+}
+
 /* An error of the C path (set): an Exception is logged (plan.failed) and cleared, and
  * the Python path then decides (NOT_TAKEN), as its `except Exception` would; anything
  * else (KeyboardInterrupt, SystemExit) stays set and propagates (FAILED). */
@@ -1594,23 +1605,17 @@ entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
     int taken = NOT_TAKEN;
     PyObject *state = NULL, *wrapped = NULL, *awaitable = NULL, *iter = NULL;
     Lazy *lazy = NULL;
-    PyObject *clock = PyDict_GetItemWithError(plan->globals, str_time);
-    if (clock == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_NameError, "trackmw.asgi._time is gone");
+    PyObject *clock = plan_clock(plan);
+    if (clock == NULL)
         goto failed;
-    }
-    Py_INCREF(clock); /* called (in cached_entry) only for a request with a cached state */
+    /* called (in cached_entry) only for a request with a cached state */
     state = lookup_state(scope, plan->prefixes, plan->states, 0.0, clock);
     Py_DECREF(clock);
     if (state == NULL)
         goto failed;
     if (state == Py_None)
         goto done;
-    lazy = lazy_alloc((PyTypeObject *)plan->lazy_type, plan->core, scope, state, send);
-    if (lazy == NULL)
-        goto failed;
-    PyObject *wrapper = str_send_full;
+    PyObject *wrapper = str_send_full; /* the send wrapper the state calls for */
     if (plan->quiet_ok) {
         PyObject *flags[2] = {str_quiet, str_fresh}, *names[2] = {str_send_quiet, str_send_fresh};
         for (int i = 0; i < 2 && wrapper == str_send_full; i++) {
@@ -1623,9 +1628,15 @@ entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
                 wrapper = names[i];
         }
     }
-    wrapped = PyObject_GetAttr((PyObject *)lazy, wrapper);
-    if (wrapped == NULL || PyDict_SetItem(scope, str_trackmw, (PyObject *)lazy) < 0)
+    lazy = lazy_in_scope((PyTypeObject *)plan->lazy_type, plan->core, scope, state, send);
+    if (lazy == NULL)
         goto failed;
+    wrapped = PyObject_GetAttr((PyObject *)lazy, wrapper);
+    if (wrapped == NULL) { /* the visitor is in the scope: let go, as the request ends */
+        let_go((PyObject *)lazy, plan->over);
+        lazy = NULL;
+        goto failed;
+    }
     PyObject *call[3] = {scope, receive, wrapped};
     awaitable = PyObject_Vectorcall(plan->app, call, 3, NULL);
     iter = awaitable == NULL ? NULL : await_iter(awaitable);
@@ -1708,13 +1719,9 @@ entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
     }
     int taken = NOT_TAKEN;
     PyObject *now = NULL, *status = NULL, *messages = NULL;
-    PyObject *clock = PyDict_GetItemWithError(plan->globals, str_time);
-    if (clock == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_NameError, "trackmw.asgi._time is gone");
+    PyObject *clock = plan_clock(plan);
+    if (clock == NULL)
         goto failed;
-    }
-    Py_INCREF(clock);
     now = PyObject_CallNoArgs(clock);
     Py_DECREF(clock);
     if (now == NULL)

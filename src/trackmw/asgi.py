@@ -12,8 +12,8 @@ A tracked page whose ``Cookie`` header's state is cached (every returning visito
 is taken in C when ``trackmw._speedups`` is built (``SPEEDUPS``): ``__call__`` does the
 header pass and the cache lookup, makes the ``LazyVisitor`` and calls the app, whose
 awaitable a C object awaits in place of a coroutine frame. The beacon's common case
-(``Core.quick_beacon``, answered from its caches), its header pass (``beacon_headers``)
-and the cookie headers added to a response (``_add_headers``) have a C version too.
+(``Core.quick_beacon``, answered from its caches) and the cookie headers added to a
+response (``_add_headers``) have a C version too.
 Without the module (no C compiler at install, another Python, or
 ``TRACKMW_NO_EXTENSIONS`` set) the same is done here in Python (``_asgi``); the tests
 run both ways, and the C code leaves anything but the common case to the Python. (The
@@ -325,7 +325,6 @@ class TrackingMiddleware:
         # The kind of ``LazyVisitor`` the Python path makes (read here, so that tests
         # can choose).
         self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
-        self._beacon_headers = None if _speedups is None else _speedups.beacon_headers
         # What ``__call__``'s C path reads (``None``: the Python path takes every request).
         self._plan = None
         if _speedups is not None:
@@ -425,13 +424,11 @@ class TrackingMiddleware:
         general path."""
         if scope["method"] != "GET":
             return None
-        headers = scope["headers"]
-        # In C when built, which leaves anything but the common case to Python.
-        found = None if self._beacon_headers is None else self._beacon_headers(headers)
+        # (With the speedups, a beacon gets here only when the C count left it: the
+        # caches did not hold it yet, or it is not the common case.)
+        found = beacon_headers(scope["headers"])
         if found is None:
-            found = beacon_headers(headers)
-            if found is None:
-                return None
+            return None
         cookie, agent, host = found
         try:
             return self.core.quick_beacon(

@@ -38,7 +38,7 @@ class PurePythonMiddleware(ASGIMiddleware):
 
     def __init__(self, app: Any, tracker: Tracker) -> None:
         super().__init__(app, tracker)
-        self._lazy, self._plan, self._beacon_headers = PyLazyVisitor, None, None
+        self._lazy, self._plan = PyLazyVisitor, None
 
 
 BROWSER_UA = (

@@ -785,6 +785,12 @@ async def _discard(message: Any) -> None:
     return None
 
 
+async def _ok_app(scope: Any, receive: Any, send: Any) -> None:
+    """An app answering 200 with an empty body."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def test_the_middleware_is_an_asgi3_app_to_servers_that_inspect_it(
     make_tracker: Callable[..., Tracker],
 ) -> None:
@@ -1064,9 +1070,7 @@ def test_the_c_call_holds_no_reference_after_the_request(
 
     tracker = make_tracker()
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+    app = _ok_app
 
     async def failing(scope: Any, receive: Any, send: Any) -> None:
         raise ValueError
@@ -1325,9 +1329,7 @@ def test_the_call_refuses_to_be_driven_while_it_runs(
     errors: list[str] = []
     holder: dict[str, Any] = {}
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+    app = _ok_app
 
     async def send(message: Any) -> None:
         call = holder["call"]
