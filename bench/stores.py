@@ -211,7 +211,6 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
     measured 73k to 98k events/s from run to run on a shared 2-core VM.
     """
     events = 21_000 if quick else 201_000
-    rounds = 1 if quick else ROUNDS
     until = date.today()
     rows = in_time_order(events, until, seed=3)
     consents = _consents(events // BATCH * 5 + 5, until, 3)
@@ -223,13 +222,15 @@ def run(quick: bool = False, quiet: bool = False) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     try:
-        return _run(rows, consents, events, rounds, quiet)
+        return _run(rows, consents, quick, quiet)
     finally:
         gc.unfreeze()
 
 
-def _run(rows: list[PageView], consents: list[ConsentChoice], events: int, rounds: int,
+def _run(rows: list[PageView], consents: list[ConsentChoice], quick: bool,
          quiet: bool) -> dict[str, Any]:
+    events = len(rows)
+    rounds = 1 if quick else ROUNDS
     names = ("sqlite", "redis", "redis_exact", "redis_cluster", "postgres")
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     writes: dict[str, float | None] = {}
