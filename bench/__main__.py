@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS = ("inprocess", "wire", "ua", "memory", "stores", "report")
+#: Run only when asked for with ``--only`` (slow, and needs Valgrind).
+OPTIONAL = ("instructions",)
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -150,6 +152,30 @@ def section_memory(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
                    memory.bytes_per_event(n), "bytes")], []
 
 
+def section_instructions(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
+    from . import inprocess, instructions
+
+    try:
+        counts = instructions.run(quick)
+    except instructions.Unavailable as exc:
+        return [], [f"instructions skipped: {exc}"]
+    loop = asyncio.new_event_loop()
+    try:  # the labels and baselines of the timed section's variants
+        variants = {v.name: v for v in inprocess.build(loop, tmp)[0]}
+    finally:
+        loop.close()
+    out = []
+    for name, n in counts.items():
+        v = variants[name]
+        baseline = v.baseline if v.baseline in counts else None
+        out.append(Figure(f"instr.{name}", v.label, n / 1000, "k instructions/request",
+                          None if baseline is None else f"instr.{baseline}",
+                          None if baseline is None else counts[baseline] / 1000,
+                          ratio=None if baseline is None else n / counts[baseline]))
+    return out, ["instructions: callgrind's count per request (many requests less few, "
+                 "PYTHONHASHSEED=0); not time: a cache miss counts as one instruction"]
+
+
 def _module(name: str) -> Any:
     try:
         return importlib.import_module(f"bench.{name}")
@@ -221,6 +247,7 @@ RUNNERS = {
     "memory": section_memory,
     "stores": section_stores,
     "report": section_report,
+    "instructions": section_instructions,
 }
 
 
@@ -280,8 +307,10 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke test")
-    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
-                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
+    parser.add_argument("--only", action="append", choices=SECTIONS + OPTIONAL,
+                        metavar="SECTION",
+                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}; "
+                        f"or {', '.join(OPTIONAL)}, which runs only when named")
     parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON results")
     args = parser.parse_args(argv)
     sections = args.only or list(SECTIONS)

@@ -99,3 +99,45 @@ def test_quick_stores_section_writes_to_every_store_a_redis_cluster_included(
     for store in ("sqlite", "redis", "redis_exact", "redis_cluster", "postgres"):
         assert by_name[f"stores.{store}"]["unit"] == "events/s"
     assert by_name["stores.redis_cluster"]["target"] == ">= 200000"
+
+
+def test_instruction_counts_are_read_from_what_callgrind_prints() -> None:
+    from bench.instructions import Unavailable, total_instructions
+
+    printed = (
+        "==4242== Events    : Ir\n"
+        "==4242== Collected : 812345678\n"
+        "==4242== \n"
+        "==4242== I   refs:      812,345,678\n"
+    )
+    assert total_instructions(printed) == 812_345_678
+    assert total_instructions("==1== I   refs:      1,234\n") == 1_234
+    with pytest.raises(Unavailable, match="no instruction count"):
+        total_instructions("valgrind: command not found\n")
+
+
+@pytest.mark.parametrize("variant", ["pixel.returning", "wsgi.trackmw.returning"])
+def test_an_instruction_count_child_runs_its_variant_and_writes_nothing_at_exit(
+    tmp_path: Path, variant: str
+) -> None:
+    """The child the instructions section runs under callgrind, run here without it: it
+    checks the variant's answer, runs it and leaves before any exit handler would write
+    the buffered hits (whose writing would be counted as the request path's)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--child", variant, "40", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "answered wrongly" not in done.stderr
+    assert not any(tmp_path.glob("*.db")), "a store was opened: hits were written"
+
+
+def test_the_instructions_section_runs_only_when_named() -> None:
+    from bench.__main__ import OPTIONAL, RUNNERS, SECTIONS
+
+    assert "instructions" in OPTIONAL and "instructions" not in SECTIONS
+    assert set(RUNNERS) == set(SECTIONS) | set(OPTIONAL)

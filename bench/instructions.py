@@ -1,0 +1,134 @@
+"""Instructions per request, counted by Valgrind's callgrind: the in-process variants'
+cost as a figure that does not move with the machine's load.
+
+On a shared VM the timed figures move by several percent from run to run, and by more
+from one machine (or one day) to the next, which makes a change of a few percent hard
+to see. An instruction count repeats to a few hundred instructions in eighty thousand.
+It is not time: a cache miss counts as one instruction, so a ratio of counts is a lower
+bound of the timed ratio, and the targets stay with the timed section.
+
+Each variant runs in a child process under ``valgrind --tool=callgrind``, twice: after
+the same warm-up, ``few`` requests and ``many`` requests. The difference divided by
+``many - few`` is what one request costs; start-up, imports and building the apps cancel
+out. Children run with ``PYTHONHASHSEED=0`` and leave through ``os._exit``, so no exit
+handler (the pipelines' last flush) is counted; their writers never write meanwhile
+(``bench.inprocess`` sets them a long flush interval), so, as in the timed section, a
+figure is the request path's cost.
+
+``python -m bench --only instructions`` (not part of a plain ``make bench``: it takes
+several minutes), or ``python -m bench.instructions`` alone. Needs ``valgrind`` on the
+PATH (``apt-get install valgrind``); without it the section is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The variants counted: each of the timed section's targets with its baseline, and the
+#: floors. (The peers are left out: they are not ours, and each run is slow.)
+VARIANTS = (
+    "asgi.bare",
+    "asgi.noop",
+    "asgi.trackmw.returning",
+    "asgi.trackmw.new",
+    "gif.raw",
+    "gif.middleware",
+    "pixel.returning",
+    "pixel.wrapped",
+    "wsgi.flask",
+    "wsgi.trackmw.returning",
+)
+WARM_UP = 50
+
+_REFS = re.compile(r"(?:Collected\s*:|I\s+refs:)\s*([\d,]+)")
+
+
+class Unavailable(Exception):
+    """Valgrind is not installed, or a child could not be counted."""
+
+
+def total_instructions(stderr: str) -> int:
+    """The instructions callgrind counted, from what it printed at the end of a run."""
+    found = _REFS.findall(stderr)
+    if not found:
+        raise Unavailable(f"no instruction count in callgrind's output: {stderr[-500:]!r}")
+    return int(found[-1].replace(",", ""))
+
+
+def _count(name: str, requests: int) -> int:
+    """Instructions of one child run of ``name`` (its own store directory)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise Unavailable("valgrind is not installed (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="trackmw-instr-") as store_dir:
+        done = subprocess.run(
+            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             "-m", "bench.instructions", "--child", name, str(requests), store_dir],
+            cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(ROOT)),
+            capture_output=True, text=True, timeout=1800,
+        )
+    if done.returncode != 0:
+        raise Unavailable(f"{name}: the counted run failed: {done.stderr[-2000:]}")
+    return total_instructions(done.stderr)
+
+
+def per_request(name: str, few: int, many: int) -> float:
+    """Instructions one request of variant ``name`` costs (``many`` runs less ``few``)."""
+    return (_count(name, many) - _count(name, few)) / (many - few)
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    """Instructions per request of each of ``VARIANTS``, as many children at a time as
+    there are cores (a count does not depend on what else runs)."""
+    few, many = (200, 600) if quick else (1_000, 3_000)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {name: pool.submit(per_request, name, few, many) for name in VARIANTS}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _child(name: str, requests: int, store_dir: str) -> None:
+    """Build the in-process variants, check ``name`` answers right, warm it up, run it
+    ``requests`` times and leave at once (no exit handler: nothing more is counted)."""
+    from . import inprocess
+
+    loop = asyncio.new_event_loop()
+    variants, _ = inprocess.build(loop, store_dir)
+    variant = {v.name: v for v in variants}[name]
+    problem = variant.check()
+    if problem is not None:
+        print(f"{name} answered wrongly: {problem}", file=sys.stderr, flush=True)
+        os._exit(1)
+    variant.call(WARM_UP)
+    variant.call(requests)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer requests: a smoke test")
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "REQUESTS", "DIR"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        name, requests, store_dir = args.child
+        _child(name, int(requests), store_dir)
+    for name, n in run(args.quick).items():
+        print(f"{name:24} {n / 1000:8.1f} k instructions/request")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
