@@ -8,6 +8,7 @@ views put back one row each with the old table and indexes, the version set back
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from trackmw.events import ConsentChoice, PageView
+from trackmw.stores import sqlite_pageviews as stored
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
-from .data import START, USERS, assert_same_report, batches, events
+from .data import CLASSES, START, USERS, assert_same_report, batches, events, pageview, ts_of
 
 OLD_PAGEVIEWS = """
 CREATE TABLE pageviews (
@@ -114,3 +116,40 @@ def test_upgrading_twice_changes_nothing(tmp_path: Path) -> None:
     old_file(path, 2)
     first = groups(path)
     assert groups(path) == first and first[1] == 900
+
+
+def test_view_times_are_kept_in_milliseconds_and_older_seconds_read_as_they_are(
+    tmp_path: Path,
+) -> None:
+    """A group's JSON holds each view's time as whole milliseconds (an int, which JSON
+    writes in a tenth of a float's time); groups written before held seconds, as a
+    float. Both read back as the page view's time in seconds."""
+    path = tmp_path / "times.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    try:
+        new = pageview(START, 10, "v01", "/new")._replace(ts=ts_of(START, 10) + 0.0004567)
+        store.write([new], [])
+        old_ts = ts_of(START, 20) + 0.123456
+        conn = sqlite3.connect(path)
+        try:
+            ((views,),) = conn.execute("SELECT views FROM pageview_groups").fetchall()
+            assert json.loads(views) == [int(new.ts * 1000), "/new", None, None]
+            conn.execute(
+                "INSERT INTO pageview_groups VALUES (?, 'v01', NULL, ?, ?, ?, 0, 1, ?)",
+                (START.isoformat(), *CLASSES[0], json.dumps([old_ts, "/old", None, None])),
+            )
+            conn.commit()
+        finally:
+            conn.close()
+        _, rows = stored.of(store._conn(), "visitor_id", "v01")
+        assert sorted((pv.path, pv.ts) for pv in rows) == [
+            ("/new", int(new.ts * 1000) / 1000),
+            ("/old", old_ts),
+        ]
+        data = store.visitor_data("v01")
+        assert [(p["time"][11:19], p["page"]) for p in data["pageviews"]] == [
+            ("00:00:10", "/new"),
+            ("00:00:20", "/old"),
+        ]
+    finally:
+        store.close()
