@@ -9,14 +9,15 @@ or device data.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from .events import MAX_CAMPAIGN, MAX_LEN, UNKNOWN_PAGE, Hit, PageView
+from .events import MAX_CAMPAIGN, MAX_LEN, UNKNOWN_PAGE, ConsentChoice, Hit, PageView
 from .useragent import classify
 
-__all__ = ["local_day", "normalize"]
+__all__ = ["local_day", "normalize", "normalize_batch"]
 
 _day_cache: dict[tuple[int, str], str] = {}
 
@@ -33,29 +34,67 @@ def local_day(ts: float, tz: ZoneInfo) -> str:
 
 
 def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
-    """Turn a raw hit into the page view a store writes.
+    """Turn a raw hit into the page view a store writes (an error is raised)."""
+    pageviews: list[PageView] = []
+    normalize_batch((hit,), tz, pageviews, [])
+    return pageviews[0]
+
+
+def normalize_batch(
+    items: Iterable[Hit | ConsentChoice],
+    tz: ZoneInfo,
+    pageviews: list[PageView],
+    others: list[ConsentChoice],
+    failed: Callable[[Hit, Exception], None] | None = None,
+) -> None:
+    """Append each hit of ``items``, normalized, to ``pageviews``, and each other item
+    (a consent choice) to ``others``. A hit that cannot be normalized goes to
+    ``failed``, and is left out; without ``failed``, its error is raised.
 
     What a page view keeps of its page, referrer, campaign, User-Agent and host depends
     on those five values alone, and they repeat from hit to hit: that part is cached
-    by them together (bounded), so a repeated hit costs one lookup and the tuple.
+    by them together (bounded), so a repeated hit costs one lookup and the tuple. The
+    loop is the writer's per-event work, so it calls nothing for a cached hit: its
+    local day is looked up again only when its minute differs from the hit before.
     """
-    ts, visitor_id, user_id, page, referrer, campaign, user_agent, host = hit
-    key = (page, referrer, campaign, user_agent, host)
-    fixed = _fixed.get(key)
-    if fixed is None:
-        fixed = _fix(page, referrer, campaign, user_agent, host)
-        # Only short values are kept: long ones rarely repeat, and a client sending
-        # distinct 2 KB pages must not make the cache hold megabytes.
-        if len(page) + len(referrer or "") + len(campaign or "") <= _FIXED_TEXT:
-            if len(_fixed) >= 2 * _CACHED:
-                _fixed.clear()
-            _fixed[key] = fixed
-    if visitor_id is None or fixed[6]:  # anonymous views and bots carry no visitor data
-        fixed = _anonymous(fixed)
-        visitor_id = user_id = None
-    # PageView(ts, day, visitor_id, user_id, path, referrer, campaign, browser, os,
-    # device, bot), built as the tuple it is (no keyword parsing).
-    return _new_tuple(PageView, (ts, local_day(ts, tz), visitor_id, user_id, *fixed))
+    fixed_of = _fixed.get
+    add = pageviews.append
+    minute = day = None
+    for item in items:
+        if type(item) is not Hit and not isinstance(item, Hit):
+            others.append(item)
+            continue
+        try:
+            ts, visitor_id, user_id, page, referrer, campaign, user_agent, host = item
+            fixed = fixed_of((page, referrer, campaign, user_agent, host))
+            if fixed is None:
+                fixed = _fixed_for(page, referrer, campaign, user_agent, host)
+            if visitor_id is None or fixed[6]:  # anonymous views and bots: no visitor data
+                fixed = _anonymous(fixed)
+                visitor_id = user_id = None
+            if ts // 60 != minute:
+                minute = ts // 60
+                day = local_day(ts, tz)
+            # PageView(ts, day, visitor_id, user_id, path, referrer, campaign, browser, os,
+            # device, bot), built as the tuple it is (no keyword parsing).
+            add(_new_tuple(PageView, (ts, day, visitor_id, user_id, *fixed)))
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed(item, exc)
+
+
+def _fixed_for(
+    page: str, referrer: str | None, campaign: str | None, user_agent: str, host: str
+) -> tuple[str, str | None, str | None, str | None, str | None, str | None, bool]:
+    """``_fix``, kept in the cache when the texts are short: long ones rarely repeat,
+    and a client sending distinct 2 KB pages must not make the cache hold megabytes."""
+    fixed = _fix(page, referrer, campaign, user_agent, host)
+    if len(page) + len(referrer or "") + len(campaign or "") <= _FIXED_TEXT:
+        if len(_fixed) >= 2 * _CACHED:
+            _fixed.clear()
+        _fixed[(page, referrer, campaign, user_agent, host)] = fixed
+    return fixed
 
 
 def _fix(

@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 
 from .errors import StoreError
 from .events import ConsentChoice, Hit, PageView
-from .normalize import normalize
+from .normalize import normalize, normalize_batch
 
 if TYPE_CHECKING:
     from .stores.base import Store
@@ -229,21 +229,18 @@ class Pipeline:
             return None
         pageviews: list[PageView] = []
         consents: list[ConsentChoice] = []
-        tz = self.tz
-        for i in range(size):
-            if i % _STRETCH == _STRETCH - 1:
-                time.sleep(0)  # lets a waiting request thread take the GIL (see _STRETCH)
+        popleft = buf.popleft
+        while size > 0:
+            chunk = []
             try:
-                item = buf.popleft()
-            except IndexError:
-                break
-            if isinstance(item, Hit):
-                try:
-                    pageviews.append(normalize(item, tz))
-                except Exception:  # a hit we cannot make sense of is logged, not fatal
-                    log.exception("trackmw: dropped a page view that could not be normalized")
-            else:
-                consents.append(item)
+                for _ in range(min(size, _STRETCH)):
+                    chunk.append(popleft())
+            except IndexError:  # the request path dropped the oldest meanwhile
+                size = len(chunk)
+            normalize_batch(chunk, self.tz, pageviews, consents, _unreadable)
+            size -= len(chunk)
+            if size > 0:
+                time.sleep(0)  # lets a waiting request thread take the GIL (see _STRETCH)
         return pageviews, consents
 
     def _failed(self, exc: Exception) -> None:
@@ -357,6 +354,11 @@ class Pipeline:
         self._sent = 0
         if self._store is not None:
             self._store.after_fork()
+
+
+def _unreadable(hit: Hit, exc: Exception) -> None:
+    """A hit we cannot make sense of is logged, not fatal."""
+    log.error("trackmw: dropped a page view that could not be normalized", exc_info=exc)
 
 
 def _close_all() -> None:

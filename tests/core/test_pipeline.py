@@ -456,3 +456,40 @@ def test_long_hits_are_normalized_but_not_kept_in_the_cache() -> None:
     assert normalize_module.normalize(long, tz).path == long.page
     assert normalize_module.normalize(short, tz).path == "/a"
     assert [key[0] for key in normalize_module._fixed] == ["/a"]
+
+
+def test_a_hit_that_cannot_be_normalized_is_logged_and_the_rest_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore("memory://")
+    pipeline = Pipeline(lambda: store, flush_interval=3600)
+    choice = ConsentChoice(time.time(), "2026-11-27", "v" * 22, True, False, "1")
+    broken = hit(1)._replace(ts="not a time")
+    for item in (hit(0), broken, choice, hit(2)):
+        pipeline.add(item)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, "trackmw"):
+        assert pipeline.flush()
+    assert [pv.path for pv in store._pageviews] == ["/p0", "/p2"]
+    assert store._consents == [choice]
+    (record,) = [r for r in caplog.records if "could not be normalized" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is TypeError
+    pipeline.close()
+
+
+def test_a_batch_takes_each_hit_s_own_local_day_across_midnight() -> None:
+    """The batch looks a hit's local day up again only when its minute differs from the
+    hit before's; across midnight in the tracker's zone (and back, as late hits come),
+    each page view still gets the day of its own time."""
+    pipeline = Pipeline(lambda: MemoryStore("memory://"), timezone="Europe/Paris")
+    midnight = 1_795_820_400.0  # 2026-11-28 00:00 in Paris, 23:00 UTC the day before
+    times = [midnight - 60.5, midnight - 0.5, midnight, midnight + 0.5, midnight - 0.25,
+             midnight + 59.5, midnight + 60, midnight + 86_400]
+    pageviews: list[PageView] = []
+    normalize_module.normalize_batch(
+        [hit()._replace(ts=ts) for ts in times], pipeline.tz, pageviews, []
+    )
+    assert [pv.day for pv in pageviews] == [
+        normalize_module.local_day(ts, pipeline.tz) for ts in times
+    ] == ["2026-11-27"] * 2 + ["2026-11-28"] * 2 + ["2026-11-27"] + ["2026-11-28"] * 2 + [
+        "2026-11-29"
+    ]
