@@ -188,7 +188,10 @@ class Uniques:
                 seen[cls] = {day}
             else:
                 days.add(day)
-            for path in views[1::4]:
+            paths: Iterable[str] = views[1::4]
+            if len(views) > 32:  # each page once: a group's views share their day
+                paths = dict.fromkeys(paths)  # (a reloaded page, a single-page app's beacon)
+            for path in paths:
                 dim = pages.get(path) or self._id(conn, "page", path)
                 days = chains.get(dim)
                 if days is None:
