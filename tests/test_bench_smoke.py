@@ -50,16 +50,21 @@ def _quick(section: str, tmp_path: Path, services: bool = False) -> tuple[str, l
         need_service(redis_up(), "Redis is not running on 127.0.0.1:6379")
         need_service(postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432")
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", section, "--out", str(out)],
+    done = _python("-m", "bench", "--quick", "--only", section, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(out.read_text())
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """This Python run with ``args`` in the repository, the ``bench`` package importable."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout, json.loads(out.read_text())
 
 
 def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
@@ -123,14 +128,7 @@ def test_an_instruction_count_child_runs_its_variant_and_writes_nothing_at_exit(
     """The child the instructions section runs under callgrind, run here without it: it
     checks the variant's answer, runs it and leaves before any exit handler would write
     the buffered hits (whose writing would be counted as the request path's)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--child", variant, "40", str(tmp_path)],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _python("-m", "bench.instructions", "--child", variant, "40", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "answered wrongly" not in done.stderr
     assert not any(tmp_path.glob("*.db")), "a store was opened: hits were written"
