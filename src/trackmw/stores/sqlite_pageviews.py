@@ -4,11 +4,11 @@ retention and rebuilding the rollups.
 A row of ``pageview_groups`` holds the page views of one batch that share a day, a
 visitor, a user, a browser class and botness (a visitor's session, mostly; anonymous
 views share one group per day), as one JSON array ``[ms, path, referrer, campaign, ms,
-path, …]``, ``ms`` the view's time in whole milliseconds (an int: JSON writes one in
-a tenth of the time a float takes; files written before held seconds, as a float, and
-are read as they are). A batch of 1,000 page views is a few hundred rows instead of a thousand,
-each with one array instead of eleven bound values per page view: that was most of what
-writing the raw events cost. The same groups feed the distinct counts
+path, …]``, ``ms`` the view's time in whole milliseconds (an int: JSON writes one in a
+tenth of the time a float takes; files written before held seconds, as a float, and
+are read as they are). A batch of 1,000 page views is a few hundred rows instead of a
+thousand, each with one array instead of eleven bound values per page view: that was
+most of what writing the raw events cost. The same groups feed the distinct counts
 (``sqlite_uniques``), which look at a session's visitor, day and browser only once.
 
 The groups are indexed by ``(day, visitor_id)`` and ``(day, user_id)``, not by the ids
