@@ -37,6 +37,8 @@ def normalize(hit: Hit, tz: ZoneInfo) -> PageView:
     """Turn a raw hit into the page view a store writes (an error is raised)."""
     pageviews: list[PageView] = []
     normalize_batch((hit,), tz, pageviews, [])
+    if not pageviews:
+        raise TypeError(f"not a Hit: {type(hit).__name__}")
     return pageviews[0]
 
 
@@ -73,8 +75,8 @@ def normalize_batch(
                 fixed = _anonymous(fixed)
                 visitor_id = user_id = None
             if ts // 60 != minute:
-                minute = ts // 60
                 day = local_day(ts, tz)
+                minute = ts // 60  # once the day is known: a hit whose day fails sets none
             # PageView(ts, day, visitor_id, user_id, path, referrer, campaign, browser, os,
             # device, bot), built as the tuple it is (no keyword parsing).
             add(_new_tuple(PageView, (ts, day, visitor_id, user_id, *fixed)))

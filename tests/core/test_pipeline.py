@@ -493,3 +493,32 @@ def test_a_batch_takes_each_hit_s_own_local_day_across_midnight() -> None:
     ] == ["2026-11-27"] * 2 + ["2026-11-28"] * 2 + ["2026-11-27"] + ["2026-11-28"] * 2 + [
         "2026-11-29"
     ]
+
+
+@pytest.mark.parametrize("order", ["bad first", "good first"])
+def test_hits_whose_day_cannot_be_told_are_left_out_and_set_no_day_for_the_next(
+    caplog: pytest.LogCaptureFixture, order: str
+) -> None:
+    """A time past the year 9999 (milliseconds taken for seconds) has no local day: the
+    hit is dropped, and the next hit of the same minute looks its own day up rather
+    than taking one the bad hit never had."""
+    store = MemoryStore("memory://")
+    pipeline = Pipeline(lambda: store, flush_interval=3600)
+    good = hit(0)
+    bad = [hit(1)._replace(ts=1e12), hit(2)._replace(ts=1e12 + 1)]
+    for item in [*bad, good] if order == "bad first" else [good, *bad]:
+        pipeline.add(item)
+    with caplog.at_level(logging.ERROR, "trackmw"):
+        assert pipeline.flush()
+    assert [(pv.path, pv.day) for pv in store._pageviews] == [
+        ("/p0", normalize_module.local_day(good.ts, pipeline.tz))
+    ]
+    assert sum("could not be normalized" in r.getMessage() for r in caplog.records) == 2
+    pipeline.close()
+
+
+def test_normalize_says_what_it_was_given_when_it_is_not_a_hit() -> None:
+    tz = Pipeline(lambda: MemoryStore("memory://")).tz
+    choice = ConsentChoice(1.0, "2026-11-27", "v" * 22, True, False, "1")
+    with pytest.raises(TypeError, match="not a Hit: ConsentChoice"):
+        normalize_module.normalize(choice, tz)  # type: ignore[arg-type]
