@@ -134,9 +134,15 @@ def test_view_times_are_kept_in_milliseconds_and_older_seconds_read_as_they_are(
         try:
             ((views,),) = conn.execute("SELECT views FROM pageview_groups").fetchall()
             assert json.loads(views) == [int(new.ts * 1000), "/new", None, None]
-            conn.execute(
+            # groups as files written before held them: seconds, a float, or an int
+            # where the page view's time was one
+            whole = int(ts_of(START, 30))
+            conn.executemany(
                 "INSERT INTO pageview_groups VALUES (?, 'v01', NULL, ?, ?, ?, 0, 1, ?)",
-                (START.isoformat(), *CLASSES[0], json.dumps([old_ts, "/old", None, None])),
+                [
+                    (START.isoformat(), *CLASSES[0], json.dumps([old_ts, "/old", None, None])),
+                    (START.isoformat(), *CLASSES[0], json.dumps([whole, "/whole", None, None])),
+                ],
             )
             conn.commit()
         finally:
@@ -145,11 +151,26 @@ def test_view_times_are_kept_in_milliseconds_and_older_seconds_read_as_they_are(
         assert sorted((pv.path, pv.ts) for pv in rows) == [
             ("/new", int(new.ts * 1000) / 1000),
             ("/old", old_ts),
+            ("/whole", whole),
         ]
         data = store.visitor_data("v01")
         assert [(p["time"][11:19], p["page"]) for p in data["pageviews"]] == [
             ("00:00:10", "/new"),
             ("00:00:20", "/old"),
+            ("00:00:30", "/whole"),
         ]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ts", [5.25, 0.0, -86_400.5, 99_999_999.75, 2e11, float("inf")])
+def test_times_milliseconds_cannot_hold_are_kept_as_seconds(tmp_path: Path, ts: float) -> None:
+    """Only times from March 1973 to the year 5138 are kept as milliseconds; any other
+    time comes back as it was written, as all of them did before."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'odd.db'}")
+    try:
+        store.write([pageview(START, 0, "v01", "/odd")._replace(ts=ts)], [])
+        _, rows = stored.of(store._conn(), "visitor_id", "v01")
+        assert [pv.ts for pv in rows] == [ts]
     finally:
         store.close()

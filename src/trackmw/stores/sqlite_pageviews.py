@@ -5,8 +5,8 @@ A row of ``pageview_groups`` holds the page views of one batch that share a day,
 visitor, a user, a browser class and botness (a visitor's session, mostly; anonymous
 views share one group per day), as one JSON array ``[ms, path, referrer, campaign, ms,
 path, …]``, ``ms`` the view's time in whole milliseconds (an int: JSON writes one in a
-tenth of the time a float takes; files written before held seconds, as a float, and
-are read as they are). A batch of 1,000 page views is a few hundred rows instead of a
+tenth of the time a float takes; see ``_MS`` for how seconds, which older rows hold,
+are told apart). A batch of 1,000 page views is a few hundred rows instead of a
 thousand, each with one array instead of eleven bound values per page view: that was
 most of what writing the raw events cost. The same groups feed the distinct counts
 (``sqlite_uniques``), which look at a session's visitor, day and browser only once.
@@ -49,6 +49,12 @@ CREATE INDEX IF NOT EXISTS pageview_groups_user ON pageview_groups (day, user_id
 """
 
 
+#: Times from March 1973 to the year 5138 (in seconds) are kept as milliseconds, each
+#: an int of at least ``_MS``; any other time as seconds, a float. Rows written before
+#: held seconds: floats, or ints where a page view's time was one, all below ``_MS``.
+_MS = 100_000_000_000
+_MS_FROM, _MS_TO = _MS / 1000, _MS
+
 # A batch encodes a few hundred small lists: the encoder is made once.
 _dumps = dumps_function()
 
@@ -64,7 +70,8 @@ def group(pageviews: Iterable[PageView]) -> Groups:
     for ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot in pageviews:
         key = (day, visitor, user, browser, os, device, bot)
         views = get(key)
-        ms = int(ts * 1000)  # JSON writes an int in a tenth of a float's time
+        # JSON writes an int in a tenth of a float's time.
+        ms = int(ts * 1000) if _MS_FROM <= ts < _MS_TO else float(ts)
         if views is None:
             groups[key] = [ms, path, referrer, campaign]
         else:
@@ -134,7 +141,7 @@ def _pageviews(rows: Iterable[Sequence[Any]]) -> list[PageView]:
         views = json.loads(text)
         for i in range(0, len(views), 4):
             ts, path, referrer, campaign = views[i : i + 4]
-            if type(ts) is int:  # milliseconds (older rows: seconds, a float)
+            if type(ts) is int and ts >= _MS:  # milliseconds; anything else: seconds
                 ts /= 1000
             out.append(
                 PageView(
