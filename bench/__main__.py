@@ -166,6 +166,10 @@ def section_instructions(quick: bool, tmp: str) -> tuple[list[Figure], list[str]
         loop.close()
     out = []
     for name, n in counts.items():
+        if name in instructions.WRITER:
+            out.append(Figure(f"instr.{name}", instructions.WRITER[name][0], n / 1000,
+                              "k instructions/hit"))
+            continue
         v = variants[name]
         baseline = v.baseline if v.baseline in counts else None
         out.append(Figure(f"instr.{name}", v.label, n / 1000, "k instructions/request",

@@ -15,6 +15,10 @@ handler (the pipelines' last flush) is counted; their writers never write meanwh
 (``bench.inprocess`` sets them a long flush interval), so, as in the timed section, a
 figure is the request path's cost.
 
+The background writer's work is counted the same way, per hit normalized and written
+to SQLite (``WRITER``): the request path's figures leave it out, as the timed section's
+do, and the stores section's write rates start from page views already normalized.
+
 ``python -m bench --only instructions`` (not part of a plain ``make bench``: it takes
 several minutes), or ``python -m bench.instructions`` alone. Needs ``valgrind`` on the
 PATH (``apt-get install valgrind``); without it the section is skipped with a note.
@@ -51,6 +55,16 @@ VARIANTS = (
 )
 WARM_UP = 50
 
+#: The background writer's work per hit, normalizing it and writing it to SQLite, for
+#: two streams of hits: one visitor's beacons (the wire pixel's), and many visitors'
+#: mixed pages and referrers. (label, visitors, pages, whether every third has a referrer)
+WRITER = {
+    "writer.beacons": ("writer: one visitor's beacons, written to SQLite", 1, 1, False),
+    "writer.mixed": ("writer: 3,000 visitors' hits on 97 pages, written to SQLite",
+                     3_000, 97, True),
+}
+WRITER_WARM_UP = 5_000
+
 _REFS = re.compile(r"(?:Collected\s*:|I\s+refs:)\s*([\d,]+)")
 
 
@@ -84,17 +98,56 @@ def _count(name: str, requests: int) -> int:
 
 
 def per_request(name: str, few: int, many: int) -> float:
-    """Instructions one request of variant ``name`` costs (``many`` runs less ``few``)."""
+    """Instructions one request (or one hit written) of variant ``name`` costs (``many``
+    runs less ``few``)."""
     return (_count(name, many) - _count(name, few)) / (many - few)
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    """Instructions per request of each of ``VARIANTS``, as many children at a time as
-    there are cores (a count does not depend on what else runs)."""
+    """Instructions per request of each of ``VARIANTS``, and per hit written of each of
+    ``WRITER``, as many children at a time as there are cores (a count does not depend
+    on what else runs)."""
     few, many = (200, 600) if quick else (1_000, 3_000)
+    hits = (2_000, 6_000) if quick else (10_000, 30_000)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         futures = {name: pool.submit(per_request, name, few, many) for name in VARIANTS}
+        futures |= {name: pool.submit(per_request, name, *hits) for name in WRITER}
         return {name: future.result() for name, future in futures.items()}
+
+
+def _writer_child(name: str, n: int, store_dir: str) -> None:
+    """Normalize and write ``n`` hits of stream ``name`` to SQLite after a warm-up, the
+    way the writer thread drains the buffer (batches of 1,000, SQLite writing five to a
+    transaction), and leave at once."""
+    from trackmw.events import Hit
+    from trackmw.pipeline import Pipeline
+    from trackmw.stores import open_store
+
+    from .apps import HOST, UA
+
+    _, visitors, pages, referrers = WRITER[name]
+    pipeline = Pipeline(lambda: open_store(f"sqlite:///{store_dir}/writer.db"),
+                        flush_interval=3600, batch_size=1_000, buffer_size=10**7)
+    start = 1_795_820_400.0
+
+    def stream(first: int, count: int) -> list[Hit]:
+        return [
+            Hit(start + i * 0.0123, f"V{i * 7919 % visitors:021d}", None, f"/a/{i % pages}",
+                "https://news.example/x" if referrers and i % 3 == 0 else None, None, UA, HOST)
+            for i in range(first, first + count)
+        ]
+
+    # The request path's appends, without waking the writer thread: this thread drains,
+    # so that the batches, and the count, are the same from run to run.
+    pipeline._buffer.extend(stream(0, WRITER_WARM_UP))
+    pipeline.drain()
+    pipeline._buffer.extend(stream(WRITER_WARM_UP, n))
+    if not pipeline.drain() or len(pipeline):
+        print(f"{name}: the writer did not write every hit", file=sys.stderr, flush=True)
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _child(name: str, requests: int, store_dir: str) -> None:
@@ -124,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         name, requests, store_dir = args.child
-        _child(name, int(requests), store_dir)
+        (_writer_child if name in WRITER else _child)(name, int(requests), store_dir)
     for name, n in run(args.quick).items():
-        print(f"{name:24} {n / 1000:8.1f} k instructions/request")
+        unit = "hit written" if name in WRITER else "request"
+        print(f"{name:24} {n / 1000:8.1f} k instructions/{unit}")
     return 0
 
 

@@ -139,3 +139,16 @@ def test_the_instructions_section_runs_only_when_named() -> None:
 
     assert "instructions" in OPTIONAL and "instructions" not in SECTIONS
     assert set(RUNNERS) == set(SECTIONS) | set(OPTIONAL)
+
+
+@pytest.mark.parametrize("stream", ["writer.beacons", "writer.mixed"])
+def test_a_writer_count_child_writes_every_hit_it_made(tmp_path: Path, stream: str) -> None:
+    import sqlite3
+
+    from bench.instructions import WRITER_WARM_UP
+
+    done = _python("-m", "bench.instructions", "--child", stream, "40", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "writer.db") as conn:
+        ((written,),) = conn.execute("SELECT sum(n) FROM pageview_groups").fetchall()
+    assert written == WRITER_WARM_UP + 40
