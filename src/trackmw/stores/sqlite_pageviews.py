@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS pageview_groups_user ON pageview_groups (day, user_id
 #: an int of at least ``_MS``; any other time as seconds, a float. Rows written before
 #: held seconds: floats, or ints where a page view's time was one, all below ``_MS``.
 _MS = 100_000_000_000
-_MS_FROM, _MS_TO = _MS / 1000, _MS
+_MS_FROM, _MS_TO = _MS / 1000, float(_MS)  # floats: a float compares slowly with an int
 
 # A batch encodes a few hundred small lists: the encoder is made once.
 _dumps = dumps_function()
@@ -67,11 +67,12 @@ def group(pageviews: Iterable[PageView]) -> Groups:
     """The page views by day, visitor, user, browser class and botness."""
     groups: Groups = {}
     get = groups.get
+    lo, hi = _MS_FROM, _MS_TO
     for ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot in pageviews:
         key = (day, visitor, user, browser, os, device, bot)
         views = get(key)
         # JSON writes an int in a tenth of a float's time.
-        ms = int(ts * 1000) if _MS_FROM <= ts < _MS_TO else float(ts)
+        ms = int(ts * 1000) if lo <= ts < hi else float(ts)
         if views is None:
             groups[key] = [ms, path, referrer, campaign]
         else:
