@@ -74,9 +74,10 @@ def normalize_batch(
             if visitor_id is None or fixed[6]:  # anonymous views and bots: no visitor data
                 fixed = _anonymous(fixed)
                 visitor_id = user_id = None
-            if ts // 60 != minute:
+            this_minute = ts // 60
+            if this_minute != minute:
                 day = local_day(ts, tz)
-                minute = ts // 60  # once the day is known: a hit whose day fails sets none
+                minute = this_minute  # once the day is known: a hit whose day fails sets none
             # PageView(ts, day, visitor_id, user_id, path, referrer, campaign, browser, os,
             # device, bot), built as the tuple it is (no keyword parsing).
             add(_new_tuple(PageView, (ts, day, visitor_id, user_id, *fixed)))

@@ -67,12 +67,11 @@ def group(pageviews: Iterable[PageView]) -> Groups:
     """The page views by day, visitor, user, browser class and botness."""
     groups: Groups = {}
     get = groups.get
-    lo, hi = _MS_FROM, _MS_TO
     for ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot in pageviews:
         key = (day, visitor, user, browser, os, device, bot)
         views = get(key)
         # JSON writes an int in a tenth of a float's time.
-        ms = int(ts * 1000) if lo <= ts < hi else float(ts)
+        ms = int(ts * 1000) if _MS_FROM <= ts < _MS_TO else float(ts)
         if views is None:
             groups[key] = [ms, path, referrer, campaign]
         else:
