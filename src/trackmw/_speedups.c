@@ -261,13 +261,12 @@ beacon_headers(PyObject *module, PyObject *headers)
 /* -- the beacon's common case --------------------------------------------------------- */
 
 static PyObject *str_method, *str_GET, *str_query_string, *bytes_empty;
-static PyObject *str_beacon_id, *str_user_id, *str_p, *str_r, *str_c;
-static PyObject *str_rate_limiter, *str_allow, *str_pipeline, *str_add;
+static PyObject *str_p, *str_r, *str_c, *str_allow, *str_add;
 static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200;
-static PyObject *str_limit, *str__since, *str__until, *str__counts, *str_max_keys;
-static PyObject *str__thread, *str_buffer_size, *str_batch_size, *str__buffer, *str_append;
 static PyTypeObject *deque_type;
+static PyObject *deque_append; /* deque.append, the method descriptor */
 static PyTypeObject *limiter_type, *pipeline_type; /* RateLimiter and Pipeline */
+static PyTypeObject *state_type;                   /* CookieState */
 static PyObject *limiter_allow, *pipeline_add;     /* and their allow and add */
 
 /* `key`'s value in the exact dict `d`, borrowed; NULL if absent or on error. */
@@ -278,91 +277,113 @@ PyDoc_STRVAR(beacon_doc,
 "Core.quick_beacon for an ASGI scope: the hit counted and the status to answer\n"
 "with, or None when the request is not the common case this decides from the\n"
 "caches alone (then nothing is done, and the Python path decides).\n\n"
-"caches: Core.beacon_caches, (states, queries, agents, hosts, hit type); core: the\n"
-"Core, whose rate_limiter.allow and pipeline.add are called as quick_beacon calls\n"
-"them (their common case mirrored in C); now: the time (a float, the hit's\n"
+"caches: Core.beacon_caches, (states, queries, agents, hosts, hit type, rate\n"
+"limiter, pipeline), whose limiter's allow and pipeline's add are called as\n"
+"quick_beacon calls them (their common case mirrored in C); core: the Core (its\n"
+"settings, for a beacon over the rate limit); now: the time (a float, the hit's\n"
 "timestamp). Entry counts a beacon with the same code; this function, like\n"
 "cached_state, LazyBase.enter, allow and add, is the piece the tests hold to the\n"
 "Python path.");
 
-/* The instance dict of `obj` (a new reference) when obj is exactly of `type` and its
- * method `name` is the class's own `func`: not replaced on the class, not shadowed on
- * the instance. The attributes quick_allow and quick_add read are then plain instance
- * attributes (the classes define no descriptors for them), which Python reads from
- * this dict too. NULL if not (with an error set only if reading failed). */
-static PyObject *
-plain_dict(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func)
+/* Is `obj` exactly of `type`, with its method `name` the class's own `func`: not
+ * replaced on the class, not shadowed on the instance? 1 if so, 0 if not, -1 on error. */
+static int
+plain_method(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func)
 {
-    if (Py_TYPE(obj) != type || PyDict_GetItemWithError(type->tp_dict, name) != func)
-        return NULL;
+    if (Py_TYPE(obj) != type)
+        return 0;
+    PyObject *found = PyDict_GetItemWithError(type->tp_dict, name);
+    if (found != func)
+        return found == NULL && PyErr_Occurred() ? -1 : 0;
     PyObject *dict = PyObject_GenericGetDict(obj, NULL);
     if (dict == NULL)
-        return NULL;
-    if (!PyDict_CheckExact(dict) || PyDict_GetItemWithError(dict, name) != NULL ||
-        PyErr_Occurred()) {
-        Py_DECREF(dict);
-        return NULL;
+        return -1;
+    int plain = 0;
+    if (PyDict_CheckExact(dict)) {
+        plain = PyDict_GetItemWithError(dict, name) == NULL;
+        if (plain && PyErr_Occurred())
+            plain = -1;
     }
-    return dict;
+    Py_DECREF(dict);
+    return plain;
 }
 
-/* An instance attribute (from plain_dict's dict) that must be an int: its value in
- * *out, 1; 0 if it is missing, another type or too large; -1 on error. */
+/* A value that must be an int (NULL: missing): it in *out, 1; 0 if it is missing,
+ * another type or too large for a C long (the Python code decides). Never fails. */
 static int
-int_item(PyObject *dict, PyObject *name, long *out)
+int_value(PyObject *value, long *out)
 {
-    PyObject *value = PyDict_GetItemWithError(dict, name);
-    if (value == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyLong_CheckExact(value))
+    if (value == NULL || !PyLong_CheckExact(value))
         return 0;
     *out = PyLong_AsLong(value);
     if (*out == -1 && PyErr_Occurred()) {
-        PyErr_Clear(); /* too large for a C long: the Python code decides */
+        PyErr_Clear();
         return 0;
     }
     return 1;
 }
 
+/* The offsets of the slots of RateLimiter, and of Pipeline's base _Lane, which
+ * quick_allow and quick_add read in place of their attributes; 0 if the class does
+ * not define that name as a plain object slot (and every call then goes to Python). */
+static Py_ssize_t off_limit, off_max_keys, off_since, off_until, off_counts;
+
+static Py_ssize_t off_buffer, off_thread, off_buffer_size, off_batch_size; /* Pipeline's */
+static Py_ssize_t off_beacon_id, off_user_id;                             /* CookieState's */
+
+/* The offset of the slot `name` of `type` (or of a base), 0 if it is not a plain
+ * object slot; -1 on error. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, const char *name)
+{
+    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
+    if (descr == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t offset = 0;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+            offset = member->offset;
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+/* The object in a slot at `offset` of `obj` (borrowed), NULL if it is unset. */
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
 /* RateLimiter.allow(key, now) for its common case: a key counted within the current
  * minute, or a new key while the table has room. 1 (allowed) or 0 (over the limit),
  * with the count made as allow makes it; -2 if not that case (nothing done: call
- * allow); -1 on error. Mirrors ratelimit.py line by line. */
+ * allow); -1 on error. Mirrors ratelimit.py line by line, reading the limiter's slots
+ * in place (RateLimiter has __slots__, so no instance can override allow). */
 static int
 quick_allow(PyObject *limiter, PyObject *key, double now)
 {
-    PyObject *attrs = plain_dict(limiter, limiter_type, str_allow, limiter_allow);
-    if (attrs == NULL) /* another class, or allow overridden or patched */
+    if (Py_TYPE(limiter) != limiter_type || off_counts == 0)
+        return -2; /* another class, or RateLimiter's slots are not what they were */
+    PyObject *allow = PyDict_GetItemWithError(limiter_type->tp_dict, str_allow);
+    if (allow != limiter_allow) /* allow patched on the class */
         return PyErr_Occurred() ? -1 : -2;
     long limit, max_keys, n = 0;
-    int result = -2;
-    PyObject *counts = NULL;
-    int ok = int_item(attrs, str_limit, &limit);
-    if (ok <= 0) {
-        result = ok < 0 ? -1 : -2;
-        goto done;
-    }
-    if (limit <= 0) {
-        result = 1;
-        goto done;
-    }
-    PyObject *since = PyDict_GetItemWithError(attrs, str__since);
-    PyObject *until = since == NULL ? NULL : PyDict_GetItemWithError(attrs, str__until);
-    if (until == NULL) {
-        result = PyErr_Occurred() ? -1 : -2;
-        goto done;
-    }
-    if (!PyFloat_CheckExact(since) || !PyFloat_CheckExact(until) ||
+    if (!int_value(SLOT(limiter, off_limit), &limit))
+        return -2;
+    if (limit <= 0)
+        return 1;
+    PyObject *since = SLOT(limiter, off_since), *until = SLOT(limiter, off_until);
+    if (since == NULL || until == NULL || !PyFloat_CheckExact(since) ||
+        !PyFloat_CheckExact(until) ||
         !(PyFloat_AS_DOUBLE(since) <= now && now < PyFloat_AS_DOUBLE(until)))
-        goto done; /* a new minute (or the clock went back): allow starts it */
-    counts = PyDict_GetItemWithError(attrs, str__counts);
-    if (counts == NULL) {
-        result = PyErr_Occurred() ? -1 : -2;
-        goto done;
-    }
+        return -2; /* a new minute (or the clock went back): allow starts it */
+    PyObject *counts = SLOT(limiter, off_counts);
+    if (counts == NULL || !PyDict_CheckExact(counts))
+        return -2;
+    int result = -2;
     Py_INCREF(counts); /* held: allocating below may run a finalizer that replaces it */
-    if (!PyDict_CheckExact(counts))
-        goto done;
     PyObject *found = PyDict_GetItemWithError(counts, key); /* counts.get(key, 0) */
     if (found == NULL && PyErr_Occurred()) {
         result = -1;
@@ -378,11 +399,8 @@ quick_allow(PyObject *limiter, PyObject *key, double now)
         }
     }
     if (n == 0) {
-        ok = int_item(attrs, str_max_keys, &max_keys);
-        if (ok <= 0) {
-            result = ok < 0 ? -1 : -2;
+        if (!int_value(SLOT(limiter, off_max_keys), &max_keys))
             goto done;
-        }
         if (PyDict_GET_SIZE(counts) >= max_keys) { /* full: unseen keys are not limited */
             result = 1;
             goto done;
@@ -397,53 +415,44 @@ quick_allow(PyObject *limiter, PyObject *key, double now)
     Py_DECREF(count);
     result = n < limit;
 done:
-    Py_XDECREF(counts);
-    Py_DECREF(attrs);
+    Py_DECREF(counts);
     return result;
 }
 
 /* Pipeline.add(item) for its common case: the writer is started and the item neither
  * fills a batch (whose writer must be woken) nor overflows the buffer. 0 when added;
- * -2 if not that case (nothing done: call add); -1 on error. Mirrors pipeline.py. */
+ * -2 if not that case (nothing done: call add); -1 on error. Mirrors pipeline.py,
+ * reading the attributes add reads from their slots (Pipeline's base, _Lane). */
 static int
 quick_add(PyObject *pipeline, PyObject *item)
 {
-    PyObject *attrs = plain_dict(pipeline, pipeline_type, str_add, pipeline_add);
-    if (attrs == NULL) /* another class, or add overridden or patched */
-        return PyErr_Occurred() ? -1 : -2;
+    if (off_batch_size == 0) /* _Lane's slots are not what they were */
+        return -2;
+    int plain = plain_method(pipeline, pipeline_type, str_add, pipeline_add);
+    if (plain <= 0) /* another class, or add overridden or patched */
+        return plain < 0 ? -1 : -2;
     long buffer_size, batch_size;
+    PyObject *thread = SLOT(pipeline, off_thread);
+    if (thread == NULL || thread == Py_None) /* not started: add starts it */
+        return -2;
+    if (!int_value(SLOT(pipeline, off_buffer_size), &buffer_size) ||
+        !int_value(SLOT(pipeline, off_batch_size), &batch_size))
+        return -2;
+    PyObject *buffer = SLOT(pipeline, off_buffer);
+    if (buffer == NULL || Py_TYPE(buffer) != deque_type || batch_size <= 0)
+        return -2;
     int result = -2;
-    PyObject *thread = PyDict_GetItemWithError(attrs, str__thread);
-    if (thread == NULL || thread == Py_None) { /* not started: add starts it */
-        result = PyErr_Occurred() ? -1 : -2;
-        goto done;
+    Py_INCREF(buffer);
+    Py_ssize_t n = PyObject_Size(buffer);
+    if (n < 0)
+        result = -1;
+    else if (n + 1 <= buffer_size && (n + 1) % batch_size != 0) {
+        PyObject *args[2] = {buffer, item};
+        PyObject *appended = PyObject_Vectorcall(deque_append, args, 2, NULL);
+        result = appended == NULL ? -1 : 0;
+        Py_XDECREF(appended);
     }
-    int ok = int_item(attrs, str_buffer_size, &buffer_size);
-    if (ok > 0)
-        ok = int_item(attrs, str_batch_size, &batch_size);
-    if (ok <= 0) {
-        result = ok < 0 ? -1 : -2;
-        goto done;
-    }
-    PyObject *buffer = PyDict_GetItemWithError(attrs, str__buffer);
-    if (buffer == NULL) {
-        result = PyErr_Occurred() ? -1 : -2;
-        goto done;
-    }
-    if (Py_TYPE(buffer) == deque_type && batch_size > 0) {
-        Py_INCREF(buffer);
-        Py_ssize_t n = PyObject_Size(buffer);
-        if (n < 0)
-            result = -1;
-        else if (n + 1 <= buffer_size && (n + 1) % batch_size != 0) {
-            PyObject *appended = PyObject_CallMethodOneArg(buffer, str_append, item);
-            result = appended == NULL ? -1 : 0;
-            Py_XDECREF(appended);
-        }
-        Py_DECREF(buffer);
-    }
-done:
-    Py_DECREF(attrs);
+    Py_DECREF(buffer);
     return result;
 }
 
@@ -503,12 +512,13 @@ beacon(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_obj)
 {
-    if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(caches) || PyTuple_GET_SIZE(caches) != 5 ||
+    if (!PyDict_CheckExact(scope) || !PyTuple_CheckExact(caches) || PyTuple_GET_SIZE(caches) != 7 ||
         !PyFloat_CheckExact(now_obj))
         Py_RETURN_NONE;
     PyObject *states = PyTuple_GET_ITEM(caches, 0), *queries = PyTuple_GET_ITEM(caches, 1);
     PyObject *agents = PyTuple_GET_ITEM(caches, 2), *hosts = PyTuple_GET_ITEM(caches, 3);
     PyTypeObject *hit_type = (PyTypeObject *)PyTuple_GET_ITEM(caches, 4);
+    PyObject *limiter = PyTuple_GET_ITEM(caches, 5), *pipeline = PyTuple_GET_ITEM(caches, 6);
     if (!PyDict_CheckExact(states) || !PyDict_CheckExact(queries) || !PyDict_CheckExact(agents) ||
         !PyDict_CheckExact(hosts) || !PyType_Check(hit_type) ||
         !PyType_IsSubtype(hit_type, &PyTuple_Type) ||
@@ -523,7 +533,7 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     PyObject *kept[16];
     int n_kept = 0;
 #define KEEP(x) (Py_INCREF(x), kept[n_kept++] = (x))
-    PyObject *result = NULL, *visitor_id = NULL, *user_id = NULL, *hit = NULL, *owner = NULL;
+    PyObject *result = NULL, *visitor_id = NULL, *user_id = NULL, *hit = NULL;
 
     PyObject *method = LOOKUP(scope, str_method);
     if (method == NULL)
@@ -584,23 +594,26 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
         goto end;
     KEEP(site);
 #undef KEEP
-    /* CookieState.beacon_id: the id the beacon counts without a cookie (or None) */
-    visitor_id = PyObject_GetAttr(state, str_beacon_id);
-    if (visitor_id == NULL || visitor_id == Py_None)
+    /* CookieState.beacon_id: the id the beacon counts without a cookie (or None), and
+     * its user_id, read from their slots */
+    if (Py_TYPE(state) != state_type || off_user_id == 0)
         goto end;
-    user_id = PyObject_GetAttr(state, str_user_id);
-    owner = user_id == NULL ? NULL : PyObject_GetAttr(core, str_rate_limiter);
-    if (owner == NULL)
+    visitor_id = SLOT(state, off_beacon_id);
+    user_id = SLOT(state, off_user_id);
+    if (visitor_id == NULL || visitor_id == Py_None || user_id == NULL) {
+        visitor_id = user_id = NULL; /* (not held yet) */
         goto end;
-    int ok = quick_allow(owner, visitor_id, now);
+    }
+    Py_INCREF(visitor_id);
+    Py_INCREF(user_id);
+    int ok = quick_allow(limiter, visitor_id, now);
     if (ok == -2) {
-        PyObject *call_args[3] = {owner, visitor_id, now_obj};
+        PyObject *call_args[3] = {limiter, visitor_id, now_obj};
         PyObject *allowed = PyObject_VectorcallMethod(
             str_allow, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         ok = allowed == NULL ? -1 : PyObject_IsTrue(allowed);
         Py_XDECREF(allowed);
     }
-    Py_CLEAR(owner);
     if (ok < 0)
         goto end;
     if (!ok) { /* over the rate limit: answered, not counted */
@@ -620,18 +633,14 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
         Py_INCREF(fields[i]);
         PyTuple_SET_ITEM(hit, i, fields[i]);
     }
-    owner = PyObject_GetAttr(core, str_pipeline);
-    if (owner == NULL)
-        goto end;
-    int added = quick_add(owner, hit);
+    int added = quick_add(pipeline, hit);
     if (added == -2) {
-        PyObject *add_args[2] = {owner, hit};
+        PyObject *add_args[2] = {pipeline, hit};
         PyObject *done = PyObject_VectorcallMethod(
             str_add, add_args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         added = done == NULL ? -1 : 0;
         Py_XDECREF(done);
     }
-    Py_CLEAR(owner);
     if (added == 0) {
         result = int_200;
         Py_INCREF(result);
@@ -978,6 +987,8 @@ plan_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Plan: lazy_type must be a subclass of LazyBase");
         return NULL;
     }
+    if (PyUnicode_READY(pixel_path) < 0)
+        return NULL;
     Plan *self = (Plan *)cls->tp_alloc(cls, 0);
     if (self == NULL)
         return NULL;
@@ -1706,7 +1717,10 @@ entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
         PyErr_Clear(); /* no path: the Python path says so */
         return NOT_TAKEN;
     }
-    int eq = path == plan->pixel_path ? 0 : PyUnicode_Compare(path, plan->pixel_path);
+    int eq = path == plan->pixel_path ? 0
+             : PyUnicode_IS_READY(path) && /* (pixel_path is: plan_new readies it) */
+               PyUnicode_GET_LENGTH(path) != PyUnicode_GET_LENGTH(plan->pixel_path) ? 1
+             : PyUnicode_Compare(path, plan->pixel_path);
     if (eq != 0) {
         if (eq == -1 && PyErr_Occurred())
             PyErr_Clear(); /* not comparable: not the pixel */
@@ -1777,10 +1791,12 @@ entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kw
         if (found == NULL && PyErr_Occurred())
             return NULL; /* reading _plan failed: as reading any attribute would */
         if (found != NULL && Py_IS_TYPE(found, &PlanType) && ((Plan *)found)->app != NULL) {
+            /* The pixel first: it costs a page one compare of its path, and spares the
+             * beacon the page's checks, which its path (under the prefix) fails. */
             PyObject *awaitable = NULL;
-            int taken = entry_fast((Plan *)found, args, &awaitable);
+            int taken = entry_pixel((Plan *)found, args, &awaitable);
             if (taken == NOT_TAKEN)
-                taken = entry_pixel((Plan *)found, args, &awaitable);
+                taken = entry_fast((Plan *)found, args, &awaitable);
             Py_DECREF(found);
             if (taken != NOT_TAKEN)
                 return awaitable; /* NULL if the app's call raised */
@@ -1917,29 +1933,25 @@ PyInit__speedups(void)
         intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0 ||
         intern(&str_visitor, "visitor") < 0 || intern(&str_send, "_send") < 0 ||
         intern(&str_method, "method") < 0 || intern(&str_GET, "GET") < 0 ||
-        intern(&str_query_string, "query_string") < 0 || intern(&str_beacon_id, "beacon_id") < 0 ||
-        intern(&str_user_id, "user_id") < 0 || intern(&str_p, "p") < 0 ||
+        intern(&str_query_string, "query_string") < 0 || 
+        intern(&str_p, "p") < 0 ||
         intern(&str_r, "r") < 0 || intern(&str_c, "c") < 0 ||
-        intern(&str_rate_limiter, "rate_limiter") < 0 || intern(&str_allow, "allow") < 0 ||
-        intern(&str_pipeline, "pipeline") < 0 || intern(&str_add, "add") < 0 ||
+        intern(&str_allow, "allow") < 0 || intern(&str_add, "add") < 0 ||
         intern(&str_settings, "settings") < 0 ||
         intern(&str_pixel_rate_limit_status, "pixel_rate_limit_status") < 0 ||
         intern(&str_plan, "_plan") < 0 || intern(&str_time, "_time") < 0 ||
         intern(&str_quiet, "quiet") < 0 || intern(&str_fresh, "fresh") < 0 ||
         intern(&str_send_quiet, "send_quiet") < 0 || intern(&str_send_fresh, "send_fresh") < 0 ||
         intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0 ||
-        intern(&str_status, "status") < 0 || intern(&str_limit, "limit") < 0 ||
-        intern(&str__since, "_since") < 0 || intern(&str__until, "_until") < 0 ||
-        intern(&str__counts, "_counts") < 0 || intern(&str_max_keys, "max_keys") < 0 ||
-        intern(&str__thread, "_thread") < 0 || intern(&str_buffer_size, "buffer_size") < 0 ||
-        intern(&str_batch_size, "batch_size") < 0 || intern(&str__buffer, "_buffer") < 0 ||
-        intern(&str_append, "append") < 0)
+        intern(&str_status, "status") < 0)
         return NULL;
-    /* What quick_allow and quick_add mirror, and the deque the pipeline buffers in. */
-    const char *found[3][2] = {{"collections", "deque"}, {"trackmw.ratelimit", "RateLimiter"},
-                               {"trackmw.pipeline", "Pipeline"}};
-    PyObject *objects[3];
-    for (int i = 0; i < 3; i++) {
+    /* What quick_allow and quick_add mirror, the deque the pipeline buffers in, and the
+     * cookie state count_beacon reads. */
+    const char *found[4][2] = {{"collections", "deque"}, {"trackmw.ratelimit", "RateLimiter"},
+                               {"trackmw.pipeline", "Pipeline"},
+                               {"trackmw.cookiestate", "CookieState"}};
+    PyObject *objects[4];
+    for (int i = 0; i < 4; i++) {
         PyObject *module = PyImport_ImportModule(found[i][0]);
         objects[i] = module == NULL ? NULL : PyObject_GetAttrString(module, found[i][1]);
         Py_XDECREF(module);
@@ -1949,9 +1961,31 @@ PyInit__speedups(void)
     deque_type = (PyTypeObject *)objects[0];
     limiter_type = (PyTypeObject *)objects[1];
     pipeline_type = (PyTypeObject *)objects[2];
+    state_type = (PyTypeObject *)objects[3];
     limiter_allow = PyObject_GetAttrString(objects[1], "allow"); /* the plain functions */
     pipeline_add = PyObject_GetAttrString(objects[2], "add");
     if (limiter_allow == NULL || pipeline_add == NULL)
+        return NULL;
+    Py_ssize_t *offsets[11] = {&off_limit, &off_max_keys, &off_since, &off_until, &off_counts,
+                               &off_thread, &off_buffer_size, &off_buffer, &off_batch_size,
+                               &off_beacon_id, &off_user_id};
+    const char *slots[11] = {"limit", "max_keys", "_since", "_until", "_counts",
+                             "_thread", "buffer_size", "_buffer", "batch_size",
+                             "beacon_id", "user_id"};
+    for (int i = 0; i < 11; i++) {
+        *offsets[i] = slot_offset(i < 5 ? limiter_type : i < 9 ? pipeline_type : state_type,
+                                  slots[i]);
+        if (*offsets[i] < 0)
+            return NULL;
+    }
+    if (!off_limit || !off_max_keys || !off_since || !off_until)
+        off_counts = 0; /* one is not a slot: quick_allow checks this one alone */
+    if (!off_thread || !off_buffer_size || !off_buffer)
+        off_batch_size = 0; /* and quick_add this one */
+    if (!off_beacon_id)
+        off_user_id = 0; /* and count_beacon this one */
+    deque_append = PyObject_GetAttrString(objects[0], "append");
+    if (deque_append == NULL)
         return NULL;
     bytes_empty = PyBytes_FromStringAndSize("", 0);
     int_200 = PyLong_FromLong(200);

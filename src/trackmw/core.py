@@ -76,11 +76,13 @@ class Core:
         self._hosts: dict[str | bytes, str] = {}
         #: What ``quick_beacon`` finds its answers in, for its C version
         #: (``trackmw._speedups.beacon``): the cookie states, the parsed pixel queries,
-        #: the User-Agents and hosts as hits keep them, and the type of a hit. ``None``
+        #: the User-Agents and hosts as hits keep them, the type of a hit, the rate
+        #: limiter and the pipeline (which are therefore fixed at construction). ``None``
         #: with ``allowed_hosts``, which only the Python path checks.
         self.beacon_caches: tuple[Any, ...] | None = None
         if not self._check_hosts:
-            self.beacon_caches = (self._states, parsed_queries(), self._agents, self._hosts, Hit)
+            self.beacon_caches = (self._states, parsed_queries(), self._agents, self._hosts, Hit,
+                                  self.rate_limiter, pipeline)
         # Do the cookies' ``Secure`` or ``Domain`` depend on request headers? Without a
         # ``cookie_domain`` and behind no trusted proxy, only the scheme counts.
         self.cookie_needs_headers = settings.cookie_domain is not None or (

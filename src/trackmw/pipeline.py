@@ -61,7 +61,19 @@ _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _STRETCH = 128
 
 
-class Pipeline:
+class _Lane:
+    """What ``Pipeline.add`` reads on every hit, as slots: the pixel's C count
+    (``trackmw._speedups``) reads them in place, where an instance's dict would cost it
+    a lookup each. Pipeline's other attributes stay in its ``__dict__``."""
+
+    __slots__ = ("_buffer", "_thread", "buffer_size", "batch_size")
+    _buffer: deque[Hit | ConsentChoice]
+    _thread: threading.Thread | None
+    buffer_size: int
+    batch_size: int
+
+
+class Pipeline(_Lane):
     """Buffer and background writer for one store."""
 
     retry_min = 0.5
@@ -82,13 +94,13 @@ class Pipeline:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.tz = ZoneInfo(timezone)
-        self._buffer: deque[Hit | ConsentChoice] = deque()
+        self._buffer = deque()
         self._pending: tuple[list[PageView], list[ConsentChoice]] | None = None
         self._sent = 0  # events the store took and holds, not yet written (``Store.held``)
         self._lock = threading.RLock()  # one drain at a time (writer thread, flush, erase)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = None
         self._failing_since: float | None = None
         self._backoff = 0.0
         self.dropped = 0

@@ -23,7 +23,12 @@ class RateLimiter:
     >>> limiter = RateLimiter(2)
     >>> [limiter.allow("v", now=0) for _ in range(3)]
     [True, True, False]
+
+    Its attributes are slots: the pixel's C count (``trackmw._speedups``) reads them in
+    place, and leaves a subclass or a patched ``allow`` to ``allow``.
     """
+
+    __slots__ = ("limit", "max_keys", "_since", "_until", "_counts")
 
     def __init__(self, limit: int, max_keys: int = 100_000) -> None:
         self.limit = limit

@@ -347,6 +347,28 @@ def test_the_c_beacon_counts_a_returning_visitors_beacon(beacon_tracker: Any) ->
         _speedups.beacon(dict(scope), core.beacon_caches, core, now)
     assert _speedups.beacon(dict(scope), core.beacon_caches, core, now) == 429  # over 3 a minute
 
+    # The state's ids are read from CookieState's slots: a state of another class (here
+    # a subclass) is left to the Python path, with nothing counted.
+    from trackmw.cookiestate import CookieState
+
+    class Odd(CookieState):
+        __slots__ = ()
+
+    cookie = scope["headers"][2][1]
+    not_before, not_after, state = core.beacon_caches[0][cookie]
+    odd = Odd.__new__(Odd)
+    for name in CookieState.__slots__:
+        setattr(odd, name, getattr(state, name))
+    core.beacon_caches[0][cookie] = (not_before, not_after, odd)
+    core.rate_limiter._counts = {}
+    try:
+        status, hits, counts, _ = _beacon_effects(
+            beacon_tracker, lambda: _speedups.beacon(dict(scope), core.beacon_caches, core, now)
+        )
+    finally:
+        core.beacon_caches[0][cookie] = (not_before, not_after, state)
+    assert (status, hits, counts) == (None, [], {})
+
 
 @needs_speedups
 def test_the_c_beacon_leaves_odd_arguments_to_python(beacon_tracker: Any) -> None:
@@ -356,8 +378,8 @@ def test_the_c_beacon_leaves_odd_arguments_to_python(beacon_tracker: Any) -> Non
     caches = core.beacon_caches
     scope = {"type": "http", "method": "GET", "path": "/_trackmw/pixel.gif",
              "query_string": b"", "headers": []}
-    odd_caches = [caches[:4], (*caches[:4], list), (*caches[:4], dict), [*caches],
-                  (caches[0], [], *caches[2:])]
+    odd_caches = [caches[:4], caches[:6], (*caches[:4], list, *caches[5:]),
+                  (*caches[:4], dict, *caches[5:]), [*caches], (caches[0], [], *caches[2:])]
     for odd in odd_caches:
         assert _speedups.beacon(scope, odd, core, T0) is None
     assert _speedups.beacon(scope, caches, core, 1) is None  # an int time
@@ -1363,20 +1385,21 @@ def test_an_interrupt_in_the_c_path_propagates(make_tracker: Callable[..., Track
     middleware = TrackingMiddleware(_middleware(tracker).app, tracker)
     scope = _pixel_scope(tracker)
 
-    class Interrupting(type(tracker.core.rate_limiter)):  # type: ignore[misc]
-        interrupted = False
+    from trackmw.ratelimit import RateLimiter
 
-        def allow(self, key: str, now: float | None = None) -> bool:
-            if not Interrupting.interrupted:  # once: the Python path would not raise it
-                Interrupting.interrupted = True
-                raise KeyboardInterrupt
-            return super().allow(key, now)
+    real, interrupted = RateLimiter.allow, []
+
+    def allow(self: RateLimiter, key: str, now: float | None = None) -> bool:
+        if not interrupted:  # once: the Python path would not raise it
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(self, key, now)
 
     with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
         _pure()(middleware.app, tracker)._quick_pixel(dict(scope))  # fills the caches
-        tracker.core.rate_limiter = Interrupting(100)
-        with pytest.raises(KeyboardInterrupt):
+        with mock.patch.object(RateLimiter, "allow", allow), pytest.raises(KeyboardInterrupt):
             asyncio.run(_await(middleware(dict(scope), None, _discard)))
+    assert interrupted
 
 
 @needs_speedups
@@ -1560,7 +1583,9 @@ def test_the_c_beacon_calls_allow_and_add_where_they_are_patched(
     make_tracker: Callable[..., Tracker],
 ) -> None:
     """The C mirrors of RateLimiter.allow and Pipeline.add stand aside for a method
-    patched on the class or the instance, or overridden (found by review)."""
+    patched on the class or the instance, or overridden (found by review). The rate
+    limiter has slots: its instances cannot be patched, so there is no such patch to
+    miss."""
     import asyncio
     from unittest import mock
 
@@ -1573,8 +1598,9 @@ def test_the_c_beacon_calls_allow_and_add_where_they_are_patched(
     with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
         _pure()(middleware.app, tracker)._quick_pixel(dict(scope))  # fills the caches
         core.pipeline._thread = core.pipeline._thread or "running"  # type: ignore[assignment]
-        for target, name in ((core.pipeline, "add"), (core.rate_limiter, "allow"),
-                             (RateLimiter, "allow")):
+        with pytest.raises(AttributeError):
+            mock.patch.object(core.rate_limiter, "allow", wraps=core.rate_limiter.allow).start()
+        for target, name in ((core.pipeline, "add"), (RateLimiter, "allow")):
             real = getattr(target, name)
             patch = (  # on the class, a function that binds as the method does
                 mock.patch.object(target, name, autospec=True, side_effect=real)
