@@ -1898,6 +1898,110 @@ static PyTypeObject EntryType = {
     .tp_members = entry_members,
 };
 
+/* -- the writer's normalize loop ------------------------------------------------------ */
+
+PyDoc_STRVAR(normalize_run_doc,
+"normalize_run(items, start, fixed, lo, hi, day, hit_type, pageview_type, pageviews, /)\n"
+"--\n\n"
+"trackmw.normalize.normalize_batch's loop over items[start:] (a list or a tuple), for\n"
+"its common case: a hit of exactly hit_type whose time is a float in [lo, hi) (a\n"
+"minute whose local day is day), whose texts are str (None where a hit may have\n"
+"none) and whose (page, referrer, campaign, user_agent, host) the dict fixed holds\n"
+"(normalize's cache). Appends each such hit's page view (of pageview_type) to the\n"
+"list pageviews, and returns the index of the first item it leaves to Python:\n"
+"len(items) if none. An Exception on the way is cleared, and that item left to\n"
+"Python too.");
+
+/* Is `obj` an exact str, or None where `none_ok`? */
+static int
+text_or_none(PyObject *obj, int none_ok)
+{
+    return PyUnicode_CheckExact(obj) || (none_ok && obj == Py_None);
+}
+
+static PyObject *
+normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "normalize_run() takes 9 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *items = args[0], *fixed = args[2], *day = args[5], *pageviews = args[8];
+    PyTypeObject *hit_type = (PyTypeObject *)args[6], *pv_type = (PyTypeObject *)args[7];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    double lo = PyFloat_AsDouble(args[3]);
+    if (lo == -1.0 && PyErr_Occurred())
+        return NULL;
+    double hi = PyFloat_AsDouble(args[4]);
+    if (hi == -1.0 && PyErr_Occurred())
+        return NULL;
+    if ((!PyList_CheckExact(items) && !PyTuple_CheckExact(items)) || !PyDict_CheckExact(fixed) ||
+        !PyUnicode_CheckExact(day) || !PyList_CheckExact(pageviews) || !PyType_Check(hit_type) ||
+        !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) ||
+        pv_type->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        pv_type->tp_itemsize != PyTuple_Type.tp_itemsize || i < 0)
+        return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
+    for (;; i++) {
+        /* The size is read again each time: a key's __eq__ (in the lookup) may run any
+         * code, and change the list. */
+        Py_ssize_t size = PyList_CheckExact(items) ? PyList_GET_SIZE(items) : PyTuple_GET_SIZE(items);
+        if (i >= size)
+            break;
+        PyObject *item = PyList_CheckExact(items) ? PyList_GET_ITEM(items, i)
+                                                  : PyTuple_GET_ITEM(items, i);
+        if (Py_TYPE(item) != hit_type || PyTuple_GET_SIZE(item) != 8)
+            break;
+        PyObject *ts = PyTuple_GET_ITEM(item, 0), *visitor = PyTuple_GET_ITEM(item, 1);
+        PyObject *user = PyTuple_GET_ITEM(item, 2), *page = PyTuple_GET_ITEM(item, 3);
+        PyObject *referrer = PyTuple_GET_ITEM(item, 4), *campaign = PyTuple_GET_ITEM(item, 5);
+        PyObject *agent = PyTuple_GET_ITEM(item, 6), *host = PyTuple_GET_ITEM(item, 7);
+        if (!PyFloat_CheckExact(ts) || !(lo <= PyFloat_AS_DOUBLE(ts) && PyFloat_AS_DOUBLE(ts) < hi) ||
+            !text_or_none(visitor, 1) || !text_or_none(user, 1) || !text_or_none(page, 0) ||
+            !text_or_none(referrer, 1) || !text_or_none(campaign, 1) ||
+            !text_or_none(agent, 0) || !text_or_none(host, 0))
+            break;
+        Py_INCREF(item); /* held: the lookup may run code that drops it from the list */
+        PyObject *key = PyTuple_Pack(5, page, referrer, campaign, agent, host);
+        PyObject *found = key == NULL ? NULL : PyDict_GetItemWithError(fixed, key);
+        Py_XINCREF(found);
+        Py_XDECREF(key);
+        PyObject *view = NULL;
+        /* found: (path, referrer, campaign, browser, os, device, bot) */
+        if (found != NULL && PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) == 7 &&
+            PyBool_Check(PyTuple_GET_ITEM(found, 6))) {
+            /* anonymous views and bots carry no visitor, user or device data */
+            int anonymous = visitor == Py_None || PyTuple_GET_ITEM(found, 6) == Py_True;
+            view = pv_type->tp_alloc(pv_type, 11);
+            if (view != NULL) {
+                PyObject *fields[11] = {ts, day, visitor, user, NULL, NULL, NULL, NULL, NULL, NULL,
+                                        NULL};
+                for (int k = 0; k < 7; k++)
+                    fields[4 + k] = PyTuple_GET_ITEM(found, k);
+                if (anonymous)
+                    fields[2] = fields[3] = fields[7] = fields[8] = fields[9] = Py_None;
+                for (int k = 0; k < 11; k++) {
+                    Py_INCREF(fields[k]);
+                    PyTuple_SET_ITEM(view, k, fields[k]);
+                }
+            }
+        }
+        Py_XDECREF(found);
+        Py_DECREF(item);
+        int added = view == NULL ? -1 : PyList_Append(pageviews, view);
+        Py_XDECREF(view);
+        if (added < 0)
+            break; /* not cached, not the common case, or an error (below) */
+    }
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL; /* KeyboardInterrupt and the like go through */
+        PyErr_Clear(); /* the Python path meets it again, and reports it as it does */
+    }
+    return PyLong_FromSsize_t(i);
+}
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -1907,6 +2011,8 @@ static PyMethodDef module_methods[] = {
     {"allow", (PyCFunction)(void (*)(void))allow_hook, METH_FASTCALL, allow_doc},
     {"add", (PyCFunction)(void (*)(void))add_hook, METH_FASTCALL, add_doc},
     {"add_cookies", (PyCFunction)(void (*)(void))add_cookies, METH_FASTCALL, add_cookies_doc},
+    {"normalize_run", (PyCFunction)(void (*)(void))normalize_run, METH_FASTCALL,
+     normalize_run_doc},
     {NULL},
 };
 

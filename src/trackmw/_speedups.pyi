@@ -5,7 +5,7 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 from .cookiestate import CookieState
 from .core import Core
-from .events import ConsentChoice, Hit
+from .events import ConsentChoice, Hit, PageView
 from .pipeline import Pipeline
 from .ratelimit import RateLimiter
 from .visitor import Visitor
@@ -35,6 +35,18 @@ def beacon(
 
 def allow(limiter: RateLimiter, key: str, now: float, /) -> bool: ...
 def add(pipeline: Pipeline, item: Hit | ConsentChoice, /) -> None: ...
+def normalize_run(
+    items: list[Any] | tuple[Any, ...],
+    start: int,
+    fixed: dict[Any, Any],
+    lo: float,
+    hi: float,
+    day: str,
+    hit_type: type[Hit],
+    pageview_type: type[PageView],
+    pageviews: list[PageView],
+    /,
+) -> int: ...
 def add_cookies(
     message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
 ) -> dict[str, Any] | None: ...

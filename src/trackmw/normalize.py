@@ -9,6 +9,7 @@ or device data.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -58,11 +59,24 @@ def normalize_batch(
     by them together (bounded), so a repeated hit costs one lookup and the tuple. The
     loop is the writer's per-event work, so it calls nothing for a cached hit: its
     local day is looked up again only when its minute differs from the hit before.
+    With the C speedups built, their ``normalize_run`` takes the cached hits of that
+    minute, and leaves every other item to this loop.
     """
+    run = _run if _run is not _UNRESOLVED else _resolve()
+    if type(items) is not list and type(items) is not tuple:
+        items = list(items)
     fixed_of = _fixed.get
     add = pageviews.append
     minute = day = None
-    for item in items:
+    lo = hi = 0.0  # the minute's bounds, for the C loop
+    i, n = 0, len(items)
+    while i < n:
+        if run is not None and day is not None:
+            i = run(items, i, _fixed, lo, hi, day, Hit, PageView, pageviews)
+            if i >= n:
+                break
+        item = items[i]
+        i += 1
         if type(item) is not Hit and not isinstance(item, Hit):
             others.append(item)
             continue
@@ -78,6 +92,8 @@ def normalize_batch(
             if this_minute != minute:
                 day = local_day(ts, tz)
                 minute = this_minute  # once the day is known: a hit whose day fails sets none
+                lo = float(minute * 60)
+                hi = lo + 60.0
             # PageView(ts, day, visitor_id, user_id, path, referrer, campaign, browser, os,
             # device, bot), built as the tuple it is (no keyword parsing).
             add(_new_tuple(PageView, (ts, day, visitor_id, user_id, *fixed)))
@@ -85,6 +101,25 @@ def normalize_batch(
             if failed is None:
                 raise
             failed(item, exc)
+
+
+#: ``trackmw._speedups.normalize_run``, or None: read at the first batch (importing
+#: the speedups imports the pipeline, which imports this module).
+_UNRESOLVED: Callable[..., int] = len
+_run: Callable[..., int] | None = _UNRESOLVED
+
+
+def _resolve() -> Callable[..., int] | None:
+    global _run
+    _run = None
+    if os.environ.get("TRACKMW_NO_EXTENSIONS", "") in ("", "0"):
+        try:
+            from ._speedups import normalize_run
+        except ImportError:  # not built: this module's loop does it all
+            pass
+        else:
+            _run = normalize_run
+    return _run
 
 
 def _fixed_for(

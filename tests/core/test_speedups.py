@@ -43,13 +43,14 @@ def test_the_speedups_are_built_where_they_are_required() -> None:
 
 @pytest.mark.parametrize(("value", "on"), [("1", False), ("yes", False), ("0", True), ("", True)])
 def test_the_environment_can_turn_the_speedups_off(value: str, on: bool) -> None:
-    code = "import trackmw.asgi as a; print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor)"
+    code = ("import trackmw.asgi as a, trackmw.normalize as n; "
+            "print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor, n._resolve() is not None)")
     env = {**os.environ, "TRACKMW_NO_EXTENSIONS": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     # Built here? (Not SPEEDUPS: this run itself may have them turned off.)
     built = importlib.util.find_spec("trackmw._speedups") is not None
     speedups = on and built
-    assert out.stdout.split() == [str(speedups), str(not speedups)], out.stderr
+    assert out.stdout.split() == [str(speedups), str(not speedups), str(speedups)], out.stderr
 
 
 # -- the lookup: the C code finds what the Python path finds, or leaves it to it ---------
@@ -1639,3 +1640,171 @@ def test_a_call_is_awaited_once_and_warns_when_never_awaited(
         gc.collect()
     assert any("was never awaited" in str(w.message) for w in caught)
     assert asyncio.iscoroutine(call)  # send, throw, close and __await__: asyncio's test
+
+
+# -- the writer's normalize loop -----------------------------------------------------------
+
+_AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+           "Chrome/120.0 Safari/537.36", "Googlebot/2.1 (+http://www.google.com/bot.html)"]
+
+
+class _Text(str):
+    """A str subclass: not the C loop's common case."""
+
+
+def _normalized_both_ways(items: list[Any], tz: str = "Europe/Paris") -> list[Any]:
+    """``normalize_batch``'s page views, other items and failures, with the C loop and
+    then without it, each from empty caches; both are returned."""
+    from zoneinfo import ZoneInfo
+
+    from trackmw import normalize
+
+    outcomes = []
+    for run in (normalize._resolve(), None):
+        assert (run is None) == (outcomes != [])
+        for cache in (normalize._fixed, normalize._pages, normalize._referrers):
+            cache.clear()
+        normalize._run = run
+        try:
+            pageviews: list[Any] = []
+            others: list[Any] = []
+            failed: list[Any] = []
+            normalize.normalize_batch(list(items), ZoneInfo(tz), pageviews, others,
+                                      lambda item, exc, failed=failed: failed.append(
+                                          (item, type(exc))))
+            again: list[Any] = []  # and once more, from the caches the first pass filled
+            normalize.normalize_batch(list(items), ZoneInfo(tz), again, [], lambda i, e: None)
+        finally:
+            normalize._run = normalize._UNRESOLVED
+        outcomes.append(([(type(pv), pv) for pv in pageviews], others, failed, again))
+    return outcomes
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from([T0, T0 + 0.5, T0 + 59.99, T0 + 60.0, T0 + 3600.25, T0 - 86_400.0, 1e12,
+                     int(T0), "bad"]),
+    st.sampled_from(["v" * 22, None, _Text("v" * 22)]),
+    st.sampled_from([None, "u1"]),
+    st.sampled_from(["/a", "/b?utm_campaign=x&y=1", _Text("/a"), "/" + "x" * 300]),
+    st.sampled_from([None, "https://news.example/x", "https://example.org/in"]),
+    st.sampled_from([None, "spring"]),
+    st.sampled_from(_AGENTS),
+    st.sampled_from(["example.org", "other.example"]),
+    st.sampled_from(["hit", "subclass", "choice"]),
+), max_size=20))
+def test_the_c_normalize_loop_gives_what_the_python_loop_gives(items: list[Any]) -> None:
+    from trackmw.events import ConsentChoice, Hit
+
+    class Late(Hit):
+        __slots__ = ()
+
+    made = []
+    for *fields, kind in items:
+        if kind == "choice":
+            made.append(ConsentChoice(T0, "2027-01-15", "v" * 22, True, False, "1"))
+        else:
+            made.append((Hit if kind == "hit" else Late)(*fields))
+    with_c, without = _normalized_both_ways(made)
+    assert with_c == without
+
+
+@needs_speedups
+def test_the_c_normalize_loop_takes_the_cached_hits_and_leaves_the_rest() -> None:
+    from zoneinfo import ZoneInfo
+
+    from trackmw import _speedups, normalize
+    from trackmw.events import Hit, PageView
+
+    tz = ZoneInfo("UTC")
+    cached = Hit(T0, "v" * 22, None, "/a", None, None, _AGENTS[0], "example.org")
+    bot = cached._replace(user_agent=_AGENTS[1], user_id="u1")
+    normalize.normalize_batch([cached, bot], tz, [], [])  # fills the cache
+    minute = T0 // 60 * 60
+    items = [cached, bot, cached._replace(visitor_id=None), cached._replace(ts=T0 + 60),
+             cached]
+    views: list[Any] = []
+    day = normalize.local_day(T0, tz)
+    args = (normalize._fixed, minute, minute + 60, day, Hit, PageView, views)
+    assert _speedups.normalize_run(items, 0, *args) == 3  # the next minute is Python's
+    assert views == [PageView(T0, day, "v" * 22, None, "/a", None, None, "Chrome", "Linux",
+                              "desktop", False),
+                     PageView(T0, day, None, None, "/a", None, None, None, None, None, True),
+                     PageView(T0, day, None, None, "/a", None, None, None, None, None, False)]
+    assert all(type(v) is PageView for v in views)
+    assert _speedups.normalize_run(items, 4, *args) == 5
+    assert _speedups.normalize_run(tuple(items), 5, *args) == 5
+    uncached = cached._replace(page="/not-yet")
+    assert _speedups.normalize_run([uncached], 0, *args) == 0
+    # Odd arguments: nothing done, Python decides.
+    for odd in ([*args[:4], dict, *args[5:]], [*args[:5], list, views], [*args[:6], ()]):
+        assert _speedups.normalize_run(items, 0, *odd) == 0
+    assert _speedups.normalize_run(iter(items), 0, *args) == 0
+    assert _speedups.normalize_run(items, -5, *args) == 0
+    with pytest.raises(TypeError):
+        _speedups.normalize_run(items, 0, *args[:-1])
+
+
+@needs_speedups
+def test_the_c_normalize_loop_survives_a_key_that_runs_code() -> None:
+    """A cached key whose ``__eq__`` empties the list of items and frees them while the
+    C loop looks a hit up: it holds the hit it reads, and reads the list's size again.
+    An Exception raised there leaves the hit to Python; a KeyboardInterrupt goes
+    through."""
+    from zoneinfo import ZoneInfo
+
+    from trackmw import normalize
+    from trackmw.events import Hit, PageView
+
+    tz = ZoneInfo("UTC")
+    text = "".join(["/", "fresh"])  # only the hit holds it
+
+    def items() -> list[Hit]:
+        return [Hit(T0, "v" * 22, None, text + str(i), None, None, _AGENTS[0], "example.org")
+                for i in range(3)]
+
+    normalize.normalize_batch(items(), tz, [], [])  # fills the cache
+    key = (text + "1", None, None, _AGENTS[0], "example.org")
+    fixed = normalize._fixed.pop(key)
+    minute = T0 // 60 * 60
+
+    class Clash:
+        action: Any = staticmethod(lambda: None)
+
+        def __hash__(self) -> int:
+            return hash(key)
+
+        def __eq__(self, other: object) -> bool:
+            Clash.action()
+            return False
+
+    normalize._fixed[Clash()] = fixed  # type: ignore[index]
+    normalize._fixed[key] = fixed  # after the clash: a lookup compares with it first
+    try:
+        batch = items()
+        views: list[Any] = []
+        Clash.action = staticmethod(lambda: (batch.clear(), [bytes(64) for _ in range(1000)]))
+        args = (normalize._fixed, minute, minute + 60, normalize.local_day(T0, tz), Hit,
+                PageView, views)
+        from trackmw import _speedups
+
+        assert _speedups.normalize_run(batch, 0, *args) == 2  # the list is empty by then
+        assert [v.path for v in views] == ["/fresh0", "/fresh1"]
+
+        def fail() -> None:
+            raise ValueError("from a key")
+
+        Clash.action = staticmethod(fail)
+        views.clear()
+        assert _speedups.normalize_run(items(), 0, *args) == 1  # left to Python
+        assert [v.path for v in views] == ["/fresh0"]
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        Clash.action = staticmethod(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _speedups.normalize_run(items(), 0, *args)
+    finally:
+        normalize._fixed.clear()
