@@ -2002,6 +2002,106 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(i);
 }
 
+/* -- the SQLite store's grouping of page views ------------------------------------ */
+
+PyDoc_STRVAR(group_run_doc,
+"group_run(pageviews, start, groups, pageview_type, ms_from, ms_to, /)\n--\n\n"
+"trackmw.stores.sqlite_pageviews.group's loop over pageviews[start:] (a list or a\n"
+"tuple), for its common case: a page view of exactly pageview_type whose time is a\n"
+"float in [ms_from, ms_to) (kept as int(ts * 1000)), whose day, ids, browser class\n"
+"and texts are str (None where a view may have none) and whose bot is a bool. Adds\n"
+"each such view to the dict groups as group does, and returns the index of the first\n"
+"one it leaves to Python: len(pageviews) if none. An Exception on the way is cleared,\n"
+"and that view left to Python too.");
+
+static PyObject *
+group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "group_run() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *views = args[0], *groups = args[2];
+    PyTypeObject *pv_type = (PyTypeObject *)args[3];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    double from = PyFloat_AsDouble(args[4]);
+    if (from == -1.0 && PyErr_Occurred())
+        return NULL;
+    double to = PyFloat_AsDouble(args[5]);
+    if (to == -1.0 && PyErr_Occurred())
+        return NULL;
+    if ((!PyList_CheckExact(views) && !PyTuple_CheckExact(views)) || !PyDict_CheckExact(groups) ||
+        !PyType_Check(pv_type) || i < 0)
+        return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
+    for (;; i++) {
+        /* The size is read again each time: a key's __eq__ (in the lookup) may run any
+         * code, and change the list. */
+        Py_ssize_t size = PyList_CheckExact(views) ? PyList_GET_SIZE(views) : PyTuple_GET_SIZE(views);
+        if (i >= size)
+            break;
+        PyObject *view = PyList_CheckExact(views) ? PyList_GET_ITEM(views, i)
+                                                  : PyTuple_GET_ITEM(views, i);
+        if (Py_TYPE(view) != pv_type || PyTuple_GET_SIZE(view) != 11)
+            break;
+        /* (ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot) */
+        PyObject **f = &PyTuple_GET_ITEM(view, 0);
+        if (!PyFloat_CheckExact(f[0]) ||
+            !(from <= PyFloat_AS_DOUBLE(f[0]) && PyFloat_AS_DOUBLE(f[0]) < to) ||
+            !text_or_none(f[1], 0) || !text_or_none(f[2], 1) || !text_or_none(f[3], 1) ||
+            !text_or_none(f[4], 0) || !text_or_none(f[5], 1) || !text_or_none(f[6], 1) ||
+            !text_or_none(f[7], 1) || !text_or_none(f[8], 1) || !text_or_none(f[9], 1) ||
+            !PyBool_Check(f[10]))
+            break;
+        Py_INCREF(view); /* held: the lookup may run code that drops it from the list */
+        f = &PyTuple_GET_ITEM(view, 0);
+        PyObject *ms = PyLong_FromLongLong((long long)(PyFloat_AS_DOUBLE(f[0]) * 1000));
+        PyObject *key = ms == NULL ? NULL : PyTuple_Pack(7, f[1], f[2], f[3], f[7], f[8], f[9], f[10]);
+        PyObject *found = key == NULL ? NULL : PyDict_GetItemWithError(groups, key);
+        int done = -1;
+        if (found != NULL && PyList_CheckExact(found)) { /* views += ms, path, referrer, campaign */
+            Py_INCREF(found);
+            PyObject *added[4] = {ms, f[4], f[5], f[6]};
+            Py_ssize_t before = PyList_GET_SIZE(found);
+            done = 0;
+            for (int k = 0; k < 4 && done == 0; k++)
+                done = PyList_Append(found, added[k]);
+            if (done < 0) { /* all four or none: Python adds the view again */
+                PyObject *type, *value, *traceback;
+                PyErr_Fetch(&type, &value, &traceback);
+                if (PyList_SetSlice(found, before, PyList_GET_SIZE(found), NULL) < 0)
+                    PyErr_Clear(); /* (a deletion this small allocates nothing) */
+                PyErr_Restore(type, value, traceback);
+            }
+            Py_DECREF(found);
+        }
+        else if (found == NULL && key != NULL && !PyErr_Occurred()) { /* a new group */
+            PyObject *list = PyList_New(4);
+            if (list != NULL) {
+                PyObject *added[4] = {ms, f[4], f[5], f[6]};
+                for (int k = 0; k < 4; k++) {
+                    Py_INCREF(added[k]);
+                    PyList_SET_ITEM(list, k, added[k]);
+                }
+                done = PyDict_SetItem(groups, key, list);
+                Py_DECREF(list);
+            }
+        }
+        Py_XDECREF(key);
+        Py_XDECREF(ms);
+        Py_DECREF(view);
+        if (done < 0)
+            break; /* a group that is not a list, or an error (below) */
+    }
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL; /* KeyboardInterrupt and the like go through */
+        PyErr_Clear(); /* the Python path meets it again, and reports it as it does */
+    }
+    return PyLong_FromSsize_t(i);
+}
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -2013,6 +2113,7 @@ static PyMethodDef module_methods[] = {
     {"add_cookies", (PyCFunction)(void (*)(void))add_cookies, METH_FASTCALL, add_cookies_doc},
     {"normalize_run", (PyCFunction)(void (*)(void))normalize_run, METH_FASTCALL,
      normalize_run_doc},
+    {"group_run", (PyCFunction)(void (*)(void))group_run, METH_FASTCALL, group_run_doc},
     {NULL},
 };
 

@@ -24,13 +24,13 @@ through ``Core.request_state``.)
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import time as _time
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
+from . import _ext
 from .cookiestate import CookieState
 from .core import Core
 from .endpoints import MAX_BODY, text_response
@@ -45,7 +45,7 @@ __all__ = ["SPEEDUPS", "LazyVisitor", "TrackingMiddleware"]
 log = logging.getLogger("trackmw")
 
 try:
-    if os.environ.get("TRACKMW_NO_EXTENSIONS", "") not in ("", "0"):
+    if not _ext.enabled():
         raise ImportError("TRACKMW_NO_EXTENSIONS is set")
     from . import _speedups
 except ImportError as exc:  # no compiler at install, another Python: the same in Python

@@ -9,12 +9,12 @@ or device data.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
+from ._ext import speedup
 from .events import MAX_CAMPAIGN, MAX_LEN, UNKNOWN_PAGE, ConsentChoice, Hit, PageView
 from .useragent import classify
 
@@ -62,7 +62,7 @@ def normalize_batch(
     With the C speedups built, their ``normalize_run`` takes the cached hits of that
     minute, and leaves every other item to this loop.
     """
-    run = _run if _run is not _UNRESOLVED else _resolve()
+    run = speedup("normalize_run")
     if type(items) is not list and type(items) is not tuple:
         items = list(items)
     fixed_of = _fixed.get
@@ -101,25 +101,6 @@ def normalize_batch(
             if failed is None:
                 raise
             failed(item, exc)
-
-
-#: ``trackmw._speedups.normalize_run``, or None: read at the first batch (importing
-#: the speedups imports the pipeline, which imports this module).
-_UNRESOLVED: Callable[..., int] = len
-_run: Callable[..., int] | None = _UNRESOLVED
-
-
-def _resolve() -> Callable[..., int] | None:
-    global _run
-    _run = None
-    if os.environ.get("TRACKMW_NO_EXTENSIONS", "") in ("", "0"):
-        try:
-            from ._speedups import normalize_run
-        except ImportError:  # not built: this module's loop does it all
-            pass
-        else:
-            _run = normalize_run
-    return _run
 
 
 def _fixed_for(

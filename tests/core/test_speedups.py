@@ -44,7 +44,8 @@ def test_the_speedups_are_built_where_they_are_required() -> None:
 @pytest.mark.parametrize(("value", "on"), [("1", False), ("yes", False), ("0", True), ("", True)])
 def test_the_environment_can_turn_the_speedups_off(value: str, on: bool) -> None:
     code = ("import trackmw.asgi as a, trackmw.normalize as n; "
-            "print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor, n._resolve() is not None)")
+            "print(a.SPEEDUPS, a.LazyVisitor is a.PyLazyVisitor, "
+            "n.speedup('normalize_run') is not None)")
     env = {**os.environ, "TRACKMW_NO_EXTENSIONS": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     # Built here? (Not SPEEDUPS: this run itself may have them turned off.)
@@ -1658,13 +1659,14 @@ def _normalized_both_ways(items: list[Any], tz: str = "Europe/Paris") -> list[An
     from zoneinfo import ZoneInfo
 
     from trackmw import normalize
+    from trackmw._ext import speedup
 
     outcomes = []
-    for run in (normalize._resolve(), None):
+    for run in (normalize.speedup("normalize_run"), None):
         assert (run is None) == (outcomes != [])
         for cache in (normalize._fixed, normalize._pages, normalize._referrers):
             cache.clear()
-        normalize._run = run
+        normalize.speedup = lambda name, run=run: run  # type: ignore[assignment]
         try:
             pageviews: list[Any] = []
             others: list[Any] = []
@@ -1675,7 +1677,7 @@ def _normalized_both_ways(items: list[Any], tz: str = "Europe/Paris") -> list[An
             again: list[Any] = []  # and once more, from the caches the first pass filled
             normalize.normalize_batch(list(items), ZoneInfo(tz), again, [], lambda i, e: None)
         finally:
-            normalize._run = normalize._UNRESOLVED
+            normalize.speedup = speedup  # type: ignore[assignment]
         outcomes.append(([(type(pv), pv) for pv in pageviews], others, failed, again))
     return outcomes
 
@@ -1808,3 +1810,130 @@ def test_the_c_normalize_loop_survives_a_key_that_runs_code() -> None:
             _speedups.normalize_run(items(), 0, *args)
     finally:
         normalize._fixed.clear()
+
+
+# -- the SQLite store's grouping ----------------------------------------------------------
+
+
+def _grouped_both_ways(views: list[Any]) -> list[Any]:
+    """``sqlite_pageviews.group`` of ``views`` with the C loop, then without it."""
+    from trackmw._ext import speedup
+    from trackmw.stores import sqlite_pageviews
+
+    outcomes = []
+    for run in (speedup("group_run"), None):
+        assert (run is None) == (outcomes != [])
+        sqlite_pageviews.speedup = lambda name, run=run: run  # type: ignore[assignment]
+        try:
+            groups = sqlite_pageviews.group(list(views))
+        finally:
+            sqlite_pageviews.speedup = speedup  # type: ignore[assignment]
+        outcomes.append([(key, [(type(v), v) for v in found]) for key, found in groups.items()])
+    return outcomes
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from([T0, T0 + 0.0005, T0 + 0.1234, 1e8, 1e8 - 0.5, 1e11, 1e11 - 1.0, 5.0,
+                     int(T0), -1.0]),
+    st.sampled_from(["2027-01-15", "2027-01-16", _Text("2027-01-15")]),
+    st.sampled_from(["v" * 22, None, _Text("v" * 22)]),
+    st.sampled_from([None, "u1"]),
+    st.sampled_from(["/a", "/b", _Text("/a")]),
+    st.sampled_from([None, "news.example"]),
+    st.sampled_from([None, "spring"]),
+    st.sampled_from([("Chrome", "Linux", "desktop"), (None, None, None),
+                     (_Text("Chrome"), "Linux", "desktop")]),
+    st.sampled_from([False, True, 0, 1]),
+    st.sampled_from(["view", "subclass", "tuple"]),
+), max_size=25))
+def test_the_c_grouping_gives_what_the_python_grouping_gives(items: list[Any]) -> None:
+    from trackmw.events import PageView
+
+    class Late(PageView):
+        __slots__ = ()
+
+    views = []
+    for ts, day, visitor, user, path, referrer, campaign, (browser, os_, device), bot, kind in items:
+        fields = (ts, day, visitor, user, path, referrer, campaign, browser, os_, device, bot)
+        views.append(tuple(fields) if kind == "tuple" else (
+            PageView if kind == "view" else Late)(*fields))
+    with_c, without = _grouped_both_ways(views)
+    assert with_c == without
+
+
+@needs_speedups
+def test_the_c_grouping_takes_the_common_case_and_leaves_the_rest() -> None:
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.sqlite_pageviews import _MS_FROM, _MS_TO
+
+    view = PageView(T0 + 0.25, "2027-01-15", "v" * 22, None, "/a", None, None, "Chrome",
+                    "Linux", "desktop", False)
+    later = view._replace(ts=T0 + 1.5, path="/b", referrer="news.example")
+    views = [view, later, view._replace(ts=int(T0)), view]
+    groups: dict[Any, Any] = {}
+    assert _speedups.group_run(views, 0, groups, PageView, _MS_FROM, _MS_TO) == 2
+    key = ("2027-01-15", "v" * 22, None, "Chrome", "Linux", "desktop", False)
+    assert groups == {key: [int((T0 + 0.25) * 1000), "/a", None, None,
+                            int((T0 + 1.5) * 1000), "/b", "news.example", None]}
+    assert _speedups.group_run(tuple(views), 3, groups, PageView, _MS_FROM, _MS_TO) == 4
+    assert len(groups[key]) == 12
+    groups[key] = "not a list"
+    assert _speedups.group_run(views, 0, groups, PageView, _MS_FROM, _MS_TO) == 0
+    for odd in ([views, 0, [], PageView], [iter(views), 0, {}, PageView], [views, 0, {}, tuple],
+                [views, -3, {}, PageView]):
+        assert _speedups.group_run(*odd, _MS_FROM, _MS_TO) == 0
+    with pytest.raises(TypeError):
+        _speedups.group_run(views, 0, {}, PageView, _MS_FROM)
+
+
+@needs_speedups
+def test_the_c_grouping_survives_a_key_that_runs_code() -> None:
+    """A group's key whose ``__eq__`` empties the list of views and frees them while
+    the C loop looks a view's group up: it holds the view it reads, and reads the list's
+    size again. An Exception raised there leaves the view to Python; a KeyboardInterrupt
+    goes through."""
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.sqlite_pageviews import _MS_FROM, _MS_TO
+
+    day = "".join(["2027-", "01-15"])  # only the views hold it
+
+    def views() -> list[PageView]:
+        return [PageView(T0 + i, day + "", "v" * 22, None, "/p" + str(i), None, None, None,
+                         None, None, bool(i == 1)) for i in range(3)]
+
+    key = (day, "v" * 22, None, None, None, None, True)  # the second view's
+
+    class Clash:
+        action: Any = staticmethod(lambda: None)
+
+        def __hash__(self) -> int:
+            return hash(key)
+
+        def __eq__(self, other: object) -> bool:
+            Clash.action()
+            return False
+
+    batch = views()
+    groups: dict[Any, Any] = {Clash(): []}
+    Clash.action = staticmethod(lambda: (batch.clear(), [bytes(64) for _ in range(1000)]))
+    assert _speedups.group_run(batch, 0, groups, PageView, _MS_FROM, _MS_TO) == 2
+    assert [v[1] for k, v in groups.items() if type(k) is tuple] == ["/p0", "/p1"]
+
+    def fail() -> None:
+        raise ValueError("from a key")
+
+    Clash.action = staticmethod(fail)
+    groups = {Clash(): []}
+    assert _speedups.group_run(views(), 0, groups, PageView, _MS_FROM, _MS_TO) == 1
+    assert len(groups) == 2  # the clash and the first view's group
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    Clash.action = staticmethod(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _speedups.group_run(views(), 0, {Clash(): []}, PageView, _MS_FROM, _MS_TO)

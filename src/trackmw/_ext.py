@@ -1,0 +1,33 @@
+"""The optional C speedups (``trackmw._speedups``), and whether to use them."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["enabled", "speedup"]
+
+
+def enabled() -> bool:
+    """False when the ``TRACKMW_NO_EXTENSIONS`` environment variable turns them off."""
+    return os.environ.get("TRACKMW_NO_EXTENSIONS", "") in ("", "0")
+
+
+@functools.cache
+def speedup(name: str) -> Callable[..., Any] | None:
+    """The C function ``name`` of ``trackmw._speedups``, or None when the module is not
+    built or is turned off: the caller then does it all in Python.
+
+    Read at the first call, not at import: importing the speedups imports the pipeline,
+    which imports the modules that call this.
+    """
+    if not enabled():
+        return None
+    try:
+        from . import _speedups
+    except ImportError:  # not built (no compiler at install, another Python)
+        return None
+    function: Callable[..., Any] = getattr(_speedups, name)
+    return function
