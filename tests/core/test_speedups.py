@@ -1855,8 +1855,8 @@ def test_the_c_grouping_gives_what_the_python_grouping_gives(items: list[Any]) -
         __slots__ = ()
 
     views = []
-    for ts, day, visitor, user, path, referrer, campaign, (browser, os_, device), bot, kind in items:
-        fields = (ts, day, visitor, user, path, referrer, campaign, browser, os_, device, bot)
+    for ts, day, visitor, user, path, referrer, campaign, names, bot, kind in items:
+        fields = (ts, day, visitor, user, path, referrer, campaign, *names, bot)
         views.append(tuple(fields) if kind == "tuple" else (
             PageView if kind == "view" else Late)(*fields))
     with_c, without = _grouped_both_ways(views)
