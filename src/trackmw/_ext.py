@@ -18,7 +18,7 @@ def enabled() -> bool:
 @functools.cache
 def speedup(name: str) -> Callable[..., Any] | None:
     """The C function ``name`` of ``trackmw._speedups``, or None when the module is not
-    built or is turned off: the caller then does it all in Python.
+    built, is turned off or lacks it: the caller then does it all in Python.
 
     Read at the first call, not at import: importing the speedups imports the pipeline,
     which imports the modules that call this.
@@ -29,5 +29,6 @@ def speedup(name: str) -> Callable[..., Any] | None:
         from . import _speedups
     except ImportError:  # not built (no compiler at install, another Python)
         return None
-    function: Callable[..., Any] = getattr(_speedups, name)
+    # None from a module built before ``name`` was added (an in-place build not redone)
+    function: Callable[..., Any] | None = getattr(_speedups, name, None)
     return function

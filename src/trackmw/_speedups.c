@@ -344,7 +344,8 @@ slot_offset(PyTypeObject *type, const char *name)
         return 0;
     }
     Py_ssize_t offset = 0;
-    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+        PyType_IsSubtype(type, ((PyMemberDescrObject *)descr)->d_common.d_type)) {
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
         if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
             offset = member->offset;
@@ -1939,6 +1940,7 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((!PyList_CheckExact(items) && !PyTuple_CheckExact(items)) || !PyDict_CheckExact(fixed) ||
         !PyUnicode_CheckExact(day) || !PyList_CheckExact(pageviews) || !PyType_Check(hit_type) ||
+        !PyType_IsSubtype(hit_type, &PyTuple_Type) ||
         !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) ||
         pv_type->tp_basicsize != PyTuple_Type.tp_basicsize ||
         pv_type->tp_itemsize != PyTuple_Type.tp_itemsize || i < 0)
@@ -2033,7 +2035,8 @@ group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (to == -1.0 && PyErr_Occurred())
         return NULL;
     if ((!PyList_CheckExact(views) && !PyTuple_CheckExact(views)) || !PyDict_CheckExact(groups) ||
-        !PyType_Check(pv_type) || i < 0)
+        !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) || i < 0 ||
+        !(-9e15 <= from && to <= 9e15)) /* (ts * 1000 must fit a long long) */
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     for (;; i++) {
         /* The size is read again each time: a key's __eq__ (in the lookup) may run any
@@ -2140,7 +2143,7 @@ PyInit__speedups(void)
         intern(&str_trackmw, "trackmw") < 0 || intern(&str_send_full, "send_full") < 0 ||
         intern(&str_visitor, "visitor") < 0 || intern(&str_send, "_send") < 0 ||
         intern(&str_method, "method") < 0 || intern(&str_GET, "GET") < 0 ||
-        intern(&str_query_string, "query_string") < 0 || 
+        intern(&str_query_string, "query_string") < 0 ||
         intern(&str_p, "p") < 0 ||
         intern(&str_r, "r") < 0 || intern(&str_c, "c") < 0 ||
         intern(&str_allow, "allow") < 0 || intern(&str_add, "add") < 0 ||

@@ -47,6 +47,15 @@ def normalize_run(
     pageviews: list[PageView],
     /,
 ) -> int: ...
+def group_run(
+    pageviews: list[Any] | tuple[Any, ...],
+    start: int,
+    groups: dict[Any, list[Any]],
+    pageview_type: type[PageView],
+    ms_from: float,
+    ms_to: float,
+    /,
+) -> int: ...
 def add_cookies(
     message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
 ) -> dict[str, Any] | None: ...

@@ -51,9 +51,22 @@ __all__ = ["Core"]
 
 log = logging.getLogger("trackmw")
 
+#: Core's attributes that cannot be replaced once set.
+_FIXED = frozenset({"pipeline", "rate_limiter"})
+
 
 class Core:
-    """Decides, for one request, the visitor, the cookies and the events."""
+    """Decides, for one request, the visitor, the cookies and the events.
+
+    Its ``pipeline`` and ``rate_limiter`` are fixed at construction: the beacon's C count
+    holds them (``beacon_caches``), and a replacement would split the counts between
+    that path and the Python ones.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIXED and hasattr(self, name):  # (not __dict__: it would be made)
+            raise AttributeError(f"Core.{name} is fixed at construction")
+        object.__setattr__(self, name, value)
 
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
@@ -77,8 +90,8 @@ class Core:
         #: What ``quick_beacon`` finds its answers in, for its C version
         #: (``trackmw._speedups.beacon``): the cookie states, the parsed pixel queries,
         #: the User-Agents and hosts as hits keep them, the type of a hit, the rate
-        #: limiter and the pipeline (which are therefore fixed at construction). ``None``
-        #: with ``allowed_hosts``, which only the Python path checks.
+        #: limiter and the pipeline (fixed at construction). ``None`` with
+        #: ``allowed_hosts``, which only the Python path checks.
         self.beacon_caches: tuple[Any, ...] | None = None
         if not self._check_hosts:
             self.beacon_caches = (self._states, parsed_queries(), self._agents, self._hosts, Hit,

@@ -69,11 +69,11 @@ def normalize_batch(
     add = pageviews.append
     minute = day = None
     lo = hi = 0.0  # the minute's bounds, for the C loop
-    i, n = 0, len(items)
-    while i < n:
+    i = 0
+    while i < len(items):
         if run is not None and day is not None:
             i = run(items, i, _fixed, lo, hi, day, Hit, PageView, pageviews)
-            if i >= n:
+            if i >= len(items):
                 break
         item = items[i]
         i += 1

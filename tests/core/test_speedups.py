@@ -1685,8 +1685,9 @@ def _normalized_both_ways(items: list[Any], tz: str = "Europe/Paris") -> list[An
 @needs_speedups
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(
-    st.sampled_from([T0, T0 + 0.5, T0 + 59.99, T0 + 60.0, T0 + 3600.25, T0 - 86_400.0, 1e12,
-                     int(T0), "bad"]),
+    # 53,999.5 and 54,000: the last half second of a day in Paris, and the next day
+    st.sampled_from([T0, T0 + 0.5, T0 + 59.99, T0 + 60.0, T0 + 3600.25, T0 + 53_999.5,
+                     T0 + 54_000.0, T0 - 86_400.0, 1e12, int(T0), "bad"]),
     st.sampled_from(["v" * 22, None, _Text("v" * 22)]),
     st.sampled_from([None, "u1"]),
     st.sampled_from(["/a", "/b?utm_campaign=x&y=1", _Text("/a"), "/" + "x" * 300]),
@@ -1742,6 +1743,8 @@ def test_the_c_normalize_loop_takes_the_cached_hits_and_leaves_the_rest() -> Non
     # Odd arguments: nothing done, Python decides.
     for odd in ([*args[:4], dict, *args[5:]], [*args[:5], list, views], [*args[:6], ()]):
         assert _speedups.normalize_run(items, 0, *odd) == 0
+    # A hit type that is not a tuple's: left to Python, not read as one (found by review).
+    assert _speedups.normalize_run([b"12345678"], 0, *args[:4], bytes, *args[5:]) == 0
     assert _speedups.normalize_run(iter(items), 0, *args) == 0
     assert _speedups.normalize_run(items, -5, *args) == 0
     with pytest.raises(TypeError):
@@ -1760,11 +1763,11 @@ def test_the_c_normalize_loop_survives_a_key_that_runs_code() -> None:
     from trackmw.events import Hit, PageView
 
     tz = ZoneInfo("UTC")
-    text = "".join(["/", "fresh"])  # only the hit holds it
+    text = "".join(["/", "fresh"])
 
-    def items() -> list[Hit]:
-        return [Hit(T0, "v" * 22, None, text + str(i), None, None, _AGENTS[0], "example.org")
-                for i in range(3)]
+    def items() -> list[Hit]:  # each hit alone holds its time, visitor id and page
+        return [Hit(float(repr(T0 + i)), "".join(["v"] * 22), None, text + str(i), None, None,
+                    _AGENTS[0], "example.org") for i in range(3)]
 
     normalize.normalize_batch(items(), tz, [], [])  # fills the cache
     key = (text + "1", None, None, _AGENTS[0], "example.org")
@@ -1786,13 +1789,16 @@ def test_the_c_normalize_loop_survives_a_key_that_runs_code() -> None:
     try:
         batch = items()
         views: list[Any] = []
-        Clash.action = staticmethod(lambda: (batch.clear(), [bytes(64) for _ in range(1000)]))
+        Clash.action = staticmethod(lambda: (  # frees the hits, and reuses their memory
+            batch.clear(), [float(i) for i in range(1000)], ["".join("x" * 22) for _ in "x" * 99]
+        ))
         args = (normalize._fixed, minute, minute + 60, normalize.local_day(T0, tz), Hit,
                 PageView, views)
         from trackmw import _speedups
 
         assert _speedups.normalize_run(batch, 0, *args) == 2  # the list is empty by then
-        assert [v.path for v in views] == ["/fresh0", "/fresh1"]
+        assert [(v.ts, v.visitor_id, v.path) for v in views] == [
+            (T0, "v" * 22, "/fresh0"), (T0 + 1, "v" * 22, "/fresh1")]
 
         def fail() -> None:
             raise ValueError("from a key")
@@ -1887,6 +1893,41 @@ def test_the_c_grouping_takes_the_common_case_and_leaves_the_rest() -> None:
         assert _speedups.group_run(*odd, _MS_FROM, _MS_TO) == 0
     with pytest.raises(TypeError):
         _speedups.group_run(views, 0, {}, PageView, _MS_FROM)
+    # A type that is not a tuple's: left to Python, not read as one (found by review).
+    assert _speedups.group_run([{i: i for i in range(11)}], 0, {}, dict, _MS_FROM, _MS_TO) == 0
+    assert _speedups.group_run(views, 0, {}, PageView, -1e20, _MS_TO) == 0  # ms past a C long
+
+
+@needs_speedups
+def test_the_c_grouping_adds_a_view_s_four_values_or_none() -> None:
+    """An allocation failing after some of a view's four values are added to its group:
+    they are taken out again, and the view left to Python (which adds all four)."""
+    _testcapi = pytest.importorskip("_testcapi")
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.sqlite_pageviews import _MS_FROM, _MS_TO
+
+    view = PageView(T0, "2027-01-15", "v" * 22, None, "/a", None, None, None, None, None, False)
+    key = ("2027-01-15", "v" * 22, None, None, None, None, False)
+    outcomes = set()
+    for failing in range(8):  # each allocation of the call in turn
+        views = [0] * 4
+        for value in (1, 2, 3):  # seven values, room for eight: the 2nd append reallocates
+            views.append(value)
+        groups = {key: views}
+        args = ([view], 0, groups, PageView, _MS_FROM, _MS_TO)
+        _testcapi.set_nomemory(failing, failing + 1)
+        try:
+            taken: int | None = _speedups.group_run(*args)
+        except MemoryError:  # the call's own allocation, before the C loop
+            taken = None
+        finally:
+            _testcapi.remove_mem_hooks()
+        before = [0, 0, 0, 0, 1, 2, 3]
+        assert (taken, views) in ((None, before), (0, before),
+                                  (1, [*before, int(T0 * 1000), "/a", None, None]))
+        outcomes.add(taken)
+    assert {0, 1} <= outcomes
 
 
 @needs_speedups
@@ -1937,3 +1978,17 @@ def test_the_c_grouping_survives_a_key_that_runs_code() -> None:
     Clash.action = staticmethod(interrupt)
     with pytest.raises(KeyboardInterrupt):
         _speedups.group_run(views(), 0, {Clash(): []}, PageView, _MS_FROM, _MS_TO)
+
+
+def test_the_core_s_pipeline_and_rate_limiter_are_fixed(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """The beacon's C count holds them: replacing one would split the counts between
+    that path and the Python paths (found by review)."""
+    from trackmw.ratelimit import RateLimiter
+
+    core = make_tracker().core
+    for name, value in (("rate_limiter", RateLimiter(1)), ("pipeline", None)):
+        with pytest.raises(AttributeError, match=f"Core.{name} is fixed"):
+            setattr(core, name, value)
+    core.prefix = core.prefix  # any other attribute as before

@@ -75,11 +75,11 @@ def group(pageviews: Iterable[PageView]) -> Groups:
     views = pageviews if type(pageviews) is list or type(pageviews) is tuple else list(pageviews)
     groups: Groups = {}
     get = groups.get
-    i, n = 0, len(views)
-    while i < n:
+    i = 0
+    while i < len(views):
         if run is not None:
             i = run(views, i, groups, PageView, _MS_FROM, _MS_TO)
-            if i >= n:
+            if i >= len(views):
                 break
         ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot = views[i]
         i += 1
