@@ -105,8 +105,9 @@ def section_inprocess(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     finally:
         loop.close()
     out = [paired(v.name, v.label, samples, "µs/request", v.baseline) for v in variants]
-    return out, notes + [f"in-process: {rounds} rounds of ~{seconds}s batches per variant; "
-                         "CPU time of the calling thread"]
+    return out, notes + [f"in-process: {rounds} rounds of ~{seconds}s batches per variant, "
+                         f"each in chunks of {inprocess.CHUNK:,} requests with the buffered "
+                         "hits written between chunks, untimed; CPU time of the calling thread"]
 
 
 def section_wire(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
