@@ -1920,6 +1920,45 @@ text_or_none(PyObject *obj, int none_ok)
     return PyUnicode_CheckExact(obj) || (none_ok && obj == Py_None);
 }
 
+/* The writer's loops' start index and range of times, from their arguments: 0, or -1
+ * with an error set. */
+static int
+run_args(PyObject *start, PyObject *from, PyObject *to, Py_ssize_t *i, double *lo, double *hi)
+{
+    *i = PyLong_AsSsize_t(start);
+    if (*i == -1 && PyErr_Occurred())
+        return -1;
+    *lo = PyFloat_AsDouble(from);
+    if (*lo == -1.0 && PyErr_Occurred())
+        return -1;
+    *hi = PyFloat_AsDouble(to);
+    return *hi == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Item `i` of `seq` (an exact list or tuple), borrowed; NULL past its end. Its size is
+ * read each time: a key's __eq__ (in a loop's lookup) may run any code, and change it. */
+static PyObject *
+run_item(PyObject *seq, Py_ssize_t i)
+{
+    if (PyList_CheckExact(seq))
+        return i < PyList_GET_SIZE(seq) ? PyList_GET_ITEM(seq, i) : NULL;
+    return i < PyTuple_GET_SIZE(seq) ? PyTuple_GET_ITEM(seq, i) : NULL;
+}
+
+/* Where a writer's loop stopped (`i`), once any Exception on the way is cleared: the
+ * Python path meets it again and reports it as it does. Anything else (a
+ * KeyboardInterrupt) goes through: NULL. */
+static PyObject *
+run_end(Py_ssize_t i)
+{
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();
+    }
+    return PyLong_FromSsize_t(i);
+}
+
 static PyObject *
 normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1929,14 +1968,9 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *items = args[0], *fixed = args[2], *day = args[5], *pageviews = args[8];
     PyTypeObject *hit_type = (PyTypeObject *)args[6], *pv_type = (PyTypeObject *)args[7];
-    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
-    if (i == -1 && PyErr_Occurred())
-        return NULL;
-    double lo = PyFloat_AsDouble(args[3]);
-    if (lo == -1.0 && PyErr_Occurred())
-        return NULL;
-    double hi = PyFloat_AsDouble(args[4]);
-    if (hi == -1.0 && PyErr_Occurred())
+    Py_ssize_t i;
+    double lo, hi;
+    if (run_args(args[1], args[3], args[4], &i, &lo, &hi) < 0)
         return NULL;
     if ((!PyList_CheckExact(items) && !PyTuple_CheckExact(items)) || !PyDict_CheckExact(fixed) ||
         !PyUnicode_CheckExact(day) || !PyList_CheckExact(pageviews) || !PyType_Check(hit_type) ||
@@ -1946,14 +1980,8 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pv_type->tp_itemsize != PyTuple_Type.tp_itemsize || i < 0)
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     for (;; i++) {
-        /* The size is read again each time: a key's __eq__ (in the lookup) may run any
-         * code, and change the list. */
-        Py_ssize_t size = PyList_CheckExact(items) ? PyList_GET_SIZE(items) : PyTuple_GET_SIZE(items);
-        if (i >= size)
-            break;
-        PyObject *item = PyList_CheckExact(items) ? PyList_GET_ITEM(items, i)
-                                                  : PyTuple_GET_ITEM(items, i);
-        if (Py_TYPE(item) != hit_type || PyTuple_GET_SIZE(item) != 8)
+        PyObject *item = run_item(items, i);
+        if (item == NULL || Py_TYPE(item) != hit_type || PyTuple_GET_SIZE(item) != 8)
             break;
         PyObject *ts = PyTuple_GET_ITEM(item, 0), *visitor = PyTuple_GET_ITEM(item, 1);
         PyObject *user = PyTuple_GET_ITEM(item, 2), *page = PyTuple_GET_ITEM(item, 3);
@@ -1996,12 +2024,7 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (added < 0)
             break; /* not cached, not the common case, or an error (below) */
     }
-    if (PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return NULL; /* KeyboardInterrupt and the like go through */
-        PyErr_Clear(); /* the Python path meets it again, and reports it as it does */
-    }
-    return PyLong_FromSsize_t(i);
+    return run_end(i);
 }
 
 /* -- the SQLite store's grouping of page views ------------------------------------ */
@@ -2025,28 +2048,17 @@ group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *views = args[0], *groups = args[2];
     PyTypeObject *pv_type = (PyTypeObject *)args[3];
-    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
-    if (i == -1 && PyErr_Occurred())
-        return NULL;
-    double from = PyFloat_AsDouble(args[4]);
-    if (from == -1.0 && PyErr_Occurred())
-        return NULL;
-    double to = PyFloat_AsDouble(args[5]);
-    if (to == -1.0 && PyErr_Occurred())
+    Py_ssize_t i;
+    double from, to;
+    if (run_args(args[1], args[4], args[5], &i, &from, &to) < 0)
         return NULL;
     if ((!PyList_CheckExact(views) && !PyTuple_CheckExact(views)) || !PyDict_CheckExact(groups) ||
         !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) || i < 0 ||
         !(-9e15 <= from && to <= 9e15)) /* (ts * 1000 must fit a long long) */
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     for (;; i++) {
-        /* The size is read again each time: a key's __eq__ (in the lookup) may run any
-         * code, and change the list. */
-        Py_ssize_t size = PyList_CheckExact(views) ? PyList_GET_SIZE(views) : PyTuple_GET_SIZE(views);
-        if (i >= size)
-            break;
-        PyObject *view = PyList_CheckExact(views) ? PyList_GET_ITEM(views, i)
-                                                  : PyTuple_GET_ITEM(views, i);
-        if (Py_TYPE(view) != pv_type || PyTuple_GET_SIZE(view) != 11)
+        PyObject *view = run_item(views, i);
+        if (view == NULL || Py_TYPE(view) != pv_type || PyTuple_GET_SIZE(view) != 11)
             break;
         /* (ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot) */
         PyObject **f = &PyTuple_GET_ITEM(view, 0);
@@ -2097,12 +2109,7 @@ group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (done < 0)
             break; /* a group that is not a list, or an error (below) */
     }
-    if (PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return NULL; /* KeyboardInterrupt and the like go through */
-        PyErr_Clear(); /* the Python path meets it again, and reports it as it does */
-    }
-    return PyLong_FromSsize_t(i);
+    return run_end(i);
 }
 
 /* -- the module ---------------------------------------------------------------------- */
