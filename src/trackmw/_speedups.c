@@ -496,6 +496,23 @@ add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Stop the collector following `tuple` (a tuple subclass's instance: a Hit or a
+ * PageView) if every item is a str, a float, an int, a bool or None: it can then be in
+ * no reference cycle. The collector untracks such tuples itself, but only exact ones:
+ * a hit waiting in the buffer would stay tracked, be carried into the oldest
+ * generation, and bring about the full collections that walk the whole heap. */
+static void
+untrack_if_atomic(PyObject *tuple)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (!PyUnicode_CheckExact(item) && !PyFloat_CheckExact(item) && item != Py_None &&
+            !PyBool_Check(item) && !PyLong_CheckExact(item))
+            return;
+    }
+    PyObject_GC_UnTrack(tuple);
+}
+
 static PyObject *count_beacon(PyObject *scope, PyObject *caches, PyObject *core,
                               PyObject *now_obj);
 
@@ -634,6 +651,7 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
         Py_INCREF(fields[i]);
         PyTuple_SET_ITEM(hit, i, fields[i]);
     }
+    untrack_if_atomic(hit);
     int added = quick_add(pipeline, hit);
     if (added == -2) {
         PyObject *add_args[2] = {pipeline, hit};
@@ -2015,6 +2033,7 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_INCREF(fields[k]);
                     PyTuple_SET_ITEM(view, k, fields[k]);
                 }
+                untrack_if_atomic(view);
             }
         }
         Py_XDECREF(found);

@@ -1992,3 +1992,52 @@ def test_the_core_s_pipeline_and_rate_limiter_are_fixed(
         with pytest.raises(AttributeError, match=f"Core.{name} is fixed"):
             setattr(core, name, value)
     core.prefix = core.prefix  # any other attribute as before
+
+
+@needs_speedups
+def test_the_c_paths_hits_and_page_views_are_left_out_of_the_collector(
+    beacon_tracker: Any,
+) -> None:
+    """Tuples of str, float, int, bool and None can be in no reference cycle. CPython
+    untracks such tuples itself, but only exact ones: a Hit or a PageView would stay
+    tracked, and the hits waiting in the buffer be carried into the oldest generation.
+    The C paths untrack what they make, unless an item could hold a reference."""
+    import gc
+    from zoneinfo import ZoneInfo
+
+    from trackmw import _speedups, normalize
+    from trackmw.events import Hit, PageView
+
+    core = beacon_tracker.core
+    scope = {"type": "http", "method": "GET", "path": "/_trackmw/pixel.gif",
+             "query_string": BEACON_QUERIES[0],
+             "headers": [(b"host", b"example.org"), (b"user-agent", b"Mozilla/5.0 test"),
+                         (b"cookie", _cached_cookie(beacon_tracker, T0 + 3600))]}
+    core.rate_limiter._counts = {}
+    python = PurePythonMiddleware(_middleware(beacon_tracker).app, beacon_tracker)
+    from unittest import mock
+
+    with mock.patch("trackmw.asgi._time", return_value=T0 + 3650):
+        python._quick_pixel(dict(scope))
+    status, hits, _, _ = _beacon_effects(
+        beacon_tracker, lambda: _speedups.beacon(dict(scope), core.beacon_caches, core, T0 + 3650)
+    )
+    assert status == 200 and not gc.is_tracked(hits[0])
+
+    tz = ZoneInfo("UTC")
+    hit = Hit(T0, "v" * 22, None, "/untracked", None, None, _AGENTS[0], "example.org")
+    normalize.normalize_batch([hit], tz, [], [])  # fills the cache
+    minute = T0 // 60 * 60
+    args = (normalize._fixed, minute, minute + 60, normalize.local_day(T0, tz), Hit, PageView)
+    views: list[Any] = []
+    assert _speedups.normalize_run([hit, hit], 0, *args, views) == 2
+    assert [gc.is_tracked(v) for v in views] == [False, False]
+    key = ("/untracked", None, None, _AGENTS[0], "example.org")
+    fixed = normalize._fixed[key]
+    normalize._fixed[key] = (fixed[0], fixed[1], fixed[2], ["a list"], *fixed[4:])
+    try:
+        views.clear()
+        assert _speedups.normalize_run([hit], 0, *args, views) == 1
+        assert gc.is_tracked(views[0])  # it holds a list: the collector must see it
+    finally:
+        normalize._fixed.clear()
