@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
-__all__ = ["enabled", "speedup"]
+__all__ = ["enabled", "leftovers", "speedup"]
+
+T = TypeVar("T")
 
 
 def enabled() -> bool:
@@ -32,3 +34,19 @@ def speedup(name: str) -> Callable[..., Any] | None:
     # None from a module built before ``name`` was added (an in-place build not redone)
     function: Callable[..., Any] | None = getattr(_speedups, name, None)
     return function
+
+
+def leftovers(items: Sequence[T], run: Callable[[int], int] | None) -> Iterator[T]:
+    """The items a C loop leaves to Python, in order: ``run(i)`` takes the items from
+    index ``i`` on while they are its common case and returns the index of the first one
+    it leaves (``len(items)`` if none); that one is yielded, and ``run`` goes on after
+    it. Without ``run`` (no speedups), every item is yielded."""
+    if run is None:
+        yield from items
+        return
+    i = 0
+    while i < len(items):
+        i = run(i)
+        if i < len(items):
+            yield items[i]
+            i += 1

@@ -323,35 +323,41 @@ int_value(PyObject *value, long *out)
     return 1;
 }
 
-/* The offsets of the slots of RateLimiter, and of Pipeline's base _Lane, which
- * quick_allow and quick_add read in place of their attributes; 0 if the class does
- * not define that name as a plain object slot (and every call then goes to Python). */
+/* The offsets of the slots of RateLimiter, of Pipeline's base _Lane and of
+ * CookieState, which quick_allow, quick_add and count_beacon read in place of their
+ * attributes; each class's flag says whether all of its own were found as plain object
+ * slots (if not, every call goes to Python). */
 static Py_ssize_t off_limit, off_max_keys, off_since, off_until, off_counts;
+static Py_ssize_t off_buffer, off_thread, off_buffer_size, off_batch_size;
+static Py_ssize_t off_beacon_id, off_user_id;
+static int limiter_slots, pipeline_slots, state_slots;
 
-static Py_ssize_t off_buffer, off_thread, off_buffer_size, off_batch_size; /* Pipeline's */
-static Py_ssize_t off_beacon_id, off_user_id;                             /* CookieState's */
-
-/* The offset of the slot `name` of `type` (or of a base), 0 if it is not a plain
- * object slot; -1 on error. */
-static Py_ssize_t
-slot_offset(PyTypeObject *type, const char *name)
+/* The offset of each slot `names[i]` of `type` (or of a base) in *offsets[i]: 1 if
+ * every one is a plain object slot, 0 if not; -1 on error. */
+static int
+slot_offsets(PyTypeObject *type, int n, const char *const names[], Py_ssize_t *const offsets[])
 {
-    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
-    if (descr == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-        return 0;
+    int all = 1;
+    for (int i = 0; i < n; i++) {
+        *offsets[i] = 0;
+        PyObject *descr = PyObject_GetAttrString((PyObject *)type, names[i]);
+        if (descr == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return -1;
+            PyErr_Clear();
+            all = 0;
+            continue;
+        }
+        if (Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+            PyType_IsSubtype(type, ((PyMemberDescrObject *)descr)->d_common.d_type)) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+                *offsets[i] = member->offset;
+        }
+        Py_DECREF(descr);
+        all = all && *offsets[i] != 0;
     }
-    Py_ssize_t offset = 0;
-    if (Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-        PyType_IsSubtype(type, ((PyMemberDescrObject *)descr)->d_common.d_type)) {
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
-            offset = member->offset;
-    }
-    Py_DECREF(descr);
-    return offset;
+    return all;
 }
 
 /* The object in a slot at `offset` of `obj` (borrowed), NULL if it is unset. */
@@ -365,7 +371,7 @@ slot_offset(PyTypeObject *type, const char *name)
 static int
 quick_allow(PyObject *limiter, PyObject *key, double now)
 {
-    if (Py_TYPE(limiter) != limiter_type || off_counts == 0)
+    if (Py_TYPE(limiter) != limiter_type || !limiter_slots)
         return -2; /* another class, or RateLimiter's slots are not what they were */
     PyObject *allow = PyDict_GetItemWithError(limiter_type->tp_dict, str_allow);
     if (allow != limiter_allow) /* allow patched on the class */
@@ -427,7 +433,7 @@ done:
 static int
 quick_add(PyObject *pipeline, PyObject *item)
 {
-    if (off_batch_size == 0) /* _Lane's slots are not what they were */
+    if (!pipeline_slots) /* _Lane's slots are not what they were */
         return -2;
     int plain = plain_method(pipeline, pipeline_type, str_add, pipeline_add);
     if (plain <= 0) /* another class, or add overridden or patched */
@@ -614,7 +620,7 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
 #undef KEEP
     /* CookieState.beacon_id: the id the beacon counts without a cookie (or None), and
      * its user_id, read from their slots */
-    if (Py_TYPE(state) != state_type || off_user_id == 0)
+    if (Py_TYPE(state) != state_type || !state_slots)
         goto end;
     visitor_id = SLOT(state, off_beacon_id);
     user_id = SLOT(state, off_user_id);
@@ -2202,24 +2208,19 @@ PyInit__speedups(void)
     pipeline_add = PyObject_GetAttrString(objects[2], "add");
     if (limiter_allow == NULL || pipeline_add == NULL)
         return NULL;
-    Py_ssize_t *offsets[11] = {&off_limit, &off_max_keys, &off_since, &off_until, &off_counts,
-                               &off_thread, &off_buffer_size, &off_buffer, &off_batch_size,
-                               &off_beacon_id, &off_user_id};
-    const char *slots[11] = {"limit", "max_keys", "_since", "_until", "_counts",
-                             "_thread", "buffer_size", "_buffer", "batch_size",
-                             "beacon_id", "user_id"};
-    for (int i = 0; i < 11; i++) {
-        *offsets[i] = slot_offset(i < 5 ? limiter_type : i < 9 ? pipeline_type : state_type,
-                                  slots[i]);
-        if (*offsets[i] < 0)
-            return NULL;
-    }
-    if (!off_limit || !off_max_keys || !off_since || !off_until)
-        off_counts = 0; /* one is not a slot: quick_allow checks this one alone */
-    if (!off_thread || !off_buffer_size || !off_buffer)
-        off_batch_size = 0; /* and quick_add this one */
-    if (!off_beacon_id)
-        off_user_id = 0; /* and count_beacon this one */
+    const char *const limiter_names[] = {"limit", "max_keys", "_since", "_until", "_counts"};
+    Py_ssize_t *const limiter_offsets[] = {&off_limit, &off_max_keys, &off_since, &off_until,
+                                           &off_counts};
+    const char *const pipeline_names[] = {"_thread", "buffer_size", "_buffer", "batch_size"};
+    Py_ssize_t *const pipeline_offsets[] = {&off_thread, &off_buffer_size, &off_buffer,
+                                            &off_batch_size};
+    const char *const state_names[] = {"beacon_id", "user_id"};
+    Py_ssize_t *const state_offsets[] = {&off_beacon_id, &off_user_id};
+    limiter_slots = slot_offsets(limiter_type, 5, limiter_names, limiter_offsets);
+    pipeline_slots = slot_offsets(pipeline_type, 4, pipeline_names, pipeline_offsets);
+    state_slots = slot_offsets(state_type, 2, state_names, state_offsets);
+    if (limiter_slots < 0 || pipeline_slots < 0 || state_slots < 0)
+        return NULL;
     deque_append = PyObject_GetAttrString(objects[0], "append");
     if (deque_append == NULL)
         return NULL;

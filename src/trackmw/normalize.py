@@ -14,7 +14,7 @@ from datetime import datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from ._ext import speedup
+from ._ext import leftovers, speedup
 from .events import MAX_CAMPAIGN, MAX_LEN, UNKNOWN_PAGE, ConsentChoice, Hit, PageView
 from .useragent import classify
 
@@ -62,21 +62,15 @@ def normalize_batch(
     With the C speedups built, their ``normalize_run`` takes the cached hits of that
     minute, and leaves every other item to this loop.
     """
-    run = speedup("normalize_run")
-    if type(items) is not list and type(items) is not tuple:
-        items = list(items)
+    c_run = speedup("normalize_run")
+    hits = items if type(items) is list or type(items) is tuple else list(items)
     fixed_of = _fixed.get
     add = pageviews.append
     minute = day = None
-    lo = hi = 0.0  # the minute's bounds, for the C loop
-    i = 0
-    while i < len(items):
-        if run is not None and day is not None:
-            i = run(items, i, _fixed, lo, hi, day, Hit, PageView, pageviews)
-            if i >= len(items):
-                break
-        item = items[i]
-        i += 1
+    lo = hi = 0.0  # the bounds of the minute whose day is known, for the C loop
+    # (Until a day is known, the C loop takes nothing.)
+    run = c_run and (lambda i: c_run(hits, i, _fixed, lo, hi, day, Hit, PageView, pageviews))
+    for item in leftovers(hits, run):
         if type(item) is not Hit and not isinstance(item, Hit):
             others.append(item)
             continue

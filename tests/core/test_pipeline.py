@@ -542,3 +542,21 @@ def test_the_writer_offers_the_gil_between_stretches_once_it_has_held_it_long(
     assert taken is not None and len(taken[0]) == 2 * pipeline_module._STRETCH + 1
     assert len(offered) == offers
     pipeline.close()
+
+
+def test_leftovers_yields_what_a_c_loop_leaves_and_resumes_it_after_each() -> None:
+    from trackmw._ext import leftovers
+
+    items = list("abcdefg")
+    starts: list[int] = []
+
+    def run(i: int) -> int:  # takes items up to the next vowel, or the end
+        starts.append(i)
+        while i < len(items) and items[i] not in "ae":
+            i += 1
+        return i
+
+    assert list(leftovers(items, run)) == ["a", "e"]
+    assert starts == [0, 1, 5]
+    assert list(leftovers(items, None)) == items
+    assert list(leftovers([], run)) == []

@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .._ext import speedup
+from .._ext import leftovers, speedup
 from .._json import dumps_function
 from ..events import PageView
 from .sqlite_rows import insert_rows
@@ -71,18 +71,13 @@ def group(pageviews: Iterable[PageView]) -> Groups:
     in the milliseconds' range, str and None texts), and leaves each other view to
     this loop.
     """
-    run = speedup("group_run")
+    c_run = speedup("group_run")
     views = pageviews if type(pageviews) is list or type(pageviews) is tuple else list(pageviews)
     groups: Groups = {}
     get = groups.get
-    i = 0
-    while i < len(views):
-        if run is not None:
-            i = run(views, i, groups, PageView, _MS_FROM, _MS_TO)
-            if i >= len(views):
-                break
-        ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot = views[i]
-        i += 1
+    run = c_run and (lambda i: c_run(views, i, groups, PageView, _MS_FROM, _MS_TO))
+    for view in leftovers(views, run):
+        ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot = view
         key = (day, visitor, user, browser, os, device, bot)
         found = get(key)
         # JSON writes an int in a tenth of a float's time.
