@@ -988,6 +988,8 @@ typedef struct {
     PyObject *beacon_caches; /* Core.beacon_caches, or None: every beacon to Python */
     PyObject *pixel_start;   /* the GIF's http.response.start (copied for each beacon) */
     PyObject *pixel_body;    /* and its http.response.body */
+    PyObject *settle;        /* called as settle(middleware, scope) before the first call's
+                              * work, then dropped; NULL when none is left */
     int quiet_ok;        /* not count_server_side: a quiet state's send may pass messages on */
 } Plan;
 
@@ -998,16 +1000,20 @@ plan_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"app", "prefixes", "states", "core", "lazy_type", "quiet_ok",
                             "globals", "over", "failed", "pixel_path", "beacon_caches",
-                            "pixel_start", "pixel_body", NULL};
+                            "pixel_start", "pixel_body", "settle", NULL};
     PyObject *app, *prefixes, *states, *core, *lazy_type, *globals, *over, *failed;
-    PyObject *pixel_path, *beacon_caches, *pixel_start, *pixel_body;
+    PyObject *pixel_path, *beacon_caches, *pixel_start, *pixel_body, *settle = Py_None;
     int quiet_ok;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OOpO!OOUOO!O!:Plan", names, &app,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OOpO!OOUOO!O!|O:Plan", names, &app,
                                      &PyTuple_Type, &prefixes, &PyDict_Type, &states, &core,
                                      &lazy_type, &quiet_ok, &PyDict_Type, &globals, &over,
                                      &failed, &pixel_path, &beacon_caches, &PyDict_Type,
-                                     &pixel_start, &PyDict_Type, &pixel_body))
+                                     &pixel_start, &PyDict_Type, &pixel_body, &settle))
         return NULL;
+    if (settle != Py_None && !PyCallable_Check(settle)) {
+        PyErr_SetString(PyExc_TypeError, "Plan: settle must be callable or None");
+        return NULL;
+    }
     if (!PyType_Check(lazy_type) || !PyType_IsSubtype((PyTypeObject *)lazy_type, &LazyType)) {
         PyErr_SetString(PyExc_TypeError, "Plan: lazy_type must be a subclass of LazyBase");
         return NULL;
@@ -1027,6 +1033,7 @@ plan_new(PyTypeObject *cls, PyObject *args, PyObject *kwds)
         Py_INCREF(values[i]);
         *slots[i] = values[i];
     }
+    self->settle = settle == Py_None ? NULL : Py_NewRef(settle);
     self->quiet_ok = quiet_ok;
     return (PyObject *)self;
 }
@@ -1046,6 +1053,7 @@ plan_traverse(Plan *self, visitproc visit, void *arg)
     Py_VISIT(self->beacon_caches);
     Py_VISIT(self->pixel_start);
     Py_VISIT(self->pixel_body);
+    Py_VISIT(self->settle);
     return 0;
 }
 
@@ -1064,6 +1072,7 @@ plan_clear(Plan *self)
     Py_CLEAR(self->beacon_caches);
     Py_CLEAR(self->pixel_start);
     Py_CLEAR(self->pixel_body);
+    Py_CLEAR(self->settle);
     return 0;
 }
 
@@ -1083,8 +1092,10 @@ static PyMemberDef plan_members[] = {
 
 PyDoc_STRVAR(plan_doc,
 "Plan(app, prefixes, states, core, lazy_type, quiet_ok, globals, over, failed,\n"
-"     pixel_path, beacon_caches, pixel_start, pixel_body)\n--\n\n"
-"What Entry needs from a TrackingMiddleware, fixed at its construction (its _plan).");
+"     pixel_path, beacon_caches, pixel_start, pixel_body, settle=None)\n--\n\n"
+"What Entry needs from a TrackingMiddleware, fixed at its construction (its _plan).\n"
+"settle(middleware, scope) is called once, at the first call, before anything else;\n"
+"the middleware's _plan is read again after it (settle may have replaced it).");
 
 static PyTypeObject PlanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1815,6 +1826,21 @@ entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kw
         PyObject *found = optional_attr(args[0], str_plan);
         if (found == NULL && PyErr_Occurred())
             return NULL; /* reading _plan failed: as reading any attribute would */
+        if (found != NULL && Py_IS_TYPE(found, &PlanType) && ((Plan *)found)->settle != NULL) {
+            /* The first call: settle, once (the plan lets go of it first), then read the
+             * plan settle may have replaced. */
+            PyObject *settle = ((Plan *)found)->settle;
+            ((Plan *)found)->settle = NULL;
+            Py_DECREF(found);
+            PyObject *done = PyObject_CallFunctionObjArgs(settle, args[0], args[1], NULL);
+            Py_DECREF(settle);
+            if (done == NULL)
+                return NULL;
+            Py_DECREF(done);
+            found = optional_attr(args[0], str_plan);
+            if (found == NULL && PyErr_Occurred())
+                return NULL;
+        }
         if (found != NULL && Py_IS_TYPE(found, &PlanType) && ((Plan *)found)->app != NULL) {
             /* The pixel first: it costs a page one compare of its path, and spares the
              * beacon the page's checks, which its path (under the prefix) fails. */

@@ -101,6 +101,7 @@ class Plan:
         beacon_caches: tuple[Any, ...] | None,
         pixel_start: dict[str, Any],
         pixel_body: dict[str, Any],
+        settle: Callable[[Any, MutableMapping[str, Any]], None] | None = None,
     ) -> Self: ...
 
 class Entry(Generic[_F]):

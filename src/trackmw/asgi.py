@@ -7,6 +7,8 @@ paths go straight to the app; every other request gets its ``Visitor`` in
 ``scope["trackmw"]`` (built when first asked for: see ``LazyVisitor``) and, when the
 response starts, the cookies the core asks for.
 Websocket scopes pass through; on lifespan shutdown buffered events are flushed.
+Added as a Starlette app's outermost middleware, it moves ahead of Starlette's
+``ServerErrorMiddleware`` at its first call (``TrackingMiddleware._settle``).
 
 A tracked page whose ``Cookie`` header's state is cached (every returning visitor's)
 is taken in C when ``trackmw._speedups`` is built (``SPEEDUPS``): ``__call__`` does the
@@ -24,6 +26,7 @@ through ``Core.request_state``.)
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import time as _time
 from typing import TYPE_CHECKING, Any
@@ -300,6 +303,25 @@ def beacon_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, by
     return cookie, agent, host
 
 
+def _error_layer_around(middleware: TrackingMiddleware, scope: Scope) -> tuple[Any, Any] | None:
+    """``(app, layer)`` if ``middleware`` sits right inside Starlette's
+    ``ServerErrorMiddleware`` (``layer``) at the top of a Starlette ``app``'s stack: the
+    outermost middleware added with ``add_middleware``. Else ``None``."""
+    host = scope.get("app")
+    errors: Any = getattr(host, "middleware_stack", None)
+    # Only Starlette's own class: a subclass (an error reporter's, say) may do more.
+    module = sys.modules.get("starlette.middleware.errors")
+    if module is None or type(errors) is not module.ServerErrorMiddleware:
+        return None
+    return (host, errors) if errors.app is middleware else None
+
+
+def _settle(middleware: TrackingMiddleware, scope: Scope) -> None:
+    """The C path's first call settles through this (``Plan``'s ``settle``)."""
+    if not middleware._settled:
+        middleware._settle(scope)
+
+
 class TrackingMiddleware:
     """Track visitors of an ASGI app (see the module docstring).
 
@@ -309,11 +331,16 @@ class TrackingMiddleware:
     counted) when the middleware is called, not when its awaitable is first awaited;
     ``await middleware(scope, receive, send)``, as servers and Starlette call it,
     sees no difference.
+
+    ``ahead_of_errors``: when the middleware is added with ``add_middleware`` and no
+    other middleware is outside it, move ahead of Starlette's ``ServerErrorMiddleware``
+    at the first call (see ``_settle``); ``False`` keeps the order Starlette made.
     """
 
-    def __init__(self, app: ASGIApp, tracker: Tracker) -> None:
+    def __init__(self, app: ASGIApp, tracker: Tracker, *, ahead_of_errors: bool = True) -> None:
         self.app = app
         self.tracker = tracker
+        self.ahead_of_errors = ahead_of_errors
         core = self.core = tracker.core
         # Paths that may be trackmw's or excluded start with one of these; any other
         # path is a tracked page, decided by one C-level ``startswith``.
@@ -325,31 +352,75 @@ class TrackingMiddleware:
         # The kind of ``LazyVisitor`` the Python path makes (read here, so that tests
         # can choose).
         self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
+        # Whichever path takes the first call calls ``_settle`` first.
+        self._settled = False
         # What ``__call__``'s C path reads (``None``: the Python path takes every request).
-        self._plan = None
-        if _speedups is not None:
-            self._plan = _speedups.Plan(
-                app=app,
-                prefixes=self._special,
-                states=self._states,
-                core=core,
-                lazy_type=LazyVisitor,
-                quiet_ok=self._quiet_ok,
-                globals=globals(),
-                over=_over,
-                failed=_c_path_failed,
-                pixel_path=self._pixel_path,
-                # The beacon's common case: ``Core.quick_beacon`` from its caches alone.
-                beacon_caches=core.beacon_caches,
-                pixel_start={
-                    "type": "http.response.start", "status": 200, "headers": list(_PIXEL_RAW)
-                },
-                pixel_body={"type": "http.response.body", "body": GIF},
-            )
+        self._plan = None if _speedups is None else self._make_plan(_settle)
+
+    def _settle(self, scope: Scope) -> None:
+        """The first call, before anything else: if this middleware sits right inside
+        Starlette's ``ServerErrorMiddleware`` (the outermost one added with
+        ``add_middleware``), move ahead of it.
+
+        That layer turns an exception the app raises into a 500 response. trackmw's own
+        answers never raise, yet each one, the pixel above all, paid for the layer: a
+        coroutine frame, a closure and a coroutine per message, which cost the pixel
+        more than all of its own work. Ahead of it, the stack is trackmw ->
+        ``ServerErrorMiddleware`` -> the rest, as when trackmw wraps the app. A page
+        goes through the same layers as before; the only difference is that the app's
+        500 responses now pass through trackmw, as its other responses do.
+        """
+        self._settled = True
+        if not self.ahead_of_errors:
+            return
+        try:
+            found = _error_layer_around(self, scope)
+            if found is None:
+                return
+            host, errors = found
+            # Made first, then the app's stack changed, then ours: if anything fails,
+            # nothing has changed.
+            plan = None if self._plan is None else self._make_plan(None, errors)
+            host.middleware_stack = self
+        except Exception:  # never break the host app: stay where it put us
+            log.exception("trackmw: could not move ahead of Starlette's error layer")
+            return
+        errors.app, self.app = self.app, errors
+        if plan is not None:
+            self._plan = plan  # the C path calls the new app
+        log.debug("trackmw: moved ahead of Starlette's ServerErrorMiddleware in %r", host)
+
+    def _make_plan(
+        self, settle: Callable[[TrackingMiddleware, Scope], None] | None, app: ASGIApp | None = None
+    ) -> Any:
+        """The C path's ``Plan``: what it reads of this middleware, and ``app`` (this
+        middleware's by default) to call."""
+        core = self.core
+        return _speedups.Plan(
+            app=self.app if app is None else app,
+            prefixes=self._special,
+            states=self._states,
+            core=core,
+            lazy_type=LazyVisitor,
+            quiet_ok=self._quiet_ok,
+            globals=globals(),
+            over=_over,
+            failed=_c_path_failed,
+            pixel_path=self._pixel_path,
+            # The beacon's common case: ``Core.quick_beacon`` from its caches alone.
+            beacon_caches=core.beacon_caches,
+            pixel_start={
+                "type": "http.response.start", "status": 200, "headers": list(_PIXEL_RAW)
+            },
+            pixel_body={"type": "http.response.body", "body": GIF},
+            settle=settle,
+        )
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The middleware in Python: ``__call__`` without the speedups, and for any
         request their C path does not take."""
+        if not self._settled:  # (the C path settles before it calls this)
+            self._settle(scope)
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self.app(scope, receive, self._lifespan_send(send))

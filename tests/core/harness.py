@@ -36,8 +36,8 @@ KINDS = ("asgi", "asgi-py", "wsgi") if SPEEDUPS else ("asgi", "wsgi")
 class PurePythonMiddleware(ASGIMiddleware):
     """The ASGI middleware as it runs without ``trackmw._speedups``."""
 
-    def __init__(self, app: Any, tracker: Tracker) -> None:
-        super().__init__(app, tracker)
+    def __init__(self, app: Any, tracker: Tracker, **kwargs: Any) -> None:
+        super().__init__(app, tracker, **kwargs)
         self._lazy, self._plan = PyLazyVisitor, None
 
 

@@ -1137,6 +1137,46 @@ def test_the_plan_takes_only_a_lazy_visitor_class(make_tracker: Callable[..., Tr
         _speedups.Entry(1)
 
 
+@needs_speedups
+def test_the_first_call_settles_once_then_reads_the_plan_again(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """A plan's ``settle`` runs at the first call only, before anything else, and the
+    call then takes the plan ``settle`` left (here, one calling another app)."""
+    import asyncio
+
+    tracker = make_tracker()
+    calls: list[Any] = []
+
+    async def other(scope: Any, receive: Any, send: Any) -> None:
+        calls.append("other app")
+        await _ok_app(scope, receive, send)
+
+    def settle(middleware: Any, scope: Any) -> None:
+        calls.append(("settle", scope["path"], middleware._plan.app))
+        middleware._plan = middleware._make_plan(None, other)
+
+    middleware = TrackingMiddleware(_ok_app, tracker)
+    middleware._plan = middleware._make_plan(settle)
+    scope = _returning_scope(tracker)
+    for _ in range(3):
+        call = middleware(dict(scope), None, _discard)
+        assert type(call).__name__ == "Call"  # the C path took it, with the new plan
+        asyncio.run(call)
+    assert calls == [("settle", "/", _ok_app), "other app", "other app", "other app"]
+
+    def failing(middleware: Any, scope: Any) -> None:
+        raise KeyboardInterrupt
+
+    broken = TrackingMiddleware(_ok_app, tracker)
+    broken._plan = broken._make_plan(failing)
+    with pytest.raises(KeyboardInterrupt):  # (trackmw's own settle never raises)
+        broken(dict(scope), None, _discard)
+    asyncio.run(broken(dict(scope), None, _discard))  # settled: it is not called again
+    with pytest.raises(TypeError, match="settle"):
+        middleware._make_plan(1)
+
+
 # -- the beacon answered in C (Entry and Sends) ----------------------------------------------
 
 
