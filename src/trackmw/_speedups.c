@@ -285,16 +285,35 @@ PyDoc_STRVAR(beacon_doc,
 "cached_state, LazyBase.enter, allow and add, is the piece the tests hold to the\n"
 "Python path.");
 
-/* Is `obj` exactly of `type`, with its method `name` the class's own `func`: not
- * replaced on the class, not shadowed on the instance? 1 if so, 0 if not, -1 on error. */
+/* Is `name` in `type`'s own namespace still `func`? 1 if so, 0 if not, -1 on error.
+ * Once found so, the answer is kept with the type's version tag (*tag), which CPython
+ * invalidates whenever an attribute of the class (or of a base) is set or deleted:
+ * until then, nothing is looked up. */
 static int
-plain_method(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func)
+class_own(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *tag)
 {
-    if (Py_TYPE(obj) != type)
-        return 0;
+    if (*tag != 0 && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
+        type->tp_version_tag == *tag)
+        return 1;
     PyObject *found = PyDict_GetItemWithError(type->tp_dict, name);
     if (found != func)
         return found == NULL && PyErr_Occurred() ? -1 : 0;
+    *tag = (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? type->tp_version_tag : 0;
+    return 1;
+}
+
+/* Is `obj` exactly of `type`, with its method `name` the class's own `func`: not
+ * replaced on the class (see class_own, *tag), not shadowed on the instance? 1 if so,
+ * 0 if not, -1 on error. */
+static int
+plain_method(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func,
+             unsigned int *tag)
+{
+    if (Py_TYPE(obj) != type)
+        return 0;
+    int own = class_own(type, name, func, tag);
+    if (own <= 0)
+        return own;
     PyObject *dict = PyObject_GenericGetDict(obj, NULL);
     if (dict == NULL)
         return -1;
@@ -373,9 +392,10 @@ quick_allow(PyObject *limiter, PyObject *key, double now)
 {
     if (Py_TYPE(limiter) != limiter_type || !limiter_slots)
         return -2; /* another class, or RateLimiter's slots are not what they were */
-    PyObject *allow = PyDict_GetItemWithError(limiter_type->tp_dict, str_allow);
-    if (allow != limiter_allow) /* allow patched on the class */
-        return PyErr_Occurred() ? -1 : -2;
+    static unsigned int tag;
+    int own = class_own(limiter_type, str_allow, limiter_allow, &tag);
+    if (own <= 0) /* allow patched on the class */
+        return own < 0 ? -1 : -2;
     long limit, max_keys, n = 0;
     if (!int_value(SLOT(limiter, off_limit), &limit))
         return -2;
@@ -435,7 +455,8 @@ quick_add(PyObject *pipeline, PyObject *item)
 {
     if (!pipeline_slots) /* _Lane's slots are not what they were */
         return -2;
-    int plain = plain_method(pipeline, pipeline_type, str_add, pipeline_add);
+    static unsigned int tag;
+    int plain = plain_method(pipeline, pipeline_type, str_add, pipeline_add, &tag);
     if (plain <= 0) /* another class, or add overridden or patched */
         return plain < 0 ? -1 : -2;
     long buffer_size, batch_size;
@@ -1708,14 +1729,15 @@ done:
 
 /* -- the beacon's answer: its two messages sent in turn ------------------------------ */
 
-/* A copy of a message (a dict) with a copy of its "headers" list, if it has one:
- * middleware around this one may edit either in place. */
+/* A copy of a message (a dict) with a copy of its "headers" list, if it has one, and
+ * `status` set: middleware around this one may edit either in place. With `status`
+ * NULL (the body's message, which has no headers), a plain copy. */
 static PyObject *
 fresh_message(PyObject *message, PyObject *status)
 {
     PyObject *copy = PyDict_Copy(message);
-    if (copy == NULL)
-        return NULL;
+    if (copy == NULL || status == NULL) /* the body's message: no headers, no status */
+        return copy;
     PyObject *headers = PyDict_GetItemWithError(copy, str_headers);
     if (headers != NULL && PyList_Check(headers)) {
         headers = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
