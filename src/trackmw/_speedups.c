@@ -287,8 +287,10 @@ PyDoc_STRVAR(beacon_doc,
 
 /* Is `name` in `type`'s own namespace still `func`? 1 if so, 0 if not, -1 on error.
  * Once found so, the answer is kept with the type's version tag (*tag), which CPython
- * invalidates whenever an attribute of the class (or of a base) is set or deleted:
- * until then, nothing is looked up. */
+ * invalidates whenever an attribute of the class (or of a base) is set or deleted, and
+ * never hands out again: until then, nothing is looked up. (CPython 3.11 and 3.12 mark
+ * a valid tag with Py_TPFLAGS_VALID_VERSION_TAG; from 3.13 the flag is never set, and
+ * the lookup is made every time.) */
 static int
 class_own(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *tag)
 {
@@ -296,8 +298,10 @@ class_own(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *tag)
         type->tp_version_tag == *tag)
         return 1;
     PyObject *found = PyDict_GetItemWithError(type->tp_dict, name);
-    if (found != func)
+    if (found != func) {
+        *tag = 0;
         return found == NULL && PyErr_Occurred() ? -1 : 0;
+    }
     *tag = (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? type->tp_version_tag : 0;
     return 1;
 }
@@ -991,6 +995,7 @@ static PyTypeObject LazyType = {
 
 /* -- the middleware's call: a tracked page's request without a coroutine frame ----- */
 
+static PyObject *kwnames_app; /* ("_app",): the keyword Entry passes the settling call's app by */
 static PyObject *str_plan, *str_time, *str_quiet, *str_fresh, *str_send_quiet, *str_send_fresh;
 static PyObject *str_throw, *str_close, *str_status;
 
@@ -1116,7 +1121,8 @@ PyDoc_STRVAR(plan_doc,
 "     pixel_path, beacon_caches, pixel_start, pixel_body, settle=None)\n--\n\n"
 "What Entry needs from a TrackingMiddleware, fixed at its construction (its _plan).\n"
 "settle(middleware, scope) is called once, at the first call, before anything else;\n"
-"the middleware's _plan is read again after it (settle may have replaced it).");
+"that call goes on with this plan, and later calls read the middleware's _plan,\n"
+"which settle may have replaced.");
 
 static PyTypeObject PlanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1752,7 +1758,7 @@ fresh_message(PyObject *message, PyObject *status)
         Py_DECREF(copy);
         return NULL;
     }
-    if (status != NULL && PyDict_SetItem(copy, str_status, status) < 0) {
+    if (PyDict_SetItem(copy, str_status, status) < 0) {
         Py_DECREF(copy);
         return NULL;
     }
@@ -1848,20 +1854,21 @@ entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kw
         PyObject *found = optional_attr(args[0], str_plan);
         if (found == NULL && PyErr_Occurred())
             return NULL; /* reading _plan failed: as reading any attribute would */
+        PyObject *first_app = NULL; /* the app of the call that settled, held */
         if (found != NULL && Py_IS_TYPE(found, &PlanType) && ((Plan *)found)->settle != NULL) {
-            /* The first call: settle, once (the plan lets go of it first), then read the
-             * plan settle may have replaced. */
+            /* The first call: settle, once (the plan lets go of it first). This call
+             * goes on with the plan it came with, and its app, whichever path takes
+             * it; the plan settle leaves (it may make another) is for later calls. */
             PyObject *settle = ((Plan *)found)->settle;
             ((Plan *)found)->settle = NULL;
-            Py_DECREF(found);
             PyObject *done = PyObject_CallFunctionObjArgs(settle, args[0], args[1], NULL);
             Py_DECREF(settle);
-            if (done == NULL)
+            if (done == NULL) {
+                Py_DECREF(found);
                 return NULL;
+            }
             Py_DECREF(done);
-            found = optional_attr(args[0], str_plan);
-            if (found == NULL && PyErr_Occurred())
-                return NULL;
+            first_app = Py_XNewRef(((Plan *)found)->app);
         }
         if (found != NULL && Py_IS_TYPE(found, &PlanType) && ((Plan *)found)->app != NULL) {
             /* The pixel first: it costs a page one compare of its path, and spares the
@@ -1871,11 +1878,19 @@ entry_vectorcall(Entry *self, PyObject *const *args, size_t nargsf, PyObject *kw
             if (taken == NOT_TAKEN)
                 taken = entry_fast((Plan *)found, args, &awaitable);
             Py_DECREF(found);
-            if (taken != NOT_TAKEN)
+            if (taken != NOT_TAKEN) {
+                Py_XDECREF(first_app);
                 return awaitable; /* NULL if the app's call raised */
+            }
         }
         else /* _plan None (or none): the Python path only */
             Py_XDECREF(found);
+        if (first_app != NULL) { /* the Python path, told the app this call goes on with */
+            PyObject *call_args[5] = {args[0], args[1], args[2], args[3], first_app};
+            PyObject *awaitable = PyObject_Vectorcall(self->func, call_args, 4, kwnames_app);
+            Py_DECREF(first_app);
+            return awaitable;
+        }
     }
     return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
 }
@@ -2234,6 +2249,9 @@ PyInit__speedups(void)
         intern(&str_send_quiet, "send_quiet") < 0 || intern(&str_send_fresh, "send_fresh") < 0 ||
         intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0 ||
         intern(&str_status, "status") < 0)
+        return NULL;
+    kwnames_app = Py_BuildValue("(s)", "_app");
+    if (kwnames_app == NULL)
         return NULL;
     /* What quick_allow and quick_add mirror, the deque the pipeline buffers in, and the
      * cookie state count_beacon reads. */

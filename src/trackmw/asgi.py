@@ -25,6 +25,7 @@ through ``Core.request_state``.)
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -332,9 +333,10 @@ class TrackingMiddleware:
     ``await middleware(scope, receive, send)``, as servers and Starlette call it,
     sees no difference.
 
-    ``ahead_of_errors``: when the middleware is added with ``add_middleware`` and no
-    other middleware is outside it, move ahead of Starlette's ``ServerErrorMiddleware``
-    at the first call (see ``_settle``); ``False`` keeps the order Starlette made.
+    ``ahead_of_errors``: when the middleware is a Starlette app's outermost (added last
+    with ``add_middleware``, or listed first in its ``middleware``), move ahead of
+    Starlette's ``ServerErrorMiddleware`` at the first call (see ``_settle``); ``False``
+    keeps the order Starlette made.
     """
 
     def __init__(self, app: ASGIApp, tracker: Tracker, *, ahead_of_errors: bool = True) -> None:
@@ -365,10 +367,11 @@ class TrackingMiddleware:
         That layer turns an exception the app raises into a 500 response. trackmw's own
         answers never raise, yet each one, the pixel above all, paid for the layer: a
         coroutine frame, a closure and a coroutine per message, which cost the pixel
-        more than all of its own work. Ahead of it, the stack is trackmw ->
-        ``ServerErrorMiddleware`` -> the rest, as when trackmw wraps the app. A page
-        goes through the same layers as before; the only difference is that the app's
-        500 responses now pass through trackmw, as its other responses do.
+        more than all of its own work. Ahead of it, the stack is trackmw -> a copy of
+        the ``ServerErrorMiddleware`` -> the rest, as when trackmw wraps the app. A page
+        goes through the same layers as before; the app's 500 responses now pass
+        through trackmw, as its other responses do (README, "Starlette and FastAPI").
+        This call, already inside the layer, goes on with the app it had.
         """
         self._settled = True
         if not self.ahead_of_errors:
@@ -378,16 +381,20 @@ class TrackingMiddleware:
             if found is None:
                 return
             host, errors = found
-            # Made first, then the app's stack changed, then ours: if anything fails,
-            # nothing has changed.
-            plan = None if self._plan is None else self._make_plan(None, errors)
-            host.middleware_stack = self
+            # A copy: a request already inside the app's layer (served by another
+            # thread or event loop, or this very call) still finds trackmw in it.
+            layer = copy.copy(errors)
+            layer.app = self.app
+            plan = None if self._plan is None else self._make_plan(None, layer)
+            host.middleware_stack = self  # if the app refuses, nothing has changed
         except Exception:  # never break the host app: stay where it put us
-            log.exception("trackmw: could not move ahead of Starlette's error layer")
+            log.warning(
+                "trackmw: could not move ahead of Starlette's error layer", exc_info=True
+            )
             return
-        errors.app, self.app = self.app, errors
+        self.app = layer
         if plan is not None:
-            self._plan = plan  # the C path calls the new app
+            self._plan = plan  # the C path's later calls call the new app
         log.debug("trackmw: moved ahead of Starlette's ServerErrorMiddleware in %r", host)
 
     def _make_plan(
@@ -416,16 +423,24 @@ class TrackingMiddleware:
             settle=settle,
         )
 
-    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _asgi(
+        self, scope: Scope, receive: Receive, send: Send, *, _app: ASGIApp | None = None
+    ) -> None:
         """The middleware in Python: ``__call__`` without the speedups, and for any
-        request their C path does not take."""
+        request their C path does not take.
+
+        ``_app``: the app to call, given by the C path for the call it settled (see
+        below); ``self.app`` otherwise."""
+        # Read before settling: a call that moves this middleware ahead of the error
+        # layer came through that layer already, and goes on as it came.
+        app = self.app if _app is None else _app
         if not self._settled:  # (the C path settles before it calls this)
             self._settle(scope)
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self.app(scope, receive, self._lifespan_send(send))
+                await app(scope, receive, self._lifespan_send(send))
             else:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             return
         path: str = scope["path"]
         if path.startswith(self._special):
@@ -445,7 +460,7 @@ class TrackingMiddleware:
                 await self._endpoint(scope, receive, send)
                 return
             if core.excluded(path):
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
                 return
         try:
             # Cookie (repeats joined), DNT and Sec-GPC (first of each), in one
@@ -462,7 +477,7 @@ class TrackingMiddleware:
             state = self._request_state(cookie, dnt, gpc, _time())
         except Exception:  # never break the host app
             log.exception("trackmw: could not read the visitor; serving the page untracked")
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         lazy = self._lazy(self.core, scope, state, send)
         scope["trackmw"] = lazy
@@ -475,7 +490,7 @@ class TrackingMiddleware:
         else:
             wrapped = lazy.send_full
         try:
-            await self.app(scope, receive, wrapped)
+            await app(scope, receive, wrapped)
         finally:
             lazy._scope, lazy._send = None, _over  # no reference cycle outlives the request
 

@@ -93,12 +93,15 @@ def test_added_outermost_it_moves_ahead_of_the_error_layer_at_its_first_call(
 def test_the_apps_errors_are_still_starlettes_500_and_reach_the_server(
     make_tracker: Any, kind: type, when: str
 ) -> None:
-    """The error layer still answers the app's exceptions, with the app's own 500
-    handler, and still raises them on to the server. (On its first call the request
-    also went through the layer it moved ahead of, with the same result; a returning
-    visitor's page is the C path's, when built.)"""
+    """The error layer still answers the app's exceptions, once each, with the app's
+    own 500 handler, and still raises them on to the server. The call that moves
+    trackmw came through the layer already: it goes on as it came, as it would have
+    without the move, so its 500 does not pass through trackmw. (A returning visitor's
+    page is the C path's, when built.)"""
+    handled: list[str] = []
 
     async def on_error(request: Request, exc: Exception) -> PlainTextResponse:
+        handled.append(str(exc))
         return PlainTextResponse(f"sorry: {exc}", status_code=500)
 
     tracker = make_tracker()
@@ -111,13 +114,16 @@ def test_the_apps_errors_are_still_starlettes_500_and_reach_the_server(
             client.cookies.clear()
     response = client.get("/fail", headers=HEADERS)
     assert response.status_code == 500 and response.text == "sorry: the app failed"
-    # The 500 now passes through trackmw: a new visitor's id cookie is on it, private.
-    new = when != "returning-visitor"
-    assert ("trackmw_id" in response.cookies) is new
-    assert ("private" in response.headers.get("cache-control", "")) is new
+    assert handled == ["the app failed"]
+    # After the move, the 500 passes through trackmw: a new visitor's id cookie is on
+    # it, and it is private.
+    cookie = when == "new-visitor"
+    assert ("trackmw_id" in response.cookies) is cookie
+    assert ("private" in response.headers.get("cache-control", "")) is cookie
     raising = TestClient(app, base_url="http://site.example", cookies=client.cookies)
     with pytest.raises(Failed):
         raising.get("/fail", headers=HEADERS)
+    assert handled == ["the app failed"] * 2
     assert stack(app) == [kind, ServerErrorMiddleware]
 
 
@@ -207,7 +213,7 @@ def test_a_failed_move_is_logged_and_changes_nothing(
     app = Refusing(routes=[Route("/", home), Route("/fail", fail)])
     app.add_middleware(kind, tracker=tracker)
     client = TestClient(app, base_url="http://site.example", raise_server_exceptions=False)
-    with caplog.at_level(logging.ERROR, logger="trackmw"):
+    with caplog.at_level(logging.WARNING, logger="trackmw"):
         page = client.get("/", headers=HEADERS)
     assert page.status_code == 200 and "trackmw_id" in page.cookies
     assert "trackmw: could not move ahead of Starlette's error layer" in caplog.messages
@@ -220,3 +226,85 @@ def test_a_failed_move_is_logged_and_changes_nothing(
     failed = client.get("/fail", headers=HEADERS)
     assert failed.status_code == 500 and "set-cookie" not in failed.headers
     assert client.get(PIXEL, headers=HEADERS).content == GIF
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_a_request_already_inside_the_old_layer_still_finds_trackmw(
+    make_tracker: Any, kind: type
+) -> None:
+    """The move leaves the app's own layer alone (trackmw goes ahead of a copy): a
+    request another thread had let into it just before still reaches trackmw."""
+    import asyncio
+
+    tracker = make_tracker()
+    app = site(kind, tracker)
+    client = TestClient(app, base_url="http://site.example")
+    old_layer = app.middleware_stack = app.build_middleware_stack()  # as its first call does
+    assert client.get("/", headers=HEADERS).status_code == 200
+    assert stack(app) == [kind, ServerErrorMiddleware]
+    assert type(old_layer) is ServerErrorMiddleware and isinstance(old_layer.app, kind)
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {
+        "type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"",
+        "root_path": "", "scheme": "http", "http_version": "1.1", "app": app,
+        "headers": [(b"host", b"site.example"), (b"user-agent", BROWSER_UA.encode())],
+    }
+    asyncio.run(old_layer(scope, receive, send))  # get_visitor would raise without trackmw
+    assert sent[0]["status"] == 200 and sent[1]["body"] != b"none"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_listed_first_in_the_apps_middleware_it_moves_too(make_tracker: Any, kind: type) -> None:
+    from starlette.middleware import Middleware
+
+    tracker = make_tracker()
+    listed = Starlette(
+        routes=[Route("/", home)],
+        middleware=[Middleware(kind, tracker=tracker), Middleware(Noop)],
+    )
+    with TestClient(listed) as client:
+        assert client.get("/", headers=HEADERS).status_code == 200
+    assert stack(listed) == [kind, ServerErrorMiddleware, Noop]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_with_a_body_limit_it_stays_inside_it(make_tracker: Any, kind: type) -> None:
+    """``Starlette(max_body_size=...)`` puts its body limit between the error layer
+    and the app's middleware: trackmw is then not right inside the error layer."""
+    tracker = make_tracker()
+    app = site(kind, tracker, max_body_size=1024)
+    with TestClient(app) as client:
+        assert client.get("/", headers=HEADERS).status_code == 200
+        assert client.get(PIXEL, headers=HEADERS).content == GIF
+    assert stack(app)[0] is ServerErrorMiddleware and stack(app)[-1] is kind
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_a_websocket_first_and_a_mounted_app(make_tracker: Any, kind: type) -> None:
+    from starlette.routing import Mount, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    tracker = make_tracker()
+    inner = Starlette(routes=[Route("/", home), WebSocketRoute("/ws", echo)])
+    inner.add_middleware(kind, tracker=tracker)
+    outer = Starlette(routes=[Mount("/sub", inner)])
+    client = TestClient(outer, base_url="http://site.example")
+    with client.websocket_connect("/sub/ws") as ws:  # the mounted app's first call
+        ws.send_text("hi")
+        assert ws.receive_text() == "hi"
+    assert stack(inner) == [kind, ServerErrorMiddleware]
+    assert stack(outer) == [ServerErrorMiddleware]
+    page = client.get("/sub/", headers=HEADERS)
+    assert page.status_code == 200 and page.text != "none"
