@@ -352,7 +352,7 @@ int_value(PyObject *value, long *out)
  * slots (if not, every call goes to Python). */
 static Py_ssize_t off_limit, off_max_keys, off_since, off_until, off_counts;
 static Py_ssize_t off_buffer, off_thread, off_buffer_size, off_batch_size;
-static Py_ssize_t off_beacon_id, off_user_id;
+static Py_ssize_t off_beacon_id, off_user_id, off_quiet, off_fresh;
 static int limiter_slots, pipeline_slots, state_slots;
 
 /* The offset of each slot `names[i]` of `type` (or of a base) in *offsets[i]: 1 if
@@ -1692,10 +1692,17 @@ entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
     PyObject *wrapper = str_send_full; /* the send wrapper the state calls for */
     if (plan->quiet_ok) {
         PyObject *flags[2] = {str_quiet, str_fresh}, *names[2] = {str_send_quiet, str_send_fresh};
+        /* a CookieState's flags are read from its slots (a bool each) */
+        int slots = Py_TYPE(state) == state_type && state_slots;
+        Py_ssize_t offsets[2] = {off_quiet, off_fresh};
         for (int i = 0; i < 2 && wrapper == str_send_full; i++) {
-            PyObject *flag = PyObject_GetAttr(state, flags[i]);
-            int on = flag == NULL ? -1 : PyObject_IsTrue(flag);
-            Py_XDECREF(flag);
+            PyObject *flag = slots ? SLOT(state, offsets[i]) : NULL;
+            int on = flag == Py_True ? 1 : flag == Py_False ? 0 : -2;
+            if (on == -2) { /* not a CookieState, or a flag that is not a bool */
+                flag = PyObject_GetAttr(state, flags[i]);
+                on = flag == NULL ? -1 : PyObject_IsTrue(flag);
+                Py_XDECREF(flag);
+            }
             if (on < 0)
                 goto failed;
             if (on)
@@ -2280,11 +2287,11 @@ PyInit__speedups(void)
     const char *const pipeline_names[] = {"_thread", "buffer_size", "_buffer", "batch_size"};
     Py_ssize_t *const pipeline_offsets[] = {&off_thread, &off_buffer_size, &off_buffer,
                                             &off_batch_size};
-    const char *const state_names[] = {"beacon_id", "user_id"};
-    Py_ssize_t *const state_offsets[] = {&off_beacon_id, &off_user_id};
+    const char *const state_names[] = {"beacon_id", "user_id", "quiet", "fresh"};
+    Py_ssize_t *const state_offsets[] = {&off_beacon_id, &off_user_id, &off_quiet, &off_fresh};
     limiter_slots = slot_offsets(limiter_type, 5, limiter_names, limiter_offsets);
     pipeline_slots = slot_offsets(pipeline_type, 4, pipeline_names, pipeline_offsets);
-    state_slots = slot_offsets(state_type, 2, state_names, state_offsets);
+    state_slots = slot_offsets(state_type, 4, state_names, state_offsets);
     if (limiter_slots < 0 || pipeline_slots < 0 || state_slots < 0)
         return NULL;
     deque_append = PyObject_GetAttrString(objects[0], "append");

@@ -815,6 +815,37 @@ async def _ok_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+@needs_speedups
+@pytest.mark.parametrize(
+    ("quiet", "fresh", "wrapper"),
+    [(True, False, "send_quiet"), (False, True, "send_fresh"), (False, False, "send_full"),
+     (1, 0, "send_quiet"), (0, 1, "send_fresh"), (0, 0, "send_full"), ([], "yes", "send_fresh")],
+)
+def test_the_c_path_picks_the_send_wrapper_the_state_calls_for(
+    make_tracker: Callable[..., Tracker], quiet: Any, fresh: Any, wrapper: str
+) -> None:
+    """The C path reads a cookie state's ``quiet`` and ``fresh`` from their slots when
+    they are bools, and by their truth otherwise, as the Python path does."""
+    import asyncio
+
+    tracker = make_tracker()
+    picked: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        picked.append(send.__name__)
+        await _ok_app(scope, receive, send)
+
+    scope = _returning_scope(tracker)
+    state = tracker.core.reader.states[b"a=1"][2]
+    state.quiet, state.fresh = quiet, fresh
+    middleware = TrackingMiddleware(app, tracker)
+    call = middleware(dict(scope), None, _discard)
+    assert type(call).__name__ == "Call"
+    asyncio.run(_await(call))
+    asyncio.run(_pure()(app, tracker)(dict(scope), None, _discard))
+    assert picked == [wrapper, wrapper]
+
+
 def test_the_middleware_is_an_asgi3_app_to_servers_that_inspect_it(
     make_tracker: Callable[..., Tracker],
 ) -> None:
