@@ -108,8 +108,8 @@ def starlette_tracked(tracker: Tracker) -> Starlette:
 
 def starlette_wrapped(tracker: Tracker) -> ASGITracking:
     """The same app with trackmw wrapping it (``app = TrackingMiddleware(app, ...)``)
-    rather than added inside it: trackmw's paths are answered before Starlette's own
-    outermost layers, which no middleware added with ``add_middleware`` can skip."""
+    rather than added inside it: trackmw's paths are answered before any of
+    Starlette's layers, ``Starlette.__call__`` included."""
     return ASGITracking(starlette_bare(), tracker=tracker)
 
 
@@ -169,10 +169,11 @@ async def raw_gif(scope: Scope, receive: Any, send: Any) -> None:
 
 
 class GifMiddleware:
-    """The floor for a beacon served by middleware installed the documented way
-    (``app.add_middleware``): answers every request with the GIF, as ``raw_gif`` does,
+    """A beacon served by a middleware added with ``app.add_middleware`` that stays
+    where Starlette puts it: answers every request with the GIF, as ``raw_gif`` does,
     from inside Starlette's outermost layers (``Starlette.__call__`` and its
-    ``ServerErrorMiddleware``), which no middleware added that way can skip."""
+    ``ServerErrorMiddleware``). trackmw moves ahead of the second (see
+    ``trackmw.asgi.TrackingMiddleware._settle``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

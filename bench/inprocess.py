@@ -249,7 +249,7 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
          asgi_scope("/", cookie=returning), baseline="asgi.bare")
     asgi("gif.raw", "raw ASGI GIF (beacon floor)", apps.raw_gif,
          asgi_scope("/gif", apps.PIXEL_QUERY, cookie=returning))
-    asgi("gif.middleware", "Starlette middleware answering the GIF (any middleware's floor)",
+    asgi("gif.middleware", "Starlette middleware answering the GIF, inside the error layer",
          apps.starlette_gif_middleware(),
          asgi_scope("/_trackmw/pixel.gif", apps.PIXEL_QUERY, cookie=returning), baseline="gif.raw")
     asgi("gif.route", "Starlette route answering the GIF", bare,
