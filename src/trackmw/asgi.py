@@ -305,9 +305,9 @@ def beacon_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, by
 
 
 def _error_layer_around(middleware: TrackingMiddleware, scope: Scope) -> tuple[Any, Any] | None:
-    """``(app, layer)`` if ``middleware`` sits right inside Starlette's
-    ``ServerErrorMiddleware`` (``layer``) at the top of a Starlette ``app``'s stack: the
-    outermost middleware added with ``add_middleware``. Else ``None``."""
+    """``(host, layer)`` if ``middleware`` sits right inside Starlette's
+    ``ServerErrorMiddleware`` (``layer``) at the top of the Starlette app ``host``'s
+    stack: the app's outermost middleware. Else ``None``."""
     host = scope.get("app")
     errors: Any = getattr(host, "middleware_stack", None)
     # Only Starlette's own class: a subclass (an error reporter's, say) may do more.
@@ -429,8 +429,8 @@ class TrackingMiddleware:
         """The middleware in Python: ``__call__`` without the speedups, and for any
         request their C path does not take.
 
-        ``_app``: the app to call, given by the C path for the call it settled (see
-        below); ``self.app`` otherwise."""
+        ``_app``: the app to call, which the C path gives for the call it settled (that
+        call goes on with the app it came to); ``self.app`` otherwise."""
         # Read before settling: a call that moves this middleware ahead of the error
         # layer came through that layer already, and goes on as it came.
         app = self.app if _app is None else _app
