@@ -308,3 +308,19 @@ def test_a_websocket_first_and_a_mounted_app(make_tracker: Any, kind: type) -> N
     assert stack(outer) == [ServerErrorMiddleware]
     page = client.get("/sub/", headers=HEADERS)
     assert page.status_code == 200 and page.text != "none"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_a_500_handler_can_read_the_visitor(make_tracker: Any, kind: type) -> None:
+    """Inside trackmw now, the app's 500 handler runs while the request's visitor is
+    still there (before the move, the request was over for trackmw by then)."""
+
+    async def on_error(request: Request, exc: Exception) -> PlainTextResponse:
+        return PlainTextResponse(get_visitor(request).id or "none", status_code=500)
+
+    tracker = make_tracker()
+    app = site(kind, tracker, exception_handlers={Exception: on_error})
+    client = TestClient(app, base_url="http://site.example", raise_server_exceptions=False)
+    page = client.get("/", headers=HEADERS)  # the first call: the move
+    failed = client.get("/fail", headers=HEADERS)
+    assert failed.status_code == 500 and failed.text == page.text != "none"
