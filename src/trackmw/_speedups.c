@@ -624,12 +624,16 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     if (page == NULL) /* the general path takes the page from Referer */
         goto end;
     KEEP(page);
-    PyObject *referrer = LOOKUP(params, str_r);
+    /* r and c are looked for only while the dict has keys not yet found (the
+     * parser's has p, r and c at most, and a beacon URL most often p and r) */
+    Py_ssize_t unseen = PyDict_GET_SIZE(params) - 1;
+    PyObject *referrer = unseen > 0 ? LOOKUP(params, str_r) : NULL;
     if (referrer == NULL && PyErr_Occurred())
         goto end;
+    unseen -= referrer != NULL;
     KEEP(referrer == NULL ? Py_None : referrer);
     referrer = kept[n_kept - 1];
-    PyObject *campaign = LOOKUP(params, str_c);
+    PyObject *campaign = unseen > 0 ? LOOKUP(params, str_c) : NULL;
     if (campaign == NULL && PyErr_Occurred())
         goto end;
     KEEP(campaign == NULL ? Py_None : campaign);

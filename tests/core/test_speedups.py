@@ -247,7 +247,7 @@ def beacon_tracker() -> Any:
 
 
 BEACON_QUERIES = [b"p=%2Fa&r=https%3A%2F%2Fexample.org%2F&c=news", b"p=%2Fb", b"r=x", b"",
-                  b"p=&r=x", b"p=%2Fc%0A"]
+                  b"p=&r=x", b"p=%2Fc%0A", b"p=%2Fd&c=spring", b"p=%2Fe&r=x", b"c=x&p=%2Ff"]
 
 
 def _beacon_effects(tracker: Tracker, run: Callable[[], Any]) -> tuple[Any, ...]:
@@ -370,6 +370,38 @@ def test_the_c_beacon_counts_a_returning_visitors_beacon(beacon_tracker: Any) ->
     finally:
         core.beacon_caches[0][cookie] = (not_before, not_after, state)
     assert (status, hits, counts) == (None, [], {})
+
+
+@needs_speedups
+@pytest.mark.parametrize("query", BEACON_QUERIES)
+def test_the_c_beacon_reads_the_query_as_the_python_path_does(
+    beacon_tracker: Any, query: bytes
+) -> None:
+    """Each beacon query, its caches warm: the C count buffers the hit the Python
+    path buffers (page, referrer and campaign), or leaves the beacon to it."""
+    from unittest import mock
+
+    from tests.core.harness import PurePythonMiddleware
+    from trackmw import _speedups
+
+    core = beacon_tracker.core
+    scope = {"type": "http", "method": "GET", "path": "/_trackmw/pixel.gif",
+             "query_string": query,
+             "headers": [(b"host", b"example.org"), (b"user-agent", b"Mozilla/5.0 test"),
+                         (b"cookie", _cached_cookie(beacon_tracker, T0 + 3600))]}
+    now = T0 + 3650
+    python = PurePythonMiddleware(_middleware(beacon_tracker).app, beacon_tracker)
+    core.rate_limiter._counts = {}
+    with mock.patch("trackmw.asgi._time", return_value=now):
+        expected = _beacon_effects(beacon_tracker, lambda: python._quick_pixel(dict(scope)))
+    core.rate_limiter._counts = {}
+    got = _beacon_effects(
+        beacon_tracker, lambda: _speedups.beacon(dict(scope), core.beacon_caches, core, now)
+    )
+    if got[0] is None:
+        assert expected[0] is None and got[1:3] == ([], {})
+    else:
+        assert got[:3] == expected[:3] and got[0] == 200
 
 
 @needs_speedups
