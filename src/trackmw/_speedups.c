@@ -150,15 +150,24 @@ lookup_state(PyObject *scope, PyObject *prefixes, PyObject *states, double now, 
     return cached_entry(states, cookie, now, clock);
 }
 
+/* 0 if a function `name` was given its `expected` count of positional arguments, else
+ * -1 with the TypeError set. */
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs == expected)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected, nargs);
+    return -1;
+}
+
 /* Check the count of positional arguments and read `now`, the fourth. */
 static int
 unpack_lookup_args(const char *name, Py_ssize_t nargs, Py_ssize_t expected,
                    PyObject *const *args, double *now)
 {
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected, nargs);
+    if (check_nargs(name, nargs, expected) < 0)
         return -1;
-    }
     *now = PyFloat_AsDouble(args[3]);
     return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
@@ -495,10 +504,8 @@ PyDoc_STRVAR(allow_doc,
 static PyObject *
 allow_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "allow() takes 3 arguments (%zd given)", nargs);
+    if (check_nargs("allow", nargs, 3) < 0)
         return NULL;
-    }
     double now = PyFloat_AsDouble(args[2]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
@@ -515,10 +522,8 @@ PyDoc_STRVAR(add_doc,
 static PyObject *
 add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "add() takes 2 arguments (%zd given)", nargs);
+    if (check_nargs("add", nargs, 2) < 0)
         return NULL;
-    }
     int added = quick_add(args[0], args[1]);
     if (added == -2)
         return PyObject_CallMethodOneArg(args[0], str_add, args[1]);
@@ -550,10 +555,8 @@ static PyObject *count_beacon(PyObject *scope, PyObject *caches, PyObject *core,
 static PyObject *
 beacon(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "beacon() takes 4 arguments (%zd given)", nargs);
+    if (check_nargs("beacon", nargs, 4) < 0)
         return NULL;
-    }
     return count_beacon(args[0], args[1], args[2], args[3]);
 }
 
@@ -743,10 +746,8 @@ PyDoc_STRVAR(add_cookies_doc,
 static PyObject *
 add_cookies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "add_cookies() takes 3 arguments (%zd given)", nargs);
+    if (check_nargs("add_cookies", nargs, 3) < 0)
         return NULL;
-    }
     PyObject *message = args[0], *added = args[1], *cookies = args[2];
     if (!PyDict_CheckExact(message) || !PyList_CheckExact(added) || !PyList_CheckExact(cookies))
         Py_RETURN_NONE;
@@ -1746,15 +1747,14 @@ done:
 
 /* -- the beacon's answer: its two messages sent in turn ------------------------------ */
 
-/* A copy of a message (a dict) with a copy of its "headers" list, if it has one, and
- * `status` set: middleware around this one may edit either in place. With `status`
- * NULL (the body's message, which has no headers), a plain copy. */
+/* A copy of a start message (a dict) with a copy of its "headers" list, if it has one,
+ * and `status` set: middleware around this one may edit either in place. */
 static PyObject *
-fresh_message(PyObject *message, PyObject *status)
+fresh_start(PyObject *message, PyObject *status)
 {
     PyObject *copy = PyDict_Copy(message);
-    if (copy == NULL || status == NULL) /* the body's message: no headers, no status */
-        return copy;
+    if (copy == NULL)
+        return NULL;
     PyObject *headers = PyDict_GetItemWithError(copy, str_headers);
     if (headers != NULL && PyList_Check(headers)) {
         headers = PyList_GetSlice(headers, 0, PyList_GET_SIZE(headers));
@@ -1823,11 +1823,11 @@ entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
     messages = PyTuple_New(2);
     if (messages == NULL)
         goto failed;
-    PyObject *start = fresh_message(plan->pixel_start, status);
+    PyObject *start = fresh_start(plan->pixel_start, status);
     if (start == NULL)
         goto failed;
     PyTuple_SET_ITEM(messages, 0, start);
-    PyObject *body = fresh_message(plan->pixel_body, NULL);
+    PyObject *body = PyDict_Copy(plan->pixel_body); /* (it has no headers) */
     if (body == NULL)
         goto failed;
     PyTuple_SET_ITEM(messages, 1, body);
@@ -2060,10 +2060,8 @@ run_end(Py_ssize_t i)
 static PyObject *
 normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_Format(PyExc_TypeError, "normalize_run() takes 9 arguments (%zd given)", nargs);
+    if (check_nargs("normalize_run", nargs, 9) < 0)
         return NULL;
-    }
     PyObject *items = args[0], *fixed = args[2], *day = args[5], *pageviews = args[8];
     PyTypeObject *hit_type = (PyTypeObject *)args[6], *pv_type = (PyTypeObject *)args[7];
     Py_ssize_t i;
@@ -2141,10 +2139,8 @@ PyDoc_STRVAR(group_run_doc,
 static PyObject *
 group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "group_run() takes 6 arguments (%zd given)", nargs);
+    if (check_nargs("group_run", nargs, 6) < 0)
         return NULL;
-    }
     PyObject *views = args[0], *groups = args[2];
     PyTypeObject *pv_type = (PyTypeObject *)args[3];
     Py_ssize_t i;

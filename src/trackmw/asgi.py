@@ -317,12 +317,6 @@ def _error_layer_around(middleware: TrackingMiddleware, scope: Scope) -> tuple[A
     return (host, errors) if errors.app is middleware else None
 
 
-def _settle(middleware: TrackingMiddleware, scope: Scope) -> None:
-    """The C path's first call settles through this (``Plan``'s ``settle``)."""
-    if not middleware._settled:
-        middleware._settle(scope)
-
-
 class TrackingMiddleware:
     """Track visitors of an ASGI app (see the module docstring).
 
@@ -354,10 +348,11 @@ class TrackingMiddleware:
         # The kind of ``LazyVisitor`` the Python path makes (read here, so that tests
         # can choose).
         self._lazy: Callable[[Core, Scope, CookieState, Send], _ASGIVisitor] = LazyVisitor
-        # Whichever path takes the first call calls ``_settle`` first.
+        # Whichever path takes the first call calls ``_settle`` first (the C path through
+        # its plan's ``settle``).
         self._settled = False
         # What ``__call__``'s C path reads (``None``: the Python path takes every request).
-        self._plan = None if _speedups is None else self._make_plan(_settle)
+        self._plan = None if _speedups is None else self._make_plan(type(self)._settle)
 
     def _settle(self, scope: Scope) -> None:
         """The first call, before anything else: if this middleware sits right inside
@@ -371,8 +366,11 @@ class TrackingMiddleware:
         the ``ServerErrorMiddleware`` -> the rest, as when trackmw wraps the app. A page
         goes through the same layers as before; the app's 500 responses now pass
         through trackmw, as its other responses do (README, "Starlette and FastAPI").
-        This call, already inside the layer, goes on with the app it had.
+        This call, already inside the layer, goes on with the app it had. Once only:
+        later calls do nothing.
         """
+        if self._settled:
+            return
         self._settled = True
         if not self.ahead_of_errors:
             return
