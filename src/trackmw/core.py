@@ -282,8 +282,7 @@ class Core:
         or ``Domain`` depend on its headers (``cookie_needs_headers``), so that usually
         the scheme is all this reads.
         """
-        visitor_id = self.new_id()
-        value = self.id_signer.dumps_id(visitor_id)
+        visitor_id, value = self.id_signer.new_id_token(self.new_id)
         if self.cookie_needs_headers:
             return visitor_id, self.cookie_header(describe(), ID_COOKIE, value)
         secure = self.settings.cookie_secure

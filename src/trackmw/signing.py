@@ -23,15 +23,21 @@ text is made once a second, base64 is called directly (``binascii``) rather than
 through three layers of Python, and a short payload is signed in one function rather
 than through the serializer's and signer's layers (``dumps_id`` writes a visitor id's
 JSON itself). Together they make a visitor id's token about 7 times cheaper than
-plain itsdangerous (1.8 µs against 13.4 µs).
+plain itsdangerous (1.8 µs against 13.4 µs). When new visitors come several a second,
+their ids are signed ahead, a few at a time, in the second they go out in
+(``CookieSigner.new_id_token``): the same tokens, from a warm HMAC.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import os
 import time
+import weakref
 from binascii import b2a_base64
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
@@ -129,12 +135,15 @@ class _Signer(TimestampSigner):
     def stamp(self) -> bytes:
         """The separator and the current timestamp, as ``sign`` appends them (made
         once a second)."""
+        return self.stamped()[1]
+
+    def stamped(self) -> tuple[int, bytes]:
+        """The current timestamp (whole seconds) and ``stamp()``'s text for it."""
         now = self.get_timestamp()
-        at, stamp = self._stamp
-        if at != now:
-            stamp = self._sep + base64url(int_to_bytes(now))
-            self._stamp = (now, stamp)  # one assignment: threads see either pair whole
-        return stamp
+        pair = self._stamp
+        if pair[0] != now:
+            pair = self._stamp = (now, self._sep + base64url(int_to_bytes(now)))
+        return pair  # one object: threads see either pair whole
 
     def get_signature(self, value: str | bytes) -> bytes:
         """``Signer.get_signature``: the derived key's HMAC of ``value``, base64."""
@@ -194,6 +203,11 @@ class CookieSigner:
         self._signer: _Signer = self._newest.make_signer(salt)
         self.max_age = max_age
         self._cache: dict[str, SignedValue | None] = {}
+        # New ids signed ahead (``new_id_token``): (second, id, token), oldest first.
+        self._ahead: deque[tuple[int, str, str]] = deque()
+        self._ahead_block = 1  # how many the next signing signs
+        self._ahead_at = -1  # the second of the last signing
+        _signers_ahead.add(self)
 
     def dumps(self, payload: Any) -> str:
         """Sign ``payload`` with the newest key; the result is cookie-safe text.
@@ -214,14 +228,59 @@ class CookieSigner:
         which JSON writes as they are: no JSON encoder on a new visitor's request. Any
         other id (one with a quote, a backslash or a control character) must go through
         ``dumps``."""
-        return self._signed(b'["' + visitor_id.encode("ascii") + b'"]')
+        return self._signed(_id_json(visitor_id))
 
-    def _signed(self, text: bytes) -> str:
+    def new_id_token(self, new_id: Callable[[], str]) -> tuple[str, str]:
+        """A new visitor id (from ``new_id``) and its token: ``dumps_id(id)``'s bytes,
+        signed within the current second.
+
+        The HMAC is most of a new visitor's cost, and on the request path it runs cold:
+        between two new visitors a whole request's work has pushed its code and data
+        out of the CPU's caches, so one HMAC costs there about 3 times what it costs in
+        a loop. When new visitors come several a second (crawlers and other clients
+        that keep no cookie, a busy page), ids are therefore signed ahead, several at
+        a time, and handed out one per request. A token's timestamp has whole seconds,
+        and one signed ahead is handed out only within the second it was signed in, so
+        it is the token that signing on the spot would have made.
+
+        How many are signed ahead adapts to the rate: one at a time (no signing ahead)
+        until a second sees more than one signing, then twice as many each time that
+        happens, up to ``_AHEAD_MAX``; half as many each time some were left over when
+        their second ended. At a steady rate, at most about a second's worth of new
+        visitors is signed and never handed out, in cheaper HMACs than those it saved.
+        """
+        ahead = self._ahead
+        if ahead:
+            now = self._signer.get_timestamp()
+            while True:
+                try:
+                    second, visitor_id, token = ahead.popleft()  # atomic: one thread each
+                except IndexError:
+                    break
+                if second == now:
+                    return visitor_id, token
+                # Left over from an earlier second: too many were signed ahead.
+                self._ahead_block = max(1, self._ahead_block // 2)
+                ahead.clear()
+        second, stamp = self._signer.stamped()
+        block = self._ahead_block
+        if second == self._ahead_at:  # the last block was used up within this second
+            block = self._ahead_block = min(block * 2, _AHEAD_MAX)
+        self._ahead_at = second
+        visitor_id = new_id()
+        token = self._signed(_id_json(visitor_id), stamp)
+        if block > 1:
+            ids = [new_id() for _ in range(block - 1)]
+            ahead.extend([(second, i, self._signed(_id_json(i), stamp)) for i in ids])
+        return visitor_id, token
+
+    def _signed(self, text: bytes, stamp: bytes | None = None) -> str:
         """The token for a short JSON ``text``: what the serializer's and the signer's
         layers of calls make, in one function (on every new visitor's request, those
-        layers cost as much as the HMAC)."""
+        layers cost as much as the HMAC). ``stamp``: ``_Signer.stamp()``'s text, when
+        the caller has it."""
         signer = self._signer
-        value = base64url(text) + signer.stamp()
+        value = base64url(text) + (signer.stamp() if stamp is None else stamp)
         mac = signer._mac.copy()  # always HMAC: the serializers use the default algorithm
         mac.update(value)
         return (value + signer._sep + base64url(mac.digest())).decode("ascii")
@@ -271,6 +330,26 @@ class CookieSigner:
         except Exception:
             return None
         return SignedValue(payload, ts.timestamp(), stale)
+
+
+def _id_json(visitor_id: str) -> bytes:
+    """``[visitor_id]`` as compact JSON, for an id of URL-safe characters."""
+    return b'["' + visitor_id.encode("ascii") + b'"]'
+
+
+#: At most this many new visitor ids are signed at a time (``CookieSigner.new_id_token``).
+_AHEAD_MAX = 64
+#: Signers that may hold ids signed ahead; a forked child must not hand out its parent's.
+_signers_ahead: weakref.WeakSet[CookieSigner] = weakref.WeakSet()
+
+
+def _forget_ahead() -> None:
+    for signer in list(_signers_ahead):
+        signer._ahead.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_forget_ahead)
 
 
 def _canonical_signature(value: str) -> bool:

@@ -124,6 +124,126 @@ def test_a_forked_child_never_hands_out_its_parents_ids(make_tracker: Any) -> No
     assert len(child) == 70 and not child & parent
 
 
+class _Clock:
+    """itsdangerous' clock, set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _counting_ids(core: Any) -> tuple[Any, list[str]]:
+    drawn: list[str] = []
+
+    def new_id() -> str:
+        drawn.append(core.new_id())
+        return drawn[-1]
+
+    return new_id, drawn
+
+
+def test_ids_signed_ahead_are_the_tokens_signing_then_makes(
+    make_tracker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock(1_790_000_000.25)
+    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
+    core = make_tracker().core
+    signer = CookieSigner([KEY], "trackmw.visitor", 60)
+    new_id, drawn = _counting_ids(core)
+    issued = [signer.new_id_token(new_id) for _ in range(500)]  # all within one second
+    assert len(drawn) > len(issued) - 64  # some were signed ahead, a block at a time
+    ids = [i for i, _ in issued]
+    assert len(set(ids)) == len(ids) and set(ids) <= set(drawn)
+    for visitor_id, token in issued:
+        assert token == signer.dumps_id(visitor_id)
+    clock.now += 0.5  # the same second: what was signed ahead still goes out
+    visitor_id, token = signer.new_id_token(new_id)
+    assert token == signer.dumps_id(visitor_id) and visitor_id in drawn
+
+
+def test_an_id_signed_ahead_never_goes_out_after_its_second(
+    make_tracker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock(1_790_000_000.0)
+    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
+    core = make_tracker().core
+    signer = CookieSigner([KEY], "trackmw.visitor", 60)
+    new_id, drawn = _counting_ids(core)
+    for _ in range(200):
+        signer.new_id_token(new_id)
+    left = {i for _, i, _ in signer._ahead}
+    assert left  # ids signed ahead, not handed out
+    block = signer._ahead_block
+    clock.now += 1
+    for n in range(100):
+        visitor_id, token = signer.new_id_token(new_id)
+        if n == 0:  # too many had been signed ahead: fewer now
+            assert signer._ahead_block == block // 2
+        assert visitor_id not in left
+        assert token == signer.dumps_id(visitor_id)  # this second's timestamp
+
+
+def test_at_one_new_visitor_a_second_nothing_is_signed_ahead(
+    make_tracker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock(1_790_000_000.5)
+    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
+    core = make_tracker().core
+    signer = CookieSigner([KEY], "trackmw.visitor", 60)
+    new_id, drawn = _counting_ids(core)
+    for n in range(1, 30):
+        visitor_id, token = signer.new_id_token(new_id)
+        assert drawn == drawn[:n] and len(drawn) == n  # each id drawn when handed out
+        assert token == signer.dumps_id(visitor_id)
+        clock.now += 1
+
+
+def test_threads_never_get_the_same_id_signed_ahead(make_tracker: Any) -> None:
+    import threading
+
+    core = make_tracker().core
+    signer = CookieSigner([KEY], "trackmw.visitor", 60)
+    out: list[list[tuple[str, str]]] = [[] for _ in range(4)]
+
+    def work(mine: list[tuple[str, str]]) -> None:
+        for _ in range(2000):
+            mine.append(signer.new_id_token(core.new_id))
+
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in out]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    issued = [pair for mine in out for pair in mine]
+    assert len({i for i, _ in issued}) == len(issued) == 8000
+    for visitor_id, token in issued:
+        hit = signer.verify(token)
+        assert hit is not None and hit.payload == [visitor_id]
+
+
+def test_a_forked_child_never_hands_out_ids_its_parent_signed_ahead(make_tracker: Any) -> None:
+    core = make_tracker().core
+    signer = core.id_signer
+    for _ in range(300):  # within a second: some ids are now signed ahead
+        signer.new_id_token(core.new_id)
+    ahead = {i for _, i, _ in signer._ahead}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ids = [signer.new_id_token(core.new_id)[0] for _ in range(100)]
+            os.write(write, " ".join(ids).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        child = set(f.read().split())
+    assert len(child) == 100 and not child & ahead
+
+
 # -- the pixel's quick path (Core.quick_beacon) against the general one (Core.pixel) --------
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0"
