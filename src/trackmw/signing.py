@@ -273,7 +273,7 @@ class CookieSigner:
             return visitor_id, self._signed(_id_json(visitor_id), stamp)
         ids = [new_id() for _ in range(block)]
         tokens = self._id_tokens(ids, stamp)
-        ahead.extend(zip(repeat(second, block - 1), ids[1:], tokens[1:]))
+        ahead.extend(zip(repeat(second, block - 1), ids[1:], tokens[1:], strict=True))
         return ids[0], tokens[0]
 
     def _id_tokens(self, ids: list[str], stamp: bytes) -> list[str]:
