@@ -2207,6 +2207,118 @@ group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return run_end(i);
 }
 
+/* -- the SQLite store's JSON of a group's page views -------------------------------- */
+
+PyDoc_STRVAR(views_json_doc,
+"views_json(views, quote, quoted, /)\n--\n\n"
+"What json.dumps(views) writes (with its default separators) for a list of exact\n"
+"ints, exact strs and None, as trackmw.stores.sqlite_pageviews.group makes them: each\n"
+"int as its repr, None as null, each str as quote(text) (the json module's\n"
+"encode_basestring_ascii), kept in the dict quoted so that a text the batch repeats\n"
+"(a page, a referrer) is quoted once. None when views holds anything else, or a\n"
+"quoted text is not ASCII: the caller then asks json.");
+
+/* A growing ASCII buffer. */
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+} Buffer;
+
+static int
+buffer_add(Buffer *b, const char *text, Py_ssize_t size)
+{
+    if (b->size + size > b->capacity) {
+        Py_ssize_t capacity = (b->size + size) * 2;
+        char *data = PyMem_Realloc(b->data, capacity);
+        if (data == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->data = data;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->size, text, size);
+    b->size += size;
+    return 0;
+}
+
+/* Adds one item's JSON: 0, 1 when the item is not the common case, -1 on error. */
+static int
+view_json(Buffer *b, PyObject *item, PyObject *quote, PyObject *quoted)
+{
+    if (item == Py_None)
+        return buffer_add(b, "null", 4);
+    if (PyLong_CheckExact(item)) {
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (value == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow)
+            return 1; /* json writes it (no page view's time is that large) */
+        char digits[24], *end = digits + sizeof digits, *at = end;
+        unsigned long long n = value < 0 ? -(unsigned long long)value : (unsigned long long)value;
+        do
+            *--at = (char)('0' + n % 10);
+        while ((n /= 10) != 0);
+        if (value < 0)
+            *--at = '-';
+        return buffer_add(b, at, end - at);
+    }
+    if (!PyUnicode_CheckExact(item))
+        return 1;
+    PyObject *text = PyDict_GetItemWithError(quoted, item);
+    if (text != NULL && PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text))
+        return buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text));
+    if (text == NULL && PyErr_Occurred())
+        return -1;
+    text = PyObject_CallOneArg(quote, item);
+    if (text == NULL)
+        return -1;
+    int result = 1; /* not an ASCII str: json decides */
+    if (PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text)) {
+        result = PyDict_SetItem(quoted, item, text);
+        if (result == 0)
+            result = buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text),
+                                PyUnicode_GET_LENGTH(text));
+    }
+    Py_DECREF(text);
+    return result;
+}
+
+static PyObject *
+views_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("views_json", nargs, 3) < 0)
+        return NULL;
+    PyObject *views = args[0], *quote = args[1], *quoted = args[2];
+    if (!PyList_CheckExact(views) || !PyDict_CheckExact(quoted))
+        Py_RETURN_NONE;
+    Buffer b = {NULL, 0, 0};
+    int result = buffer_add(&b, "[", 1);
+    /* The list is read again at each step: quote may be Python code that changes it. */
+    for (Py_ssize_t i = 0; result == 0 && i < PyList_GET_SIZE(views); i++) {
+        PyObject *item = PyList_GET_ITEM(views, i);
+        Py_INCREF(item);
+        if (i > 0)
+            result = buffer_add(&b, ", ", 2);
+        if (result == 0)
+            result = view_json(&b, item, quote, quoted);
+        Py_DECREF(item);
+    }
+    if (result == 0)
+        result = buffer_add(&b, "]", 1);
+    PyObject *json = NULL;
+    if (result == 0) {
+        json = PyUnicode_New(b.size, 127);
+        if (json != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(json), b.data, b.size);
+    }
+    PyMem_Free(b.data);
+    if (result > 0)
+        Py_RETURN_NONE; /* not the common case: nothing done */
+    return json;
+}
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -2219,6 +2331,7 @@ static PyMethodDef module_methods[] = {
     {"normalize_run", (PyCFunction)(void (*)(void))normalize_run, METH_FASTCALL,
      normalize_run_doc},
     {"group_run", (PyCFunction)(void (*)(void))group_run, METH_FASTCALL, group_run_doc},
+    {"views_json", (PyCFunction)(void (*)(void))views_json, METH_FASTCALL, views_json_doc},
     {NULL},
 };
 

@@ -2093,6 +2093,106 @@ def test_the_c_grouping_survives_a_key_that_runs_code() -> None:
         _speedups.group_run(views(), 0, {Clash(): []}, PageView, _MS_FROM, _MS_TO)
 
 
+# -- the SQLite store's JSON of a group's page views -----------------------------------------
+
+_VIEW_VALUES = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([int(T0 * 1000), 0, -1, 2**63, -(2**63) - 1, 10**30]),  # past a C long
+    st.text(max_size=12),  # quotes, backslashes, control characters, any code point
+    st.sampled_from(["/a", "https://news.example/", "é", '"\\', "\x00\n", "\ud800"]),
+)
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_VIEW_VALUES, max_size=30), st.booleans())
+def test_the_c_json_of_page_views_is_what_json_writes(values: list[Any], warm: bool) -> None:
+    import json
+    from json.encoder import encode_basestring_ascii
+
+    from trackmw import _speedups
+
+    quoted: dict[str, str] = {}
+    if warm:  # texts quoted by an earlier batch
+        _speedups.views_json(list(values), encode_basestring_ascii, quoted)
+    text = _speedups.views_json(values, encode_basestring_ascii, quoted)
+    if any(type(v) is int and not -(2**63) <= v < 2**63 for v in values):
+        assert text is None  # past a C long: json writes the list
+    else:
+        assert text == json.dumps(values)
+        assert all(quoted[t] == json.dumps(t) for t in values if isinstance(t, str))
+
+
+@needs_speedups
+def test_the_c_json_leaves_anything_else_to_json() -> None:
+    import json
+    from json.encoder import encode_basestring, encode_basestring_ascii
+
+    from trackmw import _speedups
+    from trackmw.stores import sqlite_pageviews
+
+    quote = encode_basestring_ascii
+    for odd in ([1.5], [True], [_Text("/a")], ["/a", [1]], [{"k": 1}], [2**63]):
+        assert _speedups.views_json(odd, quote, {}) is None
+        assert sqlite_pageviews.views_json(odd) == json.dumps(odd)  # through json
+    assert _speedups.views_json([b"/a"], quote, {}) is None
+    assert _speedups.views_json(("/a",), quote, {}) is None
+    assert _speedups.views_json(["/a"], quote, []) is None
+    assert _speedups.views_json(["/é"], encode_basestring, {}) is None  # not ASCII
+    assert _speedups.views_json(["/é"], lambda text: 1, {}) is None  # not a str
+    # A value of another kind, or not ASCII, is quoted again; an ASCII str is trusted.
+    quoted: dict[str, Any] = {"/a": 5, "/b": '"elsewhere"', "/c": '"/é"'}
+    assert _speedups.views_json(["/a", "/b", "/c"], quote, quoted) == '["/a", "elsewhere", "/c"]'
+    assert quoted["/a"] == '"/a"' and quoted["/c"] == '"/c"'
+    with pytest.raises(ZeroDivisionError):
+        _speedups.views_json(["/a"], lambda text: 1 / 0, {})
+    with pytest.raises(TypeError):
+        _speedups.views_json(["/a"], quote)
+
+
+@needs_speedups
+def test_the_c_json_reads_the_list_again_after_quoting() -> None:
+    """A quote that empties the list it is writing (only code the caller passes can):
+    the items already read are written, and nothing after them is read."""
+    from json.encoder import encode_basestring_ascii
+
+    from trackmw import _speedups
+
+    views: list[Any] = [1, "/a", "/b", None]
+
+    def quote(text: str) -> str:
+        views.clear()
+        return str(encode_basestring_ascii(text))
+
+    assert _speedups.views_json(views, quote, {}) == '[1, "/a"]'
+
+
+def test_the_store_writes_the_same_page_views_with_and_without_the_c_json(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trackmw.events import PageView
+    from trackmw.stores import sqlite_pageviews
+    from trackmw.stores.sqlite import SQLiteStore
+
+    views = [PageView(T0 + i * 0.5, "2027-01-15", f"v{i % 3}", None, f"/p/{i % 4}",
+                      "https://news.example/" if i % 2 else None, "spring" if i == 5 else None,
+                      "Chrome", "Linux", "desktop", False) for i in range(40)]
+    rows = []
+    for c_json in (True, False):
+        if not c_json:
+            monkeypatch.setattr(sqlite_pageviews, "speedup", lambda name: None)
+        store = SQLiteStore(f"sqlite:///{tmp_path}/{c_json}.db")
+        try:
+            store.write(views, [])
+            rows.append(store._read("SELECT * FROM pageview_groups ORDER BY rowid", ()))
+        finally:
+            store.close()
+    assert rows[0] == rows[1]
+    read = sqlite_pageviews._pageviews(row[:7] + row[8:] for row in rows[0])
+    assert sorted(read) == sorted(views)
+
+
 def test_the_core_s_pipeline_and_rate_limiter_are_fixed(
     make_tracker: Callable[..., Tracker],
 ) -> None:
