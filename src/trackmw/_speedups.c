@@ -2207,6 +2207,126 @@ group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return run_end(i);
 }
 
+/* -- the stores' daily counts ------------------------------------------------------ */
+
+PyDoc_STRVAR(tally_run_doc,
+"tally_run(pageviews, start, tallies, pageview_type, /)\n--\n\n"
+"trackmw.stores.base.daily_counts' loop over pageviews[start:] (a list or a tuple),\n"
+"for its common case: a page view of exactly pageview_type whose day and path are\n"
+"str, visitor, referrer and campaign str or None, and bot a bool. Counts each in\n"
+"tallies[day], a list [bots, views, anonymous views, {path: views},\n"
+"{referrer: views}, {campaign: views}] (made when missing; an empty referrer or\n"
+"campaign is not counted), and returns the index of the first view it leaves to\n"
+"Python: len(pageviews) if none. An error raises: a view is never counted twice.");
+
+/* seq[k] += 1 for an exact int (a list's item, or a dict's value, 0 when missing). */
+static int
+plus_one(PyObject *container, PyObject *key, Py_ssize_t k)
+{
+    PyObject *old = key == NULL ? PyList_GET_ITEM(container, k)
+                                : PyDict_GetItemWithError(container, key);
+    if (old == NULL && PyErr_Occurred())
+        return -1;
+    Py_ssize_t n = 0;
+    if (old != NULL) {
+        if (!PyLong_CheckExact(old)) {
+            PyErr_SetString(PyExc_TypeError, "tally_run: a count that is not an int");
+            return -1;
+        }
+        n = PyLong_AsSsize_t(old);
+        if (n == -1 && PyErr_Occurred())
+            return -1;
+    }
+    PyObject *value = PyLong_FromSsize_t(n + 1);
+    if (value == NULL)
+        return -1;
+    if (key == NULL)
+        return PyList_SetItem(container, k, value); /* (steals value, drops old) */
+    int result = PyDict_SetItem(container, key, value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* tallies[day], made if missing (borrowed); NULL with no error: not a tally's shape. */
+static PyObject *
+tally_of(PyObject *tallies, PyObject *day)
+{
+    PyObject *entry = PyDict_GetItemWithError(tallies, day);
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        entry = PyList_New(6);
+        if (entry == NULL)
+            return NULL;
+        for (int k = 0; k < 6; k++) {
+            PyObject *item = k < 3 ? PyLong_FromLong(0) : PyDict_New();
+            if (item == NULL) {
+                Py_DECREF(entry);
+                return NULL;
+            }
+            PyList_SET_ITEM(entry, k, item);
+        }
+        int added = PyDict_SetItem(tallies, day, entry);
+        Py_DECREF(entry); /* the dict's now */
+        return added < 0 ? NULL : entry;
+    }
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 6)
+        return NULL;
+    for (int k = 3; k < 6; k++)
+        if (!PyDict_CheckExact(PyList_GET_ITEM(entry, k)))
+            return NULL;
+    return entry;
+}
+
+static PyObject *
+tally_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("tally_run", nargs, 4) < 0)
+        return NULL;
+    PyObject *views = args[0], *tallies = args[2];
+    PyTypeObject *pv_type = (PyTypeObject *)args[3];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if ((!PyList_CheckExact(views) && !PyTuple_CheckExact(views)) || !PyDict_CheckExact(tallies) ||
+        !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) || i < 0)
+        return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
+    for (;; i++) {
+        PyObject *view = run_item(views, i);
+        if (view == NULL || Py_TYPE(view) != pv_type || PyTuple_GET_SIZE(view) != 11)
+            break;
+        /* (ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot) */
+        PyObject **f = &PyTuple_GET_ITEM(view, 0);
+        if (!text_or_none(f[1], 0) || !text_or_none(f[2], 1) || !text_or_none(f[4], 0) ||
+            !text_or_none(f[5], 1) || !text_or_none(f[6], 1) ||
+            (f[10] != Py_True && f[10] != Py_False))
+            break;
+        /* Every key is an exact str: no lookup runs code, and nothing here changes the
+         * list or drops the view. */
+        PyObject *entry = tally_of(tallies, f[1]);
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            break; /* not a tally's shape: nothing counted, Python decides */
+        }
+        int failed;
+        if (f[10] == Py_True)
+            failed = plus_one(entry, NULL, 0);
+        else {
+            failed = plus_one(entry, NULL, 1) < 0 ||
+                     (f[2] == Py_None && plus_one(entry, NULL, 2) < 0) ||
+                     plus_one(PyList_GET_ITEM(entry, 3), f[4], 0) < 0 ||
+                     (f[5] != Py_None && PyUnicode_GET_LENGTH(f[5]) > 0 &&
+                      plus_one(PyList_GET_ITEM(entry, 4), f[5], 0) < 0) ||
+                     (f[6] != Py_None && PyUnicode_GET_LENGTH(f[6]) > 0 &&
+                      plus_one(PyList_GET_ITEM(entry, 5), f[6], 0) < 0);
+        }
+        if (failed)
+            return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
 /* -- the SQLite store's JSON of a group's page views -------------------------------- */
 
 PyDoc_STRVAR(views_json_doc,
@@ -2332,6 +2452,7 @@ static PyMethodDef module_methods[] = {
      normalize_run_doc},
     {"group_run", (PyCFunction)(void (*)(void))group_run, METH_FASTCALL, group_run_doc},
     {"views_json", (PyCFunction)(void (*)(void))views_json, METH_FASTCALL, views_json_doc},
+    {"tally_run", (PyCFunction)(void (*)(void))tally_run, METH_FASTCALL, tally_run_doc},
     {NULL},
 };
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -2091,6 +2092,66 @@ def test_the_c_grouping_survives_a_key_that_runs_code() -> None:
     Clash.action = staticmethod(interrupt)
     with pytest.raises(KeyboardInterrupt):
         _speedups.group_run(views(), 0, {Clash(): []}, PageView, _MS_FROM, _MS_TO)
+
+
+# -- the stores' daily counts --------------------------------------------------------------
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["2027-01-15", "2027-01-16", _Text("2027-01-15")]),
+    st.sampled_from(["v" * 22, None, _Text("v" * 22)]),
+    st.sampled_from(["/a", "/b", "", _Text("/a")]),
+    st.sampled_from([None, "news.example", "", _Text("news.example")]),
+    st.sampled_from([None, "spring", "", _Text("spring")]),
+    st.sampled_from([False, True, 0, 1]),
+    st.sampled_from(["view", "subclass", "tuple"]),
+), max_size=30), st.sampled_from([list, tuple, iter]))
+def test_the_c_daily_counts_are_the_python_ones(items: list[Any], kind: Any) -> None:
+    from trackmw.events import PageView
+    from trackmw.stores import base
+
+    class Late(PageView):
+        __slots__ = ()
+
+    views = []
+    for day, visitor, path, referrer, campaign, bot, made in items:
+        fields = (T0, day, visitor, None, path, referrer, campaign, "Chrome", None, None, bot)
+        views.append(tuple(fields) if made == "tuple" else (
+            PageView if made == "view" else Late)(*fields))
+    with_c = base.daily_counts(kind(views))
+    assert with_c == base._counted(views)
+    assert with_c == Counter(key for v in views for key in base.daily_count_keys(PageView(*v)))
+    assert all(n > 0 for n in with_c.values())
+
+
+@needs_speedups
+def test_the_c_daily_counts_take_the_common_case_and_leave_the_rest() -> None:
+    from trackmw import _speedups
+    from trackmw.events import PageView
+
+    view = PageView(T0, "2027-01-15", None, None, "/a", "news.example", "", None, None, None,
+                    False)
+    bot = view._replace(bot=True, visitor_id="v")
+    views = [view, bot, view._replace(bot=1), view]
+    tallies: dict[str, Any] = {}
+    assert _speedups.tally_run(views, 0, tallies, PageView) == 2
+    assert tallies == {"2027-01-15": [1, 1, 1, {"/a": 1}, {"news.example": 1}, {}]}
+    assert _speedups.tally_run(tuple(views), 3, tallies, PageView) == 4
+    assert tallies == {"2027-01-15": [1, 2, 2, {"/a": 2}, {"news.example": 2}, {}]}
+    for odd in ([views, 0, [], PageView], [iter(views), 0, {}, PageView], [views, -3, {}, PageView],
+                [views, 0, {}, tuple], [views, 0, {"2027-01-15": [0] * 6}, PageView],
+                [views, 0, {"2027-01-15": (0, 0, 0, {}, {}, {})}, PageView]):
+        before = repr(odd[2])
+        assert _speedups.tally_run(*odd) == 0  # nothing counted: Python decides
+        assert repr(odd[2]) == before
+    assert _speedups.tally_run([{i: i for i in range(11)}], 0, {}, dict) == 0
+    for bad in ([0, 1.5, 0, {}, {}, {}], [0, 0, 0, {"/a": "x"}, {}, {}]):
+        with pytest.raises(TypeError):  # not counts: an error, not a view counted twice
+            _speedups.tally_run([view], 0, {"2027-01-15": bad}, PageView)
+    with pytest.raises(TypeError):
+        _speedups.tally_run(views, 0, {})
 
 
 # -- the SQLite store's JSON of a group's page views -----------------------------------------
