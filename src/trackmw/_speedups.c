@@ -2217,12 +2217,21 @@ PyDoc_STRVAR(tally_run_doc,
 "tallies[day], a list [bots, views, anonymous views, {path: views},\n"
 "{referrer: views}, {campaign: views}] (made when missing; an empty referrer or\n"
 "campaign is not counted), and returns the index of the first view it leaves to\n"
-"Python: len(pageviews) if none. An error raises: a view is never counted twice.");
+"Python: len(pageviews) if none. Unlike the writer's other loops, an error raises\n"
+"rather than leaving the view to Python, which would count again what was counted\n"
+"of it: the caller's tallies are then to be thrown away.");
 
-/* seq[k] += 1 for an exact int (a list's item, or a dict's value, 0 when missing). */
+/* Adds one to a count: item k of the list `container` when `key` is NULL, else the
+ * value of `key` in the dict `container` (0 when missing). Each count must be an exact
+ * int; a container that is not what it was (code a lookup ran changed it) is an error. */
 static int
 plus_one(PyObject *container, PyObject *key, Py_ssize_t k)
 {
+    if (key == NULL ? !PyList_CheckExact(container) || k >= PyList_GET_SIZE(container)
+                    : !PyDict_CheckExact(container)) {
+        PyErr_SetString(PyExc_TypeError, "tally_run: the tallies changed while counting");
+        return -1;
+    }
     PyObject *old = key == NULL ? PyList_GET_ITEM(container, k)
                                 : PyDict_GetItemWithError(container, key);
     if (old == NULL && PyErr_Occurred())
@@ -2301,26 +2310,37 @@ tally_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             !text_or_none(f[5], 1) || !text_or_none(f[6], 1) ||
             (f[10] != Py_True && f[10] != Py_False))
             break;
-        /* Every key is an exact str: no lookup runs code, and nothing here changes the
-         * list or drops the view. */
+        /* Held, with the tally and its dicts, until the view is counted: a key the
+         * dicts already hold may be of a kind whose __eq__ runs code (as may the
+         * collector, on an allocation), and that code could drop any of them. */
+        Py_INCREF(view);
+        f = &PyTuple_GET_ITEM(view, 0);
         PyObject *entry = tally_of(tallies, f[1]);
         if (entry == NULL) {
+            Py_DECREF(view);
             if (PyErr_Occurred())
                 return NULL;
             break; /* not a tally's shape: nothing counted, Python decides */
         }
+        PyObject *held[4] = {entry, PyList_GET_ITEM(entry, 3), PyList_GET_ITEM(entry, 4),
+                             PyList_GET_ITEM(entry, 5)};
+        for (int k = 0; k < 4; k++)
+            Py_INCREF(held[k]);
         int failed;
         if (f[10] == Py_True)
-            failed = plus_one(entry, NULL, 0);
+            failed = plus_one(entry, NULL, 0) < 0;
         else {
             failed = plus_one(entry, NULL, 1) < 0 ||
                      (f[2] == Py_None && plus_one(entry, NULL, 2) < 0) ||
-                     plus_one(PyList_GET_ITEM(entry, 3), f[4], 0) < 0 ||
+                     plus_one(held[1], f[4], 0) < 0 ||
                      (f[5] != Py_None && PyUnicode_GET_LENGTH(f[5]) > 0 &&
-                      plus_one(PyList_GET_ITEM(entry, 4), f[5], 0) < 0) ||
+                      plus_one(held[2], f[5], 0) < 0) ||
                      (f[6] != Py_None && PyUnicode_GET_LENGTH(f[6]) > 0 &&
-                      plus_one(PyList_GET_ITEM(entry, 5), f[6], 0) < 0);
+                      plus_one(held[3], f[6], 0) < 0);
         }
+        for (int k = 0; k < 4; k++)
+            Py_DECREF(held[k]);
+        Py_DECREF(view);
         if (failed)
             return NULL;
     }

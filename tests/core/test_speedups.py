@@ -2121,7 +2121,7 @@ def test_the_c_daily_counts_are_the_python_ones(items: list[Any], kind: Any) -> 
         views.append(tuple(fields) if made == "tuple" else (
             PageView if made == "view" else Late)(*fields))
     with_c = base.daily_counts(kind(views))
-    assert with_c == base._counted(views)
+    assert with_c == base._counted_in_python(views)
     assert with_c == Counter(key for v in views for key in base.daily_count_keys(PageView(*v)))
     assert all(n > 0 for n in with_c.values())
 
@@ -2154,6 +2154,89 @@ def test_the_c_daily_counts_take_the_common_case_and_leave_the_rest() -> None:
         _speedups.tally_run(views, 0, {})
 
 
+@needs_speedups
+def test_the_c_daily_counts_hold_the_dicts_they_count_in() -> None:
+    """A page already counted whose ``__eq__`` empties the day's tally, dropping its
+    dicts, while the C loop counts a view's page in one of them."""
+    from trackmw import _speedups
+    from trackmw.events import PageView
+
+    view = PageView(T0, "2027-01-15", None, None, "/p", "news.example", "spring", None, None,
+                    None, False)
+    armed = [True]
+
+    class Clash:
+        def __hash__(self) -> int:
+            return hash("/p")
+
+        def __eq__(self, other: object) -> bool:
+            if armed:
+                armed.clear()
+                tally.clear()  # the dicts' last references but the loop's
+                [{} for _ in range(1000)]
+            return False
+
+    tally = [0, 0, 0, {Clash(): 0}, {}, {}]
+    tallies = {"2027-01-15": tally}
+    assert _speedups.tally_run([view], 0, tallies, PageView) == 1
+    assert tally == []  # counted in dicts nobody holds any more: no crash
+    with pytest.raises(TypeError):  # the tally is no longer one: an error
+        _speedups.tally_run([view], 0, {"2027-01-15": [0, "x", 0, {}, {}, {}]}, PageView)
+
+
+@needs_speedups
+@pytest.mark.parametrize("action", ["clear the views", "drop the tally", "empty the tally"])
+def test_the_c_daily_counts_survive_a_key_that_runs_code(action: str) -> None:
+    """A key already in the tallies whose ``__eq__`` frees the view being counted, or
+    the day's tally, while the C loop looks the day up: it holds what it reads, and a
+    tally that changed under it is an error, not a crash."""
+    from trackmw import _speedups
+    from trackmw.events import PageView
+
+    day = "".join(["2027-", "01-15"])  # only the views and the tally hold it
+
+    def views() -> list[PageView]:
+        return [PageView(T0, day + "", "".join(["v"] * 22), None, "".join(["/p", str(i)]),
+                         "".join(["news", ".example"]), None, None, None, None, False)
+                for i in range(3)]
+
+    batch = views()
+    tallies: dict[Any, Any] = {}
+    assert _speedups.tally_run(batch[:1], 0, tallies, PageView) == 1  # the day's tally
+
+    armed = []
+
+    class Clash:
+        def __hash__(self) -> int:
+            return hash(day)
+
+        def __eq__(self, other: object) -> bool:
+            if armed:  # once, and not for the lookups made here
+                armed.clear()
+                if action == "clear the views":
+                    batch.clear()
+                elif action == "drop the tally":
+                    del tallies[day]
+                else:
+                    tally.clear()
+                [bytes(64) for _ in range(1000)]  # reuse the memory freed
+            return False
+
+    tally = tallies.pop(day)
+    tallies[Clash()] = [0, 0, 0, {}, {}, {}]
+    tallies[day] = tally  # after the clash: a lookup of the day compares with it first
+    armed.append(True)
+    taken = _speedups.tally_run(batch, 0, tallies, PageView)
+    if action == "empty the tally":  # no longer a tally's shape: left to Python
+        assert taken == 0 and tally == []
+        return
+    if action == "clear the views":  # the first view counted, then the list was empty
+        assert taken == 1 and tally[1] == 2 and tally[3] == {"/p0": 2}
+    else:  # the first view's day found no tally (the clash dropped it): a new one
+        assert taken == 3 and tally[1] == 1
+        assert tallies[day][1] == 3 and tallies[day][3] == {"/p0": 1, "/p1": 1, "/p2": 1}
+
+
 # -- the SQLite store's JSON of a group's page views -----------------------------------------
 
 _VIEW_VALUES = st.one_of(
@@ -2183,6 +2266,21 @@ def test_the_c_json_of_page_views_is_what_json_writes(values: list[Any], warm: b
     else:
         assert text == json.dumps(values)
         assert all(quoted[t] == json.dumps(t) for t in values if isinstance(t, str))
+
+
+def test_the_texts_quoted_for_json_are_kept_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from trackmw.stores import sqlite_pageviews
+
+    monkeypatch.setattr(sqlite_pageviews, "_QUOTED", 10)
+    sqlite_pageviews._quoted.clear()
+    for i in range(30):
+        views = [1, f"/p/{i}", f"/r/{i}", None]
+        assert sqlite_pageviews.views_json(views) == json.dumps(views)
+        assert len(sqlite_pageviews._quoted) <= 10 + 2  # emptied before a call over it
 
 
 @needs_speedups

@@ -196,21 +196,17 @@ def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]
     With the C speedups built, their ``tally_run`` counts the common case per day, in
     dicts keyed by the page, referrer and campaign texts themselves (whose hashes the
     texts keep), and each day's counts become the counters once; it leaves any other
-    view to ``_counted``. Without them, page views that differ only in visitor, user,
-    time or browser add to the same counters, so they are first counted by what
-    matters, in C (``Counter`` over ``itemgetter``), then expanded once per distinct
-    kind (``_count_keys``): a batch of 1,000 page views has a few hundred. Whether a
-    view is anonymous is not a field, so anonymous views are counted apart, also in C,
-    and added to their day's ``anonymous`` counter. (The tuples that ``Counter`` makes,
-    hashes and compares were the writer's largest cost on a page view after the JSON.)
+    view to ``_counted_in_python``, whose counts are added. (The tuples that
+    ``Counter`` makes, hashes and compares there were the writer's largest cost on a
+    page view once its JSON was cheap.)
     """
     c_run = speedup("tally_run")
     if c_run is None:
-        return _counted(pageviews)
+        return _counted_in_python(pageviews)
     views = pageviews if type(pageviews) is list or type(pageviews) is tuple else list(pageviews)
     tallies: dict[str, list[Any]] = {}
     rest = list(leftovers(views, lambda i: c_run(views, i, tallies, PageView)))
-    counts = _counted(rest) if rest else Counter()
+    counts = _counted_in_python(rest) if rest else Counter()
     for day, (bots, total, anonymous, pages, referrers, campaigns) in tallies.items():
         for kind, n in (("bot", bots), ("total", total), ("anonymous", anonymous)):
             if n:
@@ -221,9 +217,17 @@ def daily_counts(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]
     return counts
 
 
-def _counted(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]:
+def _counted_in_python(pageviews: Iterable[PageView]) -> Counter[tuple[str, str, str]]:
     """``daily_counts`` without the C speedups, and for the page views their loop
-    leaves."""
+    leaves.
+
+    Page views that differ only in visitor, user, time or browser add to the same
+    counters, so they are first counted by what matters, in C (``Counter`` over
+    ``itemgetter``), then expanded once per distinct kind (``_count_keys``): a batch of
+    1,000 page views has a few hundred. Whether a view is anonymous is not a field, so
+    anonymous views are counted apart, also in C, and added to their day's
+    ``anonymous`` counter.
+    """
     views = pageviews if isinstance(pageviews, Sequence) else list(pageviews)
     counts: dict[tuple[str, str, str], int] = {}  # a Counter's += calls __missing__
     get = counts.get
