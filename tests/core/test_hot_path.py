@@ -106,20 +106,25 @@ def test_new_ids_are_token_urlsafe_and_never_repeat(make_tracker: Any) -> None:
         assert 380 < sum(n >> bit & 1 for n in numbers) < 620, bit
 
 
-def test_a_forked_child_never_hands_out_its_parents_ids(make_tracker: Any) -> None:
-    core = make_tracker().core
-    core.new_id()  # the parent now holds ids drawn but not handed out
+def _ids_of_a_child(new_id: Any, n: int) -> set[str]:
+    """The ids a forked child hands out with ``n`` calls of ``new_id``."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report the ids it would hand out
         try:
-            os.write(write, " ".join(core.new_id() for _ in range(70)).encode())
+            os.write(write, " ".join(new_id() for _ in range(n)).encode())
         finally:
             os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     with os.fdopen(read) as f:
-        child = set(f.read().split())
+        return set(f.read().split())
+
+
+def test_a_forked_child_never_hands_out_its_parents_ids(make_tracker: Any) -> None:
+    core = make_tracker().core
+    core.new_id()  # the parent now holds ids drawn but not handed out
+    child = _ids_of_a_child(core.new_id, 70)
     parent = {core.new_id() for _ in range(70)}
     assert len(child) == 70 and not child & parent
 
@@ -134,24 +139,27 @@ class _Clock:
         return self.now
 
 
-def _counting_ids(core: Any) -> tuple[Any, list[str]]:
+def _signing_at(
+    now: float, make_tracker: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[_Clock, CookieSigner, Any, list[str]]:
+    """A visitor id signer on a clock the test sets, and a ``new_id`` that keeps the
+    ids it draws."""
+    clock = _Clock(now)
+    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
+    core = make_tracker().core
     drawn: list[str] = []
 
     def new_id() -> str:
         drawn.append(core.new_id())
         return drawn[-1]
 
-    return new_id, drawn
+    return clock, CookieSigner([KEY], "trackmw.visitor", 60), new_id, drawn
 
 
 def test_ids_signed_ahead_are_the_tokens_signing_then_makes(
     make_tracker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock(1_790_000_000.25)
-    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
-    core = make_tracker().core
-    signer = CookieSigner([KEY], "trackmw.visitor", 60)
-    new_id, drawn = _counting_ids(core)
+    clock, signer, new_id, drawn = _signing_at(1_790_000_000.25, make_tracker, monkeypatch)
     issued = [signer.new_id_token(new_id) for _ in range(500)]  # all within one second
     # Signed ahead, in blocks of 1, 2, 4, ... 64: 511 ids drawn, 11 not yet handed out.
     assert len(issued) < len(drawn) < len(issued) + 64
@@ -168,11 +176,7 @@ def test_ids_signed_ahead_are_the_tokens_signing_then_makes(
 def test_an_id_signed_ahead_never_goes_out_after_its_second(
     make_tracker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock(1_790_000_000.0)
-    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
-    core = make_tracker().core
-    signer = CookieSigner([KEY], "trackmw.visitor", 60)
-    new_id, drawn = _counting_ids(core)
+    clock, signer, new_id, drawn = _signing_at(1_790_000_000.0, make_tracker, monkeypatch)
     for _ in range(200):
         signer.new_id_token(new_id)
     left = {i for _, i, _ in signer._ahead}
@@ -190,11 +194,7 @@ def test_an_id_signed_ahead_never_goes_out_after_its_second(
 def test_at_one_new_visitor_a_second_nothing_is_signed_ahead(
     make_tracker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock(1_790_000_000.5)
-    monkeypatch.setattr("itsdangerous.timed.time.time", clock)
-    core = make_tracker().core
-    signer = CookieSigner([KEY], "trackmw.visitor", 60)
-    new_id, drawn = _counting_ids(core)
+    clock, signer, new_id, drawn = _signing_at(1_790_000_000.5, make_tracker, monkeypatch)
     for n in range(1, 30):
         visitor_id, token = signer.new_id_token(new_id)
         assert drawn == drawn[:n] and len(drawn) == n  # each id drawn when handed out
@@ -235,18 +235,7 @@ def test_a_forked_child_never_hands_out_ids_its_parent_signed_ahead(
         signer.new_id_token(core.new_id)
     ahead = {i for _, i, _ in signer._ahead}
     assert ahead
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ids = [signer.new_id_token(core.new_id)[0] for _ in range(100)]
-            os.write(write, " ".join(ids).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    with os.fdopen(read) as f:
-        child = set(f.read().split())
+    child = _ids_of_a_child(lambda: signer.new_id_token(core.new_id)[0], 100)
     assert len(child) == 100 and not child & ahead
 
 
