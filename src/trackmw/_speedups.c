@@ -162,6 +162,17 @@ check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
 }
 
 /* Check the count of positional arguments and read `now`, the fourth. */
+/* Is `obj` a tuple type laid out as tuple is (a namedtuple's class, say), so that
+ * PyTuple_GET_ITEM reads its instances? */
+static int
+tuple_type(PyObject *obj)
+{
+    PyTypeObject *type = (PyTypeObject *)obj;
+    return PyType_Check(obj) && PyType_IsSubtype(type, &PyTuple_Type) &&
+           type->tp_basicsize == PyTuple_Type.tp_basicsize &&
+           type->tp_itemsize == PyTuple_Type.tp_itemsize;
+}
+
 static int
 unpack_lookup_args(const char *name, Py_ssize_t nargs, Py_ssize_t expected,
                    PyObject *const *args, double *now)
@@ -572,10 +583,7 @@ count_beacon(PyObject *scope, PyObject *caches, PyObject *core, PyObject *now_ob
     PyTypeObject *hit_type = (PyTypeObject *)PyTuple_GET_ITEM(caches, 4);
     PyObject *limiter = PyTuple_GET_ITEM(caches, 5), *pipeline = PyTuple_GET_ITEM(caches, 6);
     if (!PyDict_CheckExact(states) || !PyDict_CheckExact(queries) || !PyDict_CheckExact(agents) ||
-        !PyDict_CheckExact(hosts) || !PyType_Check(hit_type) ||
-        !PyType_IsSubtype(hit_type, &PyTuple_Type) ||
-        hit_type->tp_basicsize != PyTuple_Type.tp_basicsize ||
-        hit_type->tp_itemsize != PyTuple_Type.tp_itemsize)
+        !PyDict_CheckExact(hosts) || !tuple_type((PyObject *)hit_type))
         Py_RETURN_NONE;
     double now = PyFloat_AS_DOUBLE(now_obj);
     /* Every value found is held (kept) until the end: a dict lookup may run a key's
@@ -2033,6 +2041,15 @@ run_args(PyObject *start, PyObject *from, PyObject *to, Py_ssize_t *i, double *l
     return *hi == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* A writer's loop's arguments as it takes them: `items` an exact list or tuple, `into`
+ * the exact dict it fills or reads, `type` the items' tuple type. */
+static int
+run_shape(PyObject *items, PyObject *into, PyObject *type)
+{
+    return (PyList_CheckExact(items) || PyTuple_CheckExact(items)) && PyDict_CheckExact(into) &&
+           tuple_type(type);
+}
+
 /* Item `i` of `seq` (an exact list or tuple), borrowed; NULL past its end. Its size is
  * read each time: a key's __eq__ (in a loop's lookup) may run any code, and change it. */
 static PyObject *
@@ -2041,6 +2058,16 @@ run_item(PyObject *seq, Py_ssize_t i)
     if (PyList_CheckExact(seq))
         return i < PyList_GET_SIZE(seq) ? PyList_GET_ITEM(seq, i) : NULL;
     return i < PyTuple_GET_SIZE(seq) ? PyTuple_GET_ITEM(seq, i) : NULL;
+}
+
+/* Page view `i` of `views` (borrowed) if it is exactly of `type` with a PageView's 11
+ * fields (ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot);
+ * NULL past the end, or for anything else. */
+static PyObject *
+run_view(PyObject *views, Py_ssize_t i, PyTypeObject *type)
+{
+    PyObject *view = run_item(views, i);
+    return view == NULL || Py_TYPE(view) != type || PyTuple_GET_SIZE(view) != 11 ? NULL : view;
 }
 
 /* Where a writer's loop stopped (`i`), once any Exception on the way is cleared: the
@@ -2068,12 +2095,8 @@ normalize_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double lo, hi;
     if (run_args(args[1], args[3], args[4], &i, &lo, &hi) < 0)
         return NULL;
-    if ((!PyList_CheckExact(items) && !PyTuple_CheckExact(items)) || !PyDict_CheckExact(fixed) ||
-        !PyUnicode_CheckExact(day) || !PyList_CheckExact(pageviews) || !PyType_Check(hit_type) ||
-        !PyType_IsSubtype(hit_type, &PyTuple_Type) ||
-        !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) ||
-        pv_type->tp_basicsize != PyTuple_Type.tp_basicsize ||
-        pv_type->tp_itemsize != PyTuple_Type.tp_itemsize || i < 0)
+    if (!run_shape(items, fixed, (PyObject *)hit_type) || !PyUnicode_CheckExact(day) ||
+        !PyList_CheckExact(pageviews) || !tuple_type((PyObject *)pv_type) || i < 0)
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     for (;; i++) {
         PyObject *item = run_item(items, i);
@@ -2147,15 +2170,13 @@ group_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double from, to;
     if (run_args(args[1], args[4], args[5], &i, &from, &to) < 0)
         return NULL;
-    if ((!PyList_CheckExact(views) && !PyTuple_CheckExact(views)) || !PyDict_CheckExact(groups) ||
-        !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) || i < 0 ||
+    if (!run_shape(views, groups, (PyObject *)pv_type) || i < 0 ||
         !(-9e15 <= from && to <= 9e15)) /* (ts * 1000 must fit a long long) */
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     for (;; i++) {
-        PyObject *view = run_item(views, i);
-        if (view == NULL || Py_TYPE(view) != pv_type || PyTuple_GET_SIZE(view) != 11)
+        PyObject *view = run_view(views, i, pv_type);
+        if (view == NULL)
             break;
-        /* (ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot) */
         PyObject **f = &PyTuple_GET_ITEM(view, 0);
         if (!PyFloat_CheckExact(f[0]) ||
             !(from <= PyFloat_AS_DOUBLE(f[0]) && PyFloat_AS_DOUBLE(f[0]) < to) ||
@@ -2297,14 +2318,12 @@ tally_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t i = PyLong_AsSsize_t(args[1]);
     if (i == -1 && PyErr_Occurred())
         return NULL;
-    if ((!PyList_CheckExact(views) && !PyTuple_CheckExact(views)) || !PyDict_CheckExact(tallies) ||
-        !PyType_Check(pv_type) || !PyType_IsSubtype(pv_type, &PyTuple_Type) || i < 0)
+    if (!run_shape(views, tallies, (PyObject *)pv_type) || i < 0)
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     for (;; i++) {
-        PyObject *view = run_item(views, i);
-        if (view == NULL || Py_TYPE(view) != pv_type || PyTuple_GET_SIZE(view) != 11)
+        PyObject *view = run_view(views, i, pv_type);
+        if (view == NULL)
             break;
-        /* (ts, day, visitor, user, path, referrer, campaign, browser, os, device, bot) */
         PyObject **f = &PyTuple_GET_ITEM(view, 0);
         if (!text_or_none(f[1], 0) || !text_or_none(f[2], 1) || !text_or_none(f[4], 0) ||
             !text_or_none(f[5], 1) || !text_or_none(f[6], 1) ||

@@ -56,6 +56,16 @@ def group_run(
     ms_to: float,
     /,
 ) -> int: ...
+def tally_run(
+    pageviews: list[Any] | tuple[Any, ...],
+    start: int,
+    tallies: dict[str, list[Any]],
+    pageview_type: type[PageView],
+    /,
+) -> int: ...
+def views_json(
+    views: list[Any], quote: Callable[[str], str], quoted: dict[str, str], /
+) -> str | None: ...
 def add_cookies(
     message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
 ) -> dict[str, Any] | None: ...

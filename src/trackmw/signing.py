@@ -38,7 +38,6 @@ import weakref
 from binascii import b2a_base64
 from collections import deque
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
@@ -269,26 +268,10 @@ class CookieSigner:
         if second == self._ahead_at:  # the last block was used up within this second
             block = self._ahead_block = min(block * 2, _AHEAD_MAX)
         self._ahead_at = second
-        if block == 1:
-            visitor_id = new_id()
-            return visitor_id, self._signed(_id_json(visitor_id), stamp)
-        ids = [new_id() for _ in range(block)]
-        tokens = self._id_tokens(ids, stamp)
-        ahead.extend(zip(repeat(second, block - 1), ids[1:], tokens[1:], strict=True))
-        return ids[0], tokens[0]
-
-    def _id_tokens(self, ids: list[str], stamp: bytes) -> list[str]:
-        """``dumps_id``'s tokens for ``ids``, all with ``stamp``: ``_signed``'s work,
-        in one loop."""
-        signer = self._signer
-        mac, sep = signer._mac, signer._sep
-        tokens = []
-        for visitor_id in ids:
-            value = base64url(b'["' + visitor_id.encode("ascii") + b'"]') + stamp
-            h = mac.copy()
-            h.update(value)
-            tokens.append((value + sep + base64url(h.digest())).decode("ascii"))
-        return tokens
+        visitor_id, *later = (new_id() for _ in range(block))
+        token = self._signed(_id_json(visitor_id), stamp)
+        ahead.extend([(second, i, self._signed(_id_json(i), stamp)) for i in later])
+        return visitor_id, token
 
     def _signed(self, text: bytes, stamp: bytes | None = None) -> str:
         """The token for a short JSON ``text``: what the serializer's and the signer's
