@@ -27,7 +27,7 @@ from typing import Any
 
 SECTIONS = ("inprocess", "wire", "ua", "memory", "stores", "report")
 #: Run only when asked for with ``--only`` (slow, and needs Valgrind).
-OPTIONAL = ("instructions",)
+OPTIONAL = ("instructions", "wire-instructions")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -181,6 +181,31 @@ def section_instructions(quick: bool, tmp: str) -> tuple[list[Figure], list[str]
                  "PYTHONHASHSEED=0); not time: a cache miss counts as one instruction"]
 
 
+def section_wire_instructions(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
+    from . import wire, wire_instructions
+
+    try:
+        counts = wire_instructions.run(tmp, quick, log)
+    except wire_instructions.Unavailable as exc:
+        return [], [f"wire-instructions skipped: {exc}"]
+    specs = {s.name: s for s in wire.servers(tmp)[0]}
+    out = []
+    for name, (n, others) in counts.items():
+        s = specs[name]
+        baseline = s.baseline if s.baseline in counts else None
+        base = None if baseline is None else counts[baseline][0]
+        out.append(Figure(f"instr.{name}", s.label, n / 1000, "k instructions/request",
+                          None if baseline is None else f"instr.{baseline}",
+                          None if base is None else base / 1000,
+                          ratio=None if base is None else n / base))
+        if others >= 50:  # a writer thread's work (none for a server recording nothing)
+            out.append(Figure(f"instr.{name}.threads", f"{s.label}: outside the main thread",
+                              others / 1000, "k instructions/request"))
+    return out, ["wire-instructions: callgrind's count for the whole server process over a "
+                 "wrk run, per request served; not time (the kernel's work is not counted): "
+                 "a rate ratio, if time went with instructions, is the inverse of the ratio"]
+
+
 def _module(name: str) -> Any:
     try:
         return importlib.import_module(f"bench.{name}")
@@ -253,6 +278,7 @@ RUNNERS = {
     "stores": section_stores,
     "report": section_report,
     "instructions": section_instructions,
+    "wire-instructions": section_wire_instructions,
 }
 
 

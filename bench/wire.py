@@ -118,13 +118,14 @@ def servers(store_dir: str) -> tuple[list[Server], str | None]:
     return out, skipped
 
 
-def start(all_servers: list[Server], store_dir: str) -> None:
+def start(all_servers: list[Server], store_dir: str, timeout: float = 60) -> None:
+    """Start every server and wait (at most ``timeout`` seconds) until each answers."""
     for s in all_servers:
         env = dict(os.environ, TRACKMW_BENCH_STORE=f"sqlite:///{store_dir}/{s.name}.db",
                    TRACKMW_BENCH_DIR=store_dir, PYTHONPATH=str(ROOT))
         s.proc = subprocess.Popen(s.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     for s in all_servers:
         while True:
             if s.proc is not None and s.proc.poll() is not None:
@@ -170,8 +171,8 @@ def _headers(s: Server) -> dict[str, str]:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
-    """(requests/s, p99 in ms) of one ``wrk`` run; non-2xx answers are an error."""
+def wrk(s: Server, seconds: float, connections: int) -> str:
+    """What one ``wrk`` run against ``s`` printed; non-2xx answers are an error."""
     cmd = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for k, v in _headers(s).items():
         cmd += ["-H", f"{k}: {v}"]
@@ -179,6 +180,12 @@ def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"{s.name}: wrk saw errors:\n{out}")
+    return out
+
+
+def run_wrk(s: Server, seconds: float, connections: int) -> tuple[float, float]:
+    """(requests/s, p99 in ms) of one ``wrk`` run; non-2xx answers are an error."""
+    out = wrk(s, seconds, connections)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     if not rps or not p99:

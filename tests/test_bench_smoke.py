@@ -152,3 +152,34 @@ def test_a_writer_count_child_writes_every_hit_it_made(tmp_path: Path, stream: s
     with sqlite3.connect(tmp_path / "writer.db") as conn:
         ((written,),) = conn.execute("SELECT sum(n) FROM pageview_groups").fetchall()
     assert written == WRITER_WARM_UP + 40
+
+
+def test_the_wire_instructions_section_runs_only_when_named() -> None:
+    from bench.__main__ import OPTIONAL, RUNNERS, SECTIONS
+
+    assert "wire-instructions" in OPTIONAL and "wire-instructions" not in SECTIONS
+    assert "wire-instructions" in RUNNERS
+
+
+def test_wire_instruction_counts_are_read_from_callgrind_dumps_and_wrk(tmp_path: Path) -> None:
+    from bench.wire_instructions import (
+        Unavailable,
+        dump_totals,
+        requests_served,
+        thread_dumps,
+    )
+
+    dump = "version: 1\ncreator: callgrind-3.19.0\npid: 42\nthread: 1\n\ntotals: 675200687\n"
+    assert dump_totals(dump) == 675_200_687
+    with pytest.raises(Unavailable, match="no totals"):
+        dump_totals("version: 1\n")
+    printed = (
+        "Running 15s test @ http://127.0.0.1:8000/\n  1 threads and 8 connections\n"
+        "  4721 requests in 15.01s, 1.03MB read\nRequests/sec:    314.52\n"
+    )
+    assert requests_served(printed) == 4721
+    with pytest.raises(Unavailable, match="could not read"):
+        requests_served("wrk: command not found\n")
+    for name in ("cg.42.1-01", "cg.42.1-06", "cg.42-01", "cg.43.1-01", "cg.42.2-01"):
+        (tmp_path / name).write_text(dump)
+    assert thread_dumps(tmp_path, 42) == {1: tmp_path / "cg.42.1-01", 6: tmp_path / "cg.42.1-06"}
