@@ -32,6 +32,7 @@ them the section is skipped with a note.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -53,7 +54,7 @@ VARIANTS = (
     "wire.pixel.wrapped",
 )
 CONNECTIONS = 8
-#: How long a server under callgrind takes to start may reach a minute on a slow VM.
+#: A server under callgrind may take a minute or more to start on a slow VM.
 START_TIMEOUT = 300.0
 
 _TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
@@ -107,25 +108,27 @@ def count(server: wire.Server, store_dir: str, warm: int, seconds: int,
     valgrind, control = _tools()
     with tempfile.TemporaryDirectory(prefix="trackmw-cgwire-") as out:
         out_dir = Path(out)
-        server.command = [valgrind, "--tool=callgrind", "--separate-threads=yes",
-                          f"--callgrind-out-file={out_dir}/cg.%p", *server.command]
+        counted = dataclasses.replace(server, command=[
+            valgrind, "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={out_dir}/cg.%p", *server.command])
         try:
-            wire.start([server], store_dir, START_TIMEOUT)
-            assert server.proc is not None
-            pid = server.proc.pid
-            wire.wrk(server, warm, CONNECTIONS)
-            _idle(server)
+            wire.start([counted], store_dir, START_TIMEOUT)
+            assert counted.proc is not None
+            pid = counted.proc.pid
+            wire.wrk(counted, warm, CONNECTIONS)
+            _idle(counted)
             subprocess.run([control, "-z", str(pid)], check=True, capture_output=True)
-            served = requests_served(wire.wrk(server, seconds, CONNECTIONS))
+            served = requests_served(wire.wrk(counted, seconds, CONNECTIONS))
             # The writer writes what is left of the run at its next flush (every second
             # by default), then the server is idle again.
             time.sleep(2.0)
-            _idle(server)
+            _idle(counted)
             subprocess.run([control, "-d", str(pid)], check=True, capture_output=True)
-            dumps = _wait_for_dumps(out_dir, pid)
+            totals = _wait_for_dumps(out_dir, pid)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            raise Unavailable(f"{server.name}: {exc}") from exc
         finally:
-            wire.stop([server])
-        totals = {thread: dump_totals(path.read_text()) for thread, path in dumps.items()}
+            wire.stop([counted])
     main = totals.get(1)
     if main is None or served <= 0:
         raise Unavailable(f"{server.name}: no count for the main thread ({sorted(totals)})")
@@ -140,13 +143,18 @@ def _idle(server: wire.Server) -> None:
     wire.settle([server], timeout=60.0)
 
 
-def _wait_for_dumps(out_dir: Path, pid: int, timeout: float = 60.0) -> dict[int, Path]:
-    """The first dump's files, once callgrind has written the main thread's."""
+def _wait_for_dumps(out_dir: Path, pid: int, timeout: float = 60.0) -> dict[int, int]:
+    """The first dump's totals by thread, once callgrind has written every thread's
+    file to its end (its ``totals:`` line) and the main thread's is among them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dumps = thread_dumps(out_dir, pid)
-        if 1 in dumps and "totals:" in dumps[1].read_text():
-            return dumps
+        try:
+            totals = {thread: dump_totals(path.read_text())
+                      for thread, path in thread_dumps(out_dir, pid).items()}
+        except Unavailable:  # a file still being written
+            totals = {}
+        if 1 in totals:
+            return totals
         time.sleep(0.5)
     raise Unavailable(f"callgrind wrote no dump for process {pid}")
 
