@@ -282,7 +282,7 @@ beacon_headers(PyObject *module, PyObject *headers)
 
 static PyObject *str_method, *str_GET, *str_query_string, *bytes_empty;
 static PyObject *str_p, *str_r, *str_c, *str_allow, *str_add;
-static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200;
+static PyObject *str_settings, *str_pixel_rate_limit_status, *int_200, *int_1;
 static PyTypeObject *deque_type;
 static PyObject *deque_append; /* deque.append, the method descriptor */
 static PyTypeObject *limiter_type, *pipeline_type; /* RateLimiter and Pipeline */
@@ -2401,6 +2401,20 @@ buffer_add(Buffer *b, const char *text, Py_ssize_t size)
     return 0;
 }
 
+/* Adds `value` in decimal, as str(value) writes it. */
+static int
+buffer_decimal(Buffer *b, long long value)
+{
+    char digits[24], *end = digits + sizeof digits, *at = end;
+    unsigned long long n = value < 0 ? -(unsigned long long)value : (unsigned long long)value;
+    do
+        *--at = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    if (value < 0)
+        *--at = '-';
+    return buffer_add(b, at, end - at);
+}
+
 /* Adds one item's JSON: 0, 1 when the item is not the common case, -1 on error. */
 static int
 view_json(Buffer *b, PyObject *item, PyObject *quote, PyObject *quoted)
@@ -2414,14 +2428,7 @@ view_json(Buffer *b, PyObject *item, PyObject *quote, PyObject *quoted)
             return -1;
         if (overflow)
             return 1; /* json writes it (no page view's time is that large) */
-        char digits[24], *end = digits + sizeof digits, *at = end;
-        unsigned long long n = value < 0 ? -(unsigned long long)value : (unsigned long long)value;
-        do
-            *--at = (char)('0' + n % 10);
-        while ((n /= 10) != 0);
-        if (value < 0)
-            *--at = '-';
-        return buffer_add(b, at, end - at);
+        return buffer_decimal(b, value);
     }
     if (!PyUnicode_CheckExact(item))
         return 1;
@@ -2478,6 +2485,225 @@ views_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return json;
 }
 
+/* -- the SQLite store's chains of visit days ---------------------------------------- */
+
+PyDoc_STRVAR(extend_chains_doc,
+"extend_chains(text, visits, delta, follow, mirrored, /)\n--\n\n"
+"trackmw.stores.sqlite_chains.merge(text, visits, delta, follow, mirrored) for its\n"
+"common case, found by a search of the text: text an ASCII str, visits a dict of\n"
+"exact ints (dimensions) to sets of one exact int (a day), each dimension either new\n"
+"to the text or its chain's last day a number no later than the day (which is then\n"
+"appended, or already there), follow an exact int and mirrored a tuple. Returns the\n"
+"new text, with the links added to delta as merge adds them; None, with nothing done,\n"
+"for anything else (merge then does it all).");
+
+/* At most this many dimensions a call (merge passes at most sqlite_chains._SEARCHED). */
+#define CHAIN_DIMS 64
+
+/* One dimension of a call: its id and day (held), the link it adds (prev: the chain's
+ * last day, -1 for a new chain), and where its days end in the text (-1: new). */
+typedef struct {
+    PyObject *dim, *day;
+    long long dim_value, day_value, prev;
+    Py_ssize_t end;
+} ChainVisit;
+
+/* Where dimension `name`'s days start in `text` (the segment `name:days` at the
+ * start or after a ';'), -1 if there is none. */
+static Py_ssize_t
+chain_days(const char *text, Py_ssize_t size, const char *name, Py_ssize_t length)
+{
+    for (Py_ssize_t at = 0; at < size;) {
+        if (size - at > length && memcmp(text + at, name, (size_t)length) == 0 &&
+            text[at + length] == ':')
+            return at + length + 1;
+        const char *next = memchr(text + at, ';', (size_t)(size - at));
+        if (next == NULL)
+            break;
+        at = next - text + 1;
+    }
+    return -1;
+}
+
+/* The number text[start:end] writes in plain decimal digits (at most 18), or -1. */
+static long long
+chain_day(const char *text, Py_ssize_t start, Py_ssize_t end)
+{
+    if (end <= start || end - start > 18)
+        return -1;
+    long long value = 0;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (text[i] < '0' || text[i] > '9')
+            return -1;
+        value = value * 10 + (text[i] - '0');
+    }
+    return value;
+}
+
+/* delta[(dim, day, prev)] = delta.get((dim, day, prev), 0) + 1 */
+static int
+chain_link(PyObject *delta, PyObject *dim, PyObject *day, long long prev)
+{
+    PyObject *prev_obj = PyLong_FromLongLong(prev);
+    PyObject *key = prev_obj == NULL ? NULL : PyTuple_Pack(3, dim, day, prev_obj);
+    Py_XDECREF(prev_obj);
+    if (key == NULL)
+        return -1;
+    PyObject *n = PyDict_GetItemWithError(delta, key), *sum;
+    if (n != NULL) {
+        Py_INCREF(n); /* held: adding to it may run code */
+        sum = PyNumber_Add(n, int_1);
+        Py_DECREF(n);
+    }
+    else if (PyErr_Occurred())
+        sum = NULL;
+    else {
+        sum = int_1;
+        Py_INCREF(sum);
+    }
+    int result = sum == NULL ? -1 : PyDict_SetItem(delta, key, sum);
+    Py_XDECREF(sum);
+    Py_DECREF(key);
+    return result;
+}
+
+static PyObject *
+extend_chains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("extend_chains", nargs, 5) < 0)
+        return NULL;
+    PyObject *text = args[0], *visits = args[1], *delta = args[2], *follow = args[3];
+    PyObject *mirrored = args[4];
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) || !PyDict_CheckExact(visits) ||
+        !PyDict_CheckExact(delta) || !PyLong_CheckExact(follow) || !PyTuple_CheckExact(mirrored) ||
+        PyDict_GET_SIZE(visits) > CHAIN_DIMS)
+        Py_RETURN_NONE;
+    int overflow;
+    long long follow_value = PyLong_AsLongLongAndOverflow(follow, &overflow);
+    if (follow_value == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow)
+        Py_RETURN_NONE;
+    const char *chars = (const char *)PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
+    ChainVisit found[CHAIN_DIMS];
+    Py_ssize_t count = 0, pos = 0;
+    PyObject *dim, *days, *result = NULL;
+    Buffer b = {NULL, 0, 0};
+    Py_INCREF(text);
+    Py_INCREF(mirrored);
+    /* First every dimension is read and found, with no code run and nothing changed:
+     * any that is not the common case leaves the whole call to merge. */
+    while (PyDict_Next(visits, &pos, &dim, &days)) {
+        if (!PyLong_CheckExact(dim) || !PySet_CheckExact(days) || PySet_GET_SIZE(days) != 1)
+            goto decline;
+        PyObject *iter = PyObject_GetIter(days);
+        PyObject *day = iter == NULL ? NULL : PyIter_Next(iter);
+        Py_XDECREF(iter);
+        if (day == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            goto decline; /* (a set of one always yields it) */
+        }
+        ChainVisit *v = &found[count++];
+        Py_INCREF(dim);
+        v->dim = dim;
+        v->day = day; /* a new reference already */
+        if (!PyLong_CheckExact(day))
+            goto decline;
+        v->dim_value = PyLong_AsLongLongAndOverflow(dim, &overflow);
+        if (overflow)
+            goto decline;
+        v->day_value = PyLong_AsLongLongAndOverflow(day, &overflow);
+        if (overflow)
+            goto decline;
+        char name[24];
+        Py_ssize_t length = (Py_ssize_t)snprintf(name, sizeof name, "%lld", v->dim_value);
+        Py_ssize_t start = chain_days(chars, size, name, length);
+        v->prev = -1;
+        v->end = -1;
+        if (start >= 0) { /* its chain: appended to if the day is later than its last */
+            const char *semicolon = memchr(chars + start, ';', (size_t)(size - start));
+            Py_ssize_t end = semicolon == NULL ? size : semicolon - chars, last = start;
+            for (Py_ssize_t i = end - 1; i >= start; i--)
+                if (chars[i] == ',') {
+                    last = i + 1;
+                    break;
+                }
+            long long last_day = chain_day(chars, last, end);
+            if (last_day < 0 || v->day_value < last_day)
+                goto decline; /* not a chain of plain numbers, or a day arriving late */
+            v->prev = last_day;
+            v->end = v->day_value == last_day ? -2 : end; /* -2: already there */
+        }
+    }
+    /* The text: the appended days, in the order of the text, then the new chains. */
+    Py_ssize_t done = 0;
+    for (;;) {
+        ChainVisit *next = NULL; /* the next edit in the text (count is small) */
+        for (Py_ssize_t i = 0; i < count; i++)
+            if (found[i].end >= done && found[i].prev >= 0 &&
+                (next == NULL || found[i].end < next->end))
+                next = &found[i];
+        if (next == NULL)
+            break;
+        if (buffer_add(&b, chars + done, next->end - done) < 0 || buffer_add(&b, ",", 1) < 0 ||
+            buffer_decimal(&b, next->day_value) < 0)
+            goto fail;
+        done = next->end;
+        next->end = -2; /* written */
+    }
+    if (buffer_add(&b, chars + done, size - done) < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (found[i].prev >= 0)
+            continue;
+        if ((b.size > 0 && buffer_add(&b, ";", 1) < 0) ||
+            buffer_decimal(&b, found[i].dim_value) < 0 || buffer_add(&b, ":", 1) < 0 ||
+            buffer_decimal(&b, found[i].day_value) < 0)
+            goto fail;
+    }
+    /* The links: a new chain's first day (prev -1) or an appended day; those of
+     * `follow` also for each of the mirrored dimensions. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        ChainVisit *v = &found[i];
+        if (v->prev >= 0 && v->day_value == v->prev)
+            continue; /* already there: no link changes */
+        if (chain_link(delta, v->dim, v->day, v->prev) < 0)
+            goto fail;
+        if (v->dim_value != follow_value)
+            continue;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(mirrored); k++)
+            if (chain_link(delta, PyTuple_GET_ITEM(mirrored, k), v->day, v->prev) < 0)
+                goto fail;
+    }
+    if (b.size == size) { /* nothing new: the text as it was */
+        result = text;
+        Py_INCREF(result);
+    }
+    else {
+        result = PyUnicode_New(b.size, 127);
+        if (result != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(result), b.data, b.size);
+    }
+    goto end;
+decline:
+    result = Py_None;
+    Py_INCREF(result);
+    goto end;
+fail:
+    result = NULL;
+end:
+    PyMem_Free(b.data);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_DECREF(found[i].dim);
+        Py_XDECREF(found[i].day);
+    }
+    Py_DECREF(mirrored);
+    Py_DECREF(text);
+    return result;
+}
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -2492,6 +2718,8 @@ static PyMethodDef module_methods[] = {
     {"group_run", (PyCFunction)(void (*)(void))group_run, METH_FASTCALL, group_run_doc},
     {"views_json", (PyCFunction)(void (*)(void))views_json, METH_FASTCALL, views_json_doc},
     {"tally_run", (PyCFunction)(void (*)(void))tally_run, METH_FASTCALL, tally_run_doc},
+    {"extend_chains", (PyCFunction)(void (*)(void))extend_chains, METH_FASTCALL,
+     extend_chains_doc},
     {NULL},
 };
 
@@ -2572,7 +2800,8 @@ PyInit__speedups(void)
         return NULL;
     bytes_empty = PyBytes_FromStringAndSize("", 0);
     int_200 = PyLong_FromLong(200);
-    if (bytes_empty == NULL || int_200 == NULL)
+    int_1 = PyLong_FromLong(1);
+    if (bytes_empty == NULL || int_200 == NULL || int_1 == NULL)
         return NULL;
     bytes_set_cookie = PyBytes_FromString("set-cookie");
     if (bytes_set_cookie == NULL)

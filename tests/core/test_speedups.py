@@ -2413,3 +2413,139 @@ def test_the_c_paths_hits_and_page_views_are_left_out_of_the_collector(
         assert gc.is_tracked(views[0])  # it holds a list: the collector must see it
     finally:
         normalize._fixed.clear()
+
+
+# -- the SQLite store's chains of visit days -----------------------------------------------
+
+
+def _merged_both_ways(text: Any, visits: dict[Any, Any], delta: dict[Any, Any], follow: Any,
+                      mirrored: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """``sqlite_chains.merge`` with the C speedups and without: (text, or the type of the
+    error it raised, and delta) of each, from copies of the same arguments."""
+    import copy
+
+    from trackmw._ext import speedup
+    from trackmw.stores import sqlite_chains
+
+    outcomes = []
+    for c_merge in (speedup("extend_chains"), None):
+        sqlite_chains.speedup = lambda name, f=c_merge: f  # type: ignore[assignment]
+        mine = copy.deepcopy(delta)
+        try:
+            merged = sqlite_chains.merge(text, copy.deepcopy(visits), mine, follow, mirrored)
+        except Exception as exc:  # a chain that is not numbers: int() fails
+            merged = type(exc)
+        finally:
+            sqlite_chains.speedup = speedup  # type: ignore[assignment]
+        outcomes.append((merged, mine))
+    return outcomes
+
+
+_DIMS = [1, 2, 3, 7, 12, 21, 123, 2**40]
+_SEGMENTS = st.one_of(
+    st.tuples(st.sampled_from(_DIMS), st.lists(st.integers(700, 716), min_size=1, max_size=4,
+                                               unique=True).map(sorted)).map(
+        lambda d: f"{d[0]}:{','.join(map(str, d[1]))}"),
+    st.sampled_from(["c:3,4,0", "7:", "7:x", "12: 705", "2:705,+706", "21:1" + "0" * 19,
+                     "3:07", "123:-1"]),
+)
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_SEGMENTS, max_size=6).map(";".join) | st.sampled_from(["", None, "7:70é"]),
+    st.dictionaries(  # mostly the common case: known dimensions, one plain day each
+        st.sampled_from([*_DIMS, *_DIMS, *_DIMS, -3, 2**70]),
+        st.integers(698, 718).map(lambda day: {day})
+        | st.integers(698, 718).map(lambda day: {day})
+        | st.sets(st.integers(698, 718) | st.sampled_from([-5, 2**70]), min_size=1, max_size=2),
+        max_size=14,
+    ),
+    st.dictionaries(st.tuples(st.sampled_from(_DIMS), st.integers(698, 718),
+                              st.integers(-1, 718)), st.integers(-2, 2), max_size=4),
+    st.sampled_from([0, 1, 7, 2**70]),
+    st.sampled_from([(), (3, 4), (12,), [3, 4]]),
+)
+def test_the_c_chains_are_the_python_chains(
+    text: Any, visits: dict[int, set[int]], delta: dict[Any, int], follow: int, mirrored: Any
+) -> None:
+    """Texts well and badly formed, dimensions new and known, days earlier, equal and
+    later than a chain's last, one or two a dimension, numbers past a C long: merge gives
+    the same text and links with the C speedups as without."""
+    from trackmw import _speedups
+
+    with_c, without = _merged_both_ways(text, visits, delta, follow, mirrored)
+    assert with_c == without
+    untouched = dict(delta)
+    if _speedups.extend_chains(text or "", dict(visits), untouched, follow, mirrored) is None:
+        assert untouched == delta  # left to merge: nothing done
+
+
+@needs_speedups
+def test_the_c_chains_take_the_common_case_and_leave_the_rest() -> None:
+    from trackmw import _speedups
+
+    def extend(text: Any, visits: Any, follow: Any = 1, mirrored: Any = (3, 4)) -> Any:
+        delta: dict[Any, int] = {(1, 705, 704): 2}
+        merged = _speedups.extend_chains(text, visits, delta, follow, mirrored)
+        return merged, delta
+
+    # New chains, a later day appended, the same day again: done in C.
+    assert extend("", {1: {705}, 12: {705}}) == (
+        "1:705;12:705",
+        {(1, 705, 704): 2, (1, 705, -1): 1, (3, 705, -1): 1, (4, 705, -1): 1,
+         (12, 705, -1): 1})
+    assert extend("c:3,4,0;1:703,704;12:700", {1: {705}, 12: {700}}) == (
+        "c:3,4,0;1:703,704,705;12:700", {(1, 705, 704): 3, (3, 705, 704): 1, (4, 705, 704): 1})
+    assert extend("9", {12: {705}})[0] == "9;12:705"  # after any text, as merge joins
+    text = "1:704;12:705"
+    assert extend(text, {12: {705}})[0] is text  # nothing new: the same text
+    # Anything else: None, and nothing done.
+    for odd_text, visits in [
+        ("1:705", {1: {704}}),  # a day arriving late
+        ("1:705", {1: {706, 707}}),  # two days
+        ("1:7x5", {1: {706}}),  # not a chain of numbers
+        ("1:", {1: {706}}),
+        ("1:7é", {2: {706}}),  # not ASCII
+        ("", {"1": {706}}),  # not an int
+        ("", {1: {"706"}}),
+        ("", {1: [706]}),
+        ("", {1: frozenset([706])}),
+        ("", {2**70: {706}}),  # past a C long
+        ("", {1: {2**70}}),
+    ]:
+        assert extend(odd_text, visits) == (None, {(1, 705, 704): 2})
+    assert extend("", {1: {705}}, follow=2**70) == (None, {(1, 705, 704): 2})
+    assert extend("", {1: {705}}, mirrored=[3, 4]) == (None, {(1, 705, 704): 2})
+    assert _speedups.extend_chains(b"", {1: {705}}, {}, 1, ()) is None
+    assert _speedups.extend_chains("", {d: {705} for d in range(65)}, {}, 1, ()) is None
+    with pytest.raises(TypeError):
+        _speedups.extend_chains("", {}, {}, 1)
+
+
+@needs_speedups
+def test_the_c_chains_survive_a_link_count_that_runs_code() -> None:
+    """A count in the links whose ``+`` empties the visits and the links (no count merge
+    makes can): the call goes on with what it holds, and raises what the code raises."""
+    from trackmw import _speedups
+
+    visits = {1: {705}, 12: {705}}
+    delta: dict[Any, Any] = {}
+
+    class Count:
+        def __add__(self, other: int) -> int:
+            visits.clear()
+            delta.clear()
+            return 1
+
+    delta[(1, 705, -1)] = Count()
+    assert _speedups.extend_chains("", visits, delta, 1, ()) == "1:705;12:705"
+    assert delta == {(1, 705, -1): 1, (12, 705, -1): 1}
+
+    class Broken:
+        def __add__(self, other: int) -> int:
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        _speedups.extend_chains("", {1: {705}}, {(1, 705, -1): Broken()}, 1, ())
