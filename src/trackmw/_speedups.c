@@ -2386,6 +2386,8 @@ typedef struct {
 static int
 buffer_add(Buffer *b, const char *text, Py_ssize_t size)
 {
+    if (size == 0)
+        return 0; /* (memcpy to a buffer not yet allocated is undefined, even of nothing) */
     if (b->size + size > b->capacity) {
         Py_ssize_t capacity = (b->size + size) * 2;
         char *data = PyMem_Realloc(b->data, capacity);
@@ -2490,15 +2492,17 @@ views_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 PyDoc_STRVAR(extend_chains_doc,
 "extend_chains(text, visits, delta, follow, mirrored, /)\n--\n\n"
 "trackmw.stores.sqlite_chains.merge(text, visits, delta, follow, mirrored) for its\n"
-"common case, found by a search of the text: text an ASCII str, visits a dict of\n"
-"exact ints (dimensions) to sets of one exact int (a day), each dimension either new\n"
-"to the text or its chain's last day a number no later than the day (which is then\n"
-"appended, or already there), follow an exact int and mirrored a tuple. Returns the\n"
-"new text, with the links added to delta as merge adds them; None, with nothing done,\n"
-"for anything else (merge then does it all).");
+"common case, found by a search of the text: text an ASCII str, visits a dict of at\n"
+"most 12 (sqlite_chains._SEARCHED) exact ints (dimensions) to sets of one exact int\n"
+"(a day), each dimension either new to the text or its chain's last day a number no\n"
+"later than the day (which is then appended, or already there), follow an exact int\n"
+"and mirrored a tuple. Returns the new text, with the links added to delta as merge\n"
+"adds them; None, with nothing done, for anything else (merge then does it all).");
 
-/* At most this many dimensions a call (merge passes at most sqlite_chains._SEARCHED). */
-#define CHAIN_DIMS 64
+/* At most this many dimensions a call, found by a search of the text, as merge finds
+ * them up to sqlite_chains._SEARCHED (above, it indexes the text, which reads a
+ * malformed one differently): more are left to merge. */
+#define CHAIN_DIMS 12
 
 /* One dimension of a call: its id and day (held), the link it adds (prev: the chain's
  * last day, -1 for a new chain), and where its days end in the text (-1: new). */

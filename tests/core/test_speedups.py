@@ -2447,7 +2447,7 @@ _SEGMENTS = st.one_of(
                                                unique=True).map(sorted)).map(
         lambda d: f"{d[0]}:{','.join(map(str, d[1]))}"),
     st.sampled_from(["c:3,4,0", "7:", "7:x", "12: 705", "2:705,+706", "21:1" + "0" * 19,
-                     "3:07", "123:-1"]),
+                     "3:07", "123:-1", "", "15", "1:" + "9" * 18, "1:0" + "7" * 18]),
 )
 
 
@@ -2477,9 +2477,10 @@ def test_the_c_chains_are_the_python_chains(
 
     with_c, without = _merged_both_ways(text, visits, delta, follow, mirrored)
     assert with_c == without
-    untouched = dict(delta)
-    if _speedups.extend_chains(text or "", dict(visits), untouched, follow, mirrored) is None:
-        assert untouched == delta  # left to merge: nothing done
+    # Called directly, with any number of dimensions: merge's answer, or nothing done.
+    mine = dict(delta)
+    merged = _speedups.extend_chains(text or "", dict(visits), mine, follow, mirrored)
+    assert (merged, mine) == ((without[0], without[1]) if merged is not None else (None, delta))
 
 
 @needs_speedups
@@ -2499,6 +2500,11 @@ def test_the_c_chains_take_the_common_case_and_leave_the_rest() -> None:
     assert extend("c:3,4,0;1:703,704;12:700", {1: {705}, 12: {700}}) == (
         "c:3,4,0;1:703,704,705;12:700", {(1, 705, 704): 3, (3, 705, 704): 1, (4, 705, 704): 1})
     assert extend("9", {12: {705}})[0] == "9;12:705"  # after any text, as merge joins
+    # A chain is found at the start of a segment only, by its whole name.
+    for text, merged in [("21:700", "21:700;1:705"), ("12:700", "12:700;1:705"),
+                         (";1:700", ";1:700,705"), ("1:700;", "1:700,705;"), (";", ";;1:705"),
+                         ("c:1,1,0;11:7", "c:1,1,0;11:7;1:705")]:
+        assert extend(text, {1: {705}}, follow=2, mirrored=())[0] == merged
     text = "1:704;12:705"
     assert extend(text, {12: {705}})[0] is text  # nothing new: the same text
     # Anything else: None, and nothing done.
@@ -2514,14 +2520,44 @@ def test_the_c_chains_take_the_common_case_and_leave_the_rest() -> None:
         ("", {1: frozenset([706])}),
         ("", {2**70: {706}}),  # past a C long
         ("", {1: {2**70}}),
+        ("1:" + "9" * 19, {1: {706}}),  # a last day of more than 18 digits
+        ("", {True: {706}}),  # a bool, an int's subclass
+        ("", {1: {True}}),
+        ("", {d: {706} for d in range(13)}),  # more than merge searches for
     ]:
         assert extend(odd_text, visits) == (None, {(1, 705, 704): 2})
     assert extend("", {1: {705}}, follow=2**70) == (None, {(1, 705, 704): 2})
     assert extend("", {1: {705}}, mirrored=[3, 4]) == (None, {(1, 705, 704): 2})
+    assert extend("", {1: {705}}, follow=True) == (None, {(1, 705, 704): 2})
     assert _speedups.extend_chains(b"", {1: {705}}, {}, 1, ()) is None
-    assert _speedups.extend_chains("", {d: {705} for d in range(65)}, {}, 1, ()) is None
     with pytest.raises(TypeError):
         _speedups.extend_chains("", {}, {}, 1)
+
+
+@needs_speedups
+def test_the_c_chains_hold_and_let_go_of_what_they_read() -> None:
+    """No reference kept or lost, on each way out: done, left to merge after some
+    dimensions were read, and an error adding a link."""
+    from trackmw import _speedups
+
+    text, dim, day, mirrored = "c:3,4,0;" + "1:700", 2**40, 2**41, (2**42,)
+
+    class Broken(int):
+        def __add__(self, other: int) -> int:
+            raise ZeroDivisionError
+
+    def calls() -> None:
+        for _ in range(1000):
+            _speedups.extend_chains(text, {dim: {day}, 1: {705}}, {}, 1, mirrored)
+            _speedups.extend_chains(text, {dim: {day}, 1: {699}}, {}, 1, mirrored)  # late
+            with pytest.raises(ZeroDivisionError):
+                _speedups.extend_chains(text, {dim: {day}}, {(dim, day, -1): Broken()}, 1,
+                                        mirrored)
+
+    calls()  # (anything made once, made)
+    before = [sys.getrefcount(x) for x in (text, dim, day, mirrored)]
+    calls()
+    assert [sys.getrefcount(x) for x in (text, dim, day, mirrored)] == before
 
 
 @needs_speedups
