@@ -24,7 +24,7 @@ per-batch work is shared by fewer hits, and the writer's share is, if anything, 
 here than at full speed.
 
 ``python -m bench --only wire-instructions`` (not part of a plain ``make bench``: it
-takes about ten minutes), or ``python -m bench.wire_instructions``. Needs ``valgrind``
+takes about six minutes), or ``python -m bench.wire_instructions``. Needs ``valgrind``
 (with ``callgrind_control``) and ``wrk`` (``apt-get install valgrind wrk``); without
 them the section is skipped with a note.
 """
