@@ -182,18 +182,16 @@ def section_instructions(quick: bool, tmp: str) -> tuple[list[Figure], list[str]
 
 
 def section_wire_instructions(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
-    from . import wire, wire_instructions
+    from . import wire_instructions
 
     try:
         counts = wire_instructions.run(tmp, quick, log)
     except wire_instructions.Unavailable as exc:
         return [], [f"wire-instructions skipped: {exc}"]
-    specs = {s.name: s for s in wire.servers(tmp)[0]}
     out = []
-    for name, (n, others) in counts.items():
-        s = specs[name]
+    for name, (s, n, others) in counts.items():
         baseline = s.baseline if s.baseline in counts else None
-        base = None if baseline is None else counts[baseline][0]
+        base = None if baseline is None else counts[baseline][1]
         out.append(Figure(f"instr.{name}", s.label, n / 1000, "k instructions/request",
                           None if baseline is None else f"instr.{baseline}",
                           None if base is None else base / 1000,

@@ -160,12 +160,13 @@ def _wait_for_dumps(out_dir: Path, pid: int, timeout: float = 60.0) -> dict[int,
 
 
 def run(store_dir: str, quick: bool = False,
-        log: Callable[[str], None] = print) -> dict[str, tuple[float, float]]:
-    """(instructions a request, of which outside the main thread) of each of
+        log: Callable[[str], None] = print) -> dict[str, tuple[wire.Server, float, float]]:
+    """(server, instructions a request, of which outside the main thread) of each of
     ``VARIANTS``, one server at a time (``wrk`` and the server take a core each)."""
     warm, seconds = (3, 3) if quick else (8, 15)  # whole seconds, as wrk takes them
     servers = {s.name: s for s in wire.servers(store_dir)[0]}
-    return {name: count(servers[name], store_dir, warm, seconds, log) for name in VARIANTS}
+    return {name: (servers[name], *count(servers[name], store_dir, warm, seconds, log))
+            for name in VARIANTS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="trackmw-cgwire-") as store_dir:
         counts = run(store_dir, args.quick)
-    for name, (n, others) in counts.items():
+    for name, (_, n, others) in counts.items():
         print(f"{name:20} {n / 1000:8.1f} k instructions/request ({others / 1000:.1f}k "
               "outside the main thread)")
     return 0

@@ -2403,18 +2403,37 @@ buffer_add(Buffer *b, const char *text, Py_ssize_t size)
     return 0;
 }
 
-/* Adds `value` in decimal, as str(value) writes it. */
-static int
-buffer_decimal(Buffer *b, long long value)
+/* Writes `value` in decimal, as str(value) writes it, to end at `end` (24 bytes
+ * before it are enough); where it starts. */
+static char *
+decimal(long long value, char *end)
 {
-    char digits[24], *end = digits + sizeof digits, *at = end;
+    char *at = end;
     unsigned long long n = value < 0 ? -(unsigned long long)value : (unsigned long long)value;
     do
         *--at = (char)('0' + n % 10);
     while ((n /= 10) != 0);
     if (value < 0)
         *--at = '-';
+    return at;
+}
+
+/* Adds `value` in decimal. */
+static int
+buffer_decimal(Buffer *b, long long value)
+{
+    char digits[24], *end = digits + sizeof digits, *at = decimal(value, end);
     return buffer_add(b, at, end - at);
+}
+
+/* The buffer's text as a str (it is ASCII): a new reference, or NULL. */
+static PyObject *
+buffer_text(const Buffer *b)
+{
+    PyObject *text = PyUnicode_New(b->size, 127);
+    if (text != NULL && b->size > 0)
+        memcpy(PyUnicode_1BYTE_DATA(text), b->data, b->size);
+    return text;
 }
 
 /* Adds one item's JSON: 0, 1 when the item is not the common case, -1 on error. */
@@ -2475,12 +2494,7 @@ views_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (result == 0)
         result = buffer_add(&b, "]", 1);
-    PyObject *json = NULL;
-    if (result == 0) {
-        json = PyUnicode_New(b.size, 127);
-        if (json != NULL)
-            memcpy(PyUnicode_1BYTE_DATA(json), b.data, b.size);
-    }
+    PyObject *json = result == 0 ? buffer_text(&b) : NULL;
     PyMem_Free(b.data);
     if (result > 0)
         Py_RETURN_NONE; /* not the common case: nothing done */
@@ -2504,8 +2518,9 @@ PyDoc_STRVAR(extend_chains_doc,
  * malformed one differently): more are left to merge. */
 #define CHAIN_DIMS 12
 
-/* One dimension of a call: its id and day (held), the link it adds (prev: the chain's
- * last day, -1 for a new chain), and where its days end in the text (-1: new). */
+/* One dimension of a call: its id and day (held), the chain's last day (prev, the
+ * link's; -1 for a new chain), and where its days end in the text (-1: a new chain).
+ * Its day is appended to the chain when later than prev, else already there. */
 typedef struct {
     PyObject *dim, *day;
     long long dim_value, day_value, prev;
@@ -2621,9 +2636,9 @@ extend_chains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         v->day_value = PyLong_AsLongLongAndOverflow(day, &overflow);
         if (overflow)
             goto decline;
-        char name[24];
-        Py_ssize_t length = (Py_ssize_t)snprintf(name, sizeof name, "%lld", v->dim_value);
-        Py_ssize_t start = chain_days(chars, size, name, length);
+        char digits[24], *name_end = digits + sizeof digits;
+        const char *name = decimal(v->dim_value, name_end);
+        Py_ssize_t start = chain_days(chars, size, name, name_end - name);
         v->prev = -1;
         v->end = -1;
         if (start >= 0) { /* its chain: appended to if the day is later than its last */
@@ -2638,15 +2653,15 @@ extend_chains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (last_day < 0 || v->day_value < last_day)
                 goto decline; /* not a chain of plain numbers, or a day arriving late */
             v->prev = last_day;
-            v->end = v->day_value == last_day ? -2 : end; /* -2: already there */
+            v->end = end;
         }
     }
     /* The text: the appended days, in the order of the text, then the new chains. */
-    Py_ssize_t done = 0;
+    Py_ssize_t done = 0; /* the text is written up to here (a chain ends after it) */
     for (;;) {
-        ChainVisit *next = NULL; /* the next edit in the text (count is small) */
+        ChainVisit *next = NULL; /* the next chain appended to (count is small) */
         for (Py_ssize_t i = 0; i < count; i++)
-            if (found[i].end >= done && found[i].prev >= 0 &&
+            if (found[i].end > done && found[i].day_value > found[i].prev &&
                 (next == NULL || found[i].end < next->end))
                 next = &found[i];
         if (next == NULL)
@@ -2655,13 +2670,12 @@ extend_chains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             buffer_decimal(&b, next->day_value) < 0)
             goto fail;
         done = next->end;
-        next->end = -2; /* written */
     }
     if (buffer_add(&b, chars + done, size - done) < 0)
         goto fail;
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (found[i].prev >= 0)
-            continue;
+        if (found[i].end >= 0)
+            continue; /* not a new chain */
         if ((b.size > 0 && buffer_add(&b, ";", 1) < 0) ||
             buffer_decimal(&b, found[i].dim_value) < 0 || buffer_add(&b, ":", 1) < 0 ||
             buffer_decimal(&b, found[i].day_value) < 0)
@@ -2671,7 +2685,7 @@ extend_chains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
      * `follow` also for each of the mirrored dimensions. */
     for (Py_ssize_t i = 0; i < count; i++) {
         ChainVisit *v = &found[i];
-        if (v->prev >= 0 && v->day_value == v->prev)
+        if (v->end >= 0 && v->day_value == v->prev)
             continue; /* already there: no link changes */
         if (chain_link(delta, v->dim, v->day, v->prev) < 0)
             goto fail;
@@ -2685,11 +2699,8 @@ extend_chains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = text;
         Py_INCREF(result);
     }
-    else {
-        result = PyUnicode_New(b.size, 127);
-        if (result != NULL)
-            memcpy(PyUnicode_1BYTE_DATA(result), b.data, b.size);
-    }
+    else
+        result = buffer_text(&b);
     goto end;
 decline:
     result = Py_None;
