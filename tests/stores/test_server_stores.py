@@ -351,3 +351,65 @@ def test_a_postgres_write_waits_for_an_erasure_in_flight_and_drops_its_visitor(
     writer.join(30)
     assert not writer.is_alive()
     assert store.visitor_data("gone-visitor")["pageviews"] == []
+
+
+#: The rollups as the server computed them from each batch until the client counted
+#: them: their definition, read off the raw page views.
+_COUNTS_BY_SQL = """
+SELECT day, 'total', '', count(*) FROM pageviews WHERE NOT bot GROUP BY day
+UNION ALL SELECT day, 'bot', '', count(*) FROM pageviews WHERE bot GROUP BY day
+UNION ALL SELECT day, 'anonymous', '', count(*) FROM pageviews
+    WHERE NOT bot AND visitor_id IS NULL GROUP BY day
+UNION ALL SELECT day, 'page', path, count(*) FROM pageviews WHERE NOT bot GROUP BY day, path
+UNION ALL SELECT day, 'referrer', referrer, count(*) FROM pageviews
+    WHERE NOT bot AND referrer <> '' GROUP BY day, referrer
+UNION ALL SELECT day, 'campaign', campaign, count(*) FROM pageviews
+    WHERE NOT bot AND campaign <> '' GROUP BY day, campaign
+"""
+_VISITORS_BY_SQL = """
+SELECT day, visitor_id, coalesce(user_id, ''), min(browser), min(os), min(device), count(*)
+FROM pageviews WHERE NOT bot AND visitor_id IS NOT NULL GROUP BY 1, 2, 3
+"""
+
+
+def _postgres_rows(store_url: str, query: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    schema = store_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(PG_URL, options=f"-c search_path={schema}") as conn:
+        return sorted(conn.execute(query).fetchall(), key=repr)
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_rollups_are_what_the_page_views_written_add_up_to(store_url: str) -> None:
+    pageviews, consents = events(seed=11, n=3_000, days=5)
+    # One visitor's day in two browsers, one without any, and an empty referrer: what
+    # SQL's min, coalesce and "<> ''" decide.
+    pageviews += [
+        pageview(START, 10, "v90", "/x", cls=("Firefox", "Linux", "desktop")),
+        pageview(START, 11, "v90", "/y", cls=("Chrome", "Windows", "desktop"), user="dan"),
+        pageview(START, 12, "v90", "/y", cls=("Chrome", "Windows", "desktop")),
+        pageview(START, 13, "v91", "/x", referrer="", campaign=""),
+    ]
+    pageviews[-1] = pageviews[-1]._replace(browser=None, os=None, device=None)
+    store = open_store(store_url)
+    try:
+        store.write(pageviews, consents)
+        assert _postgres_rows(store_url, "SELECT * FROM daily_counts") == _postgres_rows(
+            store_url, _COUNTS_BY_SQL
+        )
+        assert _postgres_rows(store_url, "SELECT * FROM daily_visitors") == _postgres_rows(
+            store_url, _VISITORS_BY_SQL
+        )
+        # Later batches add to the counts; a visitor's classes stay those of its first.
+        more, _ = events(seed=12, n=2_000, days=5)
+        for i in range(0, len(more), 500):
+            store.write(more[i:i + 500], [])
+        assert _postgres_rows(store_url, "SELECT * FROM daily_counts") == _postgres_rows(
+            store_url, _COUNTS_BY_SQL
+        )
+        counted = {row[:3]: row[6] for row in _postgres_rows(store_url, _VISITORS_BY_SQL)}
+        kept = _postgres_rows(store_url, "SELECT * FROM daily_visitors")
+        assert {row[:3]: row[6] for row in kept} == counted
+    finally:
+        store.close()

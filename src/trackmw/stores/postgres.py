@@ -9,16 +9,17 @@ device), so counts are exact and reports read small tables.
   brought up to date on first use under ``pg_advisory_xact_lock``, so many processes
   can start at once. The tables live in the schema named by ``?schema=name`` (default
   ``trackmw``); the parameter is stripped before the URL reaches libpq.
-- Writes: one transaction per batch: page views are copied (``COPY``) into a temporary
-  staging table, from which the server inserts them and computes the rollups
-  (``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE``, one small ``GROUP BY`` per
-  kind of count), rows in key order so that concurrent writers lock them in the same
-  order (no deadlocks); consents by ``COPY``. A visitor's and a user's page views are
-  found by hash indexes: equality is all erasure and ``/me`` ask, and a hash index
-  costs a batch less to update than a B-tree over random ids. ``daily_visitors`` has
-  no index by visitor: erasure finds its rows by key, from the visitor's page views.
-  The batch's content hash goes into ``batches`` first: a batch retried after its commit
-  reply was lost is recognised and written once.
+- Writes: one transaction per batch: page views are copied (binary ``COPY``) into
+  ``pageviews``; the rollups are counted by the client (``daily_counts``, the function
+  that erasure's subtraction uses too, and ``visitor_days``) and added with ``INSERT …
+  SELECT … FROM unnest(…) ON CONFLICT DO UPDATE``, rows in key order so that concurrent
+  writers lock them in the same order (no deadlocks); consents by ``COPY``. A
+  visitor's and a user's page views are found by hash indexes: equality is all erasure
+  and ``/me`` ask, and a hash index costs a batch less to update than a B-tree over
+  random ids. ``daily_visitors`` has no index by visitor: erasure finds its rows by
+  key, from the visitor's page views. The batch's content hash goes into ``batches``
+  first: a batch retried after its commit reply was lost is recognised and written
+  once.
 - Erasure: ``erase`` holds an advisory lock that every write shares, so a batch is
   written wholly before an erasure or wholly after it, and then it leaves out the
   erased visitors' earlier events (``drops_erased``). It only looks them up when the
@@ -38,7 +39,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from functools import partial
@@ -206,13 +207,16 @@ class PostgresStore(Store):
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
             if pageviews:
-                cur.execute(sql.STAGE)
-                with cur.copy(f"COPY trackmw_stage ({sql.PV_COLS}) FROM STDIN") as copy:
+                with cur.copy(f"COPY pageviews ({sql.PV_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(sql.PV_TYPES)
+                    write_row, days = copy.write_row, _Days()
                     for pv in pageviews:
-                        copy.write_row(pv)
-                cur.execute(f"INSERT INTO pageviews ({sql.PV_COLS}) SELECT * FROM trackmw_stage")
-                cur.execute(sql.ROLLUP_COUNTS)
-                cur.execute(sql.ROLLUP_VISITORS)
+                        write_row((pv[0], days[pv[1]], *pv[2:]))
+                counts = daily_counts(pageviews)
+                cur.execute(sql.ADD_COUNTS, [*_columns(counts), list(counts.values())])
+                visits = visitor_days(pageviews)
+                if visits:
+                    cur.execute(sql.ADD_VISITORS, _columns(visits) + _columns(visits.values()))
             if consents:
                 with cur.copy(f"COPY consents ({sql.CC_COLS}) FROM STDIN") as copy:
                     for choice in consents:
@@ -270,29 +274,18 @@ class PostgresStore(Store):
                     "UPDATE daily_counts d SET pageviews = d.pageviews - u.n FROM unnest("
                     "%s::date[], %s::text[], %s::text[], %s::bigint[]) AS u(day, kind, name, n) "
                     "WHERE d.day = u.day AND d.kind = u.kind AND d.name = u.name",
-                    [
-                        [k[0] for k in keys],
-                        [k[1] for k in keys],
-                        [k[2] for k in keys],
-                        [counts[k] for k in keys],
-                    ],
+                    [*_columns(keys), [counts[k] for k in keys]],
                 )
                 conn.execute("DELETE FROM daily_counts WHERE pageviews <= 0")
             # Each of their daily_visitors rows comes from one of these page views (as the
             # rollup counts them): deleted by its key, so no index by visitor is kept.
-            rows = sorted(
-                {
-                    (v.day, v.visitor_id, v.user_id or "")
-                    for v in victims
-                    if v.visitor_id is not None and not v.bot
-                }
-            )
+            rows = sorted(visitor_days(victims))
             if rows:
                 conn.execute(
                     "DELETE FROM daily_visitors d USING unnest(%s::date[], %s::text[], "
                     "%s::text[]) AS k(day, visitor_id, user_id) WHERE d.day = k.day "
                     "AND d.visitor_id = k.visitor_id AND d.user_id = k.user_id",
-                    [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]],
+                    _columns(rows),
                 )
             removed += conn.execute(
                 "DELETE FROM consents WHERE visitor_id = %s", (visitor_id,)
@@ -317,6 +310,42 @@ class PostgresStore(Store):
 def _erasures(conn: Any, keys: Collection[str]) -> dict[str, float]:
     rows = conn.execute("SELECT key, at FROM erasures WHERE key = ANY(%s)", (list(keys),))
     return {key: float(at) for key, at in rows}
+
+
+def visitor_days(pageviews: Iterable[PageView]) -> dict[tuple[str, str, str], list[Any]]:
+    """The ``daily_visitors`` rows that ``pageviews`` add to: ``(day, visitor_id, user_id
+    or "")`` -> ``[browser, os, device, page views]``, each of the three the least
+    (code-point order) of the group's that are not ``None``, as SQL's ``min``. Bots and
+    anonymous page views add none."""
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    get = groups.get
+    for _, day, vid, uid, _, _, _, browser, os_, device, bot in pageviews:
+        if bot or vid is None:
+            continue
+        key = (day, vid, uid or "")
+        group = get(key)
+        if group is None:
+            groups[key] = [browser, os_, device, 1]
+            continue
+        group[3] += 1
+        if browser != group[0] or os_ != group[1] or device != group[2]:  # seldom
+            for i, value in ((0, browser), (1, os_), (2, device)):
+                if value is not None and (group[i] is None or value < group[i]):
+                    group[i] = value
+    return groups
+
+
+def _columns(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """``rows`` as one list per column, as ``unnest`` takes them."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+class _Days(dict[str, date]):
+    """``date`` objects of day texts, each parsed once (binary ``COPY`` takes dates)."""
+
+    def __missing__(self, day: str) -> date:
+        self[day] = parsed = date.fromisoformat(day)
+        return parsed
 
 
 def _lock_key(purpose: str, schema: str) -> int:

@@ -1,9 +1,9 @@
 """The SQL of ``PostgresStore``: its schema, the statements that write a batch, and the
 report's queries.
 
-A batch is copied into a temporary staging table, from which the server inserts the
-page views and computes both rollups (see ``ROLLUP_COUNTS``); a report reads the
-rollups, and the raw page views only for the visitors of its top pages.
+A batch's page views are copied into ``pageviews``, and the rollups its client counted
+are added (see ``ADD_COUNTS``); a report reads the rollups, and the raw page views only
+for the visitors of its top pages.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 from ..report import TOP_N, Report, day_range, ranked
 
 __all__ = [
+    "ADD_COUNTS",
+    "ADD_VISITORS",
     "CC_COLS",
     "DROPPED",
     "PV_COLS",
-    "ROLLUP_COUNTS",
-    "ROLLUP_VISITORS",
+    "PV_TYPES",
     "SCHEMA",
     "SCHEMA_VERSION",
-    "STAGE",
     "report",
 ]
 
@@ -68,34 +68,23 @@ DROPPED = (
 )
 PV_COLS = "ts, day, visitor_id, user_id, path, referrer, campaign, browser, os, device, bot"
 CC_COLS = "ts, day, visitor_id, analytics, preferences, policy_version, minor, guardian"
-STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS trackmw_stage (
-    ts double precision, day date, visitor_id text, user_id text, path text, referrer text,
-    campaign text, browser text, os text, device text, bot boolean) ON COMMIT DELETE ROWS
-"""
-# The rollups of one batch, computed by the server from the staged rows, in key order so
-# that concurrent writers lock rollup rows in the same order. The counts are one GROUP BY
-# per kind over the thousand staged rows: a lateral join making six candidate rows of
-# each page view and grouping them all cost 4.9 µs a page view, these 1.8.
-ROLLUP_COUNTS = """
-INSERT INTO daily_counts SELECT * FROM (
-    SELECT day, 'total', '', count(*) FROM trackmw_stage WHERE NOT bot GROUP BY day
-    UNION ALL SELECT day, 'bot', '', count(*) FROM trackmw_stage WHERE bot GROUP BY day
-    UNION ALL SELECT day, 'anonymous', '', count(*) FROM trackmw_stage
-        WHERE NOT bot AND visitor_id IS NULL GROUP BY day
-    UNION ALL SELECT day, 'page', path, count(*) FROM trackmw_stage
-        WHERE NOT bot GROUP BY day, path
-    UNION ALL SELECT day, 'referrer', referrer, count(*) FROM trackmw_stage
-        WHERE NOT bot AND referrer <> '' GROUP BY day, referrer
-    UNION ALL SELECT day, 'campaign', campaign, count(*) FROM trackmw_stage
-        WHERE NOT bot AND campaign <> '' GROUP BY day, campaign
-) AS rollup (day, kind, name, n) ORDER BY 1, 2, 3
+#: The page views' column types, for ``COPY … (FORMAT BINARY)``: the server parses no
+#: text, and the client formats a row in C (text rows took 0.5 µs more a page view).
+PV_TYPES = ("float8", "date", *["text"] * 8, "bool")
+# A batch's rollups, counted by the client (``daily_counts``, ``visitor_days``) and sent
+# as one binary array per column: a few hundred rows a batch of 1,000 page views. Rows go
+# in key order, so that concurrent writers lock rollup rows in the same order. (The
+# server computing them from a staging table, one GROUP BY per kind of count, cost it
+# 1.2 µs more a page view than the client's counting costs the client.)
+ADD_COUNTS = """
+INSERT INTO daily_counts
+SELECT * FROM unnest(%b::date[], %b::text[], %b::text[], %b::bigint[]) ORDER BY 1, 2, 3
 ON CONFLICT (day, kind, name) DO UPDATE SET pageviews = daily_counts.pageviews + excluded.pageviews
 """
-ROLLUP_VISITORS = """
+ADD_VISITORS = """
 INSERT INTO daily_visitors
-SELECT day, visitor_id, coalesce(user_id, ''), min(browser), min(os), min(device), count(*)
-FROM trackmw_stage WHERE NOT bot AND visitor_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+SELECT * FROM unnest(%b::date[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::bigint[]) ORDER BY 1, 2, 3
 ON CONFLICT (day, visitor_id, user_id)
 DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews
 """
