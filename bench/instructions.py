@@ -17,7 +17,9 @@ figure is the request path's cost.
 
 The background writer's work is counted the same way, per hit normalized and written
 to SQLite (``WRITER``): the request path's figures leave it out, as the timed section's
-do, and the stores section's write rates start from page views already normalized.
+do, and the stores section's write rates start from page views already normalized. Both
+of a writer's runs make the same hits, ``many`` of them, and write ``few`` or ``many``:
+making a hit in Python is not the writer's work and cancels out.
 
 ``python -m bench --only instructions`` (not part of a plain ``make bench``: it takes
 several minutes), or ``python -m bench.instructions`` alone. Needs ``valgrind`` on the
@@ -80,15 +82,17 @@ def total_instructions(stderr: str) -> int:
     return int(found[-1].replace(",", ""))
 
 
-def _count(name: str, n: int) -> int:
-    """Instructions of one child run of ``name`` (its own store directory)."""
+def _count(name: str, n: int, made: int = 0) -> int:
+    """Instructions of one child run of ``name`` (its own store directory); a writer's
+    child makes ``made`` hits and writes ``n`` of them."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise Unavailable("valgrind is not installed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="trackmw-instr-") as store_dir:
         done = subprocess.run(
             [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-             "-m", "bench.instructions", "--child", name, str(n), store_dir],
+             "-m", "bench.instructions", "--child", name, f"{n}/{made}" if made else str(n),
+             store_dir],
             cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(ROOT)),
             capture_output=True, text=True, timeout=1800,
         )
@@ -100,7 +104,8 @@ def _count(name: str, n: int) -> int:
 def per_unit(name: str, few: int, many: int) -> float:
     """Instructions one request (or one hit written) of variant ``name`` costs (``many``
     runs less ``few``)."""
-    return (_count(name, many) - _count(name, few)) / (many - few)
+    made = many if name in WRITER else 0
+    return (_count(name, many, made) - _count(name, few, made)) / (many - few)
 
 
 def run(quick: bool = False) -> dict[str, float]:
@@ -115,10 +120,11 @@ def run(quick: bool = False) -> dict[str, float]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def _writer_child(name: str, n: int, store_dir: str) -> None:
+def _writer_child(name: str, n: int, store_dir: str, made: int = 0) -> None:
     """Normalize and write ``n`` hits of stream ``name`` to SQLite after a warm-up, the
     way the writer thread drains the buffer (batches of 1,000, SQLite writing five to a
-    transaction), and leave at once."""
+    transaction), and leave at once. ``made``: how many hits to make (at least ``n``),
+    so that two runs writing different numbers of hits make the same ones."""
     from trackmw.events import Hit
     from trackmw.pipeline import Pipeline
     from trackmw.stores import open_store
@@ -141,7 +147,8 @@ def _writer_child(name: str, n: int, store_dir: str) -> None:
     # so that the batches, and the count, are the same from run to run.
     pipeline._buffer.extend(stream(0, WRITER_WARM_UP))
     pipeline.drain()
-    pipeline._buffer.extend(stream(WRITER_WARM_UP, n))
+    hits = stream(WRITER_WARM_UP, max(n, made))
+    pipeline._buffer.extend(hits[:n])
     if not pipeline.drain() or len(pipeline):
         print(f"{name}: the writer did not write every hit", file=sys.stderr, flush=True)
         os._exit(1)
@@ -176,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer requests: a smoke test")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "REQUESTS", "DIR"),
-                        help=argparse.SUPPRESS)
+                        help=argparse.SUPPRESS)  # a writer's REQUESTS: N or N/MADE
     args = parser.parse_args(argv)
     if args.child:
         name, requests, store_dir = args.child
-        (_writer_child if name in WRITER else _child)(name, int(requests), store_dir)
+        if name in WRITER:
+            n, _, made = requests.partition("/")
+            _writer_child(name, int(n), store_dir, int(made or 0))
+        else:
+            _child(name, int(requests), store_dir)
     for name, n in run(args.quick).items():
         unit = "hit written" if name in WRITER else "request"
         print(f"{name:24} {n / 1000:8.1f} k instructions/{unit}")

@@ -141,13 +141,18 @@ def test_the_instructions_section_runs_only_when_named() -> None:
     assert set(RUNNERS) == set(SECTIONS) | set(OPTIONAL)
 
 
-@pytest.mark.parametrize("stream", ["writer.beacons", "writer.mixed"])
-def test_a_writer_count_child_writes_every_hit_it_made(tmp_path: Path, stream: str) -> None:
+@pytest.mark.parametrize(("stream", "requests"), [("writer.beacons", "40"), ("writer.mixed", "40"),
+                                                  ("writer.beacons", "40/100")])
+def test_a_writer_count_child_writes_the_hits_it_is_asked_to(
+    tmp_path: Path, stream: str, requests: str
+) -> None:
+    """``N``, or ``N/MADE``: ``N`` of ``MADE`` hits made (so that the section's two runs
+    make the same hits, and only the writing differs)."""
     import sqlite3
 
     from bench.instructions import WRITER_WARM_UP
 
-    done = _python("-m", "bench.instructions", "--child", stream, "40", str(tmp_path))
+    done = _python("-m", "bench.instructions", "--child", stream, requests, str(tmp_path))
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(tmp_path / "writer.db") as conn:
         ((written,),) = conn.execute("SELECT sum(n) FROM pageview_groups").fetchall()
