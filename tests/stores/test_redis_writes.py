@@ -56,6 +56,32 @@ def test_entries_with_line_breaks_quotes_and_non_ascii_text_round_trip(
         assert report.visitors == 1
 
 
+@pytest.mark.parametrize("store_kind", ["redis", "redis-cluster"])
+def test_ids_that_read_as_numbers_stay_ids(store: Store) -> None:
+    # The plan names a batch's visitors by their place in its list of them: an id that
+    # reads as a number is still the id, in every set, list and index.
+    views = [
+        pageview(START, 1, "2", "/a", user="1", cls=("Chrome", "Windows", "desktop")),
+        pageview(START, 2, "1", "/a", user="2", cls=("Firefox", "Linux", "desktop")),
+        pageview(START, 3, "1", "/b"),
+        pageview(START + timedelta(days=1), 4, "3", "/a", user="1"),
+    ]
+    store.write(views, [consent(START, 5, "4", True)])
+    report = store.report(START, START + timedelta(days=1))
+    assert (report.visitors, report.registered_visitors) == (3, 2)
+    assert {p["path"]: p["visitors"] for p in report.pages} == {"/a": 3, "/b": 1}
+    assert {b["name"]: b["visitors"] for b in report.browsers} == {"Chrome": 3, "Firefox": 1}
+    assert store.visitor_data("2")["user_ids"] == ["1"]
+    assert [p["page"] for p in store.visitor_data("1")["pageviews"]] == ["/a", "/b"]
+    assert len(store.visitor_data("4")["consents"]) == 1
+    client: Any = store.client  # type: ignore[attr-defined]
+    prefix = store.prefix  # type: ignore[attr-defined]
+    assert sorted(client.smembers(f"{prefix}:usr:1")) == ["2", "3"]
+    first = dict(client.zrange(f"{prefix}:first", 0, -1, withscores=True))
+    day = int(START.isoformat().replace("-", ""))
+    assert first == {"1": day, "2": day, "3": day + 1, "4": day}
+
+
 @pytest.mark.parametrize("store_kind", ["redis"])
 def test_day_counters_are_kept_in_a_hash_table(store: Store) -> None:
     # As a listpack (Redis' compact form for small hashes) each HINCRBY scans every field.

@@ -58,8 +58,10 @@ if ARGV[7] ~= '' and ((latest and tonumber(latest) >= tonumber(ARGV[7]))
 end
 -- The batch comes aggregated (redis_plan.py): one command per key, nothing to count.
 local plan = cjson.decode(ARGV[1])
-local hashes, sets, lists, users = plan[1], plan[2], plan[3], plan[4]
+local hashes, sets, V, users = plan[1], plan[2], plan[3], plan[4]
 local days, firsts = plan[5], plan[6]
+-- V: the batch's visitors; a number in a set, a user's visitors or firsts is one's place
+-- there (a set of users, u, holds their ids)
 local add = mode == 'x' and 'SADD' or 'PFADD'
 -- t = {key, x, v1, v2, ...}: cmd key v1 v2 ..., in slices (Lua's stack is limited)
 local function put(cmd, t, from)
@@ -74,6 +76,9 @@ for _, h in ipairs(hashes) do  -- {key, expire at or 0, {field, ...}, {n, ...}}
   if h[2] > 0 then redis.call('EXPIREAT', k, h[2]) end
 end
 for _, s in ipairs(sets) do  -- {key, expire at or 0, member, ...}
+  for i = 3, #s do
+    if type(s[i]) == 'number' then s[i] = V[s[i]] end
+  end
   put(add, s, 3)
   if s[2] > 0 then redis.call('EXPIREAT', s[1], s[2]) end
 end
@@ -81,16 +86,19 @@ for i = 1, #days, 500 do
   redis.call('ZADD', P .. ':days', unpack(days, i, math.min(i + 499, #days)))
 end
 local text, at = ARGV[6], 1
-for _, k in ipairs(lists) do  -- a visitor's list: its element is the next line of ARGV[6]
+for _, v in ipairs(V) do  -- a visitor's list: its element is the next line of ARGV[6]
+  local k = P .. ':e:' .. v
   local stop = string.find(text, '\\n', at, true) or #text + 1
   redis.call('RPUSH', k, string.sub(text, at, stop - 1))
   at = stop + 1
   if vttl > 0 then redis.call('EXPIRE', k, vttl) end
 end
 for _, u in ipairs(users) do  -- {key, visitor, ...}
+  for i = 2, #u do u[i] = V[u[i]] end
   put('SADD', u, 2)
   if vttl > 0 then redis.call('EXPIRE', u[1], vttl) end
 end
+for i = 2, #firsts, 2 do firsts[i] = V[firsts[i]] end
 for i = 1, #firsts, 1000 do
   redis.call('ZADD', P .. ':first', 'LT', unpack(firsts, i, math.min(i + 999, #firsts)))
 end
