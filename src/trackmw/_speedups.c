@@ -2436,6 +2436,39 @@ buffer_text(const Buffer *b)
     return text;
 }
 
+/* Adds quote(text) for an exact str `text`, kept in the dict `quoted`: 0, 1 when what
+ * quote gives is not an ASCII str (nothing added), -1 on error. */
+static int
+buffer_quoted(Buffer *b, PyObject *item, PyObject *quote, PyObject *quoted)
+{
+    PyObject *text = PyDict_GetItemWithError(quoted, item);
+    if (text != NULL && PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text))
+        return buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text));
+    if (text == NULL && PyErr_Occurred())
+        return -1;
+    text = PyObject_CallOneArg(quote, item);
+    if (text == NULL)
+        return -1;
+    int result = 1; /* not an ASCII str: the caller decides */
+    if (PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text)) {
+        result = PyDict_SetItem(quoted, item, text);
+        if (result == 0)
+            result = buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text),
+                                PyUnicode_GET_LENGTH(text));
+    }
+    Py_DECREF(text);
+    return result;
+}
+
+/* Adds an ASCII str's text: 0, 1 when it is not one, -1 on error. */
+static int
+buffer_ascii(Buffer *b, PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
+        return 1;
+    return buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text));
+}
+
 /* Adds one item's JSON: 0, 1 when the item is not the common case, -1 on error. */
 static int
 view_json(Buffer *b, PyObject *item, PyObject *quote, PyObject *quoted)
@@ -2453,23 +2486,7 @@ view_json(Buffer *b, PyObject *item, PyObject *quote, PyObject *quoted)
     }
     if (!PyUnicode_CheckExact(item))
         return 1;
-    PyObject *text = PyDict_GetItemWithError(quoted, item);
-    if (text != NULL && PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text))
-        return buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text));
-    if (text == NULL && PyErr_Occurred())
-        return -1;
-    text = PyObject_CallOneArg(quote, item);
-    if (text == NULL)
-        return -1;
-    int result = 1; /* not an ASCII str: json decides */
-    if (PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text)) {
-        result = PyDict_SetItem(quoted, item, text);
-        if (result == 0)
-            result = buffer_add(b, (const char *)PyUnicode_1BYTE_DATA(text),
-                                PyUnicode_GET_LENGTH(text));
-    }
-    Py_DECREF(text);
-    return result;
+    return buffer_quoted(b, item, quote, quoted);
 }
 
 static PyObject *
@@ -2499,6 +2516,264 @@ views_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (result > 0)
         Py_RETURN_NONE; /* not the common case: nothing done */
     return json;
+}
+
+/* -- the Redis store's plan ---------------------------------------------------------- */
+
+PyDoc_STRVAR(plan_run_doc,
+"plan_run(pageviews, start, day, lists, pageview_type, quote, quoted, /)\n--\n\n"
+"trackmw.stores.redis_plan.plan's loop over pageviews[start:] (a list or a tuple), for\n"
+"its common case: a page view of exactly pageview_type, of the day (an exact str) of\n"
+"day, the loop's _Day, whose time is a float under 1e15 in size, whose path is a str,\n"
+"visitor, user, referrer, campaign and browser class str or None, and bot a bool. Adds\n"
+"each such view to day (a new visit as day.visit(key, lists) adds it) and lists (an\n"
+"exact dict) as the loop does, texts written as quote (json's encode_basestring_ascii)\n"
+"writes them, kept in the dict quoted; returns the index of the first view it leaves\n"
+"to Python: len(pageviews) if none, start if day or lists are not as the loop makes\n"
+"them (nothing done). An error raises, as tally_run's do: what was added of a view is\n"
+"not undone, and the caller's plan is to be thrown away.");
+
+static PyObject *str_day, *str_paths, *str_refs, *str_visits, *str_members, *str_bots,
+    *str_r_colon, *str_c_colon;
+
+/* Adds "," and each of `n` texts `f` (exact strs or None) as JSON: quoted, or null.
+ * 0, 1 when a quoted text is not ASCII, -1 on error. */
+static int
+buffer_fields(Buffer *b, PyObject *const *f, int n, PyObject *quote, PyObject *quoted)
+{
+    int result = 0;
+    for (int k = 0; k < n && result == 0; k++) {
+        result = buffer_add(b, ",", 1);
+        if (result == 0)
+            result = f[k] == Py_None ? buffer_add(b, "null", 4) : buffer_quoted(b, f[k], quote, quoted);
+    }
+    return result;
+}
+
+/* The texts of a new visit (fields `f`) of the day `day`, as _Day.visit writes them:
+ * ',"DAY",USER,' (*head) and ',BROWSER,OS,DEVICE]' (*tail), made in `b`. 0, 1 when a
+ * quoted text is not ASCII (nothing made), -1 on error. */
+static int
+visit_texts(PyObject *const *f, PyObject *day, PyObject *quote, PyObject *quoted, Buffer *b,
+            PyObject **head, PyObject **tail)
+{
+    PyObject *user[2] = {day, f[3]};
+    b->size = 0;
+    int result = buffer_fields(b, user, 2, quote, quoted);
+    if (result == 0)
+        result = buffer_add(b, ",", 1);
+    if (result != 0 || (*head = buffer_text(b)) == NULL)
+        return result != 0 ? result : -1;
+    b->size = 0;
+    result = buffer_fields(b, f + 7, 3, quote, quoted);
+    if (result == 0)
+        result = buffer_add(b, "]", 1);
+    if (result != 0 || (*tail = buffer_text(b)) == NULL) {
+        Py_CLEAR(*head);
+        return result != 0 ? result : -1;
+    }
+    return 0;
+}
+
+/* A new visit's record [entries, head, tail], its entries added to lists[visitor] (a
+ * list made when missing) and the record to `visits` under `key`: borrowed from
+ * `visits`, or NULL on error. */
+static PyObject *
+add_visit(PyObject *visits, PyObject *key, PyObject *visitor, PyObject *lists, PyObject *head,
+          PyObject *tail)
+{
+    PyObject *entries = PyList_New(0), *fresh = PyList_New(0), *rec = NULL;
+    PyObject *groups = entries == NULL || fresh == NULL ? NULL
+                                                        : PyDict_SetDefault(lists, visitor, fresh);
+    Py_XINCREF(groups); /* held: appending may not run code, but a dict may change */
+    if (groups != NULL && !PyList_CheckExact(groups))
+        PyErr_SetString(PyExc_TypeError, "plan_run: a visitor's groups are not a list");
+    else if (groups != NULL && PyList_Append(groups, entries) == 0 &&
+             (rec = PyList_New(3)) != NULL) {
+        PyObject *items[3] = {entries, head, tail};
+        for (int k = 0; k < 3; k++) {
+            Py_INCREF(items[k]);
+            PyList_SET_ITEM(rec, k, items[k]);
+        }
+        if (PyDict_SetItem(visits, key, rec) < 0)
+            Py_CLEAR(rec);
+    }
+    Py_XDECREF(groups);
+    Py_XDECREF(fresh);
+    Py_XDECREF(entries);
+    Py_XDECREF(rec); /* (visits holds it) */
+    return rec;
+}
+
+/* Adds `prefix` + `text` to the list `refs`. */
+static int
+append_named(PyObject *refs, PyObject *prefix, PyObject *text)
+{
+    PyObject *name = PyUnicode_Concat(prefix, text);
+    int result = name == NULL ? -1 : PyList_Append(refs, name);
+    Py_XDECREF(name);
+    return result;
+}
+
+/* Adds `visitor` to the page's visitors, members[page]: a set, made when missing. */
+static int
+add_member(PyObject *members, PyObject *page, PyObject *visitor)
+{
+    PyObject *seen = PyDict_GetItemWithError(members, page);
+    if (seen != NULL) {
+        if (!PySet_CheckExact(seen)) {
+            PyErr_SetString(PyExc_TypeError, "plan_run: a page's visitors are not a set");
+            return -1;
+        }
+        return PySet_Add(seen, visitor);
+    }
+    if (PyErr_Occurred())
+        return -1;
+    PyObject *one = PySet_New(NULL);
+    int result = one == NULL ? -1 : PySet_Add(one, visitor);
+    if (result == 0)
+        result = PyDict_SetItem(members, page, one);
+    Py_XDECREF(one);
+    return result;
+}
+
+/* One view of the common case (fields `f`, checked) added to the day (`into`: its day,
+ * paths, refs, visits, members) and `lists`, with two scratch buffers. 0, 1 when a
+ * quoted text is not ASCII (nothing added), -1 on error. */
+static int
+plan_view(PyObject *const *f, PyObject *const *into, PyObject *lists, PyObject *quote,
+          PyObject *quoted, Buffer *b, Buffer *entry)
+{
+    PyObject *visits = into[3], *key = NULL, *rec = NULL, *head = NULL, *tail = NULL;
+    /* First what may leave the view to Python, with nothing added: its texts. */
+    b->size = 0;
+    int result = buffer_quoted(b, f[4], quote, quoted);
+    if (result == 0)
+        result = buffer_fields(b, f + 5, 2, quote, quoted); /* path, referrer, campaign */
+    if (result == 0 && f[2] != Py_None) {
+        key = PyTuple_Pack(5, f[2], f[7], f[8], f[9], f[3]); /* visitor, classes, user */
+        rec = key == NULL ? NULL : PyDict_GetItemWithError(visits, key);
+        if (rec != NULL)
+            Py_INCREF(rec);
+        else if (key == NULL || PyErr_Occurred())
+            result = -1;
+        else
+            result = visit_texts(f, into[0], quote, quoted, entry, &head, &tail);
+    }
+    if (result == 0 && (PyList_Append(into[1], f[4]) < 0 ||
+                        (f[5] != Py_None && append_named(into[2], str_r_colon, f[5]) < 0) ||
+                        (f[6] != Py_None && append_named(into[2], str_c_colon, f[6]) < 0)))
+        result = -1;
+    if (result == 0 && rec == NULL && key != NULL) {
+        rec = add_visit(visits, key, f[2], lists, head, tail);
+        Py_XINCREF(rec);
+        result = rec == NULL ? -1 : 0;
+    }
+    if (result == 0 && rec != NULL) { /* the entry: ["p",SECONDS + head + texts + tail */
+        if (!(PyList_CheckExact(rec) && PyList_GET_SIZE(rec) >= 3 &&
+              PyList_CheckExact(PyList_GET_ITEM(rec, 0)))) {
+            PyErr_SetString(PyExc_TypeError, "plan_run: a visit is not [entries, head, tail]");
+            result = -1;
+        }
+        char digits[24], *end = digits + sizeof digits;
+        char *at = decimal((long long)PyFloat_AS_DOUBLE(f[0]), end);
+        entry->size = 0;
+        if (result == 0)
+            result = buffer_add(entry, "[\"p\",", 5);
+        if (result == 0)
+            result = buffer_add(entry, at, end - at);
+        if (result == 0)
+            result = buffer_ascii(entry, PyList_GET_ITEM(rec, 1));
+        if (result == 0)
+            result = buffer_add(entry, b->data, b->size);
+        if (result == 0)
+            result = buffer_ascii(entry, PyList_GET_ITEM(rec, 2));
+        if (result > 0) {
+            PyErr_SetString(PyExc_TypeError, "plan_run: a visit's texts are not ASCII strs");
+            result = -1;
+        }
+        PyObject *text = result == 0 ? buffer_text(entry) : NULL;
+        if (text == NULL || PyList_Append(PyList_GET_ITEM(rec, 0), text) < 0 ||
+            add_member(into[4], f[4], f[2]) < 0)
+            result = -1;
+        Py_XDECREF(text);
+    }
+    Py_XDECREF(rec);
+    Py_XDECREF(key);
+    Py_XDECREF(head);
+    Py_XDECREF(tail);
+    return result;
+}
+
+static PyObject *
+plan_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("plan_run", nargs, 7) < 0)
+        return NULL;
+    PyObject *views = args[0], *day = args[2], *lists = args[3], *quote = args[5],
+             *quoted = args[6];
+    PyTypeObject *pv_type = (PyTypeObject *)args[4];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (!(PyList_CheckExact(views) || PyTuple_CheckExact(views)) || !tuple_type(args[4]) ||
+        !PyDict_CheckExact(lists) || !PyDict_CheckExact(quoted) || i < 0)
+        return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
+    /* The day's text and containers, held: a key's lookup may run code (none of the
+     * common case's keys does, but the dicts may hold others). */
+    PyObject *names[5] = {str_day, str_paths, str_refs, str_visits, str_members};
+    PyObject *into[5] = {NULL, NULL, NULL, NULL, NULL};
+    int ok = 1;
+    for (int k = 0; k < 5 && ok; k++)
+        ok = (into[k] = PyObject_GetAttr(day, names[k])) != NULL;
+    if (!ok || !(PyUnicode_CheckExact(into[0]) && PyList_CheckExact(into[1]) &&
+                 PyList_CheckExact(into[2]) && PyDict_CheckExact(into[3]) &&
+                 PyDict_CheckExact(into[4]))) { /* not a day as the loop makes them */
+        for (int k = 0; k < 5; k++)
+            Py_XDECREF(into[k]);
+        return run_end(i); /* nothing done: Python decides */
+    }
+    long long bots = 0;
+    Buffer b = {NULL, 0, 0}, entry = {NULL, 0, 0};
+    for (; ok; i++) {
+        PyObject *view = run_view(views, i, pv_type);
+        if (view == NULL)
+            break;
+        PyObject **f = &PyTuple_GET_ITEM(view, 0);
+        if (!PyUnicode_CheckExact(f[1]) ||
+            (f[1] != into[0] && PyUnicode_Compare(f[1], into[0]) != 0) || !PyBool_Check(f[10]))
+            break; /* another day (or not a str), or not a bool */
+        if (f[10] == Py_True) {
+            bots++;
+            continue;
+        }
+        if (!PyFloat_CheckExact(f[0]) || !(fabs(PyFloat_AS_DOUBLE(f[0])) < 1e15) ||
+            !text_or_none(f[2], 1) || !text_or_none(f[3], 1) || !text_or_none(f[4], 0) ||
+            !text_or_none(f[5], 1) || !text_or_none(f[6], 1) || !text_or_none(f[7], 1) ||
+            !text_or_none(f[8], 1) || !text_or_none(f[9], 1))
+            break;
+        Py_INCREF(view); /* held: a lookup may run code that drops it from the list */
+        int result = plan_view(&PyTuple_GET_ITEM(view, 0), into, lists, quote, quoted, &b, &entry);
+        Py_DECREF(view);
+        if (result != 0) {
+            ok = result > 0; /* 1: a text json writes otherwise, left to Python */
+            break;
+        }
+    }
+    PyMem_Free(b.data);
+    PyMem_Free(entry.data);
+    if (ok && bots > 0) { /* day.bots += bots */
+        PyObject *before = PyObject_GetAttr(day, str_bots);
+        PyObject *added = before == NULL ? NULL : PyLong_FromLongLong(bots);
+        PyObject *after = added == NULL ? NULL : PyNumber_Add(before, added);
+        ok = after != NULL && PyObject_SetAttr(day, str_bots, after) == 0;
+        Py_XDECREF(before);
+        Py_XDECREF(added);
+        Py_XDECREF(after);
+    }
+    for (int k = 0; k < 5; k++)
+        Py_XDECREF(into[k]);
+    return ok ? PyLong_FromSsize_t(i) : NULL;
 }
 
 /* -- the SQLite store's chains of visit days ---------------------------------------- */
@@ -2733,6 +3008,7 @@ static PyMethodDef module_methods[] = {
     {"group_run", (PyCFunction)(void (*)(void))group_run, METH_FASTCALL, group_run_doc},
     {"views_json", (PyCFunction)(void (*)(void))views_json, METH_FASTCALL, views_json_doc},
     {"tally_run", (PyCFunction)(void (*)(void))tally_run, METH_FASTCALL, tally_run_doc},
+    {"plan_run", (PyCFunction)(void (*)(void))plan_run, METH_FASTCALL, plan_run_doc},
     {"extend_chains", (PyCFunction)(void (*)(void))extend_chains, METH_FASTCALL,
      extend_chains_doc},
     {NULL},
@@ -2771,7 +3047,11 @@ PyInit__speedups(void)
         intern(&str_quiet, "quiet") < 0 || intern(&str_fresh, "fresh") < 0 ||
         intern(&str_send_quiet, "send_quiet") < 0 || intern(&str_send_fresh, "send_fresh") < 0 ||
         intern(&str_throw, "throw") < 0 || intern(&str_close, "close") < 0 ||
-        intern(&str_status, "status") < 0)
+        intern(&str_status, "status") < 0 || intern(&str_day, "day") < 0 ||
+        intern(&str_paths, "paths") < 0 || intern(&str_refs, "refs") < 0 ||
+        intern(&str_visits, "visits") < 0 || intern(&str_members, "members") < 0 ||
+        intern(&str_bots, "bots") < 0 ||
+        intern(&str_r_colon, "r:") < 0 || intern(&str_c_colon, "c:") < 0)
         return NULL;
     kwnames_app = Py_BuildValue("(s)", "_app");
     if (kwnames_app == NULL)

@@ -63,6 +63,16 @@ def tally_run(
     pageview_type: type[PageView],
     /,
 ) -> int: ...
+def plan_run(
+    pageviews: list[Any] | tuple[Any, ...],
+    start: int,
+    day: Any,
+    lists: dict[str, list[Any]],
+    pageview_type: type[PageView],
+    quote: Callable[[str], str],
+    quoted: dict[str, str],
+    /,
+) -> int: ...
 def views_json(
     views: list[Any], quote: Callable[[str], str], quoted: dict[str, str], /
 ) -> str | None: ...

@@ -2585,3 +2585,160 @@ def test_the_c_chains_survive_a_link_count_that_runs_code() -> None:
 
     with pytest.raises(ZeroDivisionError):
         _speedups.extend_chains("", {1: {705}}, {(1, 705, -1): Broken()}, 1, ())
+
+
+def _plans_both_ways(views: Any, consents: Any = ()) -> tuple[Any, Any]:
+    """``redis_plan.plan`` of the same batch with the C loop and without it."""
+    from unittest import mock
+
+    from trackmw.stores import redis_plan
+
+    args = ("{t}", "h", views, list(consents), {"2027-01-15": 1_900_000_000})
+    with_c = redis_plan.plan(*args)
+    with mock.patch.object(redis_plan, "speedup", lambda name: None):
+        return with_c, redis_plan.plan(*args)
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from([T0, T0 + 0.999, -0.5, 1e16, float("inf"), 7]),
+    st.sampled_from(["2027-01-15", "2027-01-16", _Text("2027-01-15")]),
+    st.sampled_from(["v" * 22, "w" * 22, None, _Text("v" * 22)]),
+    st.sampled_from([None, "u1", "u\n2"]),
+    st.sampled_from(["/a", "/b", "", '/"q"\\', "/über", _Text("/a")]),
+    st.sampled_from([None, "news.example", "", "/ü", _Text("news.example")]),
+    st.sampled_from([None, "spring", "", _Text("spring")]),
+    st.sampled_from([("Chrome", "Linux", "desktop"), (None, None, None), ("Firefox", None, "m")]),
+    st.sampled_from([False, True, 0, 1]),
+    st.sampled_from(["view", "subclass"]),
+), max_size=30), st.sampled_from([list, tuple]), st.booleans())
+def test_the_c_redis_plan_is_the_python_one(items: list[Any], kind: Any, consent: bool) -> None:
+    from trackmw.events import ConsentChoice, PageView
+
+    class Late(PageView):
+        __slots__ = ()
+
+    views = []
+    for ts, day, visitor, user, path, referrer, campaign, classes, bot, made in items:
+        fields = (ts, day, visitor, user, path, referrer, campaign, *classes, bot)
+        views.append((PageView if made == "view" else Late)(*fields))
+    consents = [ConsentChoice(T0, "2027-01-16", "v" * 22, True, True, "1")] if consent else []
+    try:
+        with_c, without = _plans_both_ways(kind(views), consents)
+    except (ValueError, OverflowError):  # int() of a time that is not a number, in both
+        with pytest.raises((ValueError, OverflowError)):
+            _plans_both_ways(views, consents)
+        return
+    assert with_c == without
+
+
+@needs_speedups
+def test_the_c_redis_plan_takes_the_common_case_and_leaves_the_rest() -> None:
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.redis_plan import _Day, _quote
+
+    view = PageView(T0, "2027-01-15", "v1", None, "/a", "news.example", None, "Chrome", None,
+                    None, False)
+    views = [view, view._replace(bot=True), view._replace(visitor_id=None), view,
+             view._replace(day="2027-01-16"), view]
+    day, lists, quoted = _Day("2027-01-15"), {}, {}
+    assert _speedups.plan_run(views, 0, day, lists, PageView, _quote, quoted) == 4
+    assert (day.paths, day.refs, day.bots) == (["/a"] * 3, ["r:news.example"] * 3, 1)
+    assert day.members == {"/a": {"v1"}} and list(lists) == ["v1"]
+    ((entries, head, tail),) = day.visits.values()
+    assert lists["v1"] == [entries] and len(entries) == 2
+    assert entries[0] == (
+        f'["p",{int(T0)},"2027-01-15",null,"/a","news.example",null,"Chrome",null,null]'
+    )
+    assert quoted == {text: f'"{text}"' for text in ("/a", "news.example", "2027-01-15", "Chrome")}
+    assert _speedups.plan_run(tuple(views), 5, day, lists, PageView, _quote, quoted) == 6
+    assert len(entries) == 3
+    before = repr((day.paths, day.refs, day.bots, day.visits, day.members, lists))
+    for odd in ([iter(views), 0, day, lists, PageView, _quote, quoted],
+                [views, -2, day, lists, PageView, _quote, quoted],
+                [views, 0, day, lists, tuple, _quote, quoted],
+                [views, 0, day, lists, PageView, _quote, []],
+                [views, 0, day, lists, PageView, lambda text: "«" + text + "»", {}]):
+        assert _speedups.plan_run(*odd) == 0  # nothing done: Python decides
+    assert repr((day.paths, day.refs, day.bots, day.visits, day.members, lists)) == before
+    undated, unlisted = _Day("2027-01-15"), _Day("2027-01-15")
+    undated.day = _Text("2027-01-15")  # type: ignore[assignment]
+    unlisted.paths = ()  # type: ignore[assignment]
+    for odd_day in (object(), undated, unlisted):
+        assert _speedups.plan_run(views, 0, odd_day, lists, PageView, _quote, quoted) == 0
+    with pytest.raises(TypeError):
+        _speedups.plan_run(views, 0, day)
+
+
+@needs_speedups
+@pytest.mark.parametrize("bad", ["record", "texts", "members", "lists"])
+def test_the_c_redis_plan_raises_on_a_day_that_is_not_the_loop_s(bad: str) -> None:
+    """What the loop made and the C reads, not as it made it: an error, not a crash, nor
+    a view added twice."""
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.redis_plan import _Day, _quote
+
+    view = PageView(T0, "2027-01-15", "v1", None, "/a", None, None, None, None, None, False)
+    day = _Day("2027-01-15")
+    key = ("v1", None, None, None, None)
+    lists: dict[str, Any] = {}
+    if bad == "record":
+        day.visits[key] = ("entries", "head", "tail")
+    elif bad == "texts":
+        day.visits[key] = [[], ',"2027-01-15",null,', 7]
+    elif bad == "members":
+        day.members["/a"] = ["v0"]
+    else:
+        lists["v1"] = ("not", "a list")
+    with pytest.raises(TypeError):
+        _speedups.plan_run([view], 0, day, lists, PageView, _quote, {})
+
+
+@needs_speedups
+def test_the_c_redis_plan_holds_what_a_lookup_s_code_drops() -> None:
+    """A page among the day's members whose ``__eq__`` empties the batch and takes the
+    day's containers away while the C loop adds a view: the loop goes on with what it
+    holds, and stops at the list's new end."""
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.redis_plan import _Day, _quote
+
+    views = [PageView(T0, "2027-01-15", "".join(["v", str(i)]), None, "".join(["/p", str(i)]),
+                      None, None, None, None, None, False) for i in range(3)]
+    day = _Day("2027-01-15")
+    paths, members = day.paths, day.members
+
+    class Clash:
+        def __hash__(self) -> int:
+            return hash("/p0")
+
+        def __eq__(self, other: object) -> bool:
+            views.clear()
+            day.paths, day.members = [], {}
+            [{} for _ in range(1000)]
+            return False
+
+    members[Clash()] = set()
+    held = sys.getrefcount(paths), sys.getrefcount(members)
+    assert _speedups.plan_run(views, 0, day, {}, PageView, _quote, {}) == 1
+    assert paths == ["/p0"] and members["/p0"] == {"v0"}
+    assert day.paths == [] and day.members == {}
+    # Held by this frame alone now, the day having let go of them: the loop kept none.
+    assert (sys.getrefcount(paths), sys.getrefcount(members)) == (held[0] - 1, held[1] - 1)
+
+
+@needs_speedups
+def test_the_c_redis_plan_of_a_site_s_batch_is_the_python_one() -> None:
+    """A realistic mix (the store suite's: days, visitors with their users, pages,
+    referrers, campaigns, anonymous views and bots), and times either side of zero."""
+    from tests.stores.data import START, events, pageview
+
+    views, consents = events(seed=21, n=3_000, days=3)
+    views += [pageview(START, 5, "v01", "/late")._replace(ts=-0.5),
+              pageview(START, 6, "v02", "/late")._replace(ts=0.75)]
+    with_c, without = _plans_both_ways(views, consents)
+    assert with_c == without
+    assert b'"p",0,' in with_c[1] and b"/late" in with_c[1]

@@ -28,12 +28,17 @@ from itertools import chain
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
+from .._ext import leftovers, speedup
 from .._json import dumps_function
 from ..events import ConsentChoice, PageView
 
 __all__ = ["plan"]
 
 _json = dumps_function(separators=(",", ":"))
+#: Page, referrer and campaign texts as ``_quote`` writes them, for ``plan_run``: most
+#: repeat from one batch to the next. Emptied when it holds more than ``_QUOTED``.
+_quoted: dict[str, str] = {}
+_QUOTED = 4096
 
 
 class _Day:
@@ -85,9 +90,18 @@ def plan(
     """
     days: dict[str, _Day] = {}
     lists: dict[str, list[list[str]]] = {}  # visitor -> its groups of entries
-    d = _Day("0000-00-00")
-    current = d.day
-    for ts, day, vid, uid, path, ref, camp, b, o, dv, bot in pageviews:
+    d = _Day("0000-00-00")  # (no view's: the first view's day is always a new one)
+    current: str | None = None
+    # With the C speedups built, their ``plan_run`` adds the common case of the day ``d``
+    # (the loop below, page view for page view), and leaves each other view to it.
+    c_run = speedup("plan_run")
+    views = pageviews if type(pageviews) is list or type(pageviews) is tuple else list(pageviews)
+    if len(_quoted) > _QUOTED:
+        _quoted.clear()
+    run = c_run and (
+        lambda i: i if current is None else c_run(views, i, d, lists, PageView, _quote, _quoted)
+    )
+    for ts, day, vid, uid, path, ref, camp, b, o, dv, bot in leftovers(views, run):
         if day != current:
             current = day
             d = days.get(day) or days.setdefault(day, _Day(day))
