@@ -413,3 +413,18 @@ def test_postgres_rollups_are_what_the_page_views_written_add_up_to(store_url: s
         assert {row[:3]: row[6] for row in kept} == counted
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_refuses_a_batch_with_a_day_that_is_not_a_date(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        store.write([pageview(START, 1, "v1")], [])
+        for day in ("2026-13-45", START):  # a text that is no date; a date, not its text
+            with pytest.raises(StoreError, match="is not a YYYY-MM-DD date"):
+                store.write([pageview(START, 2, "v2"), pageview(START, 3, "v3")._replace(day=day)],
+                            [])
+        report = store.report(START, START)
+        assert (report.pageviews, report.visitors) == (1, 1)  # nothing of the refused ones
+    finally:
+        store.close()

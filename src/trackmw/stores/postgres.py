@@ -315,8 +315,8 @@ def _erasures(conn: Any, keys: Collection[str]) -> dict[str, float]:
 def visitor_days(pageviews: Iterable[PageView]) -> dict[tuple[str, str, str], list[Any]]:
     """The ``daily_visitors`` rows that ``pageviews`` add to: ``(day, visitor_id, user_id
     or "")`` -> ``[browser, os, device, page views]``, each of the three the least
-    (code-point order) of the group's that are not ``None``, as SQL's ``min``. Bots and
-    anonymous page views add none."""
+    (code-point order) of the group's that are not ``None``, as SQL's ``min`` under the
+    C collation. Bots and anonymous page views add none."""
     groups: dict[tuple[str, str, str], list[Any]] = {}
     get = groups.get
     for _, day, vid, uid, _, _, _, browser, os_, device, bot in pageviews:
@@ -341,10 +341,16 @@ def _columns(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
 
 
 class _Days(dict[str, date]):
-    """``date`` objects of day texts, each parsed once (binary ``COPY`` takes dates)."""
+    """``date`` objects of page views' days, each text parsed once (binary ``COPY``
+    takes dates); a day that is not an ISO date's text is a ``StoreError``, as the
+    server's refusal of it in a text ``COPY`` was."""
 
     def __missing__(self, day: str) -> date:
-        self[day] = parsed = date.fromisoformat(day)
+        try:
+            self[day] = parsed = date.fromisoformat(day)
+        except (TypeError, ValueError) as exc:
+            message = f"postgresql: a page view's day {day!r} is not a YYYY-MM-DD date"
+            raise StoreError(message) from exc
         return parsed
 
 
