@@ -2576,8 +2576,8 @@ visit_texts(PyObject *const *f, PyObject *day, PyObject *quote, PyObject *quoted
 }
 
 /* A new visit's record [entries, head, tail], its entries added to lists[visitor] (a
- * list made when missing) and the record to `visits` under `key`: borrowed from
- * `visits`, or NULL on error. */
+ * list made when missing) and the record to `visits` under `key`: a new reference, or
+ * NULL on error. */
 static PyObject *
 add_visit(PyObject *visits, PyObject *key, PyObject *visitor, PyObject *lists, PyObject *head,
           PyObject *tail)
@@ -2601,8 +2601,7 @@ add_visit(PyObject *visits, PyObject *key, PyObject *visitor, PyObject *lists, P
     Py_XDECREF(groups);
     Py_XDECREF(fresh);
     Py_XDECREF(entries);
-    Py_XDECREF(rec); /* (visits holds it) */
-    return rec;
+    return rec; /* a new reference: a value visits replaced may run code that drops it */
 }
 
 /* Adds `prefix` + `text` to the list `refs`. */
@@ -2625,7 +2624,10 @@ add_member(PyObject *members, PyObject *page, PyObject *visitor)
             PyErr_SetString(PyExc_TypeError, "plan_run: a page's visitors are not a set");
             return -1;
         }
-        return PySet_Add(seen, visitor);
+        Py_INCREF(seen); /* held: adding may run an element's __eq__, which may drop it */
+        int added = PySet_Add(seen, visitor);
+        Py_DECREF(seen);
+        return added;
     }
     if (PyErr_Occurred())
         return -1;
@@ -2666,7 +2668,6 @@ plan_view(PyObject *const *f, PyObject *const *into, PyObject *lists, PyObject *
         result = -1;
     if (result == 0 && rec == NULL && key != NULL) {
         rec = add_visit(visits, key, f[2], lists, head, tail);
-        Py_XINCREF(rec);
         result = rec == NULL ? -1 : 0;
     }
     if (result == 0 && rec != NULL) { /* the entry: ["p",SECONDS + head + texts + tail */

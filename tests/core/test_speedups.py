@@ -2742,3 +2742,29 @@ def test_the_c_redis_plan_of_a_site_s_batch_is_the_python_one() -> None:
     with_c, without = _plans_both_ways(views, consents)
     assert with_c == without
     assert b'"p",0,' in with_c[1] and b"/late" in with_c[1]
+
+
+@needs_speedups
+def test_the_c_redis_plan_holds_a_page_s_visitors_while_adding_to_them() -> None:
+    """A visitor among a page's visitors whose ``__eq__`` empties the day's members (a
+    str subclass, which the Python loop put there) while the C loop adds the same
+    visitor as an exact str: the set is held through the add (found by review; under
+    the debug allocator the rerun of this file crashed without it)."""
+    from trackmw import _speedups
+    from trackmw.events import PageView
+    from trackmw.stores.redis_plan import _Day, _quote
+
+    day = _Day("2027-01-15")
+
+    class Visitor(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            day.members.clear()
+            [set(range(50)) for _ in range(200)]
+            return False
+
+    day.members["/a"] = {Visitor("v1")}
+    view = PageView(T0, "2027-01-15", "v1", None, "/a", None, None, None, None, None, False)
+    assert _speedups.plan_run([view], 0, day, {}, PageView, _quote, {}) == 1
+    assert day.members == {} and day.paths == ["/a"]
