@@ -2545,7 +2545,8 @@ buffer_fields(Buffer *b, PyObject *const *f, int n, PyObject *quote, PyObject *q
     for (int k = 0; k < n && result == 0; k++) {
         result = buffer_add(b, ",", 1);
         if (result == 0)
-            result = f[k] == Py_None ? buffer_add(b, "null", 4) : buffer_quoted(b, f[k], quote, quoted);
+            result = f[k] == Py_None ? buffer_add(b, "null", 4)
+                                     : buffer_quoted(b, f[k], quote, quoted);
     }
     return result;
 }
