@@ -15,7 +15,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dumps_function"]
+__all__ = ["QUOTED", "dumps_function", "quoted_texts"]
+
+#: The most texts ``quoted_texts`` keeps before it starts again.
+QUOTED = 4096
+_quoted: dict[str, str] = {}
 
 
 def _default(obj: Any) -> Any:
@@ -45,3 +49,13 @@ def dumps_function(
 
     sample = [1.5, '/ü"\n\x01', None, True, 3, {"k": ["v", 2]}]
     return dumps if dumps(sample) == plain(sample) else plain
+
+
+def quoted_texts() -> dict[str, str]:
+    """Texts as ``json.encoder.encode_basestring_ascii`` writes them, kept for the C
+    speedups that write JSON (``views_json``, ``plan_run``): pages, referrers and
+    campaigns repeat from one batch to the next. Emptied first when it holds more than
+    ``QUOTED``."""
+    if len(_quoted) > QUOTED:
+        _quoted.clear()
+    return _quoted

@@ -2677,13 +2677,11 @@ plan_view(PyObject *const *f, PyObject *const *into, PyObject *lists, PyObject *
             PyErr_SetString(PyExc_TypeError, "plan_run: a visit is not [entries, head, tail]");
             result = -1;
         }
-        char digits[24], *end = digits + sizeof digits;
-        char *at = decimal((long long)PyFloat_AS_DOUBLE(f[0]), end);
         entry->size = 0;
         if (result == 0)
             result = buffer_add(entry, "[\"p\",", 5);
-        if (result == 0)
-            result = buffer_add(entry, at, end - at);
+        if (result == 0) /* int(ts): |ts| < 1e15, checked */
+            result = buffer_decimal(entry, (long long)PyFloat_AS_DOUBLE(f[0]));
         if (result == 0)
             result = buffer_ascii(entry, PyList_GET_ITEM(rec, 1));
         if (result == 0)
@@ -2718,8 +2716,7 @@ plan_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t i = PyLong_AsSsize_t(args[1]);
     if (i == -1 && PyErr_Occurred())
         return NULL;
-    if (!(PyList_CheckExact(views) || PyTuple_CheckExact(views)) || !tuple_type(args[4]) ||
-        !PyDict_CheckExact(lists) || !PyDict_CheckExact(quoted) || i < 0)
+    if (!run_shape(views, lists, args[4]) || !PyDict_CheckExact(quoted) || i < 0)
         return PyLong_FromSsize_t(i < 0 ? 0 : i); /* nothing done: Python decides */
     /* The day's text and containers, held: a key's lookup may run code (none of the
      * common case's keys does, but the dicts may hold others). */

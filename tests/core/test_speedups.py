@@ -2273,14 +2273,15 @@ def test_the_texts_quoted_for_json_are_kept_within_a_bound(
 ) -> None:
     import json
 
+    from trackmw import _json
     from trackmw.stores import sqlite_pageviews
 
-    monkeypatch.setattr(sqlite_pageviews, "_QUOTED", 10)
-    sqlite_pageviews._quoted.clear()
+    monkeypatch.setattr(_json, "QUOTED", 10)
+    _json._quoted.clear()
     for i in range(30):
         views = [1, f"/p/{i}", f"/r/{i}", None]
         assert sqlite_pageviews.views_json(views) == json.dumps(views)
-        assert len(sqlite_pageviews._quoted) <= 10 + 2  # emptied before a call over it
+        assert len(_json._quoted) <= 10 + 2  # emptied before a call over it
 
 
 @needs_speedups

@@ -29,16 +29,12 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from .._ext import leftovers, speedup
-from .._json import dumps_function
+from .._json import dumps_function, quoted_texts
 from ..events import ConsentChoice, PageView
 
 __all__ = ["plan"]
 
 _json = dumps_function(separators=(",", ":"))
-#: Page, referrer and campaign texts as ``_quote`` writes them, for ``plan_run``: most
-#: repeat from one batch to the next. Emptied when it holds more than ``_QUOTED``.
-_quoted: dict[str, str] = {}
-_QUOTED = 4096
 
 
 class _Day:
@@ -96,10 +92,9 @@ def plan(
     # (the loop below, page view for page view), and leaves each other view to it.
     c_run = speedup("plan_run")
     views = pageviews if type(pageviews) is list or type(pageviews) is tuple else list(pageviews)
-    if len(_quoted) > _QUOTED:
-        _quoted.clear()
+    quoted = quoted_texts()
     run = c_run and (
-        lambda i: i if current is None else c_run(views, i, d, lists, PageView, _quote, _quoted)
+        lambda i: i if current is None else c_run(views, i, d, lists, PageView, _quote, quoted)
     )
     for ts, day, vid, uid, path, ref, camp, b, o, dv, bot in leftovers(views, run):
         if day != current:

@@ -26,7 +26,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .._ext import leftovers, speedup
-from .._json import dumps_function
+from .._json import dumps_function, quoted_texts
 from ..events import PageView
 from .sqlite_rows import insert_rows
 
@@ -69,10 +69,6 @@ _MS_FROM, _MS_TO = _MS / 1000, float(_MS)  # floats: a float compares slowly wit
 
 # A batch encodes a few hundred small lists: the encoder is made once.
 _dumps = dumps_function()
-#: Page, referrer and campaign texts as JSON writes them (``views_json``): most repeat
-#: from one batch to the next. Emptied when it holds more than ``_QUOTED``.
-_quoted: dict[str, str] = {}
-_QUOTED = 4096
 
 #: ``(day, visitor_id, user_id, browser, os, device, bot)`` -> ``[ms, path, referrer,
 #: campaign, ms, path, …]``: the page views of a batch, grouped.
@@ -117,15 +113,13 @@ def views_json(views: list[Any]) -> str:
     """A group's page views as JSON: ``json.dumps(views)``.
 
     With the C speedups built, their ``views_json`` writes the common case (ints, texts
-    and None), quoting each distinct text once (``_quoted``): the JSON encoder was a
+    and None), quoting each distinct text once (``quoted_texts``): the JSON encoder was a
     third of the writer's work on a page view, most of it quoting the same page and
     referrer again and again.
     """
     c_json = speedup("views_json")
     if c_json is not None:
-        if len(_quoted) > _QUOTED:
-            _quoted.clear()
-        text: str | None = c_json(views, encode_basestring_ascii, _quoted)
+        text: str | None = c_json(views, encode_basestring_ascii, quoted_texts())
         if text is not None:
             return text
     return _dumps(views)
