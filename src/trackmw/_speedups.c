@@ -18,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -2993,6 +2994,247 @@ end:
     return result;
 }
 
+/* -- PostgreSQL's binary formats (the PostgreSQL store's COPY and rollup arrays) ------ */
+
+/* Adds `value` as 4 bytes, most significant first (PostgreSQL's network order). */
+static int
+buffer_be32(Buffer *b, uint32_t value)
+{
+    char bytes[4] = {(char)(value >> 24), (char)(value >> 16), (char)(value >> 8), (char)value};
+    return buffer_add(b, bytes, 4);
+}
+
+/* Adds `value` as 8 bytes, most significant first. */
+static int
+buffer_be64(Buffer *b, uint64_t value)
+{
+    return buffer_be32(b, (uint32_t)(value >> 32)) < 0 ? -1 : buffer_be32(b, (uint32_t)value);
+}
+
+/* Adds one field as binary COPY rows and binary arrays hold it: its length, then its
+ * bytes; NULL is the length -1 alone. */
+static int
+pg_null(Buffer *b)
+{
+    return buffer_be32(b, 0xFFFFFFFFu);
+}
+
+/* Adds a text field: an exact str's UTF-8, or NULL for None (`*nulls` set). 0, 1 when
+ * `item` is anything else or has no UTF-8 form (nothing added), -1 on error. */
+static int
+pg_text(Buffer *b, PyObject *item, int *nulls)
+{
+    if (item == Py_None) {
+        *nulls = 1;
+        return pg_null(b);
+    }
+    if (!PyUnicode_CheckExact(item))
+        return 1;
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(item, &size);
+    if (utf8 == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            return -1;
+        PyErr_Clear(); /* a lone surrogate: the driver says what is wrong with it */
+        return 1;
+    }
+    if (size > INT32_MAX)
+        return 1;
+    return buffer_be32(b, (uint32_t)size) < 0 || buffer_add(b, utf8, size) < 0 ? -1 : 0;
+}
+
+/* Are all of `days`' keys exact str? Then looking a str up in it runs no Python code. */
+static int
+str_keys(PyObject *days)
+{
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(days, &at, &key, &value))
+        if (!PyUnicode_CheckExact(key))
+            return 0;
+    return 1;
+}
+
+/* Adds a date field: the day text `item` (an exact str) looked up in `days` (its
+ * PostgreSQL day number, days since 2000-01-01, an exact int). 0, 1 when it is not
+ * there or not such (nothing added), -1 on error. */
+static int
+pg_date(Buffer *b, PyObject *item, PyObject *days)
+{
+    if (!PyUnicode_CheckExact(item))
+        return 1;
+    PyObject *number = PyDict_GetItemWithError(days, item);
+    if (number == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    if (!PyLong_CheckExact(number))
+        return 1;
+    int overflow;
+    long value = PyLong_AsLongAndOverflow(number, &overflow);
+    if (overflow || value < INT32_MIN || value > INT32_MAX)
+        return 1;
+    return buffer_be32(b, 4) < 0 || buffer_be32(b, (uint32_t)(int32_t)value) < 0 ? -1 : 0;
+}
+
+/* Adds a bigint field: an exact int that fits. 0, 1 for anything else, -1 on error. */
+static int
+pg_bigint(Buffer *b, PyObject *item)
+{
+    if (!PyLong_CheckExact(item))
+        return 1;
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(item, &overflow);
+    if (overflow)
+        return 1;
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    return buffer_be32(b, 8) < 0 || buffer_be64(b, (uint64_t)value) < 0 ? -1 : 0;
+}
+
+PyDoc_STRVAR(copy_pageviews_doc,
+"copy_pageviews(views, pageview_type, days, /)\n--\n\n"
+"The whole of a binary COPY of views into the PostgreSQL store's pageviews (ts float8,\n"
+"day date, eight texts, bot bool), as bytes: PostgreSQL's signature, a row a page view,\n"
+"the trailer. views is an exact list or tuple of exact pageview_type tuples; days maps\n"
+"each view's day text to its PostgreSQL day number (days since 2000-01-01). None when a\n"
+"view is anything else (a time that is not a float, a text that is not a str or has no\n"
+"UTF-8 form, a day not in days): the caller then copies through the driver, row by row.\n"
+"The texts go as UTF-8, so only for a connection whose client encoding is UTF8.");
+
+static PyObject *
+copy_pageviews(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("copy_pageviews", nargs, 3) < 0)
+        return NULL;
+    PyObject *views = args[0], *days = args[2];
+    if (!run_shape(views, days, args[1]) || !str_keys(days))
+        Py_RETURN_NONE;
+    PyTypeObject *type = (PyTypeObject *)args[1];
+    static const char signature[] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+    Buffer b = {NULL, 0, 0};
+    int status = buffer_add(&b, signature, sizeof signature - 1); /* 11 + flags + extension */
+    int nulls = 0;
+    /* Nothing below runs Python code (exact types; days' keys are compared as str), so
+     * the borrowed items stay alive. */
+    for (Py_ssize_t i = 0; status == 0; i++) {
+        PyObject *view = run_item(views, i);
+        if (view == NULL)
+            break;
+        if (Py_TYPE(view) != type || PyTuple_GET_SIZE(view) != 11) {
+            status = 1;
+            break;
+        }
+        PyObject *const *f = &PyTuple_GET_ITEM(view, 0);
+        if (!PyFloat_CheckExact(f[0]) || (f[10] != Py_True && f[10] != Py_False)) {
+            status = 1;
+            break;
+        }
+        double ts = PyFloat_AS_DOUBLE(f[0]);
+        uint64_t bits;
+        memcpy(&bits, &ts, sizeof bits);
+        char fields[2] = {0, 11};
+        status = buffer_add(&b, fields, 2) < 0 || buffer_be32(&b, 8) < 0 ||
+                         buffer_be64(&b, bits) < 0
+                     ? -1
+                     : pg_date(&b, f[1], days);
+        for (int k = 2; k < 10 && status == 0; k++)
+            status = pg_text(&b, f[k], &nulls);
+        if (status == 0)
+            status = buffer_be32(&b, 1) < 0 || buffer_add(&b, f[10] == Py_True ? "\1" : "\0", 1) < 0
+                         ? -1
+                         : 0;
+    }
+    PyObject *result = NULL;
+    if (status == 0 && buffer_add(&b, "\377\377", 2) == 0)
+        result = PyBytes_FromStringAndSize(b.data, b.size);
+    else if (status == 1) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyMem_Free(b.data);
+    return result;
+}
+
+PyDoc_STRVAR(pg_columns_doc,
+"pg_columns(rows, types, days, /)\n--\n\n"
+"The columns of rows as PostgreSQL binary one-dimensional arrays (bytes), one for each\n"
+"letter of types: d a date (a day text, looked up in days as copy_pageviews does), t a\n"
+"text (a str, or None for NULL), i a bigint (an int). rows is a dict: a row is its key\n"
+"(an exact tuple) followed by its value, an int, or an exact list's items. None when a\n"
+"row is anything else, or has another number of fields: the caller then sends lists.");
+
+#define PG_COLUMNS 16
+
+static PyObject *
+pg_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("pg_columns", nargs, 3) < 0)
+        return NULL;
+    PyObject *rows = args[0], *types = args[1], *days = args[2];
+    if (!PyDict_Check(rows) || !PyUnicode_CheckExact(types) || !PyUnicode_IS_ASCII(types) ||
+        !PyDict_CheckExact(days) || !str_keys(days))
+        Py_RETURN_NONE;
+    Py_ssize_t columns = PyUnicode_GET_LENGTH(types), count = PyDict_GET_SIZE(rows);
+    const char *letters = (const char *)PyUnicode_1BYTE_DATA(types);
+    if (columns < 1 || columns > PG_COLUMNS || count > INT32_MAX)
+        Py_RETURN_NONE;
+    for (Py_ssize_t c = 0; c < columns; c++)
+        if (letters[c] != 'd' && letters[c] != 't' && letters[c] != 'i')
+            Py_RETURN_NONE;
+    Buffer data[PG_COLUMNS] = {{NULL, 0, 0}};
+    int nulls[PG_COLUMNS] = {0};
+    int status = 0;
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    /* As in copy_pageviews, nothing in the loop runs Python code. */
+    while (status == 0 && PyDict_Next(rows, &at, &key, &value)) {
+        if (!PyTuple_CheckExact(key)) {
+            status = 1;
+            break;
+        }
+        Py_ssize_t keys = PyTuple_GET_SIZE(key);
+        Py_ssize_t more = PyList_CheckExact(value) ? PyList_GET_SIZE(value) : 1;
+        if (keys + more != columns || (more == 1 && !PyList_CheckExact(value) &&
+                                       !PyLong_CheckExact(value))) {
+            status = 1;
+            break;
+        }
+        for (Py_ssize_t c = 0; c < columns && status == 0; c++) {
+            PyObject *item = c < keys ? PyTuple_GET_ITEM(key, c)
+                             : PyList_CheckExact(value) ? PyList_GET_ITEM(value, c - keys)
+                                                        : value;
+            status = letters[c] == 'd'   ? pg_date(&data[c], item, days)
+                     : letters[c] == 't' ? pg_text(&data[c], item, &nulls[c])
+                                         : pg_bigint(&data[c], item);
+        }
+    }
+    PyObject *result = NULL;
+    if (status == 0)
+        result = PyList_New(columns);
+    for (Py_ssize_t c = 0; result != NULL && c < columns; c++) {
+        /* ndim, has NULLs, element type, then (one dimension) its length and lower bound */
+        uint32_t element = letters[c] == 'd' ? 1082 : letters[c] == 't' ? 25 : 20;
+        Buffer head = {NULL, 0, 0};
+        int failed = buffer_be32(&head, count > 0) < 0 || buffer_be32(&head, nulls[c]) < 0 ||
+                     buffer_be32(&head, element) < 0 ||
+                     (count > 0 && (buffer_be32(&head, (uint32_t)count) < 0 ||
+                                    buffer_be32(&head, 1) < 0)) ||
+                     buffer_add(&head, data[c].data, data[c].size) < 0;
+        PyObject *array = failed ? NULL : PyBytes_FromStringAndSize(head.data, head.size);
+        PyMem_Free(head.data);
+        if (array == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, c, array);
+    }
+    if (status == 1) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    for (Py_ssize_t c = 0; c < columns; c++)
+        PyMem_Free(data[c].data);
+    return result;
+}
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -3010,6 +3252,9 @@ static PyMethodDef module_methods[] = {
     {"plan_run", (PyCFunction)(void (*)(void))plan_run, METH_FASTCALL, plan_run_doc},
     {"extend_chains", (PyCFunction)(void (*)(void))extend_chains, METH_FASTCALL,
      extend_chains_doc},
+    {"copy_pageviews", (PyCFunction)(void (*)(void))copy_pageviews, METH_FASTCALL,
+     copy_pageviews_doc},
+    {"pg_columns", (PyCFunction)(void (*)(void))pg_columns, METH_FASTCALL, pg_columns_doc},
     {NULL},
 };
 

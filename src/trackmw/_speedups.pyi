@@ -84,6 +84,13 @@ def extend_chains(
     mirrored: Sequence[int],
     /,
 ) -> str | None: ...
+def copy_pageviews(
+    pageviews: list[Any] | tuple[Any, ...],
+    pageview_type: type[PageView],
+    days: dict[str, int],
+    /,
+) -> bytes | None: ...
+def pg_columns(rows: dict[Any, Any], types: str, days: dict[str, int], /) -> list[bytes] | None: ...
 def add_cookies(
     message: MutableMapping[str, Any], added: list[tuple[bytes, bytes]], cookies: list[str], /
 ) -> dict[str, Any] | None: ...

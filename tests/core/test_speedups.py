@@ -25,6 +25,7 @@ from tests.core.harness import PurePythonMiddleware
 from trackmw import Tracker
 from trackmw.asgi import SPEEDUPS, LazyVisitor, PyLazyVisitor, TrackingMiddleware, _ASGIVisitor
 from trackmw.consent import ConsentRecord
+from trackmw.events import PageView
 
 needs_speedups = pytest.mark.skipif(not SPEEDUPS, reason="trackmw._speedups is not built here")
 
@@ -2769,3 +2770,133 @@ def test_the_c_redis_plan_holds_a_page_s_visitors_while_adding_to_them() -> None
     view = PageView(T0, "2027-01-15", "v1", None, "/a", None, None, None, None, None, False)
     assert _speedups.plan_run([view], 0, day, {}, PageView, _quote, {}) == 1
     assert day.members == {} and day.paths == ["/a"]
+
+
+# -- PostgreSQL's binary formats (copy_pageviews, pg_columns) ---------------------------
+
+_PG_TEXT = st.one_of(st.none(), st.text(max_size=12))
+_PG_DAYS = ["2027-01-15", "2027-01-16", "1999-12-31"]
+
+
+def _pg_numbers() -> dict[str, int]:
+    from datetime import date
+
+    from trackmw.stores.postgres import _PG_EPOCH
+
+    return {day: date.fromisoformat(day).toordinal() - _PG_EPOCH for day in _PG_DAYS}
+
+
+def _psycopg_copy(views: list[Any]) -> bytes:
+    """What psycopg makes of ``views`` row by row, as the PostgreSQL store's Python path
+    copies them (its ``date`` objects for the days)."""
+    from datetime import date
+
+    from psycopg._copy_base import BinaryFormatter
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    from trackmw.stores.postgres_sql import PV_TYPES
+
+    tx = Transformer()
+    tx.set_dumper_types([tx.adapters.types[name].oid for name in PV_TYPES], Format.BINARY)
+    formatter = BinaryFormatter(tx)
+    out = b"".join(
+        bytes(formatter.write_row((v[0], date.fromisoformat(v[1]), *v[2:]))) for v in views
+    )
+    return out + bytes(formatter.end())
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=False), st.sampled_from(_PG_DAYS),
+            *[_PG_TEXT] * 8, st.booleans(),
+        ),
+        max_size=8,
+    )
+)
+def test_the_c_copy_is_byte_for_byte_what_psycopg_sends(fields: list[tuple[Any, ...]]) -> None:
+    from trackmw import _speedups
+
+    views = [PageView(*f) for f in fields]
+    assert _speedups.copy_pageviews(views, PageView, _pg_numbers()) == _psycopg_copy(views)
+
+
+def _loaded(arrays: list[bytes], types: str) -> list[list[Any]]:
+    """``pg_columns``' arrays as psycopg's own binary loaders read them (dates as ISO text)."""
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    tx = Transformer()
+    oids = {"d": "date[]", "t": "text[]", "i": "int8[]"}
+    out = []
+    for letter, data in zip(types, arrays, strict=True):
+        oid = tx.adapters.types[oids[letter]].array_oid or tx.adapters.types[oids[letter]].oid
+        loaded = tx.get_loader(oid, Format.BINARY).load(data)
+        out.append([x.isoformat() if letter == "d" else x for x in loaded])
+    return out
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from(_PG_DAYS), _PG_TEXT, _PG_TEXT),
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.lists(st.one_of(_PG_TEXT), min_size=3, max_size=3).map(
+                lambda texts: [*texts, 7]
+            ),
+        ),
+        max_size=8,
+    )
+)
+def test_the_c_arrays_read_back_as_the_rows_columns(rows: dict[Any, Any]) -> None:
+    from trackmw import _speedups
+
+    counts = {k: v for k, v in rows.items() if isinstance(v, int)}
+    visits = {k: v for k, v in rows.items() if isinstance(v, list)}
+    for table, types in ((counts, "dtti"), (visits, "dttttti")):
+        arrays = _speedups.pg_columns(table, types, _pg_numbers())
+        columns = [list(c) for c in zip(*[(*k, *(v if isinstance(v, list) else [v]))
+                                          for k, v in table.items()], strict=True)]
+        assert _loaded(arrays, types) == (columns or [[] for _ in types])
+
+
+@needs_speedups
+def test_the_c_formats_leave_anything_else_to_psycopg() -> None:
+    from trackmw import _speedups
+
+    numbers = _pg_numbers()
+    view = PageView(1.5, "2027-01-15", "v", None, "/", None, None, "b", "o", "d", False)
+    assert _speedups.copy_pageviews([view], PageView, numbers) is not None
+    for odd in (
+        view._replace(ts=2),  # an int time
+        view._replace(day="2027-01-17"),  # a day not in the numbers
+        view._replace(path=_Str("/")),
+        view._replace(path="\ud800"),  # a lone surrogate: no UTF-8 form
+        view._replace(bot=1),
+    ):
+        assert _speedups.copy_pageviews([view, odd], PageView, numbers) is None, odd
+    assert _speedups.copy_pageviews([(*view,)], PageView, numbers) is None
+    assert _speedups.copy_pageviews([view], PageView, {_Str("2027-01-15"): 9512}) is None
+    assert _speedups.copy_pageviews([view], PageView, {"2027-01-15": 2**40}) is None
+    assert _speedups.copy_pageviews((view,), PageView, numbers) is not None
+    row = ("2027-01-15", "page", "/")
+    assert _speedups.pg_columns({row: 3}, "dtti", numbers) is not None
+    for rows, types in (
+        ({row: 2**63}, "dtti"),  # no bigint holds it
+        ({row: True}, "dtti"),
+        ({row: 3}, "dtt"),  # another number of fields
+        ({row: [1, 2]}, "dtti"),
+        ({row: (1,)}, "dtti"),  # a value neither an int nor a list
+        ({3: 3}, "ii"),  # a key that is not a tuple
+        ({row: 3}, "dtx"),
+        ({row: 3}, ""),
+        ({("2027-01-17", "page", "/"): 3}, "dtti"),
+    ):
+        assert _speedups.pg_columns(rows, types, numbers) is None, (rows, types)
+    with pytest.raises(TypeError):
+        _speedups.pg_columns({}, "i")  # type: ignore[call-arg]

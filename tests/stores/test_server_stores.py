@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pytest
 from bench.local import free_port
@@ -426,5 +427,57 @@ def test_postgres_refuses_a_batch_with_a_day_that_is_not_a_date(store_url: str) 
                             [])
         report = store.report(START, START)
         assert (report.pageviews, report.visitors) == (1, 1)  # nothing of the refused ones
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+@pytest.mark.parametrize("encoding", ["UTF8", "LATIN1"])
+@pytest.mark.parametrize("formats", ["c", "psycopg"])
+def test_postgres_stores_the_page_views_and_rollups_whoever_formats_them(
+    store_url: str, encoding: str, formats: str
+) -> None:
+    """The page views' COPY and the rollups' arrays are formatted in C when the
+    connection's texts go as UTF-8 (``copy_pageviews``, ``pg_columns``), else by psycopg;
+    either way the rows are the page views and what they add up to."""
+    from unittest import mock
+
+    from trackmw.stores import postgres
+
+    pageviews, consents = events(seed=13, n=1_500, days=3)
+    odd = ["/café", "ünï.example", "ß", "Ōsaka" if encoding == "UTF8" else "Ö"]
+    pageviews += [
+        pageview(START, 20, "vé", odd[0], referrer=odd[1], campaign=odd[2]),
+        pageview(START, 21, "v1", "/", referrer=""),
+        pageview(START, 22, None, odd[3]),
+        pageview(START, 23, "v2", "/x", user="ü")._replace(browser=None, bot=True),
+    ]
+    asked: list[str] = []
+    built = postgres.speedup
+
+    def speedup(name: str) -> Any:
+        asked.append(name)
+        return built(name) if formats == "c" else None
+
+    store = open_store(store_url + f"&options=-c%20client_encoding%3D{encoding}")
+    try:
+        with mock.patch.object(postgres, "speedup", speedup):
+            for i in range(0, len(pageviews), 400):
+                store.write(pageviews[i:i + 400], consents if i == 0 else [])
+        # Asked for only when the texts go as UTF-8.
+        assert set(asked) == ({"copy_pageviews", "pg_columns"} if encoding == "UTF8" else set())
+        stored = _postgres_rows(
+            store_url, "SELECT ts, day::text, visitor_id, user_id, path, referrer, campaign, "
+            "browser, os, device, bot FROM pageviews"
+        )
+        assert stored == sorted((tuple(pv) for pv in pageviews), key=repr)
+        assert _postgres_rows(store_url, "SELECT * FROM daily_counts") == _postgres_rows(
+            store_url, _COUNTS_BY_SQL
+        )
+        assert _postgres_rows(store_url, "SELECT * FROM daily_visitors") == _postgres_rows(
+            store_url, _VISITORS_BY_SQL
+        )
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert (conn.info.encoding == "utf-8") == (encoding == "UTF8")
     finally:
         store.close()

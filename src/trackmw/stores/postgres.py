@@ -13,7 +13,10 @@ device), so counts are exact and reports read small tables.
   ``pageviews``; the rollups are counted by the client (``daily_counts``, the function
   that erasure's subtraction uses too, and ``visitor_days``) and added with ``INSERT …
   SELECT … FROM unnest(…) ON CONFLICT DO UPDATE``, rows in key order so that concurrent
-  writers lock them in the same order (no deadlocks); consents by ``COPY``. A
+  writers lock them in the same order (no deadlocks); consents by ``COPY``. With the C
+  speedups built, the page views' ``COPY`` and the rollups' arrays are formatted in C
+  (``copy_pageviews``, ``pg_columns``), whole, when the connection's texts go as UTF-8;
+  psycopg formats them otherwise, and for any batch the C leaves. A
   visitor's and a user's page views are found by hash indexes: equality is all erasure
   and ``/me`` ask, and a hash index costs a batch less to update than a B-tree over
   random ids. ``daily_visitors`` has no index by visitor: erasure finds its rows by
@@ -42,10 +45,12 @@ import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
-from functools import partial
+from functools import cache, partial
+from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._ext import speedup
 from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import Report
@@ -137,7 +142,7 @@ class PostgresStore(Store):
                 "application_name": "trackmw",
             },
             name="trackmw",
-            configure=_read_committed,
+            configure=_configure,
         )
         pool.open(wait=False)
         self._pool = pool
@@ -207,16 +212,32 @@ class PostgresStore(Store):
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
             if pageviews:
+                days = _Days()
+                # Formatted in C, the whole COPY and the rollups' arrays, when the texts
+                # go as UTF-8 (psycopg formats a row, or an array's item, in Python).
+                numbers = _day_numbers(pageviews, days) if conn.info.encoding == "utf-8" else None
                 with cur.copy(f"COPY pageviews ({sql.PV_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(sql.PV_TYPES)
-                    write_row, days = copy.write_row, _Days()
-                    for pv in pageviews:
-                        write_row((pv[0], days[pv[1]], *pv[2:]))
+                    data = _binary("copy_pageviews", pageviews, PageView, numbers)
+                    if data is not None:
+                        copy.write(data)
+                    else:
+                        copy.set_types(sql.PV_TYPES)
+                        write_row = copy.write_row
+                        for pv in pageviews:
+                            write_row((pv[0], days[pv[1]], *pv[2:]))
                 counts = daily_counts(pageviews)
-                cur.execute(sql.ADD_COUNTS, [*_columns(counts), list(counts.values())])
+                cur.execute(
+                    sql.ADD_COUNTS,
+                    _arrays(counts, "dtti", numbers)
+                    or [*_columns(counts), list(counts.values())],
+                )
                 visits = visitor_days(pageviews)
                 if visits:
-                    cur.execute(sql.ADD_VISITORS, _columns(visits) + _columns(visits.values()))
+                    cur.execute(
+                        sql.ADD_VISITORS,
+                        _arrays(visits, "dttttti", numbers)
+                        or _columns(visits) + _columns(visits.values()),
+                    )
             if consents:
                 with cur.copy(f"COPY consents ({sql.CC_COLS}) FROM STDIN") as copy:
                     for choice in consents:
@@ -335,6 +356,60 @@ def visitor_days(pageviews: Iterable[PageView]) -> dict[tuple[str, str, str], li
     return groups
 
 
+#: ``date(2000, 1, 1)``: PostgreSQL's binary formats count days from it.
+_PG_EPOCH = 730120
+
+
+def _day_numbers(pageviews: Sequence[PageView], days: _Days) -> dict[str, int] | None:
+    """Each day text of ``pageviews`` -> its day as PostgreSQL's binary formats hold it,
+    for ``copy_pageviews`` and ``pg_columns``; a day that is not a date's text raises
+    ``StoreError`` (``_Days``). None when a day is not an exact ``str`` (the Python path
+    then copies it, as it does any view the C leaves)."""
+    texts = set(map(itemgetter(1), pageviews))
+    if not all(type(day) is str for day in texts):
+        return None
+    return {day: days[day].toordinal() - _PG_EPOCH for day in texts}
+
+
+def _binary(name: str, *args: Any) -> Any:
+    """The C speedup ``name`` called with ``args``, or None: without day numbers
+    (``args[-1]``: the texts do not go as UTF-8, or a day is odd), or the speedups."""
+    function = None if args[-1] is None else speedup(name)
+    return None if function is None else function(*args)
+
+
+def _arrays(rows: dict[Any, Any], types: str, numbers: dict[str, int] | None) -> list[Any] | None:
+    """``rows``' columns as binary arrays (``pg_columns``), ready to send; None when the C
+    leaves them to psycopg's lists."""
+    columns = _binary("pg_columns", rows, types, numbers)
+    if columns is None:
+        return None
+    kinds = _array_types()
+    return [kinds[letter][0](column) for letter, column in zip(types, columns, strict=True)]
+
+
+@cache
+def _array_types() -> dict[str, tuple[type[bytes], type[Any]]]:
+    """``pg_columns``' letters -> the ``bytes`` type its arrays are sent as, and the
+    psycopg dumper (``_configure`` registers it) that sends them as they are, typed
+    ``date[]``, ``text[]`` or ``bigint[]``."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class ArrayDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> Any:
+            return obj
+
+    return {
+        letter: (type(name, (bytes,), {}), type(name + "Dumper", (ArrayDumper,), {"oid": oid}))
+        for letter, name, oid in (
+            ("d", "DateArray", 1182), ("t", "TextArray", 1009), ("i", "BigintArray", 1016)
+        )
+    }
+
+
 def _columns(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
     """``rows`` as one list per column, as ``unnest`` takes them."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -360,9 +435,12 @@ def _lock_key(purpose: str, schema: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _read_committed(conn: Any) -> None:
-    """Each statement of a write or an erasure sees what committed before it (see the
-    module), whatever isolation the server or the URL's options default to."""
+def _configure(conn: Any) -> None:
+    """A pooled connection, set up: each statement of a write or an erasure sees what
+    committed before it (see the module), whatever isolation the server or the URL's
+    options default to; ``pg_columns``' arrays are sent as they are."""
     import psycopg
 
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    for array, dumper in _array_types().values():
+        conn.adapters.register_dumper(array, dumper)
