@@ -3011,8 +3011,8 @@ buffer_be64(Buffer *b, uint64_t value)
     return buffer_be32(b, (uint32_t)(value >> 32)) < 0 ? -1 : buffer_be32(b, (uint32_t)value);
 }
 
-/* Adds one field as binary COPY rows and binary arrays hold it: its length, then its
- * bytes; NULL is the length -1 alone. */
+/* Adds a NULL field. Binary COPY rows and binary arrays give a field as its length,
+ * then its bytes, and NULL as the length -1 alone. */
 static int
 pg_null(Buffer *b)
 {
