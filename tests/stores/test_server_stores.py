@@ -421,7 +421,9 @@ def test_postgres_refuses_a_batch_with_a_day_that_is_not_a_date(store_url: str) 
     store = open_store(store_url)
     try:
         store.write([pageview(START, 1, "v1")], [])
-        for day in ("2026-13-45", START):  # a text that is no date; a date, not its text
+        # A text that is no date; a date, not its text; an ISO week date and a basic-format
+        # date, which date.fromisoformat reads but the server refuses or keys apart.
+        for day in ("2026-13-45", START, "2026-W47-5", "20261120"):
             with pytest.raises(StoreError, match="is not a YYYY-MM-DD date"):
                 store.write([pageview(START, 2, "v2"), pageview(START, 3, "v3")._replace(day=day)],
                             [])

@@ -417,15 +417,19 @@ def _columns(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
 
 class _Days(dict[str, date]):
     """``date`` objects of page views' days, each text parsed once (binary ``COPY``
-    takes dates); a day that is not an ISO date's text is a ``StoreError``, as the
-    server's refusal of it in a text ``COPY`` was."""
+    takes dates); a day that is not a ``YYYY-MM-DD`` text is a ``StoreError``, as the
+    server's refusal of it in a text ``COPY`` was. (``date.fromisoformat`` also reads
+    ISO week dates and ``YYYYMMDD``, which the server's ``date`` input refuses or which
+    would make a second rollup key for the same day.)"""
 
     def __missing__(self, day: str) -> date:
         try:
-            self[day] = parsed = date.fromisoformat(day)
-        except (TypeError, ValueError) as exc:
-            message = f"postgresql: a page view's day {day!r} is not a YYYY-MM-DD date"
-            raise StoreError(message) from exc
+            parsed = date.fromisoformat(day)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is None or parsed.isoformat() != day:
+            raise StoreError(f"postgresql: a page view's day {day!r} is not a YYYY-MM-DD date")
+        self[day] = parsed
         return parsed
 
 
