@@ -42,7 +42,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from functools import cache, partial
@@ -217,7 +217,8 @@ class PostgresStore(Store):
                 # go as UTF-8 (psycopg formats a row, or an array's item, in Python).
                 numbers = _day_numbers(pageviews, days) if conn.info.encoding == "utf-8" else None
                 with cur.copy(f"COPY pageviews ({sql.PV_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    data = _binary("copy_pageviews", pageviews, PageView, numbers)
+                    copy_c = _formatter("copy_pageviews", numbers)
+                    data = None if copy_c is None else copy_c(pageviews, PageView, numbers)
                     if data is not None:
                         copy.write(data)
                     else:
@@ -371,17 +372,18 @@ def _day_numbers(pageviews: Sequence[PageView], days: _Days) -> dict[str, int] |
     return {day: days[day].toordinal() - _PG_EPOCH for day in texts}
 
 
-def _binary(name: str, *args: Any) -> Any:
-    """The C speedup ``name`` called with ``args``, or None: without day numbers
-    (``args[-1]``: the texts do not go as UTF-8, or a day is odd), or the speedups."""
-    function = None if args[-1] is None else speedup(name)
-    return None if function is None else function(*args)
+def _formatter(name: str, numbers: dict[str, int] | None) -> Callable[..., Any] | None:
+    """The C speedup ``name`` (``copy_pageviews`` or ``pg_columns``) for a batch with
+    day numbers; None without them (the texts do not go as UTF-8, or a day is not an
+    exact ``str``) or without the speedups."""
+    return None if numbers is None else speedup(name)
 
 
 def _arrays(rows: dict[Any, Any], types: str, numbers: dict[str, int] | None) -> list[Any] | None:
     """``rows``' columns as binary arrays (``pg_columns``), ready to send; None when the C
     leaves them to psycopg's lists."""
-    columns = _binary("pg_columns", rows, types, numbers)
+    pg_columns = _formatter("pg_columns", numbers)
+    columns = None if pg_columns is None else pg_columns(rows, types, numbers)
     if columns is None:
         return None
     kinds = _array_types()
