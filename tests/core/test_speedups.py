@@ -2830,10 +2830,10 @@ def _loaded(arrays: list[bytes], types: str) -> list[list[Any]]:
     from psycopg.pq import Format
 
     tx = Transformer()
-    oids = {"d": "date[]", "t": "text[]", "i": "int8[]"}
+    elements = {"d": "date", "t": "text", "i": "int8"}
     out = []
     for letter, data in zip(types, arrays, strict=True):
-        oid = tx.adapters.types[oids[letter]].array_oid or tx.adapters.types[oids[letter]].oid
+        oid = tx.adapters.types[elements[letter]].array_oid
         loaded = tx.get_loader(oid, Format.BINARY).load(data)
         out.append([x.isoformat() if letter == "d" else x for x in loaded])
     return out
@@ -2846,9 +2846,7 @@ def _loaded(arrays: list[bytes], types: str) -> list[list[Any]]:
         st.tuples(st.sampled_from(_PG_DAYS), _PG_TEXT, _PG_TEXT),
         st.one_of(
             st.integers(-(2**63), 2**63 - 1),
-            st.lists(st.one_of(_PG_TEXT), min_size=3, max_size=3).map(
-                lambda texts: [*texts, 7]
-            ),
+            st.lists(_PG_TEXT, min_size=3, max_size=3).map(lambda texts: [*texts, 7]),
         ),
         max_size=8,
     )
