@@ -90,6 +90,21 @@ def test_a_too_long_user_id_is_refused(make_tracker: Callable[..., Tracker]) -> 
         visitor.identify("")
 
 
+def test_a_user_id_utf8_cannot_encode_is_refused(make_tracker: Callable[..., Tracker]) -> None:
+    """A lone surrogate (text decoded with ``surrogateescape``, say) would fail the
+    cookie's signing and every store's write of the hits carrying it, again at each
+    retry: it is refused where the app passes it."""
+    core = make_tracker().core
+    from trackmw.messages import Request
+
+    visitor = core.visitor(Request("GET", "/", headers={"host": "testserver"}))
+    with pytest.raises(ValueError, match="user_id must be text UTF-8 can encode"):
+        visitor.identify("ann\udcff")
+    assert visitor.user_id is None
+    visitor.identify("Ōsaka-ann")  # any other text is taken
+    assert visitor.user_id == "Ōsaka-ann"
+
+
 @pytest.mark.parametrize("alphabet", ["ascii", "cjk", "emoji", "escapes"])
 def test_the_longest_user_id_still_fits_a_cookie_browsers_keep(
     kind: str, make_tracker: Callable[..., Tracker], alphabet: str
