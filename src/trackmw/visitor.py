@@ -250,7 +250,9 @@ class Visitor:
     def identify(self, user_id: str | int) -> None:
         """Link this visitor to a registered user (call it at login).
 
-        Stored in the visitor cookie only while analytics is consented.
+        Stored in the visitor cookie only while analytics is consented. ``user_id`` (its
+        ``str``) must be 1 to ``MAX_USER_ID`` characters that UTF-8 can encode: a
+        ``ValueError`` otherwise.
         """
         text = str(user_id)
         if not text or len(text) > MAX_USER_ID:
