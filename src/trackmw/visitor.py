@@ -257,11 +257,10 @@ class Visitor:
         text = str(user_id)
         if not text or len(text) > MAX_USER_ID:
             raise ValueError(f"user_id must be 1-{MAX_USER_ID} characters")
-        if not text.isascii():
-            try:
-                text.encode()
-            except UnicodeEncodeError:  # a lone surrogate: no cookie or store could hold it
-                raise ValueError("user_id must be text UTF-8 can encode") from None
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no cookie or store could hold it
+            raise ValueError("user_id must be text UTF-8 can encode") from None
         if text != self.user_id:
             self.user_id = text
             self._id_dirty = True

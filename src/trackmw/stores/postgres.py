@@ -226,19 +226,10 @@ class PostgresStore(Store):
                         write_row = copy.write_row
                         for pv in pageviews:
                             write_row((pv[0], days[pv[1]], *pv[2:]))
-                counts = daily_counts(pageviews)
-                cur.execute(
-                    sql.ADD_COUNTS,
-                    _arrays(counts, "dtti", numbers)
-                    or [*_columns(counts), list(counts.values())],
-                )
+                cur.execute(sql.ADD_COUNTS, _arrays(daily_counts(pageviews), "dtti", numbers))
                 visits = visitor_days(pageviews)
                 if visits:
-                    cur.execute(
-                        sql.ADD_VISITORS,
-                        _arrays(visits, "dttttti", numbers)
-                        or _columns(visits) + _columns(visits.values()),
-                    )
+                    cur.execute(sql.ADD_VISITORS, _arrays(visits, "dttttti", numbers))
             if consents:
                 with cur.copy(f"COPY consents ({sql.CC_COLS}) FROM STDIN") as copy:
                     for choice in consents:
@@ -361,31 +352,32 @@ def visitor_days(pageviews: Iterable[PageView]) -> dict[tuple[str, str, str], li
 _PG_EPOCH = 730120
 
 
-def _day_numbers(pageviews: Sequence[PageView], days: _Days) -> dict[str, int] | None:
+def _day_numbers(pageviews: Sequence[PageView], days: _Days) -> dict[str, int]:
     """Each day text of ``pageviews`` -> its day as PostgreSQL's binary formats hold it,
     for ``copy_pageviews`` and ``pg_columns``; a day that is not a date's text raises
-    ``StoreError`` (``_Days``). None when a day is not an exact ``str`` (the Python path
-    then copies it, as it does any view the C leaves)."""
-    texts = set(map(itemgetter(1), pageviews))
-    if not all(type(day) is str for day in texts):
-        return None
-    return {day: days[day].toordinal() - _PG_EPOCH for day in texts}
+    ``StoreError`` (``_Days``). (The C leaves a batch to psycopg if a day is not an exact
+    ``str``.)"""
+    return {day: days[day].toordinal() - _PG_EPOCH for day in set(map(itemgetter(1), pageviews))}
 
 
 def _formatter(name: str, numbers: dict[str, int] | None) -> Callable[..., Any] | None:
     """The C speedup ``name`` (``copy_pageviews`` or ``pg_columns``) for a batch with
-    day numbers; None without them (the texts do not go as UTF-8, or a day is not an
-    exact ``str``) or without the speedups."""
+    day numbers; None without them (the texts do not go as UTF-8) or without the
+    speedups."""
     return None if numbers is None else speedup(name)
 
 
-def _arrays(rows: dict[Any, Any], types: str, numbers: dict[str, int] | None) -> list[Any] | None:
-    """``rows``' columns as binary arrays (``pg_columns``), ready to send; None when the C
-    leaves them to psycopg's lists."""
+def _arrays(rows: dict[Any, Any], types: str, numbers: dict[str, int] | None) -> list[Any]:
+    """``rows``' columns, as ``unnest`` takes them (a row is its key's items, then its
+    value, an int, or the value's items): binary arrays made in C (``pg_columns``, typed
+    by the letters of ``types``), or lists for psycopg to format when the C leaves them."""
     pg_columns = _formatter("pg_columns", numbers)
     columns = None if pg_columns is None else pg_columns(rows, types, numbers)
     if columns is None:
-        return None
+        values = list(rows.values())
+        return _columns(rows) + (
+            _columns(values) if values and isinstance(values[0], list) else [values]
+        )
     kinds = _array_types()
     return [kinds[letter][0](column) for letter, column in zip(types, columns, strict=True)]
 
