@@ -23,7 +23,11 @@ text is made once a second, base64 is called directly (``binascii``) rather than
 through three layers of Python, and a short payload is signed in one function rather
 than through the serializer's and signer's layers (``dumps_id`` writes a visitor id's
 JSON itself). Together they make a visitor id's token about 7 times cheaper than
-plain itsdangerous (1.8 µs against 13.4 µs). When new visitors come several a second,
+plain itsdangerous (1.8 µs against 13.4 µs). With the C speedups built, a short
+payload's token is made in one call (``sign_token``: its base64, and the HMAC from
+copies of the key's two hash states, with no Python frame between them), half the
+cost again (0.66 µs against 1.28 on a VM where the Python takes 1.28). When new
+visitors come several a second,
 their ids are signed ahead, a few at a time, in the second they go out in
 (``CookieSigner.new_id_token``): the same tokens, from a warm HMAC.
 """
@@ -44,6 +48,7 @@ from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes, want_bytes
 from itsdangerous.signer import HMACAlgorithm
 
+from ._ext import speedup
 from ._json import dumps_function
 
 __all__ = ["CookieSigner", "SignedValue"]
@@ -120,9 +125,11 @@ class _Signer(TimestampSigner):
         super().__init__(*args, **kwargs)
         self._derived: dict[Any, bytes] = {}
         self._mac: Any = None  # the signing key's HMAC, set up once, when it is HMAC
+        self._mac_states: tuple[Any, Any] = (None, None)  # what sign_token copies
         if type(self.algorithm) is HMACAlgorithm:
             self.algorithm = _KeyedHMAC(self.digest_method)
             self._mac = self.algorithm.keyed(self.derive_key())
+            self._mac_states = _mac_states(self._mac)
         self._sep = want_bytes(self.sep)
         self._stamp: tuple[int, bytes] = (-1, b"")  # (second, its text with the separator)
 
@@ -208,6 +215,7 @@ class CookieSigner:
         self._ahead_block = 1  # how many the next signing signs
         self._ahead_at = -1  # the second of the last signing
         _signers_ahead.add(self)
+        self._sign_token = speedup("sign_token")
 
     def dumps(self, payload: Any) -> str:
         """Sign ``payload`` with the newest key; the result is cookie-safe text.
@@ -276,10 +284,16 @@ class CookieSigner:
     def _signed(self, text: bytes, stamp: bytes | None = None) -> str:
         """The token for a short JSON ``text``: what the serializer's and the signer's
         layers of calls make, in one function (on every new visitor's request, those
-        layers cost as much as the HMAC). ``stamp``: ``_Signer.stamp()``'s text, when
-        the caller has it."""
+        layers cost as much as the HMAC), or in one C call (``sign_token``: 0.5 µs
+        less). ``stamp``: ``_Signer.stamp()``'s text, when the caller has it."""
         signer = self._signer
-        value = base64url(text) + (signer.stamp() if stamp is None else stamp)
+        if stamp is None:
+            stamp = signer.stamp()
+        if self._sign_token is not None:
+            token: str | None = self._sign_token(*signer._mac_states, text, stamp, signer._sep)
+            if token is not None:
+                return token
+        value = base64url(text) + stamp
         mac = signer._mac.copy()  # always HMAC: the serializers use the default algorithm
         mac.update(value)
         return (value + signer._sep + base64url(mac.digest())).decode("ascii")
@@ -329,6 +343,20 @@ class CookieSigner:
         except Exception:
             return None
         return SignedValue(payload, ts.timestamp(), stale)
+
+
+def _mac_states(mac: Any) -> tuple[Any, Any]:
+    """What ``sign_token`` copies to sign with ``mac`` (an ``hmac.HMAC`` set up for a
+    key): its keyed inner and outer hash states, when the hmac module composes the MAC
+    from two (as it does over itsdangerous' default SHA-1, a Python function), so that
+    a token costs two hash copies and no Python frame; otherwise the HMAC object itself
+    (and None), whose own ``copy``, ``update`` and ``digest`` compose them. The two
+    states are the module's private attributes: their absence only costs the frames,
+    and a test checks both ways against the module's own MAC."""
+    inner, outer = getattr(mac, "_inner", None), getattr(mac, "_outer", None)
+    if inner is None or outer is None:
+        return mac, None
+    return inner, outer
 
 
 def _id_json(visitor_id: str) -> bytes:

@@ -2898,3 +2898,108 @@ def test_the_c_formats_leave_anything_else_to_psycopg() -> None:
         assert _speedups.pg_columns(rows, types, numbers) is None, (rows, types)
     with pytest.raises(TypeError):
         _speedups.pg_columns({}, "i")  # type: ignore[call-arg]
+
+
+# -- a new visitor's token ------------------------------------------------------------------
+
+
+def _sha1(data: bytes = b"") -> Any:
+    """SHA-1 as a Python function, as itsdangerous' default digest is: the hmac module
+    then composes the MAC from two hash states (``_mac_states``' fast case)."""
+    import hashlib
+
+    return hashlib.sha1(data)
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(max_size=100),  # past SHA-1's 64-byte block too: hashed first
+    text=st.binary(max_size=100),
+    stamp=st.binary(max_size=12),
+    sep=st.sampled_from([b".", b"", b"::"]),
+)
+def test_the_c_token_is_the_hmac_modules(key: bytes, text: bytes, stamp: bytes, sep: bytes) -> None:
+    import hmac
+
+    from trackmw import _speedups
+    from trackmw.signing import _mac_states, base64url
+
+    stamp = sep + base64url(stamp)
+    value = base64url(text) + stamp
+    want = (value + sep + base64url(hmac.new(key, value, "sha1").digest())).decode("ascii")
+    composed, openssl = hmac.new(key, digestmod=_sha1), hmac.new(key, digestmod="sha1")
+    assert _mac_states(composed)[1] is not None  # the two states, where CPython keeps them
+    assert _mac_states(openssl) == (openssl, None)
+    for mac in (composed, openssl):
+        assert _speedups.sign_token(*_mac_states(mac), text, stamp, sep) == want
+        assert _speedups.sign_token(mac, None, text, stamp, sep) == want
+
+
+@needs_speedups
+def test_a_signer_signs_in_c_the_tokens_it_signs_in_python() -> None:
+    from trackmw.signing import CookieSigner
+
+    signer = CookieSigner(["k" * 32], "trackmw.visitor", 60)
+    calls: list[bytes] = []
+    c_sign = signer._sign_token
+    assert c_sign is not None
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[2])
+        return c_sign(*args)
+
+    signer._sign_token = counted
+    texts = [b'["' + bytes([65 + i % 26]) * (i % 40) + b'"]' for i in range(60)]
+    stamp = signer._signer.stamp()
+    tokens = [signer._signed(text, stamp) for text in texts]
+    assert calls == texts
+    signer._sign_token = None
+    assert [signer._signed(text, stamp) for text in texts] == tokens
+    loaded = [signer.loads(token) for token in tokens]
+    assert [hit.payload if hit else None for hit in loaded] == [[t[2:-2].decode()] for t in texts]
+
+
+@needs_speedups
+def test_the_c_token_leaves_odd_arguments_to_python_and_passes_errors_on() -> None:
+    import hmac
+
+    from trackmw import _speedups
+
+    mac = hmac.new(b"k", digestmod=_sha1)
+    assert _speedups.sign_token(mac, None, b"x", b".a", b".") is not None
+    for text, stamp, sep in (
+        ("x", b".a", b"."),
+        (bytearray(b"x"), b".a", b"."),
+        (b"x", ".a", b"."),
+        (b"x", b".\xe9", b"."),  # not ASCII: the Python path's decode raises
+        (b"x", b".a", b"\xff"),
+        (b"x", b".a", memoryview(b".")),
+    ):
+        assert _speedups.sign_token(mac, None, text, stamp, sep) is None, (text, stamp, sep)
+
+    class Odd:
+        def __init__(self, digest: Any) -> None:
+            self.value = digest
+
+        def copy(self) -> Odd:
+            return self
+
+        def update(self, data: bytes) -> None:
+            if self.value is None:
+                raise ValueError("no update")
+
+        def digest(self) -> Any:
+            return self.value
+
+    with pytest.raises(TypeError, match="did not return bytes"):
+        _speedups.sign_token(Odd("text"), None, b"x", b".a", b".")
+    with pytest.raises(ValueError, match="no update"):
+        _speedups.sign_token(Odd(None), None, b"x", b".a", b".")
+    with pytest.raises(AttributeError):
+        _speedups.sign_token(object(), None, b"x", b".a", b".")
+    with pytest.raises(TypeError):
+        _speedups.sign_token(mac, None, b"x", b".a")  # type: ignore[call-arg]
+    # an outer state failing after the inner one worked
+    with pytest.raises(TypeError, match="did not return bytes"):
+        _speedups.sign_token(mac, Odd(3), b"x", b".a", b".")
