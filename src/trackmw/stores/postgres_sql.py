@@ -23,16 +23,16 @@ __all__ = [
     "PV_TYPES",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SUMMARIZE",
     "report",
 ]
 
 #: 2: a visitor's and a user's page views found by hash indexes (cheaper to insert into
 #: than the B-trees of 1, which are dropped), and no index of daily_visitors by visitor
 #: (erasure deletes its rows by their key).
-#: 3: page views and daily_visitors found by day through BRIN indexes (a few bytes per
-#: range of pages, where a B-tree by (day, path) took an entry per page view), and
-#: daily_visitors without a unique key: each batch adds its own rows, one per visitor,
-#: user and class a day, which every query of it counts as DISTINCT.
+#: 3: page views found by day through a BRIN index (a few bytes per range of table pages;
+#: rows arrive in time order), where a B-tree by (day, path) took an entry per page view
+#: and cost a write more than the page view's row did.
 SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
@@ -54,11 +54,8 @@ CREATE TABLE IF NOT EXISTS daily_counts (
     PRIMARY KEY (day, kind, name));
 CREATE TABLE IF NOT EXISTS daily_visitors (
     day date NOT NULL, visitor_id text NOT NULL, user_id text NOT NULL,
-    browser text, os text, device text, pageviews bigint NOT NULL);
-CREATE INDEX IF NOT EXISTS daily_visitors_day ON daily_visitors USING brin (day)
-    WITH (autosummarize = on);
-CREATE INDEX IF NOT EXISTS daily_visitors_visitor_hash ON daily_visitors
-    USING hash (visitor_id);
+    browser text, os text, device text, pageviews bigint NOT NULL,
+    PRIMARY KEY (day, visitor_id, user_id));
 CREATE TABLE IF NOT EXISTS consents (
     ts double precision NOT NULL, day date NOT NULL, visitor_id text,
     analytics boolean NOT NULL, preferences boolean NOT NULL, policy_version text NOT NULL,
@@ -70,30 +67,22 @@ CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id)
 #: What schemas 2 and 3 no longer have, each dropped in a transaction of its own: one
 #: table locked at a time, so that the upgrade cannot deadlock with a report or a batch
 #: in flight (they take the two tables in opposite orders). Run at every start: a no-op
-#: once gone (daily_visitors' key is looked for first, so that no start locks the table
-#: once it is gone).
+#: once gone.
 DROPPED = (
     "DROP INDEX IF EXISTS pageviews_visitor, pageviews_user, pageviews_day_path",
     "DROP INDEX IF EXISTS daily_visitors_visitor",
-    """DO $$
-DECLARE name text;
-BEGIN
-    SELECT conname INTO name FROM pg_constraint
-    WHERE conrelid = 'daily_visitors'::regclass AND contype = 'p';
-    IF name IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE daily_visitors DROP CONSTRAINT %I', name);
-    END IF;
-END $$""",
 )
+#: Summarizes the ranges of table pages that the page views' BRIN index by day has not yet
+#: summarized (``PostgresStore`` runs it as it writes).
+SUMMARIZE = "SELECT brin_summarize_new_values('pageviews_day')"
 PV_COLS = "ts, day, visitor_id, user_id, path, referrer, campaign, browser, os, device, bot"
 CC_COLS = "ts, day, visitor_id, analytics, preferences, policy_version, minor, guardian"
 #: The page views' column types, for ``COPY … (FORMAT BINARY)``: the server parses no
 #: text, and the client formats a row in C (text rows took 0.5 µs more a page view).
 PV_TYPES = ("float8", "date", *["text"] * 8, "bool")
 # A batch's rollups, counted by the client (``daily_counts``, ``visitor_days``) and sent
-# as one binary array per column: a few hundred rows a batch of 1,000 page views. The
-# counts' rows go in key order, so that concurrent writers lock them in the same order;
-# the visitors' rows are only inserted, and lock nothing another writer waits for. (The
+# as one binary array per column: a few hundred rows a batch of 1,000 page views. Rows go
+# in key order, so that concurrent writers lock rollup rows in the same order. (The
 # server computing them from a staging table, one GROUP BY per kind of count, cost it
 # 1.2 µs more a page view than the client's counting costs the client.)
 ADD_COUNTS = """
@@ -104,7 +93,9 @@ ON CONFLICT (day, kind, name) DO UPDATE SET pageviews = daily_counts.pageviews +
 ADD_VISITORS = """
 INSERT INTO daily_visitors
 SELECT * FROM unnest(%b::date[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-    %b::bigint[])
+    %b::bigint[]) ORDER BY 1, 2, 3
+ON CONFLICT (day, visitor_id, user_id)
+DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews
 """
 
 
