@@ -3239,11 +3239,13 @@ pg_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *str_copy, *str_update, *str_digest;
 
-/* base64url without padding, as itsdangerous writes it: the length for n bytes */
-static Py_ssize_t
+/* base64url without padding, as itsdangerous writes it: the length for n bytes (as a
+ * uint64_t: for the largest n it is more than a Py_ssize_t holds) */
+static uint64_t
 base64url_size(Py_ssize_t n)
 {
-    return n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0);
+    uint64_t u = (uint64_t)n;
+    return u / 3 * 4 + (u % 3 ? u % 3 + 1 : 0);
 }
 
 static char *
@@ -3286,7 +3288,7 @@ digest_after(PyObject *state, PyObject *data)
         digest = PyObject_CallMethodNoArgs(copy, str_digest);
     }
     Py_DECREF(copy);
-    if (digest != NULL && !PyBytes_CheckExact(digest)) {
+    if (digest != NULL && !PyBytes_Check(digest)) {
         PyErr_SetString(PyExc_TypeError, "sign_token: digest() did not return bytes");
         Py_CLEAR(digest);
     }
@@ -3309,8 +3311,8 @@ PyDoc_STRVAR(sign_token_doc,
 "base64url HMAC of what came before it, as a str. inner and outer: the HMAC's keyed\n"
 "inner and outer hash states, each copied, never changed (the MAC is\n"
 "outer(inner(value)), as the hmac module composes them); or an HMAC object, copied,\n"
-"and None. None when text, stamp or sep is not exact bytes, or stamp or sep not ASCII:\n"
-"the caller then signs in Python.");
+"and None. Their digest() must give bytes (or a subclass). None when text, stamp or\n"
+"sep is not exact bytes, or stamp or sep not ASCII: the caller then signs in Python.");
 
 static PyObject *
 sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -3323,7 +3325,10 @@ sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !ascii_bytes(stamp) || !ascii_bytes(sep))
         Py_RETURN_NONE;
     Py_ssize_t n = PyBytes_GET_SIZE(text), n_stamp = PyBytes_GET_SIZE(stamp);
-    Py_ssize_t n_value = base64url_size(n) + n_stamp;
+    uint64_t value_size = base64url_size(n) + (uint64_t)n_stamp;
+    if (value_size > (uint64_t)PY_SSIZE_T_MAX)
+        return PyErr_NoMemory();
+    Py_ssize_t n_value = (Py_ssize_t)value_size;
     PyObject *value = PyBytes_FromStringAndSize(NULL, n_value);
     if (value == NULL)
         return NULL;
@@ -3336,7 +3341,9 @@ sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *token = NULL;
     if (mac != NULL) {
         Py_ssize_t n_sep = PyBytes_GET_SIZE(sep), n_mac = PyBytes_GET_SIZE(mac);
-        token = PyUnicode_New(n_value + n_sep + base64url_size(n_mac), 127);
+        uint64_t size = (uint64_t)n_value + (uint64_t)n_sep + base64url_size(n_mac);
+        token = size > (uint64_t)PY_SSIZE_T_MAX ? PyErr_NoMemory()
+                                                : PyUnicode_New((Py_ssize_t)size, 127);
         if (token != NULL) {
             char *out = (char *)PyUnicode_1BYTE_DATA(token);
             memcpy(out, PyBytes_AS_STRING(value), n_value);

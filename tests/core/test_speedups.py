@@ -2994,6 +2994,14 @@ def test_the_c_token_leaves_odd_arguments_to_python_and_passes_errors_on() -> No
 
     with pytest.raises(TypeError, match="did not return bytes"):
         _speedups.sign_token(Odd("text"), None, b"x", b".a", b".")
+    with pytest.raises(TypeError, match="did not return bytes"):
+        _speedups.sign_token(Odd(bytearray(b"\1\2\3")), None, b"x", b".a", b".")
+
+    class Digest(bytes):
+        pass
+
+    # a bytes subclass is bytes, as the Python path's base64 takes it
+    assert _speedups.sign_token(Odd(Digest(b"\1\2\3")), None, b"x", b".a", b".") == "eA.a.AQID"
     with pytest.raises(ValueError, match="no update"):
         _speedups.sign_token(Odd(None), None, b"x", b".a", b".")
     with pytest.raises(AttributeError):
