@@ -217,7 +217,7 @@ def test_postgres_url_options_reach_the_server_next_to_the_schema(store_url: str
     try:
         with store._connection() as conn:  # type: ignore[attr-defined]
             assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
-            schema = conn.execute("SHOW search_path").fetchone()[0]
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
         assert schema == store.schema  # type: ignore[attr-defined]
     finally:
         store.close()
@@ -234,6 +234,26 @@ def test_postgres_transactions_read_committed_whatever_the_url_defaults_to(
             assert conn.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_a_postgres_schema_named_with_capitals_is_that_schema(store_url: str) -> None:
+    import psycopg
+
+    name = "Site_" + store_url.rsplit("schema=", 1)[1]  # a name PostgreSQL would lowercase
+    store = open_store(f"{PG_URL}?schema={name}")
+    try:
+        store.write([pageview(START, 1, "v1")], [])
+        assert store.report(START, START).pageviews == 1
+        with psycopg.connect(PG_URL) as conn:
+            tables = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (name,)
+            ).fetchone()
+            assert tables is not None and tables[0] >= 6
+    finally:
+        store.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def _old_schema(store_url: str, version: int) -> str:

@@ -1,7 +1,7 @@
 """``postgresql://…`` (or ``postgres://…``): PostgreSQL with psycopg 3 and a connection pool.
 
-The tables mirror the SQLite store's: raw ``pageviews`` and ``consents``, and two daily
-rollups kept in the same transaction (``daily_counts``: page views per day and
+Raw ``pageviews`` and ``consents``, as in the SQLite store, and two daily rollups kept in
+the same transaction (``daily_counts``: page views per day and
 dimension; ``daily_visitors``: one row per visitor and day with its browser, OS and
 device), so counts are exact and reports read small tables.
 
@@ -87,7 +87,8 @@ class PostgresStore(Store):
         self._conninfo, self.schema, self.pool_size = self._parse(url)
         given = dict(parse_qsl(urlsplit(url).query)).get("options", "")
         # The URL's own server options (e.g. -c synchronous_commit=off) are kept.
-        self._options = f"{given} -c search_path={self.schema}".strip()
+        # Quoted, as CREATE SCHEMA names it: a name with capitals stays one.
+        self._options = f'{given} -c search_path="{self.schema}"'.strip()
         self._pool: Any = None
         self._schema_ready = False
         self._pid = os.getpid()
