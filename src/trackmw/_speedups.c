@@ -3314,17 +3314,14 @@ PyDoc_STRVAR(sign_token_doc,
 "and None. Their digest() must give bytes (or a subclass). None when text, stamp or\n"
 "sep is not exact bytes, or stamp or sep not ASCII: the caller then signs in Python.");
 
+/* The token for a payload's text (n bytes at text): base64url(text) + stamp, sep, and the
+ * base64url MAC (inner, outer: as sign_token takes them) of what comes before it. stamp
+ * and sep: ASCII bytes. A new reference to a str, or NULL. */
 static PyObject *
-sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+make_token(PyObject *inner, PyObject *outer, const char *text, Py_ssize_t n, PyObject *stamp,
+           PyObject *sep)
 {
-    if (check_nargs("sign_token", nargs, 5) < 0)
-        return NULL;
-    PyObject *inner = args[0], *outer = args[1], *text = args[2], *stamp = args[3];
-    PyObject *sep = args[4];
-    if (!PyBytes_CheckExact(text) || !PyBytes_CheckExact(stamp) || !PyBytes_CheckExact(sep) ||
-        !ascii_bytes(stamp) || !ascii_bytes(sep))
-        Py_RETURN_NONE;
-    Py_ssize_t n = PyBytes_GET_SIZE(text), n_stamp = PyBytes_GET_SIZE(stamp);
+    Py_ssize_t n_stamp = PyBytes_GET_SIZE(stamp);
     uint64_t value_size = base64url_size(n) + (uint64_t)n_stamp;
     if (value_size > (uint64_t)PY_SSIZE_T_MAX)
         return PyErr_NoMemory();
@@ -3332,8 +3329,7 @@ sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *value = PyBytes_FromStringAndSize(NULL, n_value);
     if (value == NULL)
         return NULL;
-    char *end = base64url_write(PyBytes_AS_STRING(value),
-                                (const unsigned char *)PyBytes_AS_STRING(text), n);
+    char *end = base64url_write(PyBytes_AS_STRING(value), (const unsigned char *)text, n);
     memcpy(end, PyBytes_AS_STRING(stamp), n_stamp);
     PyObject *mac = digest_after(inner, value);
     if (mac != NULL && outer != Py_None)
@@ -3357,6 +3353,86 @@ sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return token;
 }
 
+static PyObject *
+sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("sign_token", nargs, 5) < 0)
+        return NULL;
+    PyObject *inner = args[0], *outer = args[1], *text = args[2], *stamp = args[3];
+    PyObject *sep = args[4];
+    if (!PyBytes_CheckExact(text) || !PyBytes_CheckExact(stamp) || !PyBytes_CheckExact(sep) ||
+        !ascii_bytes(stamp) || !ascii_bytes(sep))
+        Py_RETURN_NONE;
+    return make_token(inner, outer, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text), stamp, sep);
+}
+
+/* An id that JSON writes as it is and a cookie takes as it is: 1 to 64 characters of
+ * A-Z, a-z, 0-9, - and _ (Core.new_id's are 22). */
+#define ID_MAX 64
+
+static int
+plain_id(PyObject *id)
+{
+    if (!PyUnicode_CheckExact(id) || !PyUnicode_IS_ASCII(id))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(id);
+    const unsigned char *p = PyUnicode_1BYTE_DATA(id);
+    if (n < 1 || n > ID_MAX)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(sign_ids_doc,
+"sign_ids(inner, outer, ids, stamp, sep, /)\n--\n\n"
+"sign_token's token of each visitor id's payload, the JSON [id], as a list: what\n"
+"CookieSigner.new_id_token signs ahead. None when ids is not a list of ids of 1 to 64\n"
+"characters of A-Z, a-z, 0-9, - and _ (JSON writes no other as it is), or stamp or sep\n"
+"is not ASCII bytes: the caller then signs in Python.");
+
+static PyObject *
+sign_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("sign_ids", nargs, 5) < 0)
+        return NULL;
+    PyObject *inner = args[0], *outer = args[1], *ids = args[2], *stamp = args[3];
+    PyObject *sep = args[4];
+    if (!PyList_CheckExact(ids) || !PyBytes_CheckExact(stamp) || !PyBytes_CheckExact(sep) ||
+        !ascii_bytes(stamp) || !ascii_bytes(sep))
+        Py_RETURN_NONE;
+    /* The ids are copied first: the MAC's methods may run code that changes the list. */
+    Py_ssize_t count = PyList_GET_SIZE(ids);
+    PyObject *held = PyList_GetSlice(ids, 0, count);
+    if (held == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!plain_id(PyList_GET_ITEM(held, i))) {
+            Py_DECREF(held);
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *tokens = PyList_New(count);
+    for (Py_ssize_t i = 0; tokens != NULL && i < count; i++) {
+        PyObject *id = PyList_GET_ITEM(held, i);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(id);
+        char text[ID_MAX + 4] = "[\"";
+        memcpy(text + 2, PyUnicode_1BYTE_DATA(id), n);
+        memcpy(text + 2 + n, "\"]", 2);
+        PyObject *token = make_token(inner, outer, text, n + 4, stamp, sep);
+        if (token == NULL)
+            Py_CLEAR(tokens);
+        else
+            PyList_SET_ITEM(tokens, i, token);
+    }
+    Py_DECREF(held);
+    return tokens;
+}
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -3378,6 +3454,7 @@ static PyMethodDef module_methods[] = {
      copy_pageviews_doc},
     {"pg_columns", (PyCFunction)(void (*)(void))pg_columns, METH_FASTCALL, pg_columns_doc},
     {"sign_token", (PyCFunction)(void (*)(void))sign_token, METH_FASTCALL, sign_token_doc},
+    {"sign_ids", (PyCFunction)(void (*)(void))sign_ids, METH_FASTCALL, sign_ids_doc},
     {NULL},
 };
 

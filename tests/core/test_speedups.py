@@ -3011,3 +3011,72 @@ def test_the_c_token_leaves_odd_arguments_to_python_and_passes_errors_on() -> No
     # an outer state failing after the inner one worked
     with pytest.raises(TypeError, match="did not return bytes"):
         _speedups.sign_token(mac, Odd(3), b"x", b".a", b".")
+
+
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.text(_ID_CHARS, min_size=1, max_size=64), max_size=70))
+def test_the_c_tokens_of_ids_are_the_python_paths(ids: list[str]) -> None:
+    """``sign_ids``, as ``new_id_token`` signs a block ahead, gives each id the token the
+    Python path gives ``dumps_id`` (``[id]`` as JSON, signed)."""
+    from trackmw import _speedups
+    from trackmw.signing import CookieSigner, _id_json
+
+    signer = CookieSigner(["k" * 32], "trackmw.visitor", 60)
+    stamp, inner_outer, sep = signer._signer.stamp(), signer._signer._mac_states, b"."
+    tokens = _speedups.sign_ids(*inner_outer, ids, stamp, sep)
+    signer._sign_token = signer._sign_ids = None
+    assert tokens == [signer._signed(_id_json(i), stamp) for i in ids]
+    assert signer._signed_ids(ids, stamp) == tokens  # the Python path of a block
+
+
+@needs_speedups
+def test_the_c_tokens_of_ids_leave_other_ids_to_python() -> None:
+    import hmac
+
+    from trackmw import _speedups
+
+    mac = hmac.new(b"k", digestmod=_sha1)
+
+    class Id(str):
+        pass
+
+    assert _speedups.sign_ids(mac, None, ["a" * 64, "-_0"], b".a", b".") is not None
+    for ids in (
+        ("abc",),  # not a list
+        [""],
+        ["a" * 65],
+        ['a"b'],  # JSON would escape it
+        ["a b"],
+        ["é"],
+        ["abc", 3],
+        [Id("abc")],
+    ):
+        assert _speedups.sign_ids(mac, None, ids, b".a", b".") is None, ids
+    assert _speedups.sign_ids(mac, None, ["abc"], b".\xe9", b".") is None
+    assert _speedups.sign_ids(mac, None, ["abc"], ".a", b".") is None
+    with pytest.raises(TypeError):
+        _speedups.sign_ids(mac, None, ["abc"], b".a")  # type: ignore[call-arg]
+
+    # The ids are read before any of the MAC's methods runs: one that empties the list
+    # changes nothing signed.
+    ids = ["abc", "def", "ghi"]
+
+    class Emptying:
+        def copy(self) -> Emptying:
+            return self
+
+        def update(self, data: bytes) -> None:
+            ids.clear()
+
+        def digest(self) -> bytes:
+            return b"\1\2\3"
+
+    tokens = _speedups.sign_ids(Emptying(), None, ids, b".a", b".")
+    assert tokens == ["WyJhYmMiXQ.a.AQID", "WyJkZWYiXQ.a.AQID", "WyJnaGkiXQ.a.AQID"]
+    with pytest.raises(TypeError, match="did not return bytes"):
+        _speedups.sign_ids(mac, type("Odd", (), {"copy": lambda s: s, "update": lambda s, d: None,
+                                                   "digest": lambda s: "x"})(), ["a"], b".a", b".")
