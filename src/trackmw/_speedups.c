@@ -3289,7 +3289,7 @@ digest_after(PyObject *state, PyObject *data)
     }
     Py_DECREF(copy);
     if (digest != NULL && !PyBytes_Check(digest)) {
-        PyErr_SetString(PyExc_TypeError, "sign_token: digest() did not return bytes");
+        PyErr_SetString(PyExc_TypeError, "trackmw: a MAC's digest() did not return bytes");
         Py_CLEAR(digest);
     }
     return digest;
@@ -3405,20 +3405,21 @@ sign_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(ids) || !PyBytes_CheckExact(stamp) || !PyBytes_CheckExact(sep) ||
         !ascii_bytes(stamp) || !ascii_bytes(sep))
         Py_RETURN_NONE;
-    /* The ids are copied first: the MAC's methods may run code that changes the list. */
-    Py_ssize_t count = PyList_GET_SIZE(ids);
-    PyObject *held = PyList_GetSlice(ids, 0, count);
+    /* The ids are copied first, into a tuple: the MAC's methods may run code that
+     * changes the list, and none can change a tuple (even one it finds). */
+    PyObject *held = PyList_AsTuple(ids);
     if (held == NULL)
         return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(held);
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!plain_id(PyList_GET_ITEM(held, i))) {
+        if (!plain_id(PyTuple_GET_ITEM(held, i))) {
             Py_DECREF(held);
             Py_RETURN_NONE;
         }
     }
     PyObject *tokens = PyList_New(count);
     for (Py_ssize_t i = 0; tokens != NULL && i < count; i++) {
-        PyObject *id = PyList_GET_ITEM(held, i);
+        PyObject *id = PyTuple_GET_ITEM(held, i);
         Py_ssize_t n = PyUnicode_GET_LENGTH(id);
         char text[ID_MAX + 4] = "[\"";
         memcpy(text + 2, PyUnicode_1BYTE_DATA(id), n);

@@ -3077,6 +3077,20 @@ def test_the_c_tokens_of_ids_leave_other_ids_to_python() -> None:
 
     tokens = _speedups.sign_ids(Emptying(), None, ids, b".a", b".")
     assert tokens == ["WyJhYmMiXQ.a.AQID", "WyJkZWYiXQ.a.AQID", "WyJnaGkiXQ.a.AQID"]
+
+    # Not even by emptying every list that holds an id, found through the collector (a
+    # review's reproduction: the copy was a list, and this crashed).
+    mark = "".join(["Zq", "9x"])  # a str of its own, held by the lists that hold it
+    many = [mark] + [f"x{i}" for i in range(100)]
+
+    class Clearing(Emptying):
+        def update(self, data: bytes) -> None:
+            for holder in gc.get_referrers(mark):
+                if type(holder) is list:
+                    holder.clear()
+
+    tokens = _speedups.sign_ids(Clearing(), None, many, b".a", b".")
+    assert len(tokens) == 101 and tokens[1] == "WyJ4MCJd.a.AQID"
     with pytest.raises(TypeError, match="did not return bytes"):
         _speedups.sign_ids(mac, type("Odd", (), {"copy": lambda s: s, "update": lambda s, d: None,
                                                    "digest": lambda s: "x"})(), ["a"], b".a", b".")
