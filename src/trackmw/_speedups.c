@@ -3253,24 +3253,13 @@ base64url_write(char *out, const unsigned char *in, Py_ssize_t n)
 {
     static const char alphabet[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    Py_ssize_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *out++ = alphabet[v >> 18];
-        *out++ = alphabet[v >> 12 & 63];
-        *out++ = alphabet[v >> 6 & 63];
-        *out++ = alphabet[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        *out++ = alphabet[v >> 18];
-        *out++ = alphabet[v >> 12 & 63];
-    }
-    else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        *out++ = alphabet[v >> 18];
-        *out++ = alphabet[v >> 12 & 63];
-        *out++ = alphabet[v >> 6 & 63];
+    /* each 3 bytes as 4 characters; the last 1 or 2 bytes as 2 or 3 (no padding) */
+    for (Py_ssize_t i = 0; i < n; i += 3) {
+        Py_ssize_t left = n - i < 3 ? n - i : 3;
+        uint32_t v = (uint32_t)in[i] << 16 | (left > 1 ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (left > 2 ? in[i + 2] : 0);
+        for (Py_ssize_t k = 0; k <= left; k++)
+            *out++ = alphabet[v >> (18 - 6 * k) & 63];
     }
     return out;
 }
@@ -3295,24 +3284,18 @@ digest_after(PyObject *state, PyObject *data)
     return digest;
 }
 
+/* Is `bytes` exact bytes, all ASCII? (A token's stamp and separator must be.) */
 static int
 ascii_bytes(PyObject *bytes)
 {
+    if (!PyBytes_CheckExact(bytes))
+        return 0;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(bytes);
     for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(bytes); i++)
         if (p[i] > 127)
             return 0;
     return 1;
 }
-
-PyDoc_STRVAR(sign_token_doc,
-"sign_token(inner, outer, text, stamp, sep, /)\n--\n\n"
-"CookieSigner._signed's token, in one call: base64url(text) + stamp, then sep and the\n"
-"base64url HMAC of what came before it, as a str. inner and outer: the HMAC's keyed\n"
-"inner and outer hash states, each copied, never changed (the MAC is\n"
-"outer(inner(value)), as the hmac module composes them); or an HMAC object, copied,\n"
-"and None. Their digest() must give bytes (or a subclass). None when text, stamp or\n"
-"sep is not exact bytes, or stamp or sep not ASCII: the caller then signs in Python.");
 
 /* The token for a payload's text (n bytes at text): base64url(text) + stamp, sep, and the
  * base64url MAC (inner, outer: as sign_token takes them) of what comes before it. stamp
@@ -3353,6 +3336,15 @@ make_token(PyObject *inner, PyObject *outer, const char *text, Py_ssize_t n, PyO
     return token;
 }
 
+PyDoc_STRVAR(sign_token_doc,
+"sign_token(inner, outer, text, stamp, sep, /)\n--\n\n"
+"CookieSigner._signed's token, in one call: base64url(text) + stamp, then sep and the\n"
+"base64url HMAC of what came before it, as a str. inner and outer: the HMAC's keyed\n"
+"inner and outer hash states, each copied, never changed (the MAC is\n"
+"outer(inner(value)), as the hmac module composes them); or an HMAC object, copied,\n"
+"and None. Their digest() must give bytes (or a subclass). None when text, stamp or\n"
+"sep is not exact bytes, or stamp or sep not ASCII: the caller then signs in Python.");
+
 static PyObject *
 sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -3360,8 +3352,7 @@ sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     PyObject *inner = args[0], *outer = args[1], *text = args[2], *stamp = args[3];
     PyObject *sep = args[4];
-    if (!PyBytes_CheckExact(text) || !PyBytes_CheckExact(stamp) || !PyBytes_CheckExact(sep) ||
-        !ascii_bytes(stamp) || !ascii_bytes(sep))
+    if (!PyBytes_CheckExact(text) || !ascii_bytes(stamp) || !ascii_bytes(sep))
         Py_RETURN_NONE;
     return make_token(inner, outer, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text), stamp, sep);
 }
@@ -3402,8 +3393,7 @@ sign_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     PyObject *inner = args[0], *outer = args[1], *ids = args[2], *stamp = args[3];
     PyObject *sep = args[4];
-    if (!PyList_CheckExact(ids) || !PyBytes_CheckExact(stamp) || !PyBytes_CheckExact(sep) ||
-        !ascii_bytes(stamp) || !ascii_bytes(sep))
+    if (!PyList_CheckExact(ids) || !ascii_bytes(stamp) || !ascii_bytes(sep))
         Py_RETURN_NONE;
     /* The ids are copied first, into a tuple: the MAC's methods may run code that
      * changes the list, and none can change a tuple (even one it finds). */

@@ -1,9 +1,9 @@
 """``postgresql://…`` (or ``postgres://…``): PostgreSQL with psycopg 3 and a connection pool.
 
 Raw ``pageviews`` and ``consents``, as in the SQLite store, and two daily rollups kept in
-the same transaction (``daily_counts``: page views per day and
-dimension; ``daily_visitors``: one row per visitor and day with its browser, OS and
-device), so counts are exact and reports read small tables.
+the same transaction (``daily_counts``: page views per day and dimension;
+``daily_visitors``: one row per visitor and day with its browser, OS and device), so
+counts are exact and reports read small tables.
 
 - Schema (``postgres_sql``, with the statements and the report's queries): created or
   brought up to date on first use under ``pg_advisory_xact_lock``, so many processes
