@@ -3264,6 +3264,116 @@ base64url_write(char *out, const unsigned char *in, Py_ssize_t n)
     return out;
 }
 
+#ifdef TRACKMW_OPENSSL
+/* A key's HMAC as OpenSSL hash states (built when setup.py finds OpenSSL's libcrypto):
+ * the keyed inner and outer states, and a state to work in. Copying one is a copy of
+ * a few words where a hashlib object's copy() makes a Python object: a token costs
+ * about a quarter of what it costs through hmac's states. */
+#include <openssl/evp.h>
+
+#define HMAC_KEY_CAPSULE "trackmw._speedups.hmac_key"
+
+typedef struct {
+    EVP_MD_CTX *inner, *outer, *work;
+} HMACKey;
+
+static void
+hmac_key_free(HMACKey *key)
+{
+    EVP_MD_CTX_free(key->inner);
+    EVP_MD_CTX_free(key->outer);
+    EVP_MD_CTX_free(key->work);
+    PyMem_Free(key);
+}
+
+static void
+hmac_key_destroy(PyObject *capsule)
+{
+    hmac_key_free(PyCapsule_GetPointer(capsule, HMAC_KEY_CAPSULE));
+}
+
+/* The HMAC of value (n bytes) into mac (EVP_MAX_MD_SIZE bytes): its size, or -1 with
+ * an exception set. */
+static int
+hmac_key_mac(HMACKey *key, const char *value, Py_ssize_t n, unsigned char *mac)
+{
+    unsigned int size = 0;
+    if (!EVP_MD_CTX_copy_ex(key->work, key->inner) || !EVP_DigestUpdate(key->work, value, n) ||
+        !EVP_DigestFinal_ex(key->work, mac, &size) ||
+        !EVP_MD_CTX_copy_ex(key->work, key->outer) || !EVP_DigestUpdate(key->work, mac, size) ||
+        !EVP_DigestFinal_ex(key->work, mac, &size)) {
+        PyErr_SetString(PyExc_RuntimeError, "trackmw: OpenSSL could not compute an HMAC");
+        return -1;
+    }
+    return (int)size;
+}
+#endif
+
+PyDoc_STRVAR(hmac_key_doc,
+"hmac_key(name, key, /)\n--\n\n"
+"The HMAC of key over the hash OpenSSL knows as name (\"sha1\", \"sha256\", ...), set up\n"
+"once, for sign_token and sign_ids to sign with in place of a MAC's inner and outer\n"
+"states; None when this build has no OpenSSL or OpenSSL does not know the hash (the\n"
+"caller then passes the states). Its MAC is hmac.new(key, value, name).digest().");
+
+static PyObject *
+hmac_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("hmac_key", nargs, 2) < 0)
+        return NULL;
+    if (!PyUnicode_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "hmac_key() takes a str and bytes");
+        return NULL;
+    }
+#ifdef TRACKMW_OPENSSL
+    Py_ssize_t length;
+    const char *name = PyUnicode_AsUTF8AndSize(args[0], &length);
+    if (name == NULL)
+        return NULL;
+    if ((size_t)length != strlen(name)) /* a NUL inside: no hash's name */
+        Py_RETURN_NONE;
+    const EVP_MD *md = EVP_get_digestbyname(name);
+    int block = md == NULL ? 0 : EVP_MD_block_size(md);
+    /* Every hash hmac keys by one block's pads (sha1 to sha512); any other is left to it. */
+    if (block <= 0 || block > 256 || EVP_MD_size(md) > EVP_MAX_MD_SIZE)
+        Py_RETURN_NONE;
+    HMACKey *key = PyMem_Calloc(1, sizeof(HMACKey));
+    if (key == NULL)
+        return PyErr_NoMemory();
+    key->inner = EVP_MD_CTX_new();
+    key->outer = EVP_MD_CTX_new();
+    key->work = EVP_MD_CTX_new();
+    /* As RFC 2104 and the hmac module: a key longer than a block is hashed first, then
+     * zero-padded to a block; the inner state has hashed it XOR 0x36, the outer XOR 0x5c. */
+    unsigned char padded[256] = {0}, pad[256];
+    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
+    unsigned int hashed = 0;
+    int ok = key->inner != NULL && key->outer != NULL && key->work != NULL;
+    if (ok && n > block)
+        ok = EVP_DigestInit_ex(key->work, md, NULL) && EVP_DigestUpdate(key->work, raw, n) &&
+             EVP_DigestFinal_ex(key->work, padded, &hashed);
+    else if (ok)
+        memcpy(padded, raw, n);
+    for (int i = 0; ok && i < block; i++)
+        pad[i] = padded[i] ^ 0x36;
+    ok = ok && EVP_DigestInit_ex(key->inner, md, NULL) && EVP_DigestUpdate(key->inner, pad, block);
+    for (int i = 0; ok && i < block; i++)
+        pad[i] = padded[i] ^ 0x5c;
+    ok = ok && EVP_DigestInit_ex(key->outer, md, NULL) && EVP_DigestUpdate(key->outer, pad, block);
+    if (!ok) { /* out of memory, or a hash this OpenSSL refuses to use (FIPS): leave it */
+        hmac_key_free(key);
+        Py_RETURN_NONE;
+    }
+    PyObject *capsule = PyCapsule_New(key, HMAC_KEY_CAPSULE, hmac_key_destroy);
+    if (capsule == NULL)
+        hmac_key_free(key);
+    return capsule;
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
 /* state.copy(), updated with data: its digest() (a new reference to bytes), or NULL */
 static PyObject *
 digest_after(PyObject *state, PyObject *data)
@@ -3314,9 +3424,21 @@ make_token(PyObject *inner, PyObject *outer, const char *text, Py_ssize_t n, PyO
         return NULL;
     char *end = base64url_write(PyBytes_AS_STRING(value), (const unsigned char *)text, n);
     memcpy(end, PyBytes_AS_STRING(stamp), n_stamp);
-    PyObject *mac = digest_after(inner, value);
-    if (mac != NULL && outer != Py_None)
-        Py_SETREF(mac, digest_after(outer, mac));
+    PyObject *mac;
+#ifdef TRACKMW_OPENSSL
+    if (PyCapsule_IsValid(inner, HMAC_KEY_CAPSULE)) {
+        unsigned char raw[EVP_MAX_MD_SIZE];
+        int size = hmac_key_mac(PyCapsule_GetPointer(inner, HMAC_KEY_CAPSULE),
+                                PyBytes_AS_STRING(value), n_value, raw);
+        mac = size < 0 ? NULL : PyBytes_FromStringAndSize((const char *)raw, size);
+    }
+    else
+#endif
+    {
+        mac = digest_after(inner, value);
+        if (mac != NULL && outer != Py_None)
+            Py_SETREF(mac, digest_after(outer, mac));
+    }
     PyObject *token = NULL;
     if (mac != NULL) {
         Py_ssize_t n_sep = PyBytes_GET_SIZE(sep), n_mac = PyBytes_GET_SIZE(mac);
@@ -3342,7 +3464,8 @@ PyDoc_STRVAR(sign_token_doc,
 "base64url HMAC of what came before it, as a str. inner and outer: the HMAC's keyed\n"
 "inner and outer hash states, each copied, never changed (the MAC is\n"
 "outer(inner(value)), as the hmac module composes them); or an HMAC object, copied,\n"
-"and None. Their digest() must give bytes (or a subclass). None when text, stamp or\n"
+"and None; or hmac_key()'s key, and None. Their digest() must give bytes (or a\n"
+"subclass). None when text, stamp or\n"
 "sep is not exact bytes, or stamp or sep not ASCII: the caller then signs in Python.");
 
 static PyObject *
@@ -3444,6 +3567,7 @@ static PyMethodDef module_methods[] = {
     {"copy_pageviews", (PyCFunction)(void (*)(void))copy_pageviews, METH_FASTCALL,
      copy_pageviews_doc},
     {"pg_columns", (PyCFunction)(void (*)(void))pg_columns, METH_FASTCALL, pg_columns_doc},
+    {"hmac_key", (PyCFunction)(void (*)(void))hmac_key, METH_FASTCALL, hmac_key_doc},
     {"sign_token", (PyCFunction)(void (*)(void))sign_token, METH_FASTCALL, sign_token_doc},
     {"sign_ids", (PyCFunction)(void (*)(void))sign_ids, METH_FASTCALL, sign_ids_doc},
     {NULL},

@@ -129,8 +129,9 @@ class _Signer(TimestampSigner):
         self._mac_states: tuple[Any, Any] = (None, None)  # what sign_token copies
         if type(self.algorithm) is HMACAlgorithm:
             self.algorithm = _KeyedHMAC(self.digest_method)
-            self._mac = self.algorithm.keyed(self.derive_key())
-            self._mac_states = _mac_states(self._mac)
+            key = self.derive_key()
+            self._mac = self.algorithm.keyed(key)
+            self._mac_states = _mac_states(self._mac, key, self.digest_method)
         self._sep = want_bytes(self.sep)
         self._stamp: tuple[int, bytes] = (-1, b"")  # (second, its text with the separator)
 
@@ -358,18 +359,39 @@ class CookieSigner:
         return SignedValue(payload, ts.timestamp(), stale)
 
 
-def _mac_states(mac: Any) -> tuple[Any, Any]:
-    """What ``sign_token`` copies to sign with ``mac`` (an ``hmac.HMAC`` set up for a
-    key): its keyed inner and outer hash states, when the hmac module composes the MAC
-    from two (as it does over itsdangerous' default SHA-1, a Python function), so that
-    a token costs two hash copies and no Python frame; otherwise the HMAC object itself
-    (and None), whose own ``copy``, ``update`` and ``digest`` compose them. The two
-    states are the module's private attributes: their absence only costs the frames,
-    and a test checks both ways against the module's own MAC."""
+def _mac_states(mac: Any, key: bytes | None = None, digest_method: Any = None) -> tuple[Any, Any]:
+    """What ``sign_token`` signs with for ``mac`` (an ``hmac.HMAC`` set up for ``key``
+    over ``digest_method``).
+
+    - With the speedups built against OpenSSL, when it knows ``digest_method``'s hash
+      by its name: ``hmac_key``'s copy of the key's HMAC in OpenSSL's hash states (and
+      None), once it has signed a sample as ``mac`` signs it. A token's two hash copies
+      are then copies of a few words, with no Python object made: 0.14 µs where the
+      states below take 0.54.
+    - Else, when the hmac module composes the MAC from two hash states (as it does
+      over itsdangerous' default SHA-1, a Python function): those keyed inner and
+      outer states, which ``sign_token`` copies, with no Python frame.
+    - Otherwise the HMAC object itself (and None), whose own ``copy``, ``update`` and
+      ``digest`` compose them.
+
+    The two states are the hmac module's private attributes: their absence only costs
+    the frames. Tests check every way against the module's own MAC."""
+    hmac_key, sign_token = speedup("hmac_key"), speedup("sign_token")
+    if hmac_key is not None and sign_token is not None and key is not None:
+        name = getattr(digest_method(), "name", None)
+        keyed = hmac_key(name, key) if isinstance(name, str) else None
+        if keyed is not None:
+            if sign_token(keyed, None, *_SAMPLE) == sign_token(mac, None, *_SAMPLE):
+                return keyed, None
     inner, outer = getattr(mac, "_inner", None), getattr(mac, "_outer", None)
     if inner is None or outer is None:
         return mac, None
     return inner, outer
+
+
+#: A payload, stamp and separator that ``_mac_states`` signs both ways before it trusts
+#: OpenSSL's copy of a key's HMAC (a hash of the same name that pads or hashes otherwise).
+_SAMPLE = (b'["trackmw"]', b".AAAA", b".")
 
 
 def _id_json(visitor_id: str) -> bytes:

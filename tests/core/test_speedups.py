@@ -3016,6 +3016,129 @@ def test_the_c_token_leaves_odd_arguments_to_python_and_passes_errors_on() -> No
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
+def _openssl_keys() -> bool:
+    """Whether this build signs through OpenSSL (``hmac_key``); CI, which sets
+    TRACKMW_REQUIRE_SPEEDUPS, must have built it so."""
+    from trackmw import _speedups
+
+    built = _speedups.hmac_key("sha1", b"k") is not None
+    if os.environ.get("TRACKMW_REQUIRE_SPEEDUPS") == "1":
+        assert built, "trackmw._speedups was built without OpenSSL (see the pip install output)"
+    return built
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(["sha1", "sha256", "sha512", "md5"]),
+    key=st.binary(max_size=300),  # past each hash's block (64 or 128 bytes): hashed first
+    text=st.binary(max_size=100),
+    stamp=st.binary(max_size=12),
+    sep=st.sampled_from([b".", b"", b"::"]),
+    ids=st.lists(st.text(_ID_CHARS, min_size=1, max_size=64), max_size=5),
+)
+def test_openssls_copy_of_a_key_signs_as_the_hmac_module(
+    name: str, key: bytes, text: bytes, stamp: bytes, sep: bytes, ids: list[str]
+) -> None:
+    import hmac
+
+    from trackmw import _speedups
+    from trackmw.signing import base64url
+
+    keyed = _speedups.hmac_key(name, key)
+    if not _openssl_keys():
+        assert keyed is None
+        return
+
+    def token(payload: bytes) -> str:
+        value = base64url(payload) + stamp
+        return (value + sep + base64url(hmac.new(key, value, name).digest())).decode("ascii")
+
+    stamp = sep + base64url(stamp)
+    assert _speedups.sign_token(keyed, None, text, stamp, sep) == token(text)
+    assert _speedups.sign_ids(keyed, None, ids, stamp, sep) == [
+        token(b'["' + i.encode() + b'"]') for i in ids
+    ]
+
+
+@needs_speedups
+@pytest.mark.parametrize("name", ["sha1", "sha256", "sha512", "md5"])
+def test_openssls_copy_of_a_key_of_every_length_signs_as_the_hmac_module(name: str) -> None:
+    """Every key length from empty to past two blocks: the edges of padding and of
+    hashing a long key first, which a random length seldom hits."""
+    import hmac
+
+    from trackmw import _speedups
+    from trackmw.signing import base64url
+
+    if not _openssl_keys():
+        pytest.skip("trackmw._speedups was built without OpenSSL here")
+    value = base64url(b'["abc"]') + b".AAAA"
+    for n in range(260):
+        key = bytes((i * 7 + n) % 256 for i in range(n))
+        want = (value + b"." + base64url(hmac.new(key, value, name).digest())).decode()
+        keyed = _speedups.hmac_key(name, key)
+        assert _speedups.sign_token(keyed, None, b'["abc"]', b".AAAA", b".") == want, n
+
+
+@needs_speedups
+def test_openssls_copy_of_a_key_is_made_only_for_a_hash_it_knows() -> None:
+    from trackmw import _speedups
+
+    _openssl_keys()
+    for name in ("nonesuch", "", "sha1\0x"):
+        assert _speedups.hmac_key(name, b"k") is None, name
+    for args in (("sha1", "k"), (b"sha1", b"k"), ("sha1", bytearray(b"k"))):
+        with pytest.raises(TypeError):
+            _speedups.hmac_key(*args)
+    with pytest.raises(TypeError):
+        _speedups.hmac_key("sha1")  # type: ignore[call-arg]
+    with pytest.raises(UnicodeEncodeError):
+        _speedups.hmac_key("sha\udc80", b"k")
+
+
+@needs_speedups
+def test_a_signer_signs_through_openssl_only_when_it_signs_as_its_hmac() -> None:
+    """``_mac_states`` takes OpenSSL's copy of the key for itsdangerous' default SHA-1,
+    and keeps hmac's own MAC for a hash whose name OpenSSL reads as another."""
+    import hashlib
+    import hmac
+
+    from trackmw.signing import CookieSigner, _mac_states
+
+    signer = CookieSigner(["k" * 32], "trackmw.visitor", 60)
+    inner, outer = signer._signer._mac_states
+    assert (type(inner).__name__ == "PyCapsule") is _openssl_keys()
+    assert outer is None or type(outer).__name__ == "HASH"
+
+    class Mislabelled:  # SHA-256, named SHA-1
+        name = "sha1"
+
+        def __init__(self, data: bytes = b"") -> None:
+            self._hash = hashlib.sha256(data)
+            self.digest_size, self.block_size = 32, 64
+
+        def copy(self) -> Mislabelled:
+            other = Mislabelled()
+            other._hash = self._hash.copy()
+            return other
+
+        def update(self, data: bytes) -> None:
+            self._hash.update(data)
+
+        def digest(self) -> bytes:
+            return self._hash.digest()
+
+    mac = hmac.new(b"key", digestmod=Mislabelled)
+    assert _mac_states(mac, b"key", Mislabelled) == (mac._inner, mac._outer)  # hmac's states
+    composed = hmac.new(b"key", digestmod=_sha1)
+    assert type(_mac_states(composed, b"key", _sha1)[0]).__name__ == (
+        "PyCapsule" if _openssl_keys() else "HASH"
+    )
+
+
+
+
 @needs_speedups
 @settings(max_examples=200, deadline=None)
 @given(ids=st.lists(st.text(_ID_CHARS, min_size=1, max_size=64), max_size=70))
@@ -3023,11 +3146,14 @@ def test_the_c_tokens_of_ids_are_the_python_paths(ids: list[str]) -> None:
     """``sign_ids``, as ``new_id_token`` signs a block ahead, gives each id the token the
     Python path gives ``dumps_id`` (``[id]`` as JSON, signed)."""
     from trackmw import _speedups
-    from trackmw.signing import CookieSigner, _id_json
+    from trackmw.signing import CookieSigner, _id_json, _mac_states
 
     signer = CookieSigner(["k" * 32], "trackmw.visitor", 60)
-    stamp, inner_outer, sep = signer._signer.stamp(), signer._signer._mac_states, b"."
-    tokens = _speedups.sign_ids(*inner_outer, ids, stamp, sep)
+    stamp, sep = signer._signer.stamp(), b"."
+    # The signer's own (OpenSSL's copy of the key, where built so), and hmac's two states
+    keys = [signer._signer._mac_states, _mac_states(signer._signer._mac)]
+    tokens = _speedups.sign_ids(*keys[0], ids, stamp, sep)
+    assert _speedups.sign_ids(*keys[1], ids, stamp, sep) == tokens
     signer._sign_token = signer._sign_ids = None
     assert tokens == [signer._signed(_id_json(i), stamp) for i in ids]
     assert signer._signed_ids(ids, stamp) == tokens  # the Python path of a block
