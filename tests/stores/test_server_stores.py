@@ -257,16 +257,18 @@ def test_a_postgres_schema_named_with_capitals_is_that_schema(store_url: str) ->
 
 
 def _old_schema(store_url: str, version: int) -> str:
-    """A PostgreSQL store's schema as ``version`` (1 or 2) left it, holding one page view
-    of visitor ``old`` and user ``u1``; its name. 2: a B-tree of page views by day and
-    path; 1 also found a visitor's and a user's page views, and daily_visitors by
-    visitor, through B-trees."""
+    """A PostgreSQL store's schema as ``version`` (1, 2 or 3) left it, holding one page
+    view of visitor ``old`` and user ``u1``; its name. 3: daily_counts' pages filled
+    whole; 2 also a B-tree of page views by day and path; 1 also found a visitor's and a
+    user's page views, and daily_visitors by visitor, through B-trees."""
     store = open_store(store_url)
     try:
         store.write([pageview(START, 1, "old", "/old", user="u1")], [])
         with store._connection() as conn:  # type: ignore[attr-defined]
-            conn.execute("DROP INDEX pageviews_day")
-            conn.execute("CREATE INDEX pageviews_day_path ON pageviews (day, path)")
+            conn.execute("ALTER TABLE daily_counts RESET (fillfactor)")
+            if version <= 2:
+                conn.execute("DROP INDEX pageviews_day")
+                conn.execute("CREATE INDEX pageviews_day_path ON pageviews (day, path)")
             if version == 1:
                 conn.execute("DROP INDEX pageviews_visitor_hash, pageviews_user_hash")
                 conn.execute(
@@ -285,9 +287,17 @@ def _old_schema(store_url: str, version: int) -> str:
         store.close()
 
 
+def _fill_factor(conn: Any) -> list[str] | None:
+    """daily_counts' storage options (``["fillfactor=70"]``), or None if it has none."""
+    row = conn.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = 'daily_counts'::regclass"
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 @pytest.mark.parametrize("store_kind", ["postgresql"])
-@pytest.mark.parametrize("version", [1, 2])
-def test_postgres_schemas_1_and_2_are_brought_to_schema_3(store_url: str, version: int) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_postgres_schemas_1_to_3_are_brought_to_schema_4(store_url: str, version: int) -> None:
     schema = _old_schema(store_url, version)
     store = open_store(store_url)
     try:
@@ -299,7 +309,8 @@ def test_postgres_schemas_1_and_2_are_brought_to_schema_3(store_url: str, versio
                 ).fetchall()
             )
             version_row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-            assert version_row.fetchone() == ("3",)
+            assert version_row.fetchone() == ("4",)
+            assert _fill_factor(conn) == ["fillfactor=70"]
     finally:
         store.close()
     assert not {
@@ -312,8 +323,26 @@ def test_postgres_schemas_1_and_2_are_brought_to_schema_3(store_url: str, versio
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"])
-@pytest.mark.parametrize("version", [1, 2])
-def test_postgres_schema_1_and_2_data_is_read_and_erased_after_the_upgrade(
+def test_postgres_keeps_a_fill_factor_set_by_hand(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert _fill_factor(conn) == ["fillfactor=70"]  # a new schema's
+            conn.execute("ALTER TABLE daily_counts SET (fillfactor = 90)")
+    finally:
+        store.close()
+    store = open_store(store_url)  # started again: its migration runs
+    try:
+        store.write([pageview(START, 1, "v")], [])
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert _fill_factor(conn) == ["fillfactor=90"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_postgres_schema_1_to_3_data_is_read_and_erased_after_the_upgrade(
     store_url: str, version: int
 ) -> None:
     _old_schema(store_url, version)

@@ -174,7 +174,7 @@ class PostgresStore(Store):
             locked()
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(sql.SCHEMA)
-        for statement in sql.DROPPED:
+        for statement in (*sql.DROPPED, *sql.ALTERED):
             with conn.transaction():
                 locked()
                 conn.execute(statement)

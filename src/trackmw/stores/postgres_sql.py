@@ -17,8 +17,10 @@ from ..report import TOP_N, Report, day_range, ranked
 __all__ = [
     "ADD_COUNTS",
     "ADD_VISITORS",
+    "ALTERED",
     "CC_COLS",
     "DROPPED",
+    "FILLFACTOR",
     "PV_COLS",
     "PV_TYPES",
     "SCHEMA",
@@ -33,8 +35,13 @@ __all__ = [
 #: 3: page views found by day through a BRIN index (a few bytes per range of table pages;
 #: rows arrive in time order), where a B-tree by (day, path) took an entry per page view:
 #: writes about 1.15 times as fast.
-SCHEMA_VERSION = 3
-SCHEMA = """
+#: 4: daily_counts' pages filled to 70% (``FILLFACTOR``), so that most of a batch's updates
+#: of a counter stay on its page, where its index needs no new entry: writes about 1.035
+#: times as fast (eleven interleaved pairs of 200,000 events, ten of them faster).
+SCHEMA_VERSION = 4
+#: How full an insert leaves daily_counts' pages: the rest is room for updated rows.
+FILLFACTOR = 70
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS erasures (key text PRIMARY KEY, at double precision NOT NULL);
 CREATE INDEX IF NOT EXISTS erasures_at ON erasures (at);
@@ -51,7 +58,7 @@ CREATE INDEX IF NOT EXISTS pageviews_user_hash ON pageviews USING hash (user_id)
     WHERE user_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS daily_counts (
     day date NOT NULL, kind text NOT NULL, name text NOT NULL, pageviews bigint NOT NULL,
-    PRIMARY KEY (day, kind, name));
+    PRIMARY KEY (day, kind, name)) WITH (fillfactor = {FILLFACTOR});
 CREATE TABLE IF NOT EXISTS daily_visitors (
     day date NOT NULL, visitor_id text NOT NULL, user_id text NOT NULL,
     browser text, os text, device text, pageviews bigint NOT NULL,
@@ -71,6 +78,14 @@ CREATE INDEX IF NOT EXISTS consents_visitor ON consents (visitor_id)
 DROPPED = (
     "DROP INDEX IF EXISTS pageviews_visitor, pageviews_user, pageviews_day_path",
     "DROP INDEX IF EXISTS daily_visitors_visitor",
+)
+#: What schema 4 changed in place, each in a transaction of its own, at every start: a
+#: table of an older schema gets the fill factor (its new pages, from then on), one that
+#: has a fill factor of its own keeps it.
+ALTERED = (
+    "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_class WHERE oid = 'daily_counts'::regclass "
+    "AND reloptions::text LIKE '%fillfactor=%') THEN "
+    f"ALTER TABLE daily_counts SET (fillfactor = {FILLFACTOR}); END IF; END $$",
 )
 #: Summarizes the ranges of table pages that the page views' BRIN index by day has not yet
 #: summarized (``PostgresStore`` runs it as it writes).
