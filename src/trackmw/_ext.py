@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 from typing import Any, TypeVar
 
-__all__ = ["enabled", "leftovers", "speedup"]
+__all__ = ["enabled", "leftovers", "module", "speedup"]
 
 T = TypeVar("T")
 
@@ -18,6 +20,26 @@ def enabled() -> bool:
 
 
 @functools.cache
+def module() -> ModuleType | None:
+    """``trackmw._speedups``, or None when it is not built or is turned off. A module
+    that is built but cannot be loaded (a library it links is gone since it was built)
+    is said once, as a warning: trackmw then runs as pure Python, the same but slower."""
+    if not enabled():
+        return None
+    try:
+        from . import _speedups
+    except ModuleNotFoundError:  # not built (no compiler at install, another Python)
+        return None
+    except ImportError as exc:
+        logging.getLogger("trackmw").warning(
+            "trackmw: the C speedups are built but could not be loaded (%s); running the "
+            "pure-Python path. Reinstall trackmw to rebuild them.", exc,
+        )
+        return None
+    return _speedups
+
+
+@functools.cache
 def speedup(name: str) -> Callable[..., Any] | None:
     """The C function ``name`` of ``trackmw._speedups``, or None when the module is not
     built, is turned off or lacks it: the caller then does it all in Python.
@@ -25,14 +47,8 @@ def speedup(name: str) -> Callable[..., Any] | None:
     Read at the first call, not at import: importing the speedups imports the pipeline,
     which imports the modules that call this.
     """
-    if not enabled():
-        return None
-    try:
-        from . import _speedups
-    except ImportError:  # not built (no compiler at install, another Python)
-        return None
     # None from a module built before ``name`` was added (an in-place build not redone)
-    function: Callable[..., Any] | None = getattr(_speedups, name, None)
+    function: Callable[..., Any] | None = getattr(module(), name, None)
     return function
 
 

@@ -3269,6 +3269,7 @@ base64url_write(char *out, const unsigned char *in, Py_ssize_t n)
  * the keyed inner and outer states, and a state to work in. Copying one is a copy of
  * a few words where a hashlib object's copy() makes a Python object: a token costs
  * about a quarter of what it costs through hmac's states. */
+#include <openssl/err.h>
 #include <openssl/evp.h>
 
 #define HMAC_KEY_CAPSULE "trackmw._speedups.hmac_key"
@@ -3302,6 +3303,7 @@ hmac_key_mac(HMACKey *key, const char *value, Py_ssize_t n, unsigned char *mac)
         !EVP_DigestFinal_ex(key->work, mac, &size) ||
         !EVP_MD_CTX_copy_ex(key->work, key->outer) || !EVP_DigestUpdate(key->work, mac, size) ||
         !EVP_DigestFinal_ex(key->work, mac, &size)) {
+        ERR_clear_error(); /* OpenSSL's reason, which no later caller must find */
         PyErr_SetString(PyExc_RuntimeError, "trackmw: OpenSSL could not compute an HMAC");
         return -1;
     }
@@ -3325,13 +3327,13 @@ hmac_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "hmac_key() takes a str and bytes");
         return NULL;
     }
-#ifdef TRACKMW_OPENSSL
     Py_ssize_t length;
     const char *name = PyUnicode_AsUTF8AndSize(args[0], &length);
     if (name == NULL)
         return NULL;
     if ((size_t)length != strlen(name)) /* a NUL inside: no hash's name */
         Py_RETURN_NONE;
+#ifdef TRACKMW_OPENSSL
     const EVP_MD *md = EVP_get_digestbyname(name);
     int block = md == NULL ? 0 : EVP_MD_block_size(md);
     /* Every hash hmac keys by one block's pads (sha1 to sha512); any other is left to it. */
@@ -3362,6 +3364,7 @@ hmac_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pad[i] = padded[i] ^ 0x5c;
     ok = ok && EVP_DigestInit_ex(key->outer, md, NULL) && EVP_DigestUpdate(key->outer, pad, block);
     if (!ok) { /* out of memory, or a hash this OpenSSL refuses to use (FIPS): leave it */
+        ERR_clear_error();
         hmac_key_free(key);
         Py_RETURN_NONE;
     }

@@ -48,13 +48,12 @@ __all__ = ["SPEEDUPS", "LazyVisitor", "TrackingMiddleware"]
 
 log = logging.getLogger("trackmw")
 
-try:
-    if not _ext.enabled():
-        raise ImportError("TRACKMW_NO_EXTENSIONS is set")
+if TYPE_CHECKING:
     from . import _speedups
-except ImportError as exc:  # no compiler at install, another Python: the same in Python
-    log.debug("trackmw: the ASGI middleware runs in pure Python (%s)", exc)
-    _speedups = None  # type: ignore[assignment]
+else:  # None without a compiler at install, on another Python, or turned off
+    _speedups = _ext.module()
+if _speedups is None:  # the same in Python
+    log.debug("trackmw: the ASGI middleware runs in pure Python")
 
 #: Does the middleware take a tracked page's common case in C (``trackmw._speedups``)?
 SPEEDUPS = _speedups is not None

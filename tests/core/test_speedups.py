@@ -56,6 +56,33 @@ def test_the_environment_can_turn_the_speedups_off(value: str, on: bool) -> None
     assert out.stdout.split() == [str(speedups), str(not speedups), str(speedups)], out.stderr
 
 
+@pytest.mark.parametrize(
+    ("error", "warned"),
+    [("ImportError('libcrypto.so.9: cannot open shared object file')", True),
+     ("ModuleNotFoundError(name)", False)],
+)
+def test_speedups_that_are_built_but_cannot_load_are_said_once(error: str, warned: bool) -> None:
+    """A module built against a library that is gone (a wheel moved to another machine)
+    turns the speedups off, with a warning; one that was never built is no news."""
+    code = f"""
+import logging, sys
+class Broken:
+    def find_spec(self, name, path, target=None):
+        if name == "trackmw._speedups":
+            raise {error}
+sys.meta_path.insert(0, Broken())
+logging.basicConfig()
+import trackmw.asgi, trackmw.normalize
+print(trackmw.asgi.SPEEDUPS, trackmw.normalize.speedup("normalize_run"))
+"""
+    env = {**os.environ, "TRACKMW_NO_EXTENSIONS": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "None"], out.stderr
+    assert out.stderr.count("could not be loaded") == (1 if warned else 0), out.stderr
+    if warned:
+        assert "libcrypto.so.9" in out.stderr
+
+
 # -- the lookup: the C code finds what the Python path finds, or leaves it to it ---------
 
 

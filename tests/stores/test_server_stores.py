@@ -14,6 +14,7 @@ from tests.conftest import SECRET, need_service
 from trackmw.errors import ConfigurationError, StoreError
 from trackmw.settings import Settings
 from trackmw.stores import Store, open_store, store_class
+from trackmw.stores import postgres_sql as sql
 
 from .conftest import PG_URL, postgres_up
 from .data import START, events, pageview
@@ -287,12 +288,13 @@ def _old_schema(store_url: str, version: int) -> str:
         store.close()
 
 
-def _fill_factor(conn: Any) -> list[str] | None:
-    """daily_counts' storage options (``["fillfactor=70"]``), or None if it has none."""
+def _fill_factor(conn: Any) -> int | None:
+    """daily_counts' fill factor, or None if none was set."""
     row = conn.execute(
-        "SELECT reloptions FROM pg_class WHERE oid = 'daily_counts'::regclass"
+        "SELECT option_value FROM pg_class c, pg_options_to_table(c.reloptions) "
+        "WHERE c.oid = 'daily_counts'::regclass AND option_name = 'fillfactor'"
     ).fetchone()
-    return None if row is None else row[0]
+    return None if row is None else int(row[0])
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"])
@@ -310,7 +312,7 @@ def test_postgres_schemas_1_to_3_are_brought_to_schema_4(store_url: str, version
             )
             version_row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
             assert version_row.fetchone() == ("4",)
-            assert _fill_factor(conn) == ["fillfactor=70"]
+            assert _fill_factor(conn) == sql.FILLFACTOR
     finally:
         store.close()
     assert not {
@@ -322,20 +324,67 @@ def test_postgres_schemas_1_to_3_are_brought_to_schema_4(store_url: str, version
     assert "daily_visitors_pkey" in indexes
 
 
-@pytest.mark.parametrize("store_kind", ["postgresql"])
-def test_postgres_keeps_a_fill_factor_set_by_hand(store_url: str) -> None:
+def _restarted(store_url: str, setup: str) -> int | None:
+    """daily_counts' fill factor after ``setup`` ran on a store's tables and another
+    store started on them (its migration)."""
     store = open_store(store_url)
     try:
         with store._connection() as conn:  # type: ignore[attr-defined]
-            assert _fill_factor(conn) == ["fillfactor=70"]  # a new schema's
-            conn.execute("ALTER TABLE daily_counts SET (fillfactor = 90)")
+            assert _fill_factor(conn) == sql.FILLFACTOR  # a new schema's
+            conn.execute(setup)
     finally:
         store.close()
-    store = open_store(store_url)  # started again: its migration runs
+    store = open_store(store_url)
     try:
         store.write([pageview(START, 1, "v")], [])
         with store._connection() as conn:  # type: ignore[attr-defined]
-            assert _fill_factor(conn) == ["fillfactor=90"]
+            return _fill_factor(conn)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_keeps_a_fill_factor_set_by_hand(store_url: str) -> None:
+    assert _restarted(store_url, "ALTER TABLE daily_counts SET (fillfactor = 90)") == 90
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_sets_its_fill_factor_beside_other_storage_options(store_url: str) -> None:
+    setup = ("ALTER TABLE daily_counts RESET (fillfactor); "
+             "ALTER TABLE daily_counts SET (autovacuum_vacuum_scale_factor = 0.05)")
+    assert _restarted(store_url, setup) == sql.FILLFACTOR
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_leaves_its_fill_factor_to_a_later_start_when_the_table_is_busy(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    store = open_store(store_url)
+    try:
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            conn.execute("ALTER TABLE daily_counts RESET (fillfactor)")
+    finally:
+        store.close()
+    schema = str(store.schema)  # type: ignore[attr-defined]
+    with psycopg.connect(PG_URL) as holder:  # what a VACUUM holds, until it commits
+        holder.execute(f'LOCK TABLE "{schema}".daily_counts IN SHARE UPDATE EXCLUSIVE MODE')
+        store = open_store(store_url)
+        try:
+            with caplog.at_level("WARNING", logger="trackmw"):
+                store.write([pageview(START, 1, "v")], [])  # started, written all the same
+            assert "fill factor is left to a later start" in caplog.text
+            assert store.report(START, START).pageviews == 1
+            with store._connection() as conn:  # type: ignore[attr-defined]
+                assert _fill_factor(conn) is None
+        finally:
+            store.close()
+    store = open_store(store_url)
+    try:
+        store.write([pageview(START, 2, "w")], [])
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert _fill_factor(conn) == sql.FILLFACTOR
     finally:
         store.close()
 

@@ -162,6 +162,8 @@ class PostgresStore(Store):
         return pool
 
     def _migrate(self, conn: Any) -> None:
+        import psycopg
+
         key = _lock_key("trackmw:", self.schema)
 
         def locked() -> None:
@@ -174,10 +176,18 @@ class PostgresStore(Store):
             locked()
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(sql.SCHEMA)
-        for statement in (*sql.DROPPED, *sql.ALTERED):
+        for statement in sql.DROPPED:
             with conn.transaction():
                 locked()
                 conn.execute(statement)
+        for statement in sql.ALTERED:
+            try:
+                with conn.transaction():
+                    locked()
+                    conn.execute(statement)
+            except psycopg.errors.LockNotAvailable:
+                log.warning("trackmw: PostgreSQL's daily_counts is busy (a VACUUM?): its "
+                            "fill factor is left to a later start")
         with conn.transaction():
             # Never lowered: a later version's schema stays marked as such.
             conn.execute(

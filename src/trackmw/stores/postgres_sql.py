@@ -81,10 +81,13 @@ DROPPED = (
 )
 #: What schema 4 changed in place, each in a transaction of its own, at every start: a
 #: table of an older schema gets the fill factor (its new pages, from then on), one that
-#: has a fill factor of its own keeps it.
+#: has a fill factor set explicitly keeps it. The change waits at most a second for the
+#: table's lock (a VACUUM or an index build holds it): it is only speed, so the store
+#: leaves it to a later start rather than hold this one up (``PostgresStore._migrate``).
 ALTERED = (
     "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_class WHERE oid = 'daily_counts'::regclass "
     "AND reloptions::text LIKE '%fillfactor=%') THEN "
+    "PERFORM set_config('lock_timeout', '1s', true); "
     f"ALTER TABLE daily_counts SET (fillfactor = {FILLFACTOR}); END IF; END $$",
 )
 #: Summarizes the ranges of table pages that the page views' BRIN index by day has not yet
