@@ -3268,7 +3268,7 @@ base64url_write(char *out, const unsigned char *in, Py_ssize_t n)
 /* A key's HMAC as OpenSSL hash states (built when setup.py finds OpenSSL's libcrypto):
  * the keyed inner and outer states, and a state to work in. Copying one is a copy of
  * a few words where a hashlib object's copy() makes a Python object: a token costs
- * about a quarter of what it costs through hmac's states. */
+ * about a third of what it costs through hmac's states (0.20 against 0.54 us). */
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
@@ -3468,8 +3468,8 @@ PyDoc_STRVAR(sign_token_doc,
 "inner and outer hash states, each copied, never changed (the MAC is\n"
 "outer(inner(value)), as the hmac module composes them); or an HMAC object, copied,\n"
 "and None; or hmac_key()'s key, and None. Their digest() must give bytes (or a\n"
-"subclass). None when text, stamp or\n"
-"sep is not exact bytes, or stamp or sep not ASCII: the caller then signs in Python.");
+"subclass). None when text, stamp or sep is not exact bytes, or stamp or sep not\n"
+"ASCII: the caller then signs in Python.");
 
 static PyObject *
 sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
