@@ -82,6 +82,17 @@ def test_ids_that_read_as_numbers_stay_ids(store: Store) -> None:
     assert first == {"1": day, "2": day, "3": day + 1, "4": day}
 
 
+@pytest.mark.parametrize("store_kind", ["redis", "redis-cluster"])
+def test_a_user_id_that_reads_as_a_number_is_no_place_in_the_plan(store: Store) -> None:
+    # A set of visitors names them by place (1 for "a", 2 for "b"); the day's set of
+    # users holds their ids, whatever they read as.
+    store.write([pageview(START, 1, "a", user="2"), pageview(START, 2, "b")], [])
+    client: Any = store.client  # type: ignore[attr-defined]
+    prefix = store.prefix  # type: ignore[attr-defined]
+    assert client.smembers(f"{prefix}:x:u:{START.isoformat()}") == {"2"}
+    assert client.smembers(f"{prefix}:x:v:{START.isoformat()}") == {"a", "b"}
+
+
 @pytest.mark.parametrize("store_kind", ["redis"])
 def test_day_counters_are_kept_in_a_hash_table(store: Store) -> None:
     # As a listpack (Redis' compact form for small hashes) each HINCRBY scans every field.

@@ -147,11 +147,13 @@ class RedisStore(Store):
             self.after_fork()
         if self._client is None:
             try:
+                import msgpack  # noqa: F401  (redis_plan writes a batch's plan with it)
                 import redis
                 from redis.cluster import RedisCluster
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ConfigurationError(
-                    "store", "the redis store needs redis-py: pip install 'trackmw[redis]'"
+                    "store",
+                    "the redis store needs redis-py and msgpack: pip install 'trackmw[redis]'",
                 ) from exc
             opts = {
                 "decode_responses": True,

@@ -14,7 +14,9 @@ replays the result, one command per key. ``plan`` turns a batch into
 (a visitor named once, in the plan's list of the batch's visitors, and elsewhere by its
 place in that list)
 
-as one JSON document (see ``redis_scripts.WRITE`` for its shape), the list elements, and
+as one MessagePack document (see ``redis_scripts.WRITE`` for its shape; Redis' Lua
+reads it with ``cmsgpack``, a fifth faster than ``cjson`` reads the same as JSON, and
+``msgpack`` writes it in a third of the time ``json`` takes), the list elements, and
 the batch's id.
 """
 
@@ -84,6 +86,8 @@ def plan(
     escaping. The id hashes both and every event's time, so two batches of the same
     counts (two lone bot hits) are told apart while a retry is recognised.
     """
+    from msgpack import packb  # the redis extra's, as redis-py is (RedisStore.client)
+
     days: dict[str, _Day] = {}
     lists: dict[str, list[list[str]]] = {}  # visitor -> its groups of entries
     d = _Day("0000-00-00")  # (no view's: the first view's day is always a new one)
@@ -140,7 +144,7 @@ def plan(
     # Each visitor of the batch by its place in ``lists`` (from 1, as Lua counts): the
     # sets name their visitors by it, and the script looks each one up (a visitor is in
     # a few sets: the day's, its pages', its classes'). Written out, the ids were most of
-    # the plan, and decoding the plan's JSON a fifth of the script's time.
+    # the plan, and decoding the plan a fifth of the script's time.
     place = {vid: i for i, vid in enumerate(lists, 1)}.__getitem__
     U = prefix + ":" + mode
     hashes: list[list[Any]] = []
@@ -196,7 +200,7 @@ def plan(
             [f"{U}:p:{day}:{path}", at, *map(place, vids)] for path, vids in d.members.items()
         )
     nums = {d.num: str(d.num) for d in days.values()}
-    document = _json(
+    document = packb(
         [
             hashes,
             sets,
@@ -206,7 +210,7 @@ def plan(
             list(chain.from_iterable((nums[num], place(vid)) for vid, num in firsts.items())),
             len(pageviews) + len(consents),
         ]
-    ).encode()
+    )
     lines = "\n".join(
         "[" + ",".join(chain.from_iterable(groups)) + "]" for groups in lists.values()
     ).encode()

@@ -56,8 +56,9 @@ if ARGV[7] ~= '' and ((latest and tonumber(latest) >= tonumber(ARGV[7]))
   end
   if #found > 0 then return found end
 end
--- The batch comes aggregated (redis_plan.py): one command per key, nothing to count.
-local plan = cjson.decode(ARGV[1])
+-- The batch comes aggregated (redis_plan.py, as MessagePack): one command per key,
+-- nothing to count.
+local plan = cmsgpack.unpack(ARGV[1])
 local hashes, sets, V, users = plan[1], plan[2], plan[3], plan[4]
 local days, firsts = plan[5], plan[6]
 -- V: the batch's visitors; a number in a set, a user's visitors or firsts is one's place
@@ -76,8 +77,9 @@ for _, h in ipairs(hashes) do  -- {key, expire at or 0, {field, ...}, {n, ...}}
   if h[2] > 0 then redis.call('EXPIREAT', k, h[2]) end
 end
 for _, s in ipairs(sets) do  -- {key, expire at or 0, member, ...}
-  for i = 3, #s do
-    if type(s[i]) == 'number' then s[i] = V[s[i]] end
+  for i = 3, #s do  -- a place in V becomes its visitor; a string (a user id) stays
+    local v = V[s[i]]
+    if v then s[i] = v end
   end
   put(add, s, 3)
   if s[2] > 0 then redis.call('EXPIREAT', s[1], s[2]) end
@@ -86,10 +88,11 @@ for i = 1, #days, 500 do
   redis.call('ZADD', P .. ':days', unpack(days, i, math.min(i + 499, #days)))
 end
 local text, at = ARGV[6], 1
+local find, sub = string.find, string.sub
 for _, v in ipairs(V) do  -- a visitor's list: its element is the next line of ARGV[6]
   local k = P .. ':e:' .. v
-  local stop = string.find(text, '\\n', at, true) or #text + 1
-  redis.call('RPUSH', k, string.sub(text, at, stop - 1))
+  local stop = find(text, '\\n', at, true) or #text + 1
+  redis.call('RPUSH', k, sub(text, at, stop - 1))
   at = stop + 1
   if vttl > 0 then redis.call('EXPIRE', k, vttl) end
 end
