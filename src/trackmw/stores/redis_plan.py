@@ -200,6 +200,8 @@ def plan(
             [f"{U}:p:{day}:{path}", at, *map(place, vids)] for path, vids in d.members.items()
         )
     nums = {d.num: str(d.num) for d in days.values()}
+    # Only lists, str and ints below 2**63 (places, times, counts): Redis' cmsgpack reads
+    # no bytes, turns None into a hole in a list and a larger int into a negative one.
     document = packb(
         [
             hashes,
