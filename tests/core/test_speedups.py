@@ -2930,6 +2930,17 @@ def test_the_c_formats_leave_anything_else_to_psycopg() -> None:
 # -- a new visitor's token ------------------------------------------------------------------
 
 
+def _hmac_token(key: bytes, name: str, text: bytes, stamp: bytes, sep: bytes) -> str:
+    """The token ``CookieSigner._signed`` makes, composed from the hmac module's MAC:
+    base64url(text) + stamp, then sep and the base64url MAC of what comes before it."""
+    import hmac
+
+    from trackmw.signing import base64url
+
+    value = base64url(text) + stamp
+    return (value + sep + base64url(hmac.new(key, value, name).digest())).decode("ascii")
+
+
 def _sha1(data: bytes = b"") -> Any:
     """SHA-1 as a Python function, as itsdangerous' default digest is: the hmac module
     then composes the MAC from two hash states (``_mac_states``' fast case)."""
@@ -2953,8 +2964,7 @@ def test_the_c_token_is_the_hmac_modules(key: bytes, text: bytes, stamp: bytes, 
     from trackmw.signing import _mac_states, base64url
 
     stamp = sep + base64url(stamp)
-    value = base64url(text) + stamp
-    want = (value + sep + base64url(hmac.new(key, value, "sha1").digest())).decode("ascii")
+    want = _hmac_token(key, "sha1", text, stamp, sep)
     composed, openssl = hmac.new(key, digestmod=_sha1), hmac.new(key, digestmod="sha1")
     assert _mac_states(composed)[1] is not None  # the two states, where CPython keeps them
     assert _mac_states(openssl) == (openssl, None)
@@ -3067,7 +3077,6 @@ def _openssl_keys() -> bool:
 def test_openssls_copy_of_a_key_signs_as_the_hmac_module(
     name: str, key: bytes, text: bytes, stamp: bytes, sep: bytes, ids: list[str]
 ) -> None:
-    import hmac
 
     from trackmw import _speedups
     from trackmw.signing import base64url
@@ -3078,8 +3087,7 @@ def test_openssls_copy_of_a_key_signs_as_the_hmac_module(
         return
 
     def token(payload: bytes) -> str:
-        value = base64url(payload) + stamp
-        return (value + sep + base64url(hmac.new(key, value, name).digest())).decode("ascii")
+        return _hmac_token(key, name, payload, stamp, sep)
 
     stamp = sep + base64url(stamp)
     assert _speedups.sign_token(keyed, None, text, stamp, sep) == token(text)
@@ -3093,17 +3101,14 @@ def test_openssls_copy_of_a_key_signs_as_the_hmac_module(
 def test_openssls_copy_of_a_key_of_every_length_signs_as_the_hmac_module(name: str) -> None:
     """Every key length from empty to past two blocks: the edges of padding and of
     hashing a long key first, which a random length seldom hits."""
-    import hmac
 
     from trackmw import _speedups
-    from trackmw.signing import base64url
 
     if not _openssl_keys():
         pytest.skip("trackmw._speedups was built without OpenSSL here")
-    value = base64url(b'["abc"]') + b".AAAA"
     for n in range(260):
         key = bytes((i * 7 + n) % 256 for i in range(n))
-        want = (value + b"." + base64url(hmac.new(key, value, name).digest())).decode()
+        want = _hmac_token(key, name, b'["abc"]', b".AAAA", b".")
         keyed = _speedups.hmac_key(name, key)
         assert _speedups.sign_token(keyed, None, b'["abc"]', b".AAAA", b".") == want, n
 

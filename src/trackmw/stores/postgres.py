@@ -180,14 +180,13 @@ class PostgresStore(Store):
             with conn.transaction():
                 locked()
                 conn.execute(statement)
-        for statement in sql.ALTERED:
-            try:
-                with conn.transaction():
-                    locked()
-                    conn.execute(statement)
-            except psycopg.errors.LockNotAvailable:
-                log.warning("trackmw: PostgreSQL's daily_counts is busy (a VACUUM?): its "
-                            "fill factor is left to a later start")
+        try:
+            with conn.transaction():
+                locked()
+                conn.execute(sql.SET_FILLFACTOR)
+        except psycopg.errors.LockNotAvailable:
+            log.warning("trackmw: PostgreSQL's daily_counts is busy (a VACUUM?): its "
+                        "fill factor is left to a later start")
         with conn.transaction():
             # Never lowered: a later version's schema stays marked as such.
             conn.execute(

@@ -17,7 +17,6 @@ from ..report import TOP_N, Report, day_range, ranked
 __all__ = [
     "ADD_COUNTS",
     "ADD_VISITORS",
-    "ALTERED",
     "CC_COLS",
     "DROPPED",
     "FILLFACTOR",
@@ -25,6 +24,7 @@ __all__ = [
     "PV_TYPES",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SET_FILLFACTOR",
     "SUMMARIZE",
     "report",
 ]
@@ -79,16 +79,16 @@ DROPPED = (
     "DROP INDEX IF EXISTS pageviews_visitor, pageviews_user, pageviews_day_path",
     "DROP INDEX IF EXISTS daily_visitors_visitor",
 )
-#: What schema 4 changed in place, each in a transaction of its own, at every start: a
-#: table of an older schema gets the fill factor (its new pages, from then on), one that
-#: has a fill factor set explicitly keeps it. The change waits at most a second for the
-#: table's lock (a VACUUM or an index build holds it): it is only speed, so the store
-#: leaves it to a later start rather than hold this one up (``PostgresStore._migrate``).
-ALTERED = (
+#: Schema 4's change in place, run at every start in a transaction of its own: a table of
+#: an older schema gets the fill factor (its new pages, from then on), one that has a
+#: fill factor set explicitly keeps it. It waits at most a second for the table's lock
+#: (a VACUUM or an index build holds it): it is only speed, so the store leaves it to a
+#: later start rather than hold this one up (``PostgresStore._migrate``).
+SET_FILLFACTOR = (
     "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_class WHERE oid = 'daily_counts'::regclass "
     "AND reloptions::text LIKE '%fillfactor=%') THEN "
     "PERFORM set_config('lock_timeout', '1s', true); "
-    f"ALTER TABLE daily_counts SET (fillfactor = {FILLFACTOR}); END IF; END $$",
+    f"ALTER TABLE daily_counts SET (fillfactor = {FILLFACTOR}); END IF; END $$"
 )
 #: Summarizes the ranges of table pages that the page views' BRIN index by day has not yet
 #: summarized (``PostgresStore`` runs it as it writes).
