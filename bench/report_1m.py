@@ -103,7 +103,7 @@ def in_time_order(events: int, until: date, seed: int = 1) -> list[PageView]:
 def visitor_ids(seed: int) -> list[str]:
     """The ``VISITORS`` visitors' ids, as trackmw issues them (``Core.new_id``: 128
     random bits, 22 characters), drawn from ``seed``. Shorter ids would make rows keyed
-    by them (SQLite's chains, the indexes) smaller than a live site's."""
+    by them (SQLite's ids, the indexes) smaller than a live site's."""
     rng = random.Random(seed + 2)
     return [base64url(rng.randbytes(16)).decode("ascii") for _ in range(VISITORS)]
 
@@ -123,8 +123,8 @@ def run(path: str | None = None, events: int = 1_000_000, *, quiet: bool = False
 
     The events are written in time order (``in_time_order``). ``events_per_second_full``
     is the rate of the fill's last fifth, written into a store already holding the
-    first four (a site with history: a batch then dirties more pages of the rollups
-    and chains than in an empty store).
+    first four (a site with history: a batch then finds the rows it adds to among
+    more of them than in an empty store).
 
     Returns ``{"events", "write_seconds", "events_per_second", "events_per_second_full",
     "report_ms_cold", "report_ms_warm", "db_mb"}``.

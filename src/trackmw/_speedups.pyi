@@ -1,6 +1,6 @@
 """Types of the optional C speedups (``_speedups.c``); see ``trackmw.asgi``."""
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Generic, Self, TypeVar, overload
 
 from .cookiestate import CookieState
@@ -75,14 +75,6 @@ def plan_run(
 ) -> int: ...
 def views_json(
     views: list[Any], quote: Callable[[str], str], quoted: dict[str, str], /
-) -> str | None: ...
-def extend_chains(
-    text: str,
-    visits: dict[int, set[int]],
-    delta: dict[tuple[int, int, int], int],
-    follow: int,
-    mirrored: Sequence[int],
-    /,
 ) -> str | None: ...
 def copy_pageviews(
     pageviews: list[Any] | tuple[Any, ...],

@@ -137,7 +137,7 @@ def test_erasing_visitors_and_users_keeps_reports_equal(
         assert sql.erase(visitor, user) == mem.erase(visitor, user)
         assert sql.visitor_data(visitor) == {"pageviews": [], "consents": [], "user_ids": []}
     assert_same(sql, mem, 7)
-    # Writing more after erasure keeps the chains right. The erased visitors come back:
+    # Writing more after erasure keeps the sets right. The erased visitors come back:
     # their new events are timed after the erasure (the days are the test's), or SQLite
     # would leave them out as events another process held back (``drops_erased``).
     later = time.time() + 1
@@ -181,10 +181,10 @@ def test_a_schema_1_file_is_migrated(stores: tuple[SQLiteStore, MemoryStore]) ->
     sql, mem = stores
     fill(sql, mem, 31)
     sql.close()
-    # Schema 1 had daily_visitors (and no link tables): the distinct counts are rebuilt
-    # from the raw page views on open.
+    # Schema 1 had daily_visitors (and no sets): the distinct counts are rebuilt from
+    # the raw page views on open.
     conn = sqlite3.connect(sql.path, isolation_level=None)
-    for table in ("uniq_links", "uniq_entities", "uniq_dims"):
+    for table in ("uniq_sets", "uniq_ids", "uniq_dims"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("CREATE TABLE daily_visitors (day TEXT)")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")

@@ -1,7 +1,9 @@
 """SQLite files of older schemas are upgraded when opened, their data intact.
 
 Schemas 1 and 2 kept one ``pageviews`` row per page view (schema 1 also lacked the
-``uniq_*`` link tables); schema 3 keeps them grouped in ``pageview_groups``. An old file
+``uniq_*`` link tables); schema 3 keeps them grouped in ``pageview_groups``; schema 4
+counts distinct visitors from sets (``uniq_sets``) instead of schema 2 and 3's chains
+and links (``uniq_entities``, ``uniq_links``). An old file
 is made here the way its schema laid it out: the rollups of a current file, the raw page
 views put back one row each with the old table and indexes, the version set back.
 """
@@ -41,21 +43,40 @@ CREATE INDEX pageviews_user ON pageviews (user_id) WHERE user_id IS NOT NULL;
 """
 
 
+#: Schemas 2 and 3 counted distinct visitors from chains and their links.
+OLD_UNIQUES = """
+CREATE TABLE uniq_links (
+    dim INTEGER NOT NULL, day INTEGER NOT NULL, prev INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (dim, day, prev)
+) WITHOUT ROWID;
+CREATE TABLE uniq_entities (key TEXT PRIMARY KEY, chains TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
 def old_file(path: Path, version: int) -> tuple[list[PageView], list[ConsentChoice]]:
-    """A schema ``version`` (1 or 2) file at ``path``, holding the events returned."""
+    """A schema ``version`` (1, 2 or 3) file at ``path``, holding the events returned.
+
+    The distinct counts' tables of the old schema are there, empty but for a row each
+    in schemas 2 and 3: an upgrade makes the sets from the page views alone."""
     views, choices = events(seed=41, n=900, days=5)
     store = SQLiteStore(f"sqlite:///{path}")
     for i, batch in enumerate(batches(views, 200)):
         store.write(batch, choices if i == 0 else [])
     store.close()
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(OLD_PAGEVIEWS)
-    conn.executemany("INSERT INTO pageviews VALUES (?,?,?,?,?,?,?,?,?,?,?)", views)
-    conn.execute("DROP TABLE pageview_groups")
+    if version < 3:
+        conn.executescript(OLD_PAGEVIEWS)
+        conn.executemany("INSERT INTO pageviews VALUES (?,?,?,?,?,?,?,?,?,?,?)", views)
+        conn.execute("DROP TABLE pageview_groups")
+    for table in ("uniq_sets", "uniq_ids"):
+        conn.execute(f"DROP TABLE {table}")
     if version == 1:
-        for table in ("uniq_links", "uniq_entities", "uniq_dims"):
-            conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP TABLE uniq_dims")
         conn.execute("CREATE TABLE daily_visitors (day TEXT)")
+    else:
+        conn.executescript(OLD_UNIQUES)
+        conn.execute("INSERT INTO uniq_links VALUES (1, 1, -1, 1)")
+        conn.execute("INSERT INTO uniq_entities VALUES ('v:v01', '1:1')")
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     conn.close()
     return views, choices
@@ -71,7 +92,7 @@ def tables(path: Path) -> tuple[set[str], str]:
     return names, version
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_old_file_is_upgraded_with_its_data(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.db"
     views, choices = old_file(path, version)
@@ -87,6 +108,7 @@ def test_an_old_file_is_upgraded_with_its_data(tmp_path: Path, version: int) -> 
         names, stored_version = tables(path)
         assert stored_version == str(SCHEMA_VERSION)
         assert {"pageviews", "daily_visitors", "pageviews_visitor"}.isdisjoint(names)
+        assert {"uniq_links", "uniq_entities"}.isdisjoint(names)
         # Erasure and retention work on the moved page views.
         assert store.erase("v01", USERS["v01"]) == reference.erase("v01", USERS["v01"])
         assert store.purge(START + timedelta(days=2)) == reference.purge(START + timedelta(days=2))

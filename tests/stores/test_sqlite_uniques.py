@@ -1,14 +1,12 @@
-"""SQLite's distinct counts when visitors change browser class.
+"""SQLite's distinct counts: visitors who change browser class, ordinals past 16 bits,
+and what erasure and retention leave of the visitors' ids.
 
-A visitor seen with one browser, OS and device keeps them as a class segment that
-follows its own chain; a second class writes the first one's chains out. Reports must
-equal the reference (the memory store) through every step: class changes in later
-batches, within one batch, on days arriving late, then erasure and retention.
+Reports must equal the reference (the memory store) through every step: class changes
+in later batches, within one batch, on days arriving late, then erasure and retention.
 """
 
 from __future__ import annotations
 
-import random
 import sqlite3
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from trackmw.events import PageView
-from trackmw.stores import sqlite_chains
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SQLiteStore
 
@@ -87,67 +84,60 @@ def test_erasure_and_retention_after_class_changes(
     assert_same(sql, mem)
 
 
-def test_a_visitor_with_one_class_keeps_no_copies_of_its_chain(
-    stores: tuple[SQLiteStore, MemoryStore],
-) -> None:
-    sql, _ = stores
-    for day in range(5):
-        sql.write([view(day, "v1", "/a", CHROME), view(day, "v2", "/a", CHROME)], [])
-    sql.write([view(5, "v2", "/a", PHONE)], [])
+def ids(sql: SQLiteStore) -> dict[str, int]:
     conn = sqlite3.connect(sql.path)
     try:
-        rows = dict(conn.execute("SELECT key, chains FROM uniq_entities"))
+        return dict(conn.execute("SELECT key, n FROM uniq_ids"))
     finally:
         conn.close()
-    one, two = rows["v:v1"].split(";"), rows["v:v2"].split(";")
-    # v1: the class, the visitor's chain and the page's. v2: the visitor's and the
-    # page's, and those of both classes' browser, OS and device written out.
-    assert one[0].startswith("c:") and len(one) == 3
-    assert not two[0].startswith("c:") and len(two) == 2 + 6
 
 
-@pytest.mark.parametrize(
-    "text, cut, expected",
-    [
-        ("1:5,7,9;12:5", 7, "1:7,9"),  # a page chain wholly before the cut goes
-        ("1:7,9;12:8", 7, "1:7,9;12:8"),  # nothing before the cut: unchanged
-        ("c:3,4,0;1:5,7;12:5", 6, "c:3,4,0;1:7"),  # the class follows the visitor's chain
-        ("c:3,4,0;1:5;12:5", 6, None),  # no day left: only the class would stay
-        ("2:5", 6, None),  # a user's chain, gone
-    ],
-)
-def test_retention_keeps_each_chains_days_from_the_cut(
-    text: str, cut: int, expected: str | None
+def test_ordinals_past_sixteen_bits_count_as_any_other(
+    stores: tuple[SQLiteStore, MemoryStore],
 ) -> None:
-    assert sqlite_chains.since(text, cut) == expected
+    # A set's row holds its ordinals' lower 16 bits: ordinals on both sides of 65,536
+    # (v1 below, the others above) land in rows of their own, and count once each.
+    sql, mem = stores
+    sql.write(STEPS[0][:1], [])
+    mem.write(STEPS[0][:1], [])
+    conn = sqlite3.connect(sql.path, isolation_level=None)
+    try:
+        conn.execute("UPDATE sqlite_sequence SET seq = 65534 WHERE name = 'uniq_ids'")
+    finally:
+        conn.close()
+    for batch in STEPS:
+        sql.write(batch, [])
+        mem.write(batch, [])
+        assert_same(sql, mem)
+    assert ids(sql)["v:v1"] == 1 and min(n for k, n in ids(sql).items() if k != "v:v1") == 65535
+    assert sql.erase("v3") == mem.erase("v3")
+    assert_same(sql, mem)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_merged_chains_hold_every_day_and_their_links_add_up(seed: int) -> None:
-    # Batch after batch of days, in and out of order, one or several a dimension, some
-    # dimensions new: the text must hold each dimension's days, sorted, and the links
-    # added up over the batches must be exactly those of the final chains.
-    rng = random.Random(seed)
-    text, days, delta = "", {}, {}  # type: ignore[var-annotated]
-    visitors, mirrored = 1, (7, 8)
-    for _ in range(12):
-        visits: dict[int, set[int]] = {}
-        # Up to 4 dimensions, or up to 20 (a heavy visitor's batch: the text indexed).
-        many = rng.randint(1, 20 if seed % 2 else 4)
-        for dim in rng.sample([1, 2, 3, 12, 21, 123, *range(30, 50)], many):
-            visits[dim] = set(rng.sample(range(700, 716), rng.choice([1, 1, 1, 2, 3])))
-        for dim, new in visits.items():
-            days.setdefault(dim, set()).update(new)
-        text = sqlite_chains.merge(text, visits, delta, visitors, mirrored)
-    stored = sqlite_chains.split(text)
-    assert {dim: sqlite_chains.parse_days(d) for dim, d in stored.items()} == {
-        dim: sorted(d) for dim, d in days.items()
-    }
-    expected: dict[tuple[int, int, int], int] = {}
-    for dim, chain in days.items():
-        prev = -1
-        for day in sorted(chain):
-            for linked in (dim, *mirrored) if dim == visitors else (dim,):
-                expected[linked, day, prev] = 1
-            prev = day
-    assert {key: n for key, n in delta.items() if n} == expected
+def test_erasure_forgets_the_ids_and_never_gives_an_ordinal_again(
+    stores: tuple[SQLiteStore, MemoryStore],
+) -> None:
+    sql, mem = stores
+    for batch in STEPS:
+        sql.write(batch, [])
+    before = ids(sql)
+    assert sql.erase("v4") > 0
+    after = ids(sql)
+    assert "v:v4" not in after and after == {k: n for k, n in before.items() if k != "v:v4"}
+    # v4's ordinal was the highest given: the next visitor gets the one after it.
+    assert before["v:v4"] == max(before.values())
+    sql.write([view(7, "v5", "/a", PHONE)], [])
+    assert ids(sql)["v:v5"] == before["v:v4"] + 1
+
+
+def test_retention_forgets_the_ids_of_visitors_seen_on_no_later_day(
+    stores: tuple[SQLiteStore, MemoryStore],
+) -> None:
+    sql, mem = stores
+    for batch in STEPS:
+        sql.write(batch, [])
+        mem.write(batch, [])
+    # After day 5 only v3 (day 5) and v4 (days 6 and 7) were seen.
+    assert sql.purge(START + timedelta(days=5)) == mem.purge(START + timedelta(days=5))
+    assert set(ids(sql)) == {"v:v3", "v:v4"}
+    assert_same(sql, mem)

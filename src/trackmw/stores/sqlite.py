@@ -10,7 +10,7 @@ raises ``StoreError``; the store keeps it and writes it whole on the next ``send
 
 Reports never read the raw events. Rollups kept up to date in the same transaction
 as the events answer them: ``daily_counts`` (page views per day and dimension: totals,
-pages, referrers, campaigns) and the link tables of ``sqlite_uniques`` (exact distinct
+pages, referrers, campaigns) and the sets of ``sqlite_uniques`` (exact distinct
 visitors and users, overall, per day, per page, browser, OS and device, over any range
 of days). A 30-day report over a million events reads a few thousand small rows. The
 raw page views (``sqlite_pageviews``) are kept for a visitor's own data, erasure and
@@ -48,7 +48,9 @@ _LAST_TRY_MS = 1000
 
 #: 2: distinct counts from uniq_* link tables instead of daily_visitors.
 #: 3: page views in pageview_groups (sqlite_pageviews) instead of one row each.
-SCHEMA_VERSION = 3
+#: 4: distinct counts from sets of ordinals (uniq_ids, uniq_sets) instead of chains
+#: and links (uniq_entities, uniq_links).
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily_counts (
@@ -84,9 +86,9 @@ class SQLiteStore(Store):
     drops_erased = True
     #: The most events ``send`` holds back to write in one transaction. A writer that
     #: finds several batches waiting (a backlog) sends them one after another: one
-    #: commit of five batches writes each chain, link and rollup page it touches once,
-    #: not five times (the bench's 201,000 events on a 2-core VM: 107k to 114k events/s
-    #: with one batch of 1,000 a transaction, 126k to 134k with five).
+    #: commit of five batches writes each set and rollup page it touches once, not five
+    #: times (the bench's 201,000 events on a 2-core VM, with schema 3's chains: 107k to
+    #: 114k events/s with one batch of 1,000 a transaction, 126k to 134k with five).
     group_events = 5_000
 
     def __init__(self, url: str, settings: Any = None) -> None:
@@ -140,7 +142,7 @@ class SQLiteStore(Store):
                 # Rollup and index pages stay cached between batches (the default is 2 MB).
                 conn.execute("PRAGMA cache_size=-32768")
                 # A checkpoint copies the WAL's pages into the file and syncs it. Batches
-                # dirty mostly the same rollup and chain pages again: checkpointing every
+                # dirty mostly the same rollup and set pages again: checkpointing every
                 # 16 MB instead of 4 MB copies each of them once for several batches.
                 conn.execute("PRAGMA wal_autocheckpoint=4000")
                 if not self._schema_ready:
@@ -169,9 +171,11 @@ class SQLiteStore(Store):
             if row is not None and row[0] in ("1", "2"):
                 # Schemas 1 and 2 kept one row per page view.
                 stored.from_schema_2(conn)
-            if row is not None and row[0] == "1":
-                # Schema 1 counted distinct visitors from daily_visitors: rebuild the links.
-                conn.execute("DROP TABLE IF EXISTS daily_visitors")
+            if row is not None and row[0] in ("1", "2", "3"):
+                # Schema 1 counted distinct visitors from daily_visitors, 2 and 3 from
+                # chains and links: the sets are made from the stored page views.
+                for table in ("daily_visitors", "uniq_links", "uniq_entities"):
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")
                 self._uniques.rebuild_all(conn)
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -401,12 +405,6 @@ class SQLiteStore(Store):
                     victims += [v for v in more if v.visitor_id != visitor_id]
                     groups = sorted(set(groups) | set(more_groups))
                 counts = daily_counts(victims)
-                # Chains to recompute: the visitor's, its users', and (when a user is
-                # erased) those of the user's other visitors.
-                visitors = {visitor_id} | {v.visitor_id for v in victims if v.visitor_id}
-                users = {v.user_id for v in victims if v.user_id}
-                if user_id:
-                    users.add(user_id)
                 conn.executemany(
                     "UPDATE daily_counts SET pageviews = pageviews - ? "
                     "WHERE day = ? AND kind = ? AND name = ?",
@@ -417,7 +415,7 @@ class SQLiteStore(Store):
                     "DELETE FROM pageview_groups WHERE rowid = ?", [(g,) for g in groups]
                 )
                 removed = len(victims)
-                self._uniques.rebuild(conn, sorted(visitors), sorted(users))
+                self._uniques.rebuild(conn, victims)
                 removed += conn.execute(
                     "DELETE FROM consents WHERE visitor_id = ?", (visitor_id,)
                 ).rowcount

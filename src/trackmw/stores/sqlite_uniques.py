@@ -3,34 +3,38 @@ any range of days, from small SQLite tables, for ``SQLiteStore``.
 
 Page views per day add up; distinct visitors do not (a visitor seen on Monday and on
 Tuesday is one visitor of the two days), and scanning one row per visitor and day for a
-30-day report over a million events is far too slow. Instead, for every *dimension*
-(all visitors, all users, one page, one browser, …) each visitor's visit days form a
-chain ``d1 < d2 < …``, and the store keeps its *links* ``(day=d_i, prev=d_{i-1})``, with
-``prev = -1`` for the first. A visitor seen in ``[lo, hi]`` has exactly one day there
-whose previous visit lies before ``lo``, so::
+30-day report over a million events is far too slow. Instead every visitor (``v:<id>``)
+and user (``u:<id>``) gets a small number of its own, its *ordinal* (``uniq_ids``: given
+in the order they are first seen, never given again), and for every day and
+*dimension* (all visitors, all users, one page, one browser, …) the store keeps the set
+of ordinals seen, as a Roaring bitmap (``pyroaring``)::
 
-    distinct(dimension, lo, hi) = count of links with lo <= day <= hi and prev < lo
+    distinct(dimension, lo, hi) = |union of the dimension's sets of days lo..hi|
 
-``uniq_links`` holds those links counted per ``(dim, day, prev)``: a report is one
-indexed range sum per dimension, whatever the number of events. ``uniq_entities``
-keeps each visitor's (``v:<id>``) and user's (``u:<id>``) chains, one row each, so that
-writes (also of days out of order), erasure and retention add and remove links exactly;
-one row per visitor keeps the pages a batch dirties few (visitor ids are random keys).
-Days are ``date.toordinal()`` numbers.
+A set is split by the ordinals' upper bits, a row ``uniq_sets (day, dim, hi)`` holding
+the lower 16 bits of each (a bitmap of at most 8 KiB), so that a batch rewrites the
+parts it adds to. The table is keyed by day first: a batch's rows, the few days it
+writes, lie together. Schema 3 kept each visitor's visit days per dimension in a row of
+its own instead (chains, and links between them): a batch then rewrote a row per
+visitor, spread over the whole table, and most of its commit was writing those pages.
 
-How a row holds its chains, and how a batch extends them, is ``sqlite_chains``.
+A report unions a few thousand small bitmaps in C. Erasure takes the erased page views'
+ordinals out of their days' sets and adds back what the entities' other page views on
+those days still show; retention drops the days before the cut, and the ordinals (and
+ids) of entities left in no set. Days are ``date.toordinal()`` numbers.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 
+from pyroaring import BitMap
+
 from ..events import PageView
-from . import sqlite_chains as codec
 from . import sqlite_pageviews as stored
-from .sqlite_chains import Class, Delta
+from .sqlite_rows import insert_rows
 
 __all__ = ["SCHEMA", "Uniques"]
 
@@ -41,16 +45,17 @@ CREATE TABLE IF NOT EXISTS uniq_dims (
     name TEXT NOT NULL,
     UNIQUE (kind, name)
 );
-CREATE TABLE IF NOT EXISTS uniq_links (
+CREATE TABLE IF NOT EXISTS uniq_ids (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE -- 'v:<visitor id>' or 'u:<user id>'
+);
+CREATE TABLE IF NOT EXISTS uniq_sets (
+    day INTEGER NOT NULL,    -- date.toordinal()
     dim INTEGER NOT NULL,
-    day INTEGER NOT NULL,
-    prev INTEGER NOT NULL,   -- the previous visit day of the same dimension, -1 for none
-    n INTEGER NOT NULL,
-    PRIMARY KEY (dim, day, prev)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uniq_entities (
-    key TEXT PRIMARY KEY,    -- 'v:<visitor id>' or 'u:<user id>'
-    chains TEXT NOT NULL     -- per dimension 'dim:day,day,...' (ascending), semicolon-joined
+    hi INTEGER NOT NULL,     -- the ordinals' upper bits (ordinal >> 16)
+    n INTEGER NOT NULL,      -- how many ordinals the set holds
+    bits BLOB NOT NULL,      -- their lower 16 bits, a serialized Roaring bitmap
+    PRIMARY KEY (day, dim, hi)
 ) WITHOUT ROWID;
 """
 
@@ -58,12 +63,20 @@ CREATE TABLE IF NOT EXISTS uniq_entities (
 ALL_VISITORS = ("visitors", "")
 ALL_USERS = ("users", "")
 
-Visits = dict[str, dict[int, set[int]]]  # entity key -> dimension id -> days (ordinals)
-Classes = dict[str, dict[Class, set[int]]]  # visitor key -> its classes -> days
+#: An ordinal's lower bits, kept in the bitmaps (the upper ones key the row).
+_LOW_BITS = 16
+_LOW_MASK = (1 << _LOW_BITS) - 1
+
+Visits = dict[tuple[str, int], set[int]]  # (entity key, day) -> dimension ids
+Sets = dict[tuple[int, int, int], list[int]]  # (day, dim, hi) -> ordinals' lower bits
+
+#: Bound values per statement that lists keys (SQLite's default limit was 999).
+_CHUNK = 300
 
 
 class Uniques:
-    """The link tables of one store. Methods run inside the caller's transaction."""
+    """The distinct counts' tables of one store. Methods run inside the caller's
+    transaction."""
 
     def __init__(self) -> None:
         # kind -> name -> dimension id; ids are never deleted, so they stay valid across
@@ -82,158 +95,142 @@ class Uniques:
     # -- writing ----------------------------------------------------------------------
 
     def add(self, conn: sqlite3.Connection, groups: stored.Groups) -> None:
-        """Add the visits of these page views (``sqlite_pageviews.group``) to the chains
-        and their links."""
-        self._link(conn, *self._visits(conn, groups))
+        """Add the visits of these page views (``sqlite_pageviews.group``) to the sets."""
+        visits = self._visits(conn, groups)
+        if visits:
+            ordinals = self._ordinals(conn, sorted({key for key, _ in visits}), create=True)
+            _change(conn, _split(visits, ordinals), BitMap.update)
 
-    def remove(self, conn: sqlite3.Connection, entities: Sequence[str]) -> None:
-        """Forget these visitors' and users' chains, and their links."""
-        delta: Delta = {}
-        visitors = self._id(conn, *ALL_VISITORS)
-        for chains in self._load(conn, entities).values():
-            for dim, text in codec.split(chains, visitors).items():
-                prev = -1
-                for day in codec.parse_days(text):
-                    codec.bump(delta, (dim, day, prev), -1)
-                    prev = day
-        conn.executemany("DELETE FROM uniq_entities WHERE key = ?", [(e,) for e in entities])
-        _apply(conn, delta)
+    def rebuild(self, conn: sqlite3.Connection, gone: Sequence[PageView]) -> None:
+        """Take these page views (deleted, being erased) out of the sets.
 
-    def rebuild(
-        self, conn: sqlite3.Connection, visitors: Iterable[str], users: Iterable[str]
-    ) -> None:
-        """Recompute these visitors' and users' chains from the stored page views."""
-        visitors, users = list(visitors), list(users)
-        entities = ["v:" + v for v in visitors] + ["u:" + u for u in users]
-        if not entities:
+        Each of their visitors and users leaves the sets of the days they were on; what
+        its remaining page views of those days show is added back (a user's other
+        visitors', say). An entity with no page view left loses its ordinal and id.
+        """
+        days: dict[str, set[int]] = {}
+        for view in gone:
+            if view.visitor_id is None or view.bot:
+                continue
+            day = self._ordinal(view.day)
+            days.setdefault("v:" + view.visitor_id, set()).add(day)
+            if view.user_id:
+                days.setdefault("u:" + view.user_id, set()).add(day)
+        if not days:
             return
-        self.remove(conn, entities)
-        rows: list[PageView] = []
-        for visitor in visitors:
-            rows += stored.of(conn, "visitor_id", visitor)[1]
-        for user in users:
-            rows += stored.of(conn, "user_id", user)[1]
-        visits, classes = self._visits(conn, stored.group(rows))
-        # A visitor's page views name its users too (and a user's, its other visitors):
-        # only the chains asked for are rebuilt, the others are already right.
-        wanted = set(entities) & visits.keys()
-        self._link(
-            conn,
-            {key: visits[key] for key in wanted},
-            {key: classes[key] for key in wanted & classes.keys()},
-        )
+        ordinals = self._ordinals(conn, sorted(days), create=False)
+        out: dict[tuple[int, int], list[int]] = {}  # (day, hi) -> lower bits
+        for key, n in ordinals.items():
+            for day in days[key]:
+                out.setdefault((day, n >> _LOW_BITS), []).append(n & _LOW_MASK)
+        sets: Sets = {}
+        for (day, hi), low in sorted(out.items()):
+            for (dim,) in conn.execute(
+                "SELECT dim FROM uniq_sets WHERE day = ? AND hi = ?", (day, hi)
+            ).fetchall():
+                sets[day, dim, hi] = low
+        _change(conn, sets, BitMap.difference_update)
+        rest: list[PageView] = []
+        forgotten: list[tuple[str]] = []
+        for key, wanted in days.items():
+            column = "visitor_id" if key.startswith("v:") else "user_id"
+            _, views = stored.of(conn, column, key[2:])
+            if not views:
+                forgotten.append((key,))
+            rest += [view for view in views if self._ordinal(view.day) in wanted]
+        if rest:
+            self.add(conn, stored.group(rest))
+        conn.executemany("DELETE FROM uniq_ids WHERE key = ?", forgotten)
 
     def rebuild_all(self, conn: sqlite3.Connection) -> None:
-        """Recompute every chain from the stored page views (migration from schema 1)."""
-        conn.execute("DELETE FROM uniq_links")
-        conn.execute("DELETE FROM uniq_entities")
+        """Recompute every set from the stored page views (migration from schema 1-3)."""
+        conn.execute("DELETE FROM uniq_sets")
+        conn.execute("DELETE FROM uniq_ids")
         for rows in stored.all_pageviews(conn):
             self.add(conn, stored.group(rows))
 
     def purge(self, conn: sqlite3.Connection, before: date) -> None:
-        """Forget visits of days before ``before``; later days lose their older links."""
-        cut = before.toordinal()
-        conn.execute("DELETE FROM uniq_links WHERE day < ?", (cut,))
-        conn.execute(
-            "INSERT INTO uniq_links (dim, day, prev, n) "
-            "SELECT dim, day, -1, n FROM uniq_links WHERE prev >= 0 AND prev < ? "
-            "ON CONFLICT (dim, day, prev) DO UPDATE SET n = n + excluded.n",
-            (cut,),
-        )
-        conn.execute("DELETE FROM uniq_links WHERE prev >= 0 AND prev < ?", (cut,))
-        updates: list[tuple[str, str]] = []
-        gone: list[tuple[str]] = []
-        for key, text in conn.execute("SELECT key, chains FROM uniq_entities").fetchall():
-            new = codec.since(text, cut)
-            if new is None:
-                gone.append((key,))
-            elif new != text:
-                updates.append((new, key))
-        conn.executemany("DELETE FROM uniq_entities WHERE key = ?", gone)
-        conn.executemany("UPDATE uniq_entities SET chains = ? WHERE key = ?", updates)
+        """Forget the days before ``before``, and the entities seen on none after."""
+        conn.execute("DELETE FROM uniq_sets WHERE day < ?", (before.toordinal(),))
+        live: dict[int, BitMap] = {}
+        for hi, bits in conn.execute("SELECT hi, bits FROM uniq_sets"):
+            found = live.get(hi)
+            if found is None:
+                live[hi] = BitMap.deserialize(bits)
+            else:
+                found |= BitMap.deserialize(bits)
+        none = BitMap()
+        gone = [
+            (n,)
+            for (n,) in conn.execute("SELECT n FROM uniq_ids").fetchall()
+            if n & _LOW_MASK not in live.get(n >> _LOW_BITS, none)
+        ]
+        conn.executemany("DELETE FROM uniq_ids WHERE n = ?", gone)
 
-    def _visits(self, conn: sqlite3.Connection, groups: stored.Groups) -> tuple[Visits, Classes]:
-        """Which days each visitor and user was seen in each dimension, and each visitor
-        with each browser class.
+    def _visits(self, conn: sqlite3.Connection, groups: stored.Groups) -> Visits:
+        """The dimensions each visitor and user was seen in, on each day.
 
-        Bots and anonymous views count in no chain. A group is mostly a session: its
+        Bots and anonymous views count in no set. A group is mostly a session: its
         visitor, day and class are looked at once, then its pages.
         """
         out: Visits = {}
-        classes: Classes = {}
         pages = self._ids.setdefault("page", {})
         all_visitors = self._id(conn, *ALL_VISITORS)
         all_users = self._id(conn, *ALL_USERS)
-        class_of: dict[tuple[str | None, ...], Class] = {}
+        class_of: dict[tuple[str | None, ...], tuple[int, ...]] = {}
         ordinals = self._days
         for (iso_day, visitor, user, browser, os, device, bot), views in groups.items():
             if visitor is None or bot:
                 continue
             day = ordinals.get(iso_day) or self._ordinal(iso_day)
-            key = "v:" + visitor
-            chains = out.get(key)
-            if chains is None:
-                chains = out[key] = {all_visitors: {day}}
-                seen: dict[Class, set[int]] = {}
-                classes[key] = seen
-            else:
-                chains[all_visitors].add(day)
-                seen = classes[key]
             names = (browser, os, device)
             cls = class_of.get(names)
             if cls is None:
                 cls = class_of[names] = self._class(conn, names)
-            days = seen.get(cls)
-            if days is None:
-                seen[cls] = {day}
+            dims = out.get(("v:" + visitor, day))
+            if dims is None:
+                dims = out["v:" + visitor, day] = {all_visitors, *cls}
             else:
-                days.add(day)
-            paths: Iterable[str] = views[1::4]
-            if len(views) > 32:  # each page once: a group's views share their day
-                paths = dict.fromkeys(paths)  # (a reloaded page, a single-page app's beacon)
-            for path in paths:
-                dim = pages.get(path) or self._id(conn, "page", path)
-                days = chains.get(dim)
-                if days is None:
-                    chains[dim] = {day}
-                else:
-                    days.add(day)
+                dims.update(cls)
+            for path in views[1::4]:
+                dims.add(pages.get(path) or self._id(conn, "page", path))
             if user:
-                users = out.get("u:" + user)
-                if users is None:
-                    out["u:" + user] = {all_users: {day}}
-                else:  # a user's entity only ever holds the all-users chain
-                    users[all_users].add(day)
-        return out, classes
+                out["u:" + user, day] = {all_users}  # a user's only dimension
+        return out
 
-    def _class(self, conn: sqlite3.Connection, names: tuple[str | None, ...]) -> Class:
-        browser, os, device = (
-            self._id(conn, kind, name) if name else 0
+    def _class(self, conn: sqlite3.Connection, names: tuple[str | None, ...]) -> tuple[int, ...]:
+        """The browser, OS and device dimensions of a class (those it names)."""
+        return tuple(
+            self._id(conn, kind, name)
             for kind, name in zip(("browser", "os", "device"), names, strict=True)
+            if name
         )
-        return browser, os, device
 
-    def _link(self, conn: sqlite3.Connection, visits: Visits, classes: Classes) -> None:
-        """Merge these visits into the entities' chains; add the links that change."""
-        if not visits:
-            return
-        keys = sorted(visits)
-        texts = self._load(conn, keys)
-        delta: Delta = {}
-        visitors = self._id(conn, *ALL_VISITORS)
-        rows = []
-        for key in keys:
-            text = texts.get(key) or ""
-            dims = visits[key]
-            seen = classes.get(key)
-            mirrored: tuple[int, ...] = ()
-            if seen:
-                text, mirrored = codec.with_classes(text, dims, seen, visitors)
-            new = codec.merge(text, dims, delta, visitors, mirrored)
-            if new != texts.get(key):
-                rows.append((key, new))
-        conn.executemany("INSERT OR REPLACE INTO uniq_entities VALUES (?, ?)", rows)
-        _apply(conn, delta)
+    @staticmethod
+    def _ordinals(conn: sqlite3.Connection, keys: Sequence[str], create: bool) -> dict[str, int]:
+        """The ordinals of these entities (sorted keys); with ``create``, new ones for
+        those without, numbered on from the highest ever given."""
+        out: dict[str, int] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                conn.execute(
+                    f"SELECT key, n FROM uniq_ids WHERE key IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
+        new = [key for key in keys if key not in out] if create else []
+        if new:
+            # AUTOINCREMENT's own count: an ordinal once given, even if since deleted.
+            row = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'uniq_ids'"
+            ).fetchone()
+            first = (row[0] if row else 0) + 1
+            rows = [(first + i, key) for i, key in enumerate(new)]
+            insert_rows(conn, "INSERT INTO uniq_ids (n, key)", rows)
+            out.update((key, n) for n, key in rows)
+        return out
 
     # -- reading ----------------------------------------------------------------------
 
@@ -265,25 +262,33 @@ class Uniques:
         """Distinct visitors (or users) of each dimension over ``since``..``until``."""
         ids = sorted(dims)
         lo, hi = since.toordinal(), until.toordinal()
-        out: dict[int, int] = {}
+        parts: dict[tuple[int, int], list[tuple[int, bytes]]] = {}  # (dim, hi) -> sets
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                "SELECT dim, sum(n) FROM uniq_links "  # noqa: S608
-                f"WHERE dim IN ({marks}) AND day BETWEEN ? AND ? AND prev < ? GROUP BY dim",
-                (*chunk, lo, hi, lo),
-            ).fetchall()
-            out.update((d, n) for d, n in rows if n > 0)
-        return out
+            for dim, upper, n, bits in conn.execute(
+                "SELECT dim, hi, n, bits FROM uniq_sets "  # noqa: S608
+                f"WHERE day BETWEEN ? AND ? AND dim IN ({marks})",
+                (lo, hi, *chunk),
+            ):
+                parts.setdefault((dim, upper), []).append((n, bits))
+        out: dict[int, int] = {}
+        for (dim, _), sets in parts.items():
+            if len(sets) == 1:
+                n = sets[0][0]
+            else:
+                n = len(BitMap.union(*(BitMap.deserialize(bits) for _, bits in sets)))
+            out[dim] = out.get(dim, 0) + n
+        return {dim: n for dim, n in out.items() if n > 0}
 
     def per_day(
         self, conn: sqlite3.Connection, dim: int, since: date, until: date
     ) -> dict[str, int]:
         """Distinct visitors of one dimension on each day (ISO day -> count)."""
         rows = conn.execute(
-            "SELECT day, sum(n) FROM uniq_links WHERE dim = ? AND day BETWEEN ? AND ? GROUP BY day",
-            (dim, since.toordinal(), until.toordinal()),
+            "SELECT day, sum(n) FROM uniq_sets WHERE day BETWEEN ? AND ? AND dim = ? "
+            "GROUP BY day",
+            (since.toordinal(), until.toordinal(), dim),
         ).fetchall()
         return {date.fromordinal(d).isoformat(): n for d, n in rows}
 
@@ -314,31 +319,57 @@ class Uniques:
             dim = names[name] = row[0]
         return dim
 
-    @staticmethod
-    def _load(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str]:
-        """Entities' chains text, by key."""
-        out: dict[str, str] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+
+def _split(visits: Visits, ordinals: dict[str, int]) -> Sets:
+    """The lower bits of the ordinals to add to each row of ``uniq_sets``."""
+    sets: Sets = {}
+    for (key, day), dims in visits.items():
+        n = ordinals[key]
+        hi, low = n >> _LOW_BITS, n & _LOW_MASK
+        for dim in dims:
+            found = sets.get((day, dim, hi))
+            if found is None:
+                sets[day, dim, hi] = [low]
+            else:
+                found.append(low)
+    return sets
+
+
+def _change(conn: sqlite3.Connection, sets: Sets, how: Callable[[BitMap, BitMap], None]) -> None:
+    """Apply ``how`` (``BitMap.update`` or ``BitMap.difference_update``) with each
+    row's values to its stored set; write the rows that changed (in key order, each
+    next to the one before), delete those left empty."""
+    keys = sorted(sets)
+    dims: dict[int, list[int]] = {}  # day -> its dimensions, each once
+    for day, dim, _ in keys:
+        found_dims = dims.get(day)
+        if found_dims is None:
+            dims[day] = [dim]
+        elif found_dims[-1] != dim:
+            found_dims.append(dim)
+    found: dict[tuple[int, int, int], bytes] = {}
+    for day, wanted in dims.items():
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            out.update(
-                conn.execute(
-                    f"SELECT key, chains FROM uniq_entities WHERE key IN ({marks})",  # noqa: S608
-                    chunk,
-                )
-            )
-        return out
-
-
-def _apply(conn: sqlite3.Connection, delta: Delta) -> None:
-    # In key order, each upsert finds its page next to the previous one's.
-    changes = sorted((d, day, p, n) for (d, day, p), n in delta.items() if n)
-    conn.executemany(
-        "INSERT INTO uniq_links VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (dim, day, prev) DO UPDATE SET n = n + excluded.n",
-        changes,
-    )
-    conn.executemany(
-        "DELETE FROM uniq_links WHERE dim = ? AND day = ? AND prev = ? AND n <= 0",
-        [(d, day, p) for d, day, p, n in changes if n < 0],
-    )
+            for dim, hi, bits in conn.execute(
+                f"SELECT dim, hi, bits FROM uniq_sets WHERE day = ? AND dim IN ({marks})",  # noqa: S608
+                (day, *chunk),
+            ):
+                found[day, dim, hi] = bits
+    changed: list[tuple[int, int, int, int, bytes]] = []
+    empty: list[tuple[int, int, int]] = []
+    for key in keys:
+        old = found.get(key)
+        bits = BitMap() if old is None else BitMap.deserialize(old)
+        before = len(bits)
+        how(bits, BitMap(sets[key]))
+        after = len(bits)
+        if after == before:
+            continue
+        if after:
+            changed.append((*key, after, bits.serialize()))
+        else:
+            empty.append(key)
+    conn.executemany("INSERT OR REPLACE INTO uniq_sets VALUES (?, ?, ?, ?, ?)", changed)
+    conn.executemany("DELETE FROM uniq_sets WHERE day = ? AND dim = ? AND hi = ?", empty)
