@@ -141,3 +141,41 @@ def test_retention_forgets_the_ids_of_visitors_seen_on_no_later_day(
     assert sql.purge(START + timedelta(days=5)) == mem.purge(START + timedelta(days=5))
     assert set(ids(sql)) == {"v:v3", "v:v4"}
     assert_same(sql, mem)
+
+
+def test_a_user_whose_last_counted_view_is_erased_leaves_no_id(
+    stores: tuple[SQLiteStore, MemoryStore],
+) -> None:
+    # U's page views: v1's, counted, and a bot's, not counted. Once v1 is erased, U is
+    # in no set: its id goes, whichever erasure takes its last counted view.
+    sql, _ = stores
+    when = START + timedelta(days=1)
+    counted = view(1, "v1", "/a", CHROME)._replace(user_id="U")
+    bot = PageView(ts_of(when, 90), when.isoformat(), "b1", "U", "/a", None, None,
+                   None, None, None, True)
+    sql.write([counted, bot], [])
+    assert set(ids(sql)) == {"v:v1", "u:U"}
+    sql.erase("v1")
+    assert set(ids(sql)) == set()
+    sql.erase("b1", "U")
+    assert set(ids(sql)) == set()
+
+
+def test_a_file_whose_ordinal_count_was_lost_goes_on_numbering(
+    stores: tuple[SQLiteStore, MemoryStore],
+) -> None:
+    # A copy of the file without sqlite_sequence's row (some tools lose it): the next
+    # ordinals come after the highest in uniq_ids, and the writes go on.
+    sql, mem = stores
+    sql.write(STEPS[0], [])
+    mem.write(STEPS[0], [])
+    conn = sqlite3.connect(sql.path, isolation_level=None)
+    try:
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'uniq_ids'")
+    finally:
+        conn.close()
+    for batch in STEPS[1:]:
+        sql.write(batch, [])
+        mem.write(batch, [])
+    assert_same(sql, mem)
+    assert sorted(ids(sql).values()) == list(range(1, len(ids(sql)) + 1))

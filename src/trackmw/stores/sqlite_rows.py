@@ -4,9 +4,9 @@
 (bind, step, reset). ``insert_rows`` sends the rows as ``INSERT … VALUES (…), (…), …``
 instead, in statements of a power-of-two number of rows, so that the few statement texts
 stay in the connection's statement cache. Measured on a batch: page view groups (nine
-values a row) and the daily rollup's upserts take about half the time this way; the
-link table's integer upserts take longer (SQLite's plan for a multi-row upsert costs
-more there than the driver's round), so they stay with ``executemany``.
+values a row) and the daily rollup's upserts take about half the time this way (schema
+3's link table's integer upserts took longer: SQLite's plan for a multi-row upsert cost
+more there than the driver's round).
 """
 
 from __future__ import annotations

@@ -86,10 +86,12 @@ class Uniques:
         self._days: dict[str, int] = {}
 
     def committed(self, ok: bool) -> None:
-        """Call after the transaction ended: new dimension ids are cached only if kept."""
+        """Call after the transaction ended: new dimension ids are cached only if kept.
+
+        After a rollback the whole cache goes (it is read again as needed): another
+        thread's transaction may have cleared ``_pending`` in between."""
         if not ok:
-            for kind, name in self._pending:
-                self._ids[kind].pop(name, None)
+            self._ids.clear()
         self._pending = []
 
     # -- writing ----------------------------------------------------------------------
@@ -106,14 +108,14 @@ class Uniques:
 
         Each of their visitors and users leaves the sets of the days they were on; what
         its remaining page views of those days show is added back (a user's other
-        visitors', say). An entity with no page view left loses its ordinal and id.
+        visitors', say). An entity with no counted page view left (one not a bot's,
+        with a visitor) loses its ordinal and id.
         """
         days: dict[str, set[int]] = {}
-        for view in gone:
-            if view.visitor_id is None or view.bot:
-                continue
+        for view in gone:  # bots' and anonymous views too: their entities may go
             day = self._ordinal(view.day)
-            days.setdefault("v:" + view.visitor_id, set()).add(day)
+            if view.visitor_id is not None:
+                days.setdefault("v:" + view.visitor_id, set()).add(day)
             if view.user_id:
                 days.setdefault("u:" + view.user_id, set()).add(day)
         if not days:
@@ -135,9 +137,10 @@ class Uniques:
         for key, wanted in days.items():
             column = "visitor_id" if key.startswith("v:") else "user_id"
             _, views = stored.of(conn, column, key[2:])
-            if not views:
+            counted = [view for view in views if view.visitor_id is not None and not view.bot]
+            if not counted:
                 forgotten.append((key,))
-            rest += [view for view in views if self._ordinal(view.day) in wanted]
+            rest += [view for view in counted if self._ordinal(view.day) in wanted]
         if rest:
             self.add(conn, stored.group(rest))
         conn.executemany("DELETE FROM uniq_ids WHERE key = ?", forgotten)
@@ -150,10 +153,16 @@ class Uniques:
             self.add(conn, stored.group(rows))
 
     def purge(self, conn: sqlite3.Connection, before: date) -> None:
-        """Forget the days before ``before``, and the entities seen on none after."""
+        """Forget the days before ``before``, and the entities seen on none after.
+
+        Every visitor is in the all-visitors set of each day it was seen, every user in
+        the all-users set: the union of those two holds every entity still seen."""
         conn.execute("DELETE FROM uniq_sets WHERE day < ?", (before.toordinal(),))
         live: dict[int, BitMap] = {}
-        for hi, bits in conn.execute("SELECT hi, bits FROM uniq_sets"):
+        for hi, bits in conn.execute(
+            "SELECT hi, bits FROM uniq_sets WHERE dim IN (?, ?)",
+            (self._id(conn, *ALL_VISITORS), self._id(conn, *ALL_USERS)),
+        ):
             found = live.get(hi)
             if found is None:
                 live[hi] = BitMap.deserialize(bits)
@@ -162,7 +171,7 @@ class Uniques:
         none = BitMap()
         gone = [
             (n,)
-            for (n,) in conn.execute("SELECT n FROM uniq_ids").fetchall()
+            for (n,) in conn.execute("SELECT n FROM uniq_ids")
             if n & _LOW_MASK not in live.get(n >> _LOW_BITS, none)
         ]
         conn.executemany("DELETE FROM uniq_ids WHERE n = ?", gone)
@@ -222,11 +231,13 @@ class Uniques:
             )
         new = [key for key in keys if key not in out] if create else []
         if new:
-            # AUTOINCREMENT's own count: an ordinal once given, even if since deleted.
-            row = conn.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'uniq_ids'"
-            ).fetchone()
-            first = (row[0] if row else 0) + 1
+            # AUTOINCREMENT's own count: an ordinal once given, even if since deleted
+            # (and the table's, should a copy of the file have lost that count).
+            ((last,),) = conn.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM sqlite_sequence "
+                "WHERE name = 'uniq_ids'), 0), coalesce((SELECT max(n) FROM uniq_ids), 0))"
+            ).fetchall()
+            first = last + 1
             rows = [(first + i, key) for i, key in enumerate(new)]
             insert_rows(conn, "INSERT INTO uniq_ids (n, key)", rows)
             out.update((key, n) for n, key in rows)
@@ -340,21 +351,27 @@ def _change(conn: sqlite3.Connection, sets: Sets, how: Callable[[BitMap, BitMap]
     row's values to its stored set; write the rows that changed (in key order, each
     next to the one before), delete those left empty."""
     keys = sorted(sets)
-    dims: dict[int, list[int]] = {}  # day -> its dimensions, each once
-    for day, dim, _ in keys:
-        found_dims = dims.get(day)
-        if found_dims is None:
-            dims[day] = [dim]
-        elif found_dims[-1] != dim:
-            found_dims.append(dim)
+    # Looked up by day: its dimensions and upper bits (rows of other pairings of the
+    # two are read too, and left alone).
+    days: dict[int, tuple[dict[int, None], dict[int, None]]] = {}
+    for day, dim, hi in keys:
+        pair = days.get(day)
+        if pair is None:
+            pair = days[day] = ({}, {})
+        pair[0][dim] = pair[1][hi] = None
     found: dict[tuple[int, int, int], bytes] = {}
-    for day, wanted in dims.items():
+    for day, (dims, his) in days.items():
+        # The upper bits too, unless there are very many (some 20 million visitors).
+        upper = list(his) if len(his) <= _CHUNK else []
+        his_sql = f" AND hi IN ({','.join('?' * len(upper))})" if upper else ""
+        wanted = list(dims)
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for dim, hi, bits in conn.execute(
-                f"SELECT dim, hi, bits FROM uniq_sets WHERE day = ? AND dim IN ({marks})",  # noqa: S608
-                (day, *chunk),
+                f"SELECT dim, hi, bits FROM uniq_sets WHERE day = ? AND dim IN ({marks})"  # noqa: S608
+                + his_sql,
+                (day, *chunk, *upper),
             ):
                 found[day, dim, hi] = bits
     changed: list[tuple[int, int, int, int, bytes]] = []
