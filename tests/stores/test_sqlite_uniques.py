@@ -51,6 +51,12 @@ def assert_same(sql: SQLiteStore, mem: MemoryStore) -> None:
         assert_same_report(sql.report(since, until), mem.report(since, until))
 
 
+def write(sql: SQLiteStore, mem: MemoryStore, batch: list[PageView]) -> None:
+    """The same batch to both stores."""
+    sql.write(batch, [])
+    mem.write(batch, [])
+
+
 @pytest.fixture
 def stores(tmp_path: Path) -> tuple[SQLiteStore, MemoryStore]:
     sql = SQLiteStore(f"sqlite:///{tmp_path / 'u.db'}")
@@ -61,8 +67,7 @@ def stores(tmp_path: Path) -> tuple[SQLiteStore, MemoryStore]:
 def test_class_changes_keep_reports_equal(stores: tuple[SQLiteStore, MemoryStore]) -> None:
     sql, mem = stores
     for batch in STEPS:
-        sql.write(batch, [])
-        mem.write(batch, [])
+        write(sql, mem, batch)
         assert_same(sql, mem)
 
 
@@ -71,16 +76,14 @@ def test_erasure_and_retention_after_class_changes(
 ) -> None:
     sql, mem = stores
     for batch in STEPS:
-        sql.write(batch, [])
-        mem.write(batch, [])
+        write(sql, mem, batch)
     assert sql.erase("v1") == mem.erase("v1")
     assert_same(sql, mem)
     cut = START + timedelta(days=4)
     assert sql.purge(cut) == mem.purge(cut)
     assert_same(sql, mem)
     later = [view(8, "v2", "/a", PHONE), view(8, "v4", "/c", CHROME)]
-    sql.write(later, [])
-    mem.write(later, [])
+    write(sql, mem, later)
     assert_same(sql, mem)
 
 
@@ -98,16 +101,14 @@ def test_ordinals_past_sixteen_bits_count_as_any_other(
     # A set's row holds its ordinals' lower 16 bits: ordinals on both sides of 65,536
     # (v1 below, the others above) land in rows of their own, and count once each.
     sql, mem = stores
-    sql.write(STEPS[0][:1], [])
-    mem.write(STEPS[0][:1], [])
+    write(sql, mem, STEPS[0][:1])
     conn = sqlite3.connect(sql.path, isolation_level=None)
     try:
         conn.execute("UPDATE sqlite_sequence SET seq = 65534 WHERE name = 'uniq_ids'")
     finally:
         conn.close()
     for batch in STEPS:
-        sql.write(batch, [])
-        mem.write(batch, [])
+        write(sql, mem, batch)
         assert_same(sql, mem)
     assert ids(sql)["v:v1"] == 1 and min(n for k, n in ids(sql).items() if k != "v:v1") == 65535
     assert sql.erase("v3") == mem.erase("v3")
@@ -135,8 +136,7 @@ def test_retention_forgets_the_ids_of_visitors_seen_on_no_later_day(
 ) -> None:
     sql, mem = stores
     for batch in STEPS:
-        sql.write(batch, [])
-        mem.write(batch, [])
+        write(sql, mem, batch)
     # After day 5 only v3 (day 5) and v4 (days 6 and 7) were seen.
     assert sql.purge(START + timedelta(days=5)) == mem.purge(START + timedelta(days=5))
     assert set(ids(sql)) == {"v:v3", "v:v4"}
@@ -167,15 +167,13 @@ def test_a_file_whose_ordinal_count_was_lost_goes_on_numbering(
     # A copy of the file without sqlite_sequence's row (some tools lose it): the next
     # ordinals come after the highest in uniq_ids, and the writes go on.
     sql, mem = stores
-    sql.write(STEPS[0], [])
-    mem.write(STEPS[0], [])
+    write(sql, mem, STEPS[0])
     conn = sqlite3.connect(sql.path, isolation_level=None)
     try:
         conn.execute("DELETE FROM sqlite_sequence WHERE name = 'uniq_ids'")
     finally:
         conn.close()
     for batch in STEPS[1:]:
-        sql.write(batch, [])
-        mem.write(batch, [])
+        write(sql, mem, batch)
     assert_same(sql, mem)
     assert sorted(ids(sql).values()) == list(range(1, len(ids(sql)) + 1))
