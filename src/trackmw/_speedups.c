@@ -3253,16 +3253,28 @@ PyDoc_STRVAR(sign_token_doc,
 "subclass). None when text, stamp or sep is not exact bytes, or stamp or sep not\n"
 "ASCII: the caller then signs in Python.");
 
+/* sign_token's and sign_ids' five arguments (inner, outer, what to sign, stamp, sep):
+ * -1 with an exception when they are not five, 0 when stamp or sep is not ASCII bytes
+ * (the caller then signs in Python), 1 otherwise. */
+static int
+signing_args(const char *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs(name, nargs, 5) < 0)
+        return -1;
+    return ascii_bytes(args[3]) && ascii_bytes(args[4]);
+}
+
 static PyObject *
 sign_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("sign_token", nargs, 5) < 0)
+    int usable = signing_args("sign_token", args, nargs);
+    if (usable < 0)
         return NULL;
-    PyObject *inner = args[0], *outer = args[1], *text = args[2], *stamp = args[3];
-    PyObject *sep = args[4];
-    if (!PyBytes_CheckExact(text) || !ascii_bytes(stamp) || !ascii_bytes(sep))
+    PyObject *text = args[2];
+    if (!usable || !PyBytes_CheckExact(text))
         Py_RETURN_NONE;
-    return make_token(inner, outer, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text), stamp, sep);
+    return make_token(args[0], args[1], PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text), args[3],
+                      args[4]);
 }
 
 /* An id that JSON writes as it is and a cookie takes as it is: 1 to 64 characters of
@@ -3297,11 +3309,12 @@ PyDoc_STRVAR(sign_ids_doc,
 static PyObject *
 sign_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("sign_ids", nargs, 5) < 0)
+    int usable = signing_args("sign_ids", args, nargs);
+    if (usable < 0)
         return NULL;
     PyObject *inner = args[0], *outer = args[1], *ids = args[2], *stamp = args[3];
     PyObject *sep = args[4];
-    if (!PyList_CheckExact(ids) || !ascii_bytes(stamp) || !ascii_bytes(sep))
+    if (!usable || !PyList_CheckExact(ids))
         Py_RETURN_NONE;
     /* The ids are copied first, into a tuple: the MAC's methods may run code that
      * changes the list, and none can change a tuple (even one it finds). */

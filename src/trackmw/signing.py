@@ -286,8 +286,7 @@ class CookieSigner:
         self._ahead_at = second
         ids = [new_id() for _ in range(block)]
         tokens = self._signed_ids(ids, stamp)
-        if block > 1:
-            ahead.extend(list(zip(repeat(second), ids[1:], tokens[1:])))
+        ahead.extend(zip(repeat(second), ids[1:], tokens[1:]))
         return ids[0], tokens[0]
 
     def _signed_ids(self, ids: list[str], stamp: bytes) -> list[str]:

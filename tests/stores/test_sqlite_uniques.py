@@ -51,10 +51,11 @@ def assert_same(sql: SQLiteStore, mem: MemoryStore) -> None:
         assert_same_report(sql.report(since, until), mem.report(since, until))
 
 
-def write(sql: SQLiteStore, mem: MemoryStore, batch: list[PageView]) -> None:
-    """The same batch to both stores."""
-    sql.write(batch, [])
-    mem.write(batch, [])
+def write(sql: SQLiteStore, mem: MemoryStore, *batches: list[PageView]) -> None:
+    """The same batches to both stores, one after another."""
+    for batch in batches:
+        sql.write(batch, [])
+        mem.write(batch, [])
 
 
 @pytest.fixture
@@ -75,8 +76,7 @@ def test_erasure_and_retention_after_class_changes(
     stores: tuple[SQLiteStore, MemoryStore],
 ) -> None:
     sql, mem = stores
-    for batch in STEPS:
-        write(sql, mem, batch)
+    write(sql, mem, *STEPS)
     assert sql.erase("v1") == mem.erase("v1")
     assert_same(sql, mem)
     cut = START + timedelta(days=4)
@@ -135,8 +135,7 @@ def test_retention_forgets_the_ids_of_visitors_seen_on_no_later_day(
     stores: tuple[SQLiteStore, MemoryStore],
 ) -> None:
     sql, mem = stores
-    for batch in STEPS:
-        write(sql, mem, batch)
+    write(sql, mem, *STEPS)
     # After day 5 only v3 (day 5) and v4 (days 6 and 7) were seen.
     assert sql.purge(START + timedelta(days=5)) == mem.purge(START + timedelta(days=5))
     assert set(ids(sql)) == {"v:v3", "v:v4"}
@@ -173,7 +172,6 @@ def test_a_file_whose_ordinal_count_was_lost_goes_on_numbering(
         conn.execute("DELETE FROM sqlite_sequence WHERE name = 'uniq_ids'")
     finally:
         conn.close()
-    for batch in STEPS[1:]:
-        write(sql, mem, batch)
+    write(sql, mem, *STEPS[1:])
     assert_same(sql, mem)
     assert sorted(ids(sql).values()) == list(range(1, len(ids(sql)) + 1))

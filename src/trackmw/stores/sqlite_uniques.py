@@ -113,7 +113,7 @@ class Uniques:
         """
         days: dict[str, set[int]] = {}
         for view in gone:  # bots' and anonymous views too: their entities may go
-            day = self._ordinal(view.day)
+            day = self._day(view.day)
             if view.visitor_id is not None:
                 days.setdefault("v:" + view.visitor_id, set()).add(day)
             if view.user_id:
@@ -140,7 +140,7 @@ class Uniques:
             counted = [view for view in views if view.visitor_id is not None and not view.bot]
             if not counted:
                 forgotten.append((key,))
-            rest += [view for view in counted if self._ordinal(view.day) in wanted]
+            rest += [view for view in counted if self._day(view.day) in wanted]
         if rest:
             self.add(conn, stored.group(rest))
         conn.executemany("DELETE FROM uniq_ids WHERE key = ?", forgotten)
@@ -187,11 +187,11 @@ class Uniques:
         all_visitors = self._id(conn, *ALL_VISITORS)
         all_users = self._id(conn, *ALL_USERS)
         class_of: dict[tuple[str | None, ...], tuple[int, ...]] = {}
-        ordinals = self._days
+        numbers = self._days
         for (iso_day, visitor, user, browser, os, device, bot), views in groups.items():
             if visitor is None or bot:
                 continue
-            day = ordinals.get(iso_day) or self._ordinal(iso_day)
+            day = numbers.get(iso_day) or self._day(iso_day)
             names = (browser, os, device)
             cls = class_of.get(names)
             if cls is None:
@@ -305,7 +305,8 @@ class Uniques:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _ordinal(self, day: str) -> int:
+    def _day(self, day: str) -> int:
+        """An ISO day's ``toordinal()`` number, cached."""
         n = self._days.get(day)
         if n is None:
             if len(self._days) > 10_000:
