@@ -219,12 +219,21 @@ def section_stores(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
         return [], ["stores skipped: bench/stores.py (write rates, bytes/event) is not there"]
     result = stores.run(quick=quick, quiet=True)
     out, notes = [], []
+    baselines = result.get("baselines", {})
+    for name, rate in baselines.items():
+        out.append(Figure(f"stores.{name}", f"plain {name} writes (see notes)", rate, "rows/s"))
     for name, rate in result.get("writes", {}).items():
         if rate is None:
             notes.append(f"stores: {name} not reachable, skipped")
             continue
-        out.append(Figure(f"stores.{name}", f"{name} writes (indexes and rollups included)",
-                          rate, "events/s"))
+        figure = Figure(f"stores.{name}", f"{name} writes (indexes and rollups included)",
+                        rate, "events/s")
+        ratio = result.get("ratios", {}).get(name)
+        if ratio is not None:
+            base = stores.BASELINES[name]
+            figure.baseline, figure.baseline_value = f"stores.{base}", baselines[base]
+            figure.ratio = ratio
+        out.append(figure)
     if result.get("bytes_per_event") is not None:
         out.append(Figure("memory.bytes_per_event.direct",
                           "memory per buffered Hit built directly, no interning",

@@ -11,9 +11,18 @@ rollups, per-visitor lists and the erasure check included), three times each fro
 empty (the median counts), and measures with ``tracemalloc`` the bytes held per event
 by 100,000 ``Pipeline.add(Hit(...))`` with strings as a request makes them.
 
+Each round also times the plainest writer of each kind (``raw_sqlite_rate``,
+``raw_redis_rate``, ``raw_postgres_rate``): the page views alone for SQLite and
+PostgreSQL; for Redis, the issue's counters of pages and visitors a day. No per-visitor
+data, no check. Those are the baselines of the stores' figures, measured in the same
+run. The issue's table gives the plain Redis writer's figure on its reference machine,
+and what it wrote: a store's ratio to it times that figure is what the store would
+write there, whatever this machine's speed (``CARRIES_OVER``).
+
 Returns ``{"writes": {name: events/s or None}, "writes_per_cpu_second": {name: events per
-CPU second of client and server}, "bytes_per_event": float,
-"notes": [...]}``; a store whose server is not reachable is ``None``.
+CPU second of client and server}, "bytes_per_event": float, "baselines": {name: rows/s},
+"ratios": {store: its rate over its baseline's}, "reference_equivalent": {store:
+events/s}, "notes": [...]}``; a store whose server is not reachable is ``None``.
 ``python -m bench.stores`` prints it.
 Servers: Redis at ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, keys under a
 prefix of their own, deleted after), PostgreSQL at ``BENCH_PG_URL`` (default
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -45,7 +55,14 @@ from trackmw.stores.sqlite import SQLiteStore
 from .local import Unavailable, local_cluster
 from .report_1m import _consents, in_time_order
 
-__all__ = ["buffer_bytes_per_event", "run", "write_rate"]
+__all__ = [
+    "buffer_bytes_per_event",
+    "raw_postgres_rate",
+    "raw_redis_rate",
+    "raw_sqlite_rate",
+    "run",
+    "write_rate",
+]
 
 BATCH = 1_000
 #: Passes over each store; the median is reported.
@@ -80,6 +97,122 @@ def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu0 + server_cpu() - server0
     return n / elapsed, n / cpu
+
+
+#: The issue's figures for the plain writers below on its reference machine (rows/s).
+REFERENCE = {"sqlite.raw": 313_000, "sqlite.raw_2idx": 26_000, "redis.raw": 245_000}
+#: Those whose shape the issue gives ("batch-aggregated HINCRBY + PFADD, 1,000 per
+#: pipeline"), so that a store's ratio to it carries over: the ratio times the figure is
+#: what the store would write there (``reference_equivalent``). The issue does not say
+#: what its SQLite rows held: two indexes cost them 12 times, where they cost this
+#: bench's page views about 2.5 times.
+CARRIES_OVER = frozenset({"redis.raw"})
+#: The plain writers timed in each round.
+PLAIN = ("sqlite.raw", "sqlite.raw_2idx", "redis.raw", "postgres.raw")
+
+
+#: Each store's plain writer (``PLAIN``): its figure's baseline.
+BASELINES = {"sqlite": "sqlite.raw", "redis": "redis.raw", "redis_cluster": "redis.raw",
+             "postgres": "postgres.raw"}
+
+
+def raw_sqlite_rate(path: str, rows: list[PageView], indexes: int = 0) -> float:
+    """Rows/s of the plainest SQLite writer: WAL (``synchronous=NORMAL``, as the store),
+    ``executemany`` of whole page views, ``BATCH`` rows a transaction, into a table with
+    no index or with ``indexes`` (visitor, then day and path).
+
+    The issue's reference machine wrote 313k rows/s with none and 26k with two.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE pv (ts REAL, day TEXT, visitor TEXT, user TEXT, path TEXT,"
+                     " referrer TEXT, campaign TEXT, browser TEXT, os TEXT, device TEXT,"
+                     " bot INTEGER)")
+        for sql in ("CREATE INDEX pv_visitor ON pv (visitor)",
+                    "CREATE INDEX pv_day_path ON pv (day, path)")[:indexes]:
+            conn.execute(sql)
+        insert = "INSERT INTO pv VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        start = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            conn.execute("BEGIN")
+            conn.executemany(insert, rows[i:i + BATCH])
+            conn.execute("COMMIT")
+        return len(rows) / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+def raw_postgres_rate(url: str, rows: list[PageView]) -> float:
+    """Rows/s of the plainest PostgreSQL writer: binary ``COPY`` of whole page views,
+    ``BATCH`` rows a transaction, into a table with no index (no rollup, no batch id).
+
+    The issue gives no figure for it: it is there for the ratio, what the store's
+    indexes, rollups and checks cost over writing the rows alone. A schema of its own,
+    dropped after.
+    """
+    import psycopg
+
+    schema = "benchraw_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+            conn.execute(f'CREATE TABLE "{schema}".pv (ts float8, day date, visitor text,'
+                         ' "user" text, path text, referrer text, campaign text, browser text,'
+                         ' os text, device text, bot bool)')
+            types = ("float8", "date", *["text"] * 8, "bool")
+            days = {pv.day: date.fromisoformat(pv.day) for pv in rows}
+            conn.autocommit = False
+            start = time.perf_counter()
+            for i in range(0, len(rows), BATCH):
+                with conn.transaction(), conn.cursor().copy(
+                        f'COPY "{schema}".pv FROM STDIN (FORMAT BINARY)') as copy:
+                    copy.set_types(types)
+                    for pv in rows[i:i + BATCH]:
+                        copy.write_row((pv[0], days[pv[1]], *pv[2:]))
+            return len(rows) / (time.perf_counter() - start)
+        finally:
+            conn.rollback()
+            conn.autocommit = True
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def raw_redis_rate(url: str, rows: list[PageView]) -> float:
+    """Events/s of the plainest Redis counter: each ``BATCH`` of page views summed in
+    Python into one ``HINCRBY`` per day and page and one ``PFADD`` of the day's
+    visitors, sent as one pipeline (no script, no index, no per-visitor list).
+
+    The issue's reference machine wrote 245k events/s so. Keys under a prefix of their
+    own, deleted after.
+    """
+    import redis
+
+    client = redis.Redis.from_url(url)
+    prefix = "benchraw" + uuid.uuid4().hex[:8]
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            hits: dict[tuple[str, str], int] = {}
+            visitors: dict[str, set[str]] = {}
+            for pv in rows[i:i + BATCH]:
+                hits[pv.day, pv.path] = hits.get((pv.day, pv.path), 0) + 1
+                if pv.visitor_id is not None:
+                    visitors.setdefault(pv.day, set()).add(pv.visitor_id)
+            pipe = client.pipeline(transaction=False)
+            for (day, path), n in hits.items():
+                pipe.hincrby(f"{prefix}:d:{day}", path, n)
+            for day, vids in visitors.items():
+                pipe.pfadd(f"{prefix}:v:{day}", *vids)
+            pipe.execute()
+        return len(rows) / (time.perf_counter() - start)
+    finally:
+        keys = list(client.scan_iter(match=prefix + ":*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 def _redis_cpu(url: str) -> Callable[[], float]:
@@ -233,6 +366,7 @@ def _run(rows: list[PageView], consents: list[ConsentChoice], quick: bool,
     rounds = 1 if quick else ROUNDS
     names = ("sqlite", "redis", "redis_exact", "redis_cluster", "postgres")
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    raws: dict[str, list[float]] = {name: [] for name in PLAIN}
     writes: dict[str, float | None] = {}
     per_cpu: dict[str, float | None] = {}
     notes: list[str] = []
@@ -253,6 +387,7 @@ def _run(rows: list[PageView], consents: list[ConsentChoice], quick: bool,
             ]
             if cluster is not None:  # its keys go with it: a new prefix each round
                 targets.insert(3, ("redis_cluster", _redis("hll", cluster)[0], lambda: None))
+            _raw_round(os.path.join(tmp, f"raw{r}"), rows, raws, down, notes)
             for name, url, cleanup in targets:
                 if name in down:
                     continue
@@ -288,6 +423,26 @@ def _run(rows: list[PageView], consents: list[ConsentChoice], quick: bool,
             rounds_text = f" ({spread})" if len(measured) > 1 else ""
             print(f"{name:12} {rate:,.0f} events/s{rounds_text}; "
                   f"{steady:,.0f} events per CPU second")
+    baselines = {name: statistics.median(r) for name, r in raws.items() if r}
+    ratios, equivalents = {}, {}
+    for name, base in BASELINES.items():
+        if rates[name] and len(rates[name]) == len(raws[base]):
+            # the median of the rounds' own ratios: a store and its baseline ran side by side
+            ratios[name] = statistics.median(
+                w / b for (w, _), b in zip(rates[name], raws[base], strict=True))
+            text = f"{name}: {ratios[name]:.2f}x the plain {base} writes of the same rounds"
+            if base in CARRIES_OVER:
+                reference = REFERENCE[base]
+                equivalents[name] = ratios[name] * reference
+                text += (f"; at the reference machine's {reference:,} rows/s for those, "
+                         f"{equivalents[name]:,.0f} events/s")
+            notes.append(text)
+    for name, rate in baselines.items():
+        reference = REFERENCE.get(name)
+        there = f"the issue's reference machine: {reference:,}" if reference else "not in the issue"
+        notes.append(f"{name}: {rate:,.0f} rows/s ({there})")
+        if not quiet:
+            print(f"{name:16} {rate:,.0f} rows/s ({there})")
     per_event = buffer_bytes_per_event(20_000 if quick else 100_000)
     shared = buffer_bytes_per_event(20_000 if quick else 100_000, shared=True)
     if not quiet:
@@ -303,7 +458,24 @@ def _run(rows: list[PageView], consents: list[ConsentChoice], quick: bool,
     if not quiet:
         print(notes[-1])
     return {"writes": writes, "writes_per_cpu_second": per_cpu, "bytes_per_event": per_event,
+            "baselines": baselines, "ratios": ratios, "reference_equivalent": equivalents,
             "notes": notes}
+
+
+def _raw_round(stem: str, rows: list[PageView], raws: dict[str, list[float]],
+               down: set[str], notes: list[str]) -> None:
+    """One round of the plain writers (``PLAIN``), into ``raws``."""
+    raws["sqlite.raw"].append(raw_sqlite_rate(stem + ".db", rows))
+    raws["sqlite.raw_2idx"].append(raw_sqlite_rate(stem + "-2idx.db", rows, indexes=2))
+    for name, rate_of, url in (("redis.raw", raw_redis_rate, REDIS_URL),
+                               ("postgres.raw", raw_postgres_rate, PG_URL)):
+        if name in down:
+            continue
+        try:
+            raws[name].append(rate_of(url, rows))
+        except Exception as exc:  # the server is down, or its client not installed
+            down.add(name)
+            notes.append(f"{name} skipped: {type(exc).__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
