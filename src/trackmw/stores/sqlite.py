@@ -139,6 +139,9 @@ class SQLiteStore(Store):
                 # process crashing; a power loss or OS crash may undo the last commits
                 # but leaves the file consistent.
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Deleted rows (an erasure's, a purge's) are overwritten with zeros, not
+                # only marked free: Debian's SQLite does so by default, other builds not.
+                conn.execute("PRAGMA secure_delete=ON")
                 # Rollup and index pages stay cached between batches (the default is 2 MB).
                 conn.execute("PRAGMA cache_size=-32768")
                 # A checkpoint copies the WAL's pages into the file and syncs it. Batches
@@ -425,6 +428,7 @@ class SQLiteStore(Store):
                 _rollback(conn)
                 raise
             self._uniques.committed(True)
+            _truncate_wal(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
         return removed
@@ -450,6 +454,7 @@ class SQLiteStore(Store):
             except BaseException:
                 _rollback(conn)
                 raise
+            _truncate_wal(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc
         return removed
@@ -473,6 +478,27 @@ def _rollback(conn: sqlite3.Connection) -> None:
     """
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def _truncate_wal(conn: sqlite3.Connection) -> None:
+    """After an erasure or a purge has committed: no copy of what it deleted is left in
+    the WAL either.
+
+    The connection overwrites deleted rows with zeros (``secure_delete``, set on every
+    connection), on their pages and on pages freed whole, but the WAL still holds the
+    pages as they were before. It is copied into the file and truncated. That waits for
+    readers of older snapshots (up to the busy timeout); if it cannot finish, the old
+    pages stay in the WAL until it is next reused, a warning says so, and the erasure or
+    purge stands.
+    """
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        why = "other connections were busy" if busy else None
+    except sqlite3.Error as exc:  # the deletion stands: it has committed
+        why = str(exc)
+    if why:
+        log.warning("trackmw: SQLite's WAL could not be truncated after an erasure or a "
+                    "purge (%s): deleted rows stay in it until it is reused", why)
 
 
 def _wal(conn: sqlite3.Connection, timeout: float) -> None:
