@@ -221,7 +221,8 @@ def section_stores(quick: bool, tmp: str) -> tuple[list[Figure], list[str]]:
     out, notes = [], []
     baselines = result.get("baselines", {})
     for name, rate in baselines.items():
-        out.append(Figure(f"stores.{name}", f"plain {name} writes (see notes)", rate, "rows/s"))
+        out.append(Figure(f"stores.{name}", f"plain {name} writes (see notes)", rate,
+                          "events/s"))
     for name, rate in result.get("writes", {}).items():
         if rate is None:
             notes.append(f"stores: {name} not reachable, skipped")

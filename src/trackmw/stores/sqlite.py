@@ -43,6 +43,10 @@ __all__ = ["SQLiteStore"]
 
 log = logging.getLogger("trackmw")
 
+#: Seconds an erasure or a purge waits for readers before truncating the WAL
+#: (``_truncate_wal``): meanwhile, every writer of the file waits too.
+TRUNCATE_WAIT = 0.25
+
 #: How long ``close`` waits for the lock to write held batches whose last write failed.
 _LAST_TRY_MS = 1000
 
@@ -428,7 +432,7 @@ class SQLiteStore(Store):
                 _rollback(conn)
                 raise
             self._uniques.committed(True)
-            _truncate_wal(conn)
+            _truncate_wal(conn, self.path, self.busy_timeout)
         except sqlite3.Error as exc:
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
         return removed
@@ -454,7 +458,7 @@ class SQLiteStore(Store):
             except BaseException:
                 _rollback(conn)
                 raise
-            _truncate_wal(conn)
+            _truncate_wal(conn, self.path, self.busy_timeout)
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc
         return removed
@@ -480,25 +484,32 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _truncate_wal(conn: sqlite3.Connection) -> None:
+def _truncate_wal(conn: sqlite3.Connection, path: str, busy_timeout: float) -> None:
     """After an erasure or a purge has committed: no copy of what it deleted is left in
     the WAL either.
 
     The connection overwrites deleted rows with zeros (``secure_delete``, set on every
     connection), on their pages and on pages freed whole, but the WAL still holds the
-    pages as they were before. It is copied into the file and truncated. That waits for
-    readers of older snapshots (up to the busy timeout); if it cannot finish, the old
-    pages stay in the WAL until it is next reused, a warning says so, and the erasure or
-    purge stands.
+    pages as they were before. It is copied into the file and truncated. That needs no
+    read transaction open on the file, in any process, and blocks writers while it
+    waits: it waits ``TRUNCATE_WAIT`` at most, not the busy timeout. If it cannot
+    finish, a warning says so and the erasure or purge stands; the old pages stay in
+    the WAL until the next erasure or purge truncates it, or the last connection to the
+    file closes (SQLite then checkpoints and deletes it).
     """
     try:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        why = "other connections were busy" if busy else None
+        conn.execute(f"PRAGMA busy_timeout={int(TRUNCATE_WAIT * 1000)}")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        why = "other connections were reading or writing" if busy else None
     except sqlite3.Error as exc:  # the deletion stands: it has committed
         why = str(exc)
     if why:
-        log.warning("trackmw: SQLite's WAL could not be truncated after an erasure or a "
-                    "purge (%s): deleted rows stay in it until it is reused", why)
+        log.warning("trackmw: the WAL of %s could not be truncated after an erasure or a "
+                    "purge (%s): the deleted rows stay in it until the next erasure or "
+                    "purge, or until the last connection closes", path, why)
 
 
 def _wal(conn: sqlite3.Connection, timeout: float) -> None:
