@@ -44,6 +44,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import date
+from functools import partial
 from typing import Any
 
 from trackmw.errors import StoreError
@@ -193,8 +194,7 @@ def raw_postgres_rate(url: str, rows: list[PageView]) -> float:
 
             return _timed(write, rows)
     finally:  # on a connection of its own: the one above may be what failed
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(url, schema)
 
 
 def raw_redis_rate(url: str, rows: list[PageView]) -> float:
@@ -228,9 +228,7 @@ def raw_redis_rate(url: str, rows: list[PageView]) -> float:
         return _timed(write, rows)
     finally:
         try:
-            keys = list(client.scan_iter(match=prefix + ":*", count=1000))
-            if keys:
-                client.delete(*keys)
+            _delete_keys(client, prefix + ":*")
         except redis.RedisError:  # down: what failed above says so
             pass
         client.close()
@@ -331,9 +329,7 @@ def _redis(mode: str, base: str = REDIS_URL) -> tuple[str, Callable[[], None]]:
         store = open_store(url)
         try:
             client = store.client  # type: ignore[attr-defined]
-            keys = list(client.scan_iter(match="{" + prefix + "}*", count=1000))
-            for i in range(0, len(keys), 1000):  # a million events leave ~70,000 keys
-                client.delete(*keys[i:i + 1000])
+            _delete_keys(client, "{" + prefix + "}*")
         finally:
             store.close()
 
@@ -343,13 +339,23 @@ def _redis(mode: str, base: str = REDIS_URL) -> tuple[str, Callable[[], None]]:
 def _postgres() -> tuple[str, Callable[[], None]]:
     schema = "bench_" + uuid.uuid4().hex[:8]
 
-    def cleanup() -> None:
-        import psycopg
+    return f"{PG_URL}{_joint(PG_URL)}schema={schema}", partial(_drop_schema, PG_URL, schema)
 
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
-    return f"{PG_URL}{_joint(PG_URL)}schema={schema}", cleanup
+def _delete_keys(client: Any, pattern: str) -> None:
+    """Delete the keys matching ``pattern``, a thousand a command (a million events leave
+    ~70,000 keys)."""
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i:i + 1000])
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    """Drop a bench's PostgreSQL schema, on a connection of its own."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _joint(url: str) -> str:

@@ -432,7 +432,7 @@ class SQLiteStore(Store):
                 _rollback(conn)
                 raise
             self._uniques.committed(True)
-            _truncate_wal(conn, self.path, self.busy_timeout)
+            _truncate_wal(conn, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
         return removed
@@ -458,7 +458,7 @@ class SQLiteStore(Store):
             except BaseException:
                 _rollback(conn)
                 raise
-            _truncate_wal(conn, self.path, self.busy_timeout)
+            _truncate_wal(conn, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc
         return removed
@@ -484,7 +484,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _truncate_wal(conn: sqlite3.Connection, path: str, busy_timeout: float) -> None:
+def _truncate_wal(conn: sqlite3.Connection, path: str) -> None:
     """After an erasure or a purge has committed: no copy of what it deleted is left in
     the WAL either.
 
@@ -498,11 +498,12 @@ def _truncate_wal(conn: sqlite3.Connection, path: str, busy_timeout: float) -> N
     file closes (SQLite then checkpoints and deletes it).
     """
     try:
+        (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
         conn.execute(f"PRAGMA busy_timeout={int(TRUNCATE_WAIT * 1000)}")
         try:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
-            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
         why = "other connections were reading or writing" if busy else None
     except sqlite3.Error as exc:  # the deletion stands: it has committed
         why = str(exc)
