@@ -51,6 +51,7 @@ from trackmw.errors import StoreError
 from trackmw.events import ConsentChoice, Hit, PageView
 from trackmw.pipeline import Pipeline
 from trackmw.stores import Store, open_store
+from trackmw.stores.postgres import PostgresStore
 from trackmw.stores.sqlite import SQLiteStore
 
 from .local import Unavailable, local_cluster
@@ -78,9 +79,10 @@ def write_rate(store: Store, rows: list[PageView], consents: list[ConsentChoice]
     ``BATCH`` after one warm-up batch.
 
     As the pipeline's writer does when it finds batches waiting: ``store.send`` for
-    each, then ``store.sync`` (every batch written). For PostgreSQL ``send`` is
-    ``write``; Redis plans a batch while its server runs the one before; SQLite writes
-    the batches sent one after another together, up to ``group_events`` a transaction.
+    each, then ``store.sync`` (every batch written). Redis plans a batch while its
+    server runs the one before; SQLite and PostgreSQL write the batches sent one after
+    another together, up to ``group_events`` a transaction (PostgreSQL preparing a
+    group while a thread of its own writes the one before).
 
     The second figure divides by the CPU time spent: this process's plus the server's
     (``server_cpu()`` reads the server's cumulative CPU seconds). When the two are
@@ -484,7 +486,8 @@ def _run(rows: list[PageView], consents: list[ConsentChoice], quick: bool,
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     median = f"median of {rounds} rounds" if rounds > 1 else "one round"
     notes.append(f"stores: {events - BATCH:,} events per store in batches of {BATCH:,} "
-                 f"(SQLite: {SQLiteStore.group_events:,} a transaction), "
+                 f"(SQLite: {SQLiteStore.group_events:,} a transaction, PostgreSQL: "
+                 f"{PostgresStore.group_events:,}), "
                  f"{median}; load average at the end {load} on {os.cpu_count()} cores")
     if not quiet:
         print(notes[-1])

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
+import threading
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -641,5 +645,84 @@ def test_postgres_stores_the_page_views_and_rollups_whoever_formats_them(
         )
         with store._connection() as conn:  # type: ignore[attr-defined]
             assert (conn.info.encoding == "utf-8") == (encoding == "UTF8")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_writes_batches_sent_one_after_another_in_groups(store_url: str) -> None:
+    # The pipeline's writer, when behind, sends every batch it finds waiting and then
+    # syncs: PostgreSQL holds them and writes up to group_events a transaction (one
+    # batch id each), a group while the next one is prepared.
+    pvs, choices = events(seed=8, n=12_000, days=2)
+    store = open_store(store_url)
+    try:
+        assert store.group_events == 5_000  # type: ignore[attr-defined]
+        for i in range(0, 3_000, 1_000):
+            store.send(pvs[i:i + 1_000], choices if i == 0 else [])
+        assert store.held() == 3_000 + len(choices)  # a group not yet full waits for sync
+        assert store.report(START, START + timedelta(days=1)).pageviews == 0
+        for i in range(3_000, 12_000, 1_000):
+            store.send(pvs[i:i + 1_000], [])
+        store.sync()
+        assert store.held() == 0
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 3
+        r = store.report(START, START + timedelta(days=1))
+        assert (r.pageviews, r.bot_hits) == (
+            sum(not p.bot for p in pvs), sum(p.bot for p in pvs))
+        assert sum(r.consent.values()) == len(choices)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "postgresql"])
+def test_events_still_buffered_at_process_exit_are_written_without_an_error(
+    store_url: str,
+) -> None:
+    # The atexit hook closes the pipeline after the interpreter stopped taking new
+    # threads' work (PostgreSQL writes a group in a thread of its own when it can).
+    script = textwrap.dedent(f"""
+        import time
+        from trackmw import Tracker
+        from trackmw.events import Hit
+        t = Tracker(secret_keys=[{SECRET!r}], store={store_url!r}, flush_interval=3600)
+        for i in range(100):
+            t.pipeline.add(Hit(time.time(), "v" * 22, None, "/", None, None, "Mozilla/5.0", "h"))
+        # no close(): the atexit hook must write them
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert "trackmw" not in done.stderr
+    from trackmw import Tracker
+
+    tracker = Tracker(secret_keys=[SECRET], store=store_url)
+    try:
+        assert tracker.stats().pageviews == 100
+    finally:
+        tracker.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_writes_on_a_connection_of_its_own_when_no_thread_can_start(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From Python 3.12 the interpreter starts no thread at process exit, when the
+    # pipeline's atexit flush of a process that never wrote before opens the store:
+    # neither the pool's threads nor the store's writing thread. (Shown here by refusing
+    # every thread: this Python may start them at exit.)
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    store = open_store(store_url)
+    try:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        store.send([pageview(START, 1, "v1")], [])
+        store.sync()
+        store.write([pageview(START, 2, "v2")], [])
+        assert store.report(START, START).pageviews == 2
+        monkeypatch.undo()
+        store.write([pageview(START, 3, "v3")], [])  # the pool, once threads start again
+        assert store.report(START, START).pageviews == 3
     finally:
         store.close()

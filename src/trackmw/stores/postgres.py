@@ -9,12 +9,17 @@ counts are exact and reports read small tables.
   brought up to date on first use under ``pg_advisory_xact_lock``, so many processes
   can start at once. The tables live in the schema named by ``?schema=name`` (default
   ``trackmw``); the parameter is stripped before the URL reaches libpq.
-- Writes: one transaction per batch: page views are copied (binary ``COPY``) into
-  ``pageviews``; the rollups are counted by the client (``daily_counts``, the function
-  that erasure's subtraction uses too, and ``visitor_days``) and added with ``INSERT …
-  SELECT … FROM unnest(…) ON CONFLICT DO UPDATE``, rows in key order so that concurrent
-  writers lock them in the same order (no deadlocks); consents by ``COPY``. With the C
-  speedups built, the page views' ``COPY`` and the rollups' arrays are formatted in C
+- Writes: one transaction per batch, or per group of the batches sent one after
+  another (``send``, up to ``group_events``: the pipeline's writer sends every batch it
+  finds waiting when it is behind), written by a thread of the store's while the next
+  group is prepared, in three round trips (the statements before the page views'
+  ``COPY`` go together, in pipeline mode, and those after it): page views are copied
+  (binary ``COPY``) into ``pageviews``; the rollups are counted by the client
+  (``daily_counts``, the function that erasure's subtraction uses too, and
+  ``visitor_days``) and added with ``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO
+  UPDATE``, rows in key order so that concurrent writers lock them in the same order
+  (no deadlocks); consents by ``INSERT … SELECT … FROM unnest(…)``. With the C speedups
+  built, the page views' ``COPY`` and the rollups' arrays are formatted in C
   (``copy_pageviews``, ``pg_columns``), whole, when the connection's texts go as UTF-8;
   psycopg formats them otherwise, and for any batch the C leaves. A
   visitor's and a user's page views are found by hash indexes: equality is all erasure
@@ -38,7 +43,10 @@ counts are exact and reports read small tables.
   connections use whatever ``default_transaction_isolation`` the URL's options set.
 - Connections: a ``psycopg_pool.ConnectionPool`` (``?pool_size=N``, default 4), checked
   before use so a restarted server is reconnected to. ``after_fork`` drops the pool
-  without closing it, so a forked child never touches its parent's sockets.
+  without closing it, so a forked child never touches its parent's sockets. A pool
+  that cannot start its threads (at process exit, from Python 3.12 on) gives way to a
+  connection of the store's own for each use, so that the pipeline's atexit flush
+  still writes.
 """
 
 from __future__ import annotations
@@ -47,10 +55,12 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from datetime import date
 from functools import cache, partial
 from operator import itemgetter
@@ -81,6 +91,8 @@ class PostgresStore(Store):
     drops_erased = True
     #: Page views a process writes between its summaries of the BRIN index's new ranges.
     summarize_every = 100_000
+    #: At most this many events (batches sent one after another) a transaction.
+    group_events = 5_000
 
     def __init__(self, url: str, settings: Any = None) -> None:
         super().__init__(url, settings)
@@ -90,8 +102,15 @@ class PostgresStore(Store):
         # Quoted, as CREATE SCHEMA names it: a name with capitals stays one.
         self._options = f'{given} -c search_path="{self.schema}"'.strip()
         self._pool: Any = None
+        self._pool_lock = threading.Lock()  # one pool, whichever thread asks first
         self._schema_ready = False
         self._pid = os.getpid()
+        self._lock = threading.RLock()  # ``send`` and ``sync``: one batch in flight
+        self._held: tuple[list[PageView], list[ConsentChoice]] = ([], [])  # ``send``'s
+        self._flight: _Batch | None = None  # a group of them being written
+        self._worker: ThreadPoolExecutor | None = None  # writes the batch in flight
+        # Do the connections' texts go as UTF-8 (``_prepare``)? Not known before the first.
+        self._utf8: bool | None = None
         self._writes = 0
         self._unsummarized = 0  # page views written since the last summary
         self._token = uuid.uuid4().hex  # batch ids of different processes never collide
@@ -116,50 +135,75 @@ class PostgresStore(Store):
     @classmethod
     def check_url(cls, url: str) -> None:
         cls._parse(url)
+        _drivers()  # now, while imports still work (see ``_drivers``)
 
     # -- connections -------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """A pooled connection inside a transaction; driver errors become ``StoreError``."""
+    def _connection(self, transaction: bool = True) -> Iterator[Any]:
+        """A pooled connection inside a transaction (unless not ``transaction``: the
+        caller commits or rolls back); driver errors become ``StoreError``."""
         import psycopg
 
         if self._pid != os.getpid():
             self.after_fork()
         try:
-            pool = self._pool or self._open()
-            with pool.connection(timeout=self.connect_timeout) as conn:
+            with self._pooled() as conn:
                 if not self._schema_ready:
                     self._migrate(conn)
+                if not transaction:
+                    yield conn
+                    return
                 with conn.transaction():
                     yield conn
         except (psycopg.Error, OSError) as exc:  # psycopg_pool.PoolTimeout is a psycopg.Error
             raise StoreError(f"postgresql {redact(self.url)}: {exc}") from exc
 
-    def _open(self) -> Any:
+    @contextmanager
+    def _pooled(self) -> Iterator[Any]:
+        """A connection from the pool; or, if the pool cannot start its threads, one of
+        its own, closed after use. (At process exit from Python 3.12 on, the interpreter
+        starts no thread: the pipeline's atexit flush of a process that never wrote
+        before opens the pool then.)"""
         try:
-            from psycopg_pool import ConnectionPool
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigurationError(
-                "store", "the postgres store needs psycopg: pip install 'trackmw[postgres]'"
-            ) from exc
+            pool = self._pool or self._open()
+        except RuntimeError as exc:
+            log.info("trackmw: postgresql: no pool (%s): a connection of its own", exc)
+            import psycopg
+
+            with closing(psycopg.connect(self._conninfo, **self._connect_args())) as conn:
+                _configure(conn)
+                yield conn
+            return
+        with pool.connection(timeout=self.connect_timeout) as conn:
+            yield conn
+
+    def _open(self) -> Any:
+        with self._pool_lock:
+            return self._pool or self._new_pool()
+
+    def _new_pool(self) -> Any:
+        ConnectionPool = _drivers()
         pool = ConnectionPool(
             self._conninfo,
             min_size=1,
             max_size=self.pool_size,
             open=False,
             check=ConnectionPool.check_connection,
-            kwargs={
-                "connect_timeout": int(self.connect_timeout),
-                "options": self._options,
-                "application_name": "trackmw",
-            },
+            kwargs=self._connect_args(),
             name="trackmw",
             configure=_configure,
         )
         pool.open(wait=False)
         self._pool = pool
         return pool
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {
+            "connect_timeout": int(self.connect_timeout),
+            "options": self._options,
+            "application_name": "trackmw",
+        }
 
     def _migrate(self, conn: Any) -> None:
         import psycopg
@@ -197,6 +241,17 @@ class PostgresStore(Store):
         self._schema_ready = True
 
     def close(self) -> None:
+        self._mine()
+        with self._lock:
+            if self.held():  # sent by ``send`` and never ``sync``ed
+                try:
+                    self.sync()
+                except StoreError as exc:
+                    n = self.held()
+                    log.error("trackmw: %r: %d events sent are not written: %s", self, n, exc)
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -206,60 +261,175 @@ class PostgresStore(Store):
         if self._pool is not None:
             _orphans.append(self._pool)
         self._pool = None
+        self._pool_lock = threading.Lock()
         self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._held = ([], [])  # the parent's to write
+        self._flight = None
+        self._worker = None  # its thread is the parent's
 
     # -- writing -----------------------------------------------------------------------
 
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Write one batch now, in a transaction of its own, after the batches ``send``
+        took (in the order they came)."""
+        self.sync()
+        if pageviews or consents:
+            self._execute(self._prepare(pageviews, consents))
+
+    def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        """Take one batch, to be written with the batches sent after it in one transaction
+        of up to ``group_events``, by a thread of the store's; ``sync`` waits for them.
+
+        The pipeline's writer sends every batch it finds waiting, then syncs: one batch
+        at a time when it keeps up, several in one transaction when it is behind (fewer
+        rollup rows to update, one commit). A full group is prepared (its ``COPY`` and
+        the rollups' arrays, formatted) while the group before is still being written:
+        then that one is waited for, this one handed to the thread, and ``send``
+        returns, so that the client and the server work at once. Each group is written
+        in one transaction, once (its id), less the events of visitors erased after
+        them (``drops_erased``).
+        """
         if not pageviews and not consents:
             return
+        self._mine()
+        with self._lock:
+            held = len(self._held[0]) + len(self._held[1])
+            if held and held + len(pageviews) + len(consents) > self.group_events:
+                self._launch()  # if the group before failed, this batch is not taken
+            self._held[0].extend(pageviews)
+            self._held[1].extend(consents)
+
+    def sync(self) -> None:
+        """Write what ``send`` holds and wait for it (``Store.sync``)."""
+        self._mine()
+        with self._lock:
+            if self._held[0] or self._held[1]:
+                self._launch()
+            self._settle()
+
+    def held(self) -> int:
+        batch = self._flight
+        flying = len(batch.pageviews) + len(batch.consents) if batch is not None else 0
+        return flying + len(self._held[0]) + len(self._held[1])
+
+    def _mine(self) -> None:
+        """In a forked child, forget the parent's batches, thread and lock (first: the
+        parent's lock may have been held by one of its threads)."""
+        if self._pid != os.getpid():
+            self.after_fork()
+
+    def _launch(self) -> None:
+        """Prepare the held batches as one group, wait for the group in flight, then hand
+        this one to the store's thread (which it starts the first time)."""
+        group = self._prepare(*self._held)
+        self._settle()  # raises if the group before could not be written: this one waits
+        self._held = ([], [])
+        self._flight = group
+        try:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="trackmw-postgres")
+            group.future = self._worker.submit(self._execute, group)
+        except RuntimeError:  # the interpreter is exiting (atexit): ``_settle`` writes it
+            self._worker = None
+
+    def _settle(self) -> None:
+        """Finish the group in flight: wait for its thread, and if that failed, write it
+        here. Raises ``StoreError`` (the group kept for the next try) if that fails too."""
+        batch = self._flight
+        if batch is None:
+            return
+        future = batch.future
+        if future is not None:
+            try:
+                future.result()
+            except StoreError as exc:  # said again below if it still holds
+                log.info("trackmw: %r: a batch failed (%s); trying it again", self, exc)
+            except Exception as exc:
+                log.error("trackmw: %r: a batch failed unexpectedly (%r); trying it again",
+                          self, exc)
+            else:
+                self._flight = None
+                return
+            finally:
+                if future.done():  # not if interrupted: it is still being written
+                    batch.future = None
+        self._execute(batch)
+        self._flight = None
+
+    def _prepare(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice],
+                 batch_id: str | None = None) -> _Batch:
+        """``pageviews`` and ``consents`` as their transaction sends them: formatted in C,
+        the whole ``COPY`` and the rollups' arrays, when the texts go as UTF-8 (else
+        psycopg formats a row, or an array's item, in Python)."""
         # Same content, same id: a retry of this batch (from this process) is recognised.
-        batch_id = f"{self._token}:{hash((tuple(pageviews), tuple(consents))) & (2**64 - 1):x}"
-        with self._connection() as conn:
+        if batch_id is None:
+            digest = hash((tuple(pageviews), tuple(consents))) & (2**64 - 1)
+            batch_id = f"{self._token}:{digest:x}"
+        batch = _Batch(pageviews, consents, batch_id, self._utf8)
+        if pageviews and batch.utf8 is not None:  # else formatted once it is known
+            days = batch.days
+            numbers = _day_numbers(pageviews, days) if batch.utf8 else None
+            copy_c = _formatter("copy_pageviews", numbers)
+            batch.copy = None if copy_c is None else copy_c(pageviews, PageView, numbers)
+            batch.counts = _arrays(daily_counts(pageviews), "dtti", numbers)
+            visits = visitor_days(pageviews)
+            batch.visits = _arrays(visits, "dttttti", numbers) if visits else None
+        return batch
+
+    def _execute(self, batch: _Batch) -> None:
+        """Write ``batch`` in one transaction (see the module), in three round trips to
+        the server: the statements before the page views' ``COPY`` and those after it go
+        together (pipeline mode, which ``COPY`` cannot be part of)."""
+        with self._connection(transaction=False) as conn:
+            try:
+                self._transaction(conn, batch)
+            except BaseException:
+                _rollback(conn)
+                raise
+        self._unsummarized += len(batch.pageviews)
+        if self._unsummarized >= self.summarize_every:
+            self._unsummarized = 0
+            self._summarize()
+
+    def _transaction(self, conn: Any, batch: _Batch) -> None:
+        with conn.pipeline():  # BEGIN, the lock, the batch's id
             conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._erasure_lock,))
             # The latest erasure, read after the lock (a statement of its own, so that its
             # snapshot includes an erasure that committed while this write waited).
             row = conn.execute(
                 "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING "
                 "RETURNING (SELECT max(at) FROM erasures)",
-                (batch_id,),
+                (batch.id,),
             ).fetchone()
-            if row is None:
-                return  # written already: its commit reply was lost, the retry is a no-op
-            kept = unerased(pageviews, consents, partial(_erasures, conn), row[0])
-            if kept is not None:
-                pageviews, consents = kept
-            cur = conn.cursor()
+        if row is None:
+            conn.rollback()
+            return  # written already: its commit reply was lost, the retry is a no-op
+        kept = unerased(batch.pageviews, batch.consents, partial(_erasures, conn), row[0])
+        self._utf8 = conn.info.encoding == "utf-8"
+        if kept is not None or batch.utf8 != self._utf8:
+            batch = self._prepare(*(kept or (batch.pageviews, batch.consents)), batch.id)
+        cur = conn.cursor()
+        if batch.pageviews:
+            with cur.copy(f"COPY pageviews ({sql.PV_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+                if batch.copy is not None:
+                    copy.write(batch.copy)
+                else:
+                    copy.set_types(sql.PV_TYPES)
+                    write_row, days = copy.write_row, batch.days
+                    for pv in batch.pageviews:
+                        write_row((pv[0], days[pv[1]], *pv[2:]))
+        with conn.pipeline():  # the rollups, the consents, COMMIT
+            if batch.pageviews:
+                cur.execute(sql.ADD_COUNTS, batch.counts)
+                if batch.visits is not None:
+                    cur.execute(sql.ADD_VISITORS, batch.visits)
+            if batch.consents:
+                cur.execute(sql.ADD_CONSENTS, _columns(batch.consents))
             self._writes += 1
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
-            if pageviews:
-                days = _Days()
-                # Formatted in C, the whole COPY and the rollups' arrays, when the texts
-                # go as UTF-8 (psycopg formats a row, or an array's item, in Python).
-                numbers = _day_numbers(pageviews, days) if conn.info.encoding == "utf-8" else None
-                with cur.copy(f"COPY pageviews ({sql.PV_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy_c = _formatter("copy_pageviews", numbers)
-                    data = None if copy_c is None else copy_c(pageviews, PageView, numbers)
-                    if data is not None:
-                        copy.write(data)
-                    else:
-                        copy.set_types(sql.PV_TYPES)
-                        write_row = copy.write_row
-                        for pv in pageviews:
-                            write_row((pv[0], days[pv[1]], *pv[2:]))
-                cur.execute(sql.ADD_COUNTS, _arrays(daily_counts(pageviews), "dtti", numbers))
-                visits = visitor_days(pageviews)
-                if visits:
-                    cur.execute(sql.ADD_VISITORS, _arrays(visits, "dttttti", numbers))
-            if consents:
-                with cur.copy(f"COPY consents ({sql.CC_COLS}) FROM STDIN") as copy:
-                    for choice in consents:
-                        copy.write_row(choice)
-        self._unsummarized += len(pageviews)
-        if self._unsummarized >= self.summarize_every:
-            self._unsummarized = 0
-            self._summarize()
+            conn.commit()
 
     def _summarize(self) -> None:
         """Summarize the page views' BRIN ranges that are not yet (see the module), after
@@ -354,6 +524,55 @@ class PostgresStore(Store):
             conn.execute("DELETE FROM daily_visitors WHERE day < %s", (before,))
             conn.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
         return int(removed)
+
+
+class _Batch:
+    """A batch as its transaction sends it (``PostgresStore._prepare``), and the thread's
+    writing of it once ``send`` has handed it over."""
+
+    __slots__ = ("consents", "copy", "counts", "days", "future", "id", "pageviews", "utf8",
+                 "visits")
+
+    def __init__(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice],
+                 batch_id: str, utf8: bool | None) -> None:
+        self.pageviews = pageviews
+        self.consents = consents
+        self.id = batch_id
+        self.utf8 = utf8  # formatted for connections whose texts go as UTF-8 (None: not yet)
+        self.days = _Days()
+        self.copy: bytes | None = None  # the page views' whole binary COPY, made in C
+        self.counts: list[Any] = []  # ADD_COUNTS' parameters
+        self.visits: list[Any] | None = None  # ADD_VISITORS', if any visitor is named
+        self.future: Future[None] | None = None
+
+
+def _drivers() -> Any:
+    """psycopg_pool's ``ConnectionPool``; ``ConfigurationError`` if psycopg is missing.
+
+    Imported when a tracker checks its store's URL, as this module is: a store first
+    opened at process exit (the pipeline's atexit flush of a process that never wrote
+    before) could no longer import what imports ``concurrent.futures``, which refuses
+    once the interpreter is shutting down.
+    """
+    try:
+        import psycopg  # noqa: F401
+        from psycopg_pool import ConnectionPool
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigurationError(
+            "store", "the postgres store needs psycopg: pip install 'trackmw[postgres]'"
+        ) from exc
+    return ConnectionPool
+
+
+def _rollback(conn: Any) -> None:
+    """Roll back the transaction a failed write left open: the pool would, with a
+    warning; a broken connection (the server gone) is discarded as it is returned."""
+    import psycopg
+
+    try:
+        conn.rollback()
+    except psycopg.Error as exc:
+        log.debug("trackmw: postgresql: rollback after a failed write failed: %s", exc)
 
 
 def _erasures(conn: Any, keys: Collection[str]) -> dict[str, float]:

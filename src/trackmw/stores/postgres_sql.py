@@ -15,6 +15,7 @@ from typing import Any
 from ..report import TOP_N, Report, day_range, ranked
 
 __all__ = [
+    "ADD_CONSENTS",
     "ADD_COUNTS",
     "ADD_VISITORS",
     "CC_COLS",
@@ -114,6 +115,14 @@ SELECT * FROM unnest(%b::date[], %b::text[], %b::text[], %b::text[], %b::text[],
     %b::bigint[]) ORDER BY 1, 2, 3
 ON CONFLICT (day, visitor_id, user_id)
 DO UPDATE SET pageviews = daily_visitors.pageviews + excluded.pageviews
+"""
+
+# A batch's consent choices, one array per column (a few a batch): a statement, where a
+# ``COPY`` cannot join the statements sent together after the page views' (pipeline mode).
+ADD_CONSENTS = f"""
+INSERT INTO consents ({CC_COLS})
+SELECT * FROM unnest(%s::float8[], %s::text[]::date[], %s::text[], %s::bool[], %s::bool[],
+    %s::text[], %s::bool[], %s::bool[])
 """
 
 

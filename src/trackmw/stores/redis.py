@@ -137,6 +137,7 @@ class RedisStore(Store):
     @classmethod
     def check_url(cls, url: str) -> None:
         cls._parse(url)
+        _drivers()  # now, while imports still work (see ``_drivers``)
 
     # -- connections -------------------------------------------------------------------
 
@@ -146,15 +147,7 @@ class RedisStore(Store):
         if self._pid != os.getpid():
             self.after_fork()
         if self._client is None:
-            try:
-                import msgpack  # noqa: F401  (redis_plan writes a batch's plan with it)
-                import redis
-                from redis.cluster import RedisCluster
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise ConfigurationError(
-                    "store",
-                    "the redis store needs redis-py and msgpack: pip install 'trackmw[redis]'",
-                ) from exc
+            redis, RedisCluster = _drivers()
             opts = {
                 "decode_responses": True,
                 "socket_timeout": self.socket_timeout,
@@ -531,6 +524,26 @@ class _Batch:
         checks = erasure_checks(self.pageviews, self.consents)
         del self.args[_KEYS_AT:]
         self.args.extend(chain.from_iterable((key, repr(ts)) for key, ts in checks.items()))
+
+
+def _drivers() -> tuple[Any, Any]:
+    """``(redis, RedisCluster)``; ``ConfigurationError`` if redis-py or msgpack (which
+    ``redis_plan`` writes a batch's plan with) is missing.
+
+    Imported when a tracker checks its store's URL: a store first opened at process exit
+    (the pipeline's atexit flush of a process that never wrote before) could no longer
+    import redis-py, which imports ``concurrent.futures``, and that refuses once the
+    interpreter is shutting down.
+    """
+    try:
+        import msgpack  # noqa: F401
+        import redis
+        from redis.cluster import RedisCluster
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigurationError(
+            "store", "the redis store needs redis-py and msgpack: pip install 'trackmw[redis]'"
+        ) from exc
+    return redis, RedisCluster
 
 
 def _errors() -> tuple[type[Exception], ...]:
