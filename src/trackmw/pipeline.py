@@ -24,8 +24,8 @@ Nothing accepted is lost while the process lives:
 
 The largest loss on ``kill -9`` is what was buffered and not yet written: at most
 ``flush_interval`` seconds of events (plus what the store took and had not yet
-committed: a batch in flight to Redis, or the batches SQLite holds to write together,
-up to ``SQLiteStore.group_events``).
+committed: a batch in flight to Redis, or the batches SQLite and PostgreSQL hold to
+write together, up to their ``group_events``, and PostgreSQL's group being written).
 """
 
 from __future__ import annotations

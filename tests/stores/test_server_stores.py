@@ -662,7 +662,10 @@ def test_postgres_writes_batches_sent_one_after_another_in_groups(store_url: str
             store.send(pvs[i:i + 1_000], choices if i == 0 else [])
         assert store.held() == 3_000 + len(choices)  # a group not yet full waits for sync
         assert store.report(START, START + timedelta(days=1)).pageviews == 0
-        for i in range(3_000, 12_000, 1_000):
+        for i in range(3_000, 6_000, 1_000):
+            store.send(pvs[i:i + 1_000], [])  # the sixth: the first group is handed over
+        assert any(t.name.startswith("trackmw-postgres") for t in threading.enumerate())
+        for i in range(6_000, 12_000, 1_000):
             store.send(pvs[i:i + 1_000], [])
         store.sync()
         assert store.held() == 0
@@ -724,5 +727,100 @@ def test_postgres_writes_on_a_connection_of_its_own_when_no_thread_can_start(
         monkeypatch.undo()
         store.write([pageview(START, 3, "v3")], [])  # the pool, once threads start again
         assert store.report(START, START).pageviews == 3
+    finally:
+        store.close()
+
+
+def _failing_transactions(monkeypatch: pytest.MonkeyPatch, fail: list[str]) -> list[str]:
+    """Make each PostgreSQL transaction fail as ``fail`` says, in turn: "before" (nothing
+    written), "after" (committed, its reply lost), "" (as usual); once ``fail`` is used up,
+    as usual. Returns what happened, in order."""
+    from trackmw.stores.postgres import PostgresStore
+
+    real = PostgresStore._transaction
+    happened: list[str] = []
+
+    def transaction(self: PostgresStore, conn: Any, batch: Any) -> None:
+        how = fail.pop(0) if fail else ""
+        happened.append(how)
+        if how == "before":
+            raise StoreError("the server went away")
+        real(self, conn, batch)
+        if how == "after":
+            raise StoreError("the commit's reply was lost")
+
+    monkeypatch.setattr(PostgresStore, "_transaction", transaction)
+    return happened
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+@pytest.mark.parametrize("how", ["before", "after"])
+def test_a_postgres_group_that_fails_in_its_thread_is_written_once_by_sync(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    pvs, choices = events(seed=9, n=7_000, days=1)
+    store = open_store(store_url)
+    try:
+        store.write(pvs[:10], [])  # connected: the next groups go to the store's thread
+        happened = _failing_transactions(monkeypatch, [how])
+        for i in range(10, 7_000, 1_000):
+            store.send(pvs[i:i + 1_000], choices if i == 10 else [])
+        store.sync()  # the first group failed in the thread, and was written here
+        assert happened == [how, "", ""]  # that group twice (the second time: once)
+        assert store.held() == 0
+        r = store.report(START, START)
+        assert (r.pageviews, r.bot_hits) == (sum(not p.bot for p in pvs),
+                                             sum(p.bot for p in pvs))
+        assert sum(r.consent.values()) == len(choices)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_a_postgres_group_that_cannot_be_written_is_kept_and_the_next_batch_refused(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pvs, _ = events(seed=10, n=12_000, days=1)
+    store = open_store(store_url)
+    try:
+        store.write(pvs[:10], [])
+        _failing_transactions(monkeypatch, ["before"] * 100)
+        for i in range(10, 6_010, 1_000):  # the sixth send hands the first group over
+            store.send(pvs[i:i + 1_000], [])
+        with pytest.raises(StoreError, match="went away"):
+            store.sync()
+        assert store.held() == 6_000  # the group that failed, and the batch after it
+        for i in range(6_010, 10_010, 1_000):
+            store.send(pvs[i:i + 1_000], [])  # held: the group is not full yet
+        with pytest.raises(StoreError, match="went away"):
+            store.send(pvs[10_010:11_010], [])  # it would start a group: refused
+        assert store.held() == 10_000
+        assert store.report(START, START).pageviews == sum(not p.bot for p in pvs[:10])
+        monkeypatch.undo()  # the server is back
+        store.send(pvs[10_010:12_000], [])  # the pipeline sends the refused batch again
+        store.sync()
+        assert store.held() == 0
+        assert store.report(START, START).pageviews == sum(not p.bot for p in pvs)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgres_writes_without_pipeline_mode_where_libpq_lacks_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
+    monkeypatch.setattr(psycopg.Connection, "pipeline", None)  # never entered
+    pvs, choices = events(seed=11, n=3_000, days=1)
+    store = open_store(store_url)
+    try:
+        for i in range(0, 3_000, 1_000):
+            store.send(pvs[i:i + 1_000], choices if i == 0 else [])
+        store.sync()
+        r = store.report(START, START)
+        assert r.pageviews == sum(not p.bot for p in pvs)
+        assert sum(r.consent.values()) == len(choices)
     finally:
         store.close()

@@ -11,7 +11,8 @@ Reading methods may be called from any thread.
 
 Each store class names its URL ``schemes``; ``store_class(url)`` finds it, and an
 unknown scheme is a ``ConfigurationError``. Drivers for server stores are imported
-lazily: a missing one names the extra to install.
+when the URL is checked (``check_url``, as a tracker is made), not before: a missing one
+is a ``ConfigurationError`` naming the extra to install.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ counts are exact and reports read small tables.
 - Writes: one transaction per batch, or per group of the batches sent one after
   another (``send``, up to ``group_events``: the pipeline's writer sends every batch it
   finds waiting when it is behind), written by a thread of the store's while the next
-  group is prepared, in three round trips (the statements before the page views'
-  ``COPY`` go together, in pipeline mode, and those after it): page views are copied
+  group is prepared; the statements before the page views' ``COPY`` are sent together
+  (pipeline mode, where libpq has it), and those after it too: page views are copied
   (binary ``COPY``) into ``pageviews``; the rollups are counted by the client
   (``daily_counts``, the function that erasure's subtraction uses too, and
   ``visitor_days``) and added with ``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO
@@ -60,7 +60,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from datetime import date
 from functools import cache, partial
 from operator import itemgetter
@@ -84,7 +84,8 @@ _orphans: list[Any] = []  # pools inherited over fork: never used, never closed,
 
 
 class PostgresStore(Store):
-    """Raw events plus daily rollups in PostgreSQL, written in one transaction per batch."""
+    """Raw events plus daily rollups in PostgreSQL, written in one transaction per batch
+    (or per group of the batches ``send`` took one after another)."""
 
     schemes = ("postgresql", "postgres")
     connect_timeout = 5.0
@@ -273,9 +274,11 @@ class PostgresStore(Store):
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         """Write one batch now, in a transaction of its own, after the batches ``send``
         took (in the order they came)."""
-        self.sync()
-        if pageviews or consents:
-            self._execute(self._prepare(pageviews, consents))
+        self._mine()
+        with self._lock:
+            self.sync()
+            if pageviews or consents:
+                self._execute(self._prepare(pageviews, consents))
 
     def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         """Take one batch, to be written with the batches sent after it in one transaction
@@ -324,13 +327,14 @@ class PostgresStore(Store):
         this one to the store's thread (which it starts the first time)."""
         group = self._prepare(*self._held)
         self._settle()  # raises if the group before could not be written: this one waits
-        self._held = ([], [])
         self._flight = group
+        self._held = ([], [])
         try:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="trackmw-postgres")
             group.future = self._worker.submit(self._execute, group)
-        except RuntimeError:  # the interpreter is exiting (atexit): ``_settle`` writes it
+        except RuntimeError as exc:  # no thread (at exit): ``_settle`` writes it here
+            log.info("trackmw: %r: no thread to write in (%s): writing here", self, exc)
             self._worker = None
 
     def _settle(self) -> None:
@@ -378,9 +382,9 @@ class PostgresStore(Store):
         return batch
 
     def _execute(self, batch: _Batch) -> None:
-        """Write ``batch`` in one transaction (see the module), in three round trips to
-        the server: the statements before the page views' ``COPY`` and those after it go
-        together (pipeline mode, which ``COPY`` cannot be part of)."""
+        """Write ``batch`` in one transaction (see the module): the statements before the
+        page views' ``COPY`` are sent together (pipeline mode, which ``COPY`` cannot be
+        part of), and those after it too."""
         with self._connection(transaction=False) as conn:
             try:
                 self._transaction(conn, batch)
@@ -393,15 +397,16 @@ class PostgresStore(Store):
             self._summarize()
 
     def _transaction(self, conn: Any, batch: _Batch) -> None:
-        with conn.pipeline():  # BEGIN, the lock, the batch's id
+        with _together(conn):  # BEGIN, the lock, the batch's id
             conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._erasure_lock,))
             # The latest erasure, read after the lock (a statement of its own, so that its
             # snapshot includes an erasure that committed while this write waited).
-            row = conn.execute(
+            marked = conn.execute(
                 "INSERT INTO batches (id) VALUES (%s) ON CONFLICT DO NOTHING "
                 "RETURNING (SELECT max(at) FROM erasures)",
                 (batch.id,),
-            ).fetchone()
+            )
+        row = marked.fetchone()  # after the block: its results are in by then
         if row is None:
             conn.rollback()
             return  # written already: its commit reply was lost, the retry is a no-op
@@ -419,7 +424,7 @@ class PostgresStore(Store):
                     write_row, days = copy.write_row, batch.days
                     for pv in batch.pageviews:
                         write_row((pv[0], days[pv[1]], *pv[2:]))
-        with conn.pipeline():  # the rollups, the consents, COMMIT
+        with _together(conn):  # the rollups, the consents, COMMIT
             if batch.pageviews:
                 cur.execute(sql.ADD_COUNTS, batch.counts)
                 if batch.visits is not None:
@@ -564,6 +569,14 @@ def _drivers() -> Any:
     return ConnectionPool
 
 
+def _together(conn: Any) -> Any:
+    """A block whose statements ``conn`` sends together, in pipeline mode; one at a
+    time where psycopg's libpq lacks it (before libpq 14)."""
+    import psycopg
+
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
+
+
 def _rollback(conn: Any) -> None:
     """Roll back the transaction a failed write left open: the pool would, with a
     warning; a broken connection (the server gone) is discarded as it is returned."""
@@ -637,8 +650,19 @@ def _arrays(rows: dict[Any, Any], types: str, numbers: dict[str, int] | None) ->
     return [kinds[letter][0](column) for letter, column in zip(types, columns, strict=True)]
 
 
-@cache
 def _array_types() -> dict[str, tuple[type[bytes], type[Any]]]:
+    """``_make_array_types()``, made once: the pool's threads configure connections
+    with its dumpers while ``send`` formats arrays of its types in another thread, and
+    two sets of types would leave those arrays without a dumper (sent as ``bytea``)."""
+    with _array_types_lock:
+        return _make_array_types()
+
+
+_array_types_lock = threading.Lock()
+
+
+@cache
+def _make_array_types() -> dict[str, tuple[type[bytes], type[Any]]]:
     """``pg_columns``' letters -> the ``bytes`` type its arrays are sent as, and the
     psycopg dumper (``_configure`` registers it) that sends them as they are, typed
     ``date[]``, ``text[]`` or ``bigint[]``."""
