@@ -824,3 +824,33 @@ def test_postgres_writes_without_pipeline_mode_where_libpq_lacks_it(
         assert sum(r.consent.values()) == len(choices)
     finally:
         store.close()
+
+
+def test_a_postgres_server_out_of_reach_is_waited_for_once_a_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The store's thread waited connect_timeout for a connection and got none: waiting
+    # again at once, in sync, made the pool's reconnection back off further, and a
+    # server back from a restart then took about as long to reach as that wait.
+    from trackmw.stores.postgres import PostgresStore
+
+    tries: list[int] = []
+    real = PostgresStore._execute
+
+    def execute(self: PostgresStore, batch: Any) -> None:
+        tries.append(1)
+        real(self, batch)
+
+    monkeypatch.setattr(PostgresStore, "_execute", execute)
+    store = open_store(f"postgresql://postgres@127.0.0.1:{free_port()}/test?schema=gone")
+    store.connect_timeout = 1.0  # type: ignore[attr-defined]
+    try:
+        store.send([pageview(START, 1, "v1")], [])
+        with pytest.raises(StoreError, match="couldn't get a connection"):
+            store.sync()
+        assert (len(tries), store.held()) == (1, 1)  # kept for the next try
+        with pytest.raises(StoreError, match="couldn't get a connection"):
+            store.sync()
+        assert (len(tries), store.held()) == (2, 1)
+    finally:
+        store.close()

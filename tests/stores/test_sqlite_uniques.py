@@ -175,3 +175,26 @@ def test_a_file_whose_ordinal_count_was_lost_goes_on_numbering(
     write(sql, mem, *STEPS[1:])
     assert_same(sql, mem)
     assert sorted(ids(sql).values()) == list(range(1, len(ids(sql)) + 1))
+
+
+def test_a_purge_that_rolls_back_leaves_no_dimension_id_behind(
+    stores: tuple[SQLiteStore, MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A purge on a store that never counted a visitor makes the all-visitors and
+    # all-users dimensions; rolled back, their ids are gone, and the next dimensions
+    # made would get the same ids: kept in the cache, two sets would count as one.
+    sql, mem = stores
+    from trackmw.stores.sqlite_uniques import Uniques
+
+    real = Uniques.purge
+
+    def purge_then_fail(self: Uniques, conn: sqlite3.Connection, before: date) -> None:
+        real(self, conn, before)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Uniques, "purge", purge_then_fail)
+    with pytest.raises(Exception, match="disk I/O error"):
+        sql.purge(START)
+    monkeypatch.undo()
+    write(sql, mem, *STEPS)
+    assert_same(sql, mem)

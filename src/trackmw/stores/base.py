@@ -18,6 +18,8 @@ is a ``ConfigurationError`` naming the extra to install.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -25,17 +27,20 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, date
 from itertools import compress, repeat
 from operator import is_, itemgetter
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._ext import leftovers, speedup
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import Report
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Store", "register", "store_class"]
+__all__ = ["Held", "Store", "register", "store_class"]
+
+log = logging.getLogger("trackmw")
 
 _REGISTRY: dict[str, str] = {
     # scheme -> "module:Class", imported only when used
@@ -136,6 +141,16 @@ class Store(ABC):
         ``sync``)."""
         return None
 
+    def _sync_at_close(self) -> None:
+        """What ``send`` took and no ``sync`` wrote, tried once more as the store closes:
+        what still cannot be written is logged, not raised, and the closing goes on."""
+        if self.held():
+            try:
+                self.sync()
+            except StoreError as exc:
+                log.error("trackmw: %r: %d events sent are not written: %s",
+                          self, self.held(), exc)
+
     @abstractmethod
     def report(self, since: date, until: date) -> Report:
         """Counts for the days ``since``..``until`` (inclusive, local days)."""
@@ -180,6 +195,49 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact(self.url)}>"
+
+
+def drivers(extra: str, *modules: str) -> list[ModuleType]:
+    """A server store's driver ``modules``, imported; ``ConfigurationError`` naming the
+    ``trackmw[extra]`` to install if one is missing.
+
+    Stores call it from ``check_url`` (which runs as a tracker is made), not only on
+    first use: a store first opened at process exit (the pipeline's atexit flush of a
+    process that never wrote before) could no longer import a driver that imports
+    ``concurrent.futures``, which refuses once the interpreter is shutting down.
+    """
+    try:
+        return [importlib.import_module(name) for name in modules]
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigurationError(
+            "store", f"{exc}: install the store's drivers: pip install 'trackmw[{extra}]'"
+        ) from exc
+
+
+class Held:
+    """The batches a store's ``send`` took to write together in one transaction, in the
+    order they came (SQLite's and PostgreSQL's ``group_events``)."""
+
+    __slots__ = ("consents", "pageviews")
+
+    def __init__(self) -> None:
+        self.pageviews: list[PageView] = []
+        self.consents: list[ConsentChoice] = []
+
+    def __len__(self) -> int:
+        return len(self.pageviews) + len(self.consents)
+
+    def overflows(
+        self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice], limit: int
+    ) -> bool:
+        """Would this batch take what is held past ``limit`` events? Never when nothing
+        is: a batch larger than ``limit`` is written alone."""
+        held = len(self)
+        return held > 0 and held + len(pageviews) + len(consents) > limit
+
+    def add(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
+        self.pageviews.extend(pageviews)
+        self.consents.extend(consents)
 
 
 def daily_count_keys(pv: PageView) -> list[tuple[str, str, str]]:

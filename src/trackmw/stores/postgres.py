@@ -72,7 +72,16 @@ from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import Report
 from . import postgres_sql as sql
-from .base import Store, daily_counts, purge_horizon, redact, tombstone_keys, unerased
+from .base import (
+    Held,
+    Store,
+    daily_counts,
+    drivers,
+    purge_horizon,
+    redact,
+    tombstone_keys,
+    unerased,
+)
 from .memory import visitor_document
 
 __all__ = ["PostgresStore"]
@@ -107,7 +116,7 @@ class PostgresStore(Store):
         self._schema_ready = False
         self._pid = os.getpid()
         self._lock = threading.RLock()  # ``send`` and ``sync``: one batch in flight
-        self._held: tuple[list[PageView], list[ConsentChoice]] = ([], [])  # ``send``'s
+        self._held = Held()  # what ``send`` took
         self._flight: _Batch | None = None  # a group of them being written
         self._worker: ThreadPoolExecutor | None = None  # writes the batch in flight
         # Do the connections' texts go as UTF-8 (``_prepare``)? Not known before the first.
@@ -136,7 +145,7 @@ class PostgresStore(Store):
     @classmethod
     def check_url(cls, url: str) -> None:
         cls._parse(url)
-        _drivers()  # now, while imports still work (see ``_drivers``)
+        _drivers()  # now, while imports still work (see ``base.drivers``)
 
     # -- connections -------------------------------------------------------------------
 
@@ -145,9 +154,9 @@ class PostgresStore(Store):
         """A pooled connection inside a transaction (unless not ``transaction``: the
         caller commits or rolls back); driver errors become ``StoreError``."""
         import psycopg
+        from psycopg_pool import PoolTimeout
 
-        if self._pid != os.getpid():
-            self.after_fork()
+        self._mine()
         try:
             with self._pooled() as conn:
                 if not self._schema_ready:
@@ -157,7 +166,9 @@ class PostgresStore(Store):
                     return
                 with conn.transaction():
                     yield conn
-        except (psycopg.Error, OSError) as exc:  # psycopg_pool.PoolTimeout is a psycopg.Error
+        except PoolTimeout as exc:
+            raise _Unreachable(f"postgresql {redact(self.url)}: {exc}") from exc
+        except (psycopg.Error, OSError) as exc:
             raise StoreError(f"postgresql {redact(self.url)}: {exc}") from exc
 
     @contextmanager
@@ -244,12 +255,7 @@ class PostgresStore(Store):
     def close(self) -> None:
         self._mine()
         with self._lock:
-            if self.held():  # sent by ``send`` and never ``sync``ed
-                try:
-                    self.sync()
-                except StoreError as exc:
-                    n = self.held()
-                    log.error("trackmw: %r: %d events sent are not written: %s", self, n, exc)
+            self._sync_at_close()
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.shutdown()
@@ -265,7 +271,7 @@ class PostgresStore(Store):
         self._pool_lock = threading.Lock()
         self._pid = os.getpid()
         self._lock = threading.RLock()
-        self._held = ([], [])  # the parent's to write
+        self._held = Held()  # the parent's to write
         self._flight = None
         self._worker = None  # its thread is the parent's
 
@@ -297,24 +303,22 @@ class PostgresStore(Store):
             return
         self._mine()
         with self._lock:
-            held = len(self._held[0]) + len(self._held[1])
-            if held and held + len(pageviews) + len(consents) > self.group_events:
+            if self._held.overflows(pageviews, consents, self.group_events):
                 self._launch()  # if the group before failed, this batch is not taken
-            self._held[0].extend(pageviews)
-            self._held[1].extend(consents)
+            self._held.add(pageviews, consents)
 
     def sync(self) -> None:
         """Write what ``send`` holds and wait for it (``Store.sync``)."""
         self._mine()
         with self._lock:
-            if self._held[0] or self._held[1]:
+            if self._held:
                 self._launch()
             self._settle()
 
     def held(self) -> int:
         batch = self._flight
         flying = len(batch.pageviews) + len(batch.consents) if batch is not None else 0
-        return flying + len(self._held[0]) + len(self._held[1])
+        return flying + len(self._held)
 
     def _mine(self) -> None:
         """In a forked child, forget the parent's batches, thread and lock (first: the
@@ -325,10 +329,10 @@ class PostgresStore(Store):
     def _launch(self) -> None:
         """Prepare the held batches as one group, wait for the group in flight, then hand
         this one to the store's thread (which it starts the first time)."""
-        group = self._prepare(*self._held)
+        group = self._prepare(self._held.pageviews, self._held.consents)
         self._settle()  # raises if the group before could not be written: this one waits
         self._flight = group
-        self._held = ([], [])
+        self._held = Held()
         try:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="trackmw-postgres")
@@ -338,26 +342,30 @@ class PostgresStore(Store):
             self._worker = None
 
     def _settle(self) -> None:
-        """Finish the group in flight: wait for its thread, and if that failed, write it
-        here. Raises ``StoreError`` (the group kept for the next try) if that fails too."""
+        """Finish the group in flight: wait for its thread, and if its transaction failed,
+        write it here. Raises ``StoreError`` (the group kept for the next try) if that
+        fails too, or at once if the thread found the server unreachable: a second wait
+        now would only make the pool's reconnection back off further."""
         batch = self._flight
         if batch is None:
             return
         future = batch.future
-        if future is not None:
+        if future is not None:  # (kept if this wait is interrupted: it is still running)
             try:
                 future.result()
+            except _Unreachable:
+                batch.future = None
+                raise
             except StoreError as exc:  # said again below if it still holds
+                batch.future = None
                 log.info("trackmw: %r: a batch failed (%s); trying it again", self, exc)
             except Exception as exc:
+                batch.future = None
                 log.error("trackmw: %r: a batch failed unexpectedly (%r); trying it again",
                           self, exc)
             else:
                 self._flight = None
                 return
-            finally:
-                if future.done():  # not if interrupted: it is still being written
-                    batch.future = None
         self._execute(batch)
         self._flight = None
 
@@ -531,6 +539,10 @@ class PostgresStore(Store):
         return int(removed)
 
 
+class _Unreachable(StoreError):
+    """No pooled connection within ``connect_timeout``: the server is down, or busy."""
+
+
 class _Batch:
     """A batch as its transaction sends it (``PostgresStore._prepare``), and the thread's
     writing of it once ``send`` has handed it over."""
@@ -552,21 +564,9 @@ class _Batch:
 
 
 def _drivers() -> Any:
-    """psycopg_pool's ``ConnectionPool``; ``ConfigurationError`` if psycopg is missing.
-
-    Imported when a tracker checks its store's URL, as this module is: a store first
-    opened at process exit (the pipeline's atexit flush of a process that never wrote
-    before) could no longer import what imports ``concurrent.futures``, which refuses
-    once the interpreter is shutting down.
-    """
-    try:
-        import psycopg  # noqa: F401
-        from psycopg_pool import ConnectionPool
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigurationError(
-            "store", "the postgres store needs psycopg: pip install 'trackmw[postgres]'"
-        ) from exc
-    return ConnectionPool
+    """psycopg_pool's ``ConnectionPool``, with psycopg imported too (``base.drivers``)."""
+    _, pool = drivers("postgres", "psycopg", "psycopg_pool")
+    return pool.ConnectionPool
 
 
 def _together(conn: Any) -> Any:

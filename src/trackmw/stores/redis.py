@@ -70,6 +70,7 @@ from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from .base import (
     Store,
+    drivers,
     earliest,
     erasure_checks,
     purge_horizon,
@@ -137,7 +138,7 @@ class RedisStore(Store):
     @classmethod
     def check_url(cls, url: str) -> None:
         cls._parse(url)
-        _drivers()  # now, while imports still work (see ``_drivers``)
+        _drivers()  # now, while imports still work (see ``base.drivers``)
 
     # -- connections -------------------------------------------------------------------
 
@@ -205,12 +206,7 @@ class RedisStore(Store):
 
     def close(self) -> None:
         with self._lock:
-            if self._flight is not None:  # sent by ``send`` and never ``sync``ed
-                try:
-                    self._settle()
-                except StoreError as exc:
-                    n = self.held()
-                    log.error("trackmw: %r: %d events sent are not written: %s", self, n, exc)
+            self._sync_at_close()
         client, self._client = self._client, None
         self._loaded = False
         if client is not None:
@@ -527,23 +523,10 @@ class _Batch:
 
 
 def _drivers() -> tuple[Any, Any]:
-    """``(redis, RedisCluster)``; ``ConfigurationError`` if redis-py or msgpack (which
-    ``redis_plan`` writes a batch's plan with) is missing.
-
-    Imported when a tracker checks its store's URL: a store first opened at process exit
-    (the pipeline's atexit flush of a process that never wrote before) could no longer
-    import redis-py, which imports ``concurrent.futures``, and that refuses once the
-    interpreter is shutting down.
-    """
-    try:
-        import msgpack  # noqa: F401
-        import redis
-        from redis.cluster import RedisCluster
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigurationError(
-            "store", "the redis store needs redis-py and msgpack: pip install 'trackmw[redis]'"
-        ) from exc
-    return redis, RedisCluster
+    """``(redis, RedisCluster)``, with msgpack (``redis_plan`` writes a batch's plan with
+    it) imported too (``base.drivers``)."""
+    redis, cluster, _ = drivers("redis", "redis", "redis.cluster", "msgpack")
+    return redis, cluster.RedisCluster
 
 
 def _errors() -> tuple[type[Exception], ...]:

@@ -33,9 +33,9 @@ from ..errors import ConfigurationError, StoreError
 from ..events import ConsentChoice, PageView
 from ..report import TOP_N, Report, day_range, ranked
 from . import sqlite_pageviews as stored
-from .base import Store, daily_counts, purge_horizon, tombstone_keys, unerased
+from .base import Held, Store, daily_counts, purge_horizon, tombstone_keys, unerased
 from .memory import visitor_document
-from .sqlite_rows import insert_rows
+from .sqlite_rows import insert_rows, select_in
 from .sqlite_uniques import ALL_USERS, ALL_VISITORS, Uniques
 from .sqlite_uniques import SCHEMA as UNIQUES_SCHEMA
 
@@ -47,8 +47,8 @@ log = logging.getLogger("trackmw")
 #: (``_truncate_wal``): meanwhile, every writer of the file waits too.
 TRUNCATE_WAIT = 0.25
 
-#: How long ``close`` waits for the lock to write held batches whose last write failed.
-_LAST_TRY_MS = 1000
+#: Seconds ``close`` waits for the lock to write held batches whose last write failed.
+_LAST_TRY = 1.0
 
 #: 2: distinct counts from uniq_* link tables instead of daily_visitors.
 #: 3: page views in pageview_groups (sqlite_pageviews) instead of one row each.
@@ -102,7 +102,7 @@ class SQLiteStore(Store):
         self._schema_ready = False
         self._uniques = Uniques()
         self._pid = os.getpid()
-        self._held: tuple[list[PageView], list[ConsentChoice]] = ([], [])
+        self._held = Held()
         self._held_lock = threading.Lock()
         self._held_failed = False  # the last attempt to write what is held failed
 
@@ -139,19 +139,8 @@ class SQLiteStore(Store):
                     check_same_thread=False,
                 )
                 _wal(conn, self.busy_timeout)
-                # Under WAL, NORMAL syncs at checkpoints only: a commit survives the
-                # process crashing; a power loss or OS crash may undo the last commits
-                # but leaves the file consistent.
-                conn.execute("PRAGMA synchronous=NORMAL")
-                # Deleted rows (an erasure's, a purge's) are overwritten with zeros, not
-                # only marked free: Debian's SQLite does so by default, other builds not.
-                conn.execute("PRAGMA secure_delete=ON")
-                # Rollup and index pages stay cached between batches (the default is 2 MB).
-                conn.execute("PRAGMA cache_size=-32768")
-                # A checkpoint copies the WAL's pages into the file and syncs it. Batches
-                # dirty mostly the same rollup and set pages again: checkpointing every
-                # 16 MB instead of 4 MB copies each of them once for several batches.
-                conn.execute("PRAGMA wal_autocheckpoint=4000")
+                for pragma in PRAGMAS:
+                    conn.execute("PRAGMA " + pragma)
                 if not self._schema_ready:
                     self._migrate(conn)
             except sqlite3.Error as exc:
@@ -189,9 +178,8 @@ class SQLiteStore(Store):
                 (str(SCHEMA_VERSION),),
             )
             conn.execute("COMMIT")
-            self._uniques.committed(True)
         except BaseException:
-            self._uniques.committed(False)
+            self._uniques.rolled_back()
             _rollback(conn)
             raise
         self._schema_ready = True
@@ -204,7 +192,7 @@ class SQLiteStore(Store):
                 # failed (the pipeline's close may have just waited busy_timeout for it).
                 try:
                     if self._held_failed:
-                        self._conn().execute(f"PRAGMA busy_timeout = {_LAST_TRY_MS}")
+                        self._conn().execute(f"PRAGMA busy_timeout = {int(_LAST_TRY * 1000)}")
                     self._write_held()
                 except (StoreError, sqlite3.Error) as exc:
                     log.error("trackmw: %r: %d events sent are not written: %s",
@@ -222,7 +210,7 @@ class SQLiteStore(Store):
         self._all_conns = []
         self._local = threading.local()
         self._pid = os.getpid()
-        self._held = ([], [])  # the parent's to write
+        self._held = Held()  # the parent's to write
         self._held_lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------------------
@@ -236,14 +224,12 @@ class SQLiteStore(Store):
         """
         self._mine()
         with self._held_lock:
-            held = self.held()
-            if held and held + len(pageviews) + len(consents) > self.group_events:
+            if self._held.overflows(pageviews, consents, self.group_events):
                 self._write_held()  # if that fails, this batch is not taken
-            self._held[0].extend(pageviews)
-            self._held[1].extend(consents)
+            self._held.add(pageviews, consents)
 
     def held(self) -> int:
-        return len(self._held[0]) + len(self._held[1])
+        return len(self._held)
 
     def sync(self) -> None:
         self._mine()
@@ -254,8 +240,8 @@ class SQLiteStore(Store):
     def _write_held(self) -> None:
         """Write the held batches as one, and let them go (kept if that fails)."""
         self._held_failed = True
-        self._write(*self._held)
-        self._held, self._held_failed = ([], []), False
+        self._write(self._held.pageviews, self._held.consents)
+        self._held, self._held_failed = Held(), False
 
     def write(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None:
         """Write one batch now, in a transaction of its own, after any batch ``send``
@@ -292,10 +278,9 @@ class SQLiteStore(Store):
                 conn.executemany("INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents)
                 conn.execute("COMMIT")
             except BaseException:
-                self._uniques.committed(False)
+                self._uniques.rolled_back()
                 _rollback(conn)
                 raise
-            self._uniques.committed(True)
         except sqlite3.Error as exc:
             raise StoreError(f"writing to {self.path} failed: {exc}") from exc
 
@@ -428,10 +413,9 @@ class SQLiteStore(Store):
                 ).rowcount
                 conn.execute("COMMIT")
             except BaseException:
-                self._uniques.committed(False)
+                self._uniques.rolled_back()
                 _rollback(conn)
                 raise
-            self._uniques.committed(True)
             _truncate_wal(conn, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
@@ -456,6 +440,7 @@ class SQLiteStore(Store):
                 self._uniques.purge(conn, before)
                 conn.execute("COMMIT")
             except BaseException:
+                self._uniques.rolled_back()  # purge may have made the all-visitors' ids
                 _rollback(conn)
                 raise
             _truncate_wal(conn, self.path)
@@ -465,13 +450,7 @@ class SQLiteStore(Store):
 
 
 def _erasures(conn: sqlite3.Connection, keys: Collection[str]) -> dict[str, float]:
-    wanted = list(keys)
-    found: dict[str, float] = {}
-    for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
-        chunk = wanted[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        found.update(conn.execute(f"SELECT key, at FROM erasures WHERE key IN ({marks})", chunk))
-    return found
+    return dict(select_in(conn, "SELECT key, at FROM erasures WHERE key IN ({})", list(keys)))
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -511,6 +490,24 @@ def _truncate_wal(conn: sqlite3.Connection, path: str) -> None:
         log.warning("trackmw: the WAL of %s could not be truncated after an erasure or a "
                     "purge (%s): the deleted rows stay in it until the next erasure or "
                     "purge, or until the last connection closes", path, why)
+
+
+#: Every connection's settings, once in WAL mode (``_wal``).
+PRAGMAS = (
+    # Under WAL, NORMAL syncs at checkpoints only: a commit survives the process
+    # crashing; a power loss or OS crash may undo the last commits but leaves the file
+    # consistent.
+    "synchronous=NORMAL",
+    # Deleted rows (an erasure's, a purge's) are overwritten with zeros, not only marked
+    # free: Debian's SQLite does so by default, other builds not.
+    "secure_delete=ON",
+    # Rollup and index pages stay cached between batches (the default is 2 MB).
+    "cache_size=-32768",
+    # A checkpoint copies the WAL's pages into the file and syncs it. Batches dirty
+    # mostly the same rollup and set pages again: checkpointing every 16 MB instead of
+    # 4 MB copies each of them once for several batches.
+    "wal_autocheckpoint=4000",
+)
 
 
 def _wal(conn: sqlite3.Connection, timeout: float) -> None:

@@ -34,7 +34,7 @@ from pyroaring import BitMap
 
 from ..events import PageView
 from . import sqlite_pageviews as stored
-from .sqlite_rows import insert_rows
+from .sqlite_rows import insert_rows, select_in
 
 __all__ = ["SCHEMA", "Uniques"]
 
@@ -70,8 +70,9 @@ _LOW_MASK = (1 << _LOW_BITS) - 1
 Visits = dict[tuple[str, int], set[int]]  # (entity key, day) -> dimension ids
 Sets = dict[tuple[int, int, int], list[int]]  # (day, dim, hi) -> ordinals' lower bits
 
-#: Bound values per statement that lists keys (SQLite's default limit was 999).
-_CHUNK = 300
+#: At most this many upper bits are listed in a statement that reads a day's sets (beside
+#: ``IN_VALUES`` dimensions and the day, under SQLite's default limit of 999 values).
+_MAX_UPPER = 300
 
 
 class Uniques:
@@ -80,19 +81,14 @@ class Uniques:
 
     def __init__(self) -> None:
         # kind -> name -> dimension id; ids are never deleted, so they stay valid across
-        # processes. Ids created by the open transaction are also listed in _pending.
+        # processes (but one created by a transaction that rolls back is not kept).
         self._ids: dict[str, dict[str, int]] = {}
-        self._pending: list[tuple[str, str]] = []
         self._days: dict[str, int] = {}
 
-    def committed(self, ok: bool) -> None:
-        """Call after the transaction ended: new dimension ids are cached only if kept.
-
-        After a rollback the whole cache goes (it is read again as needed): another
-        thread's transaction may have cleared ``_pending`` in between."""
-        if not ok:
-            self._ids.clear()
-        self._pending = []
+    def rolled_back(self) -> None:
+        """Call after a transaction that ran these methods rolled back: the dimension ids
+        it created are gone, so the cache goes (it is read again as needed)."""
+        self._ids.clear()
 
     # -- writing ----------------------------------------------------------------------
 
@@ -219,16 +215,9 @@ class Uniques:
     def _ordinals(conn: sqlite3.Connection, keys: Sequence[str], create: bool) -> dict[str, int]:
         """The ordinals of these entities (sorted keys); with ``create``, new ones for
         those without, numbered on from the highest ever given."""
-        out: dict[str, int] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            out.update(
-                conn.execute(
-                    f"SELECT key, n FROM uniq_ids WHERE key IN ({marks})",  # noqa: S608
-                    chunk,
-                )
-            )
+        out: dict[str, int] = dict(
+            select_in(conn, "SELECT key, n FROM uniq_ids WHERE key IN ({})", keys)
+        )
         new = [key for key in keys if key not in out] if create else []
         if new:
             # AUTOINCREMENT's own count: an ordinal once given, even if since deleted
@@ -256,16 +245,9 @@ class Uniques:
 
     def page_dims(self, conn: sqlite3.Connection, paths: Sequence[str]) -> dict[int, str]:
         """The page dimensions of these paths, by id."""
-        out: dict[int, str] = {}
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT id, name FROM uniq_dims WHERE kind = 'page' AND name IN ({marks})",  # noqa: S608
-                tuple(chunk),
-            ).fetchall()
-            out.update(rows)
-        return out
+        return dict(select_in(
+            conn, "SELECT id, name FROM uniq_dims WHERE kind = 'page' AND name IN ({})", paths
+        ))
 
     def count(
         self, conn: sqlite3.Connection, dims: Iterable[int], since: date, until: date
@@ -274,15 +256,13 @@ class Uniques:
         ids = sorted(dims)
         lo, hi = since.toordinal(), until.toordinal()
         parts: dict[tuple[int, int], list[tuple[int, bytes]]] = {}  # (dim, hi) -> sets
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for dim, upper, n, bits in conn.execute(
-                "SELECT dim, hi, n, bits FROM uniq_sets "  # noqa: S608
-                f"WHERE day BETWEEN ? AND ? AND dim IN ({marks})",
-                (lo, hi, *chunk),
-            ):
-                parts.setdefault((dim, upper), []).append((n, bits))
+        for dim, upper, n, bits in select_in(
+            conn,
+            "SELECT dim, hi, n, bits FROM uniq_sets WHERE day BETWEEN ? AND ? AND dim IN ({})",
+            ids,
+            before=(lo, hi),
+        ):
+            parts.setdefault((dim, upper), []).append((n, bits))
         out: dict[int, int] = {}
         for (dim, _), sets in parts.items():
             if len(sets) == 1:
@@ -327,7 +307,6 @@ class Uniques:
                     "INSERT INTO uniq_dims (kind, name) VALUES (?, ?)", (kind, name)
                 )
                 row = (cursor.lastrowid,)
-                self._pending.append((kind, name))
             dim = names[name] = row[0]
         return dim
 
@@ -363,18 +342,16 @@ def _change(conn: sqlite3.Connection, sets: Sets, how: Callable[[BitMap, BitMap]
     found: dict[tuple[int, int, int], bytes] = {}
     for day, (dims, his) in days.items():
         # The upper bits too, unless there are very many (some 20 million visitors).
-        upper = list(his) if len(his) <= _CHUNK else []
+        upper = list(his) if len(his) <= _MAX_UPPER else []
         his_sql = f" AND hi IN ({','.join('?' * len(upper))})" if upper else ""
-        wanted = list(dims)
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for dim, hi, bits in conn.execute(
-                f"SELECT dim, hi, bits FROM uniq_sets WHERE day = ? AND dim IN ({marks})"  # noqa: S608
-                + his_sql,
-                (day, *chunk, *upper),
-            ):
-                found[day, dim, hi] = bits
+        for dim, hi, bits in select_in(
+            conn,
+            "SELECT dim, hi, bits FROM uniq_sets WHERE day = ? AND dim IN ({})" + his_sql,
+            list(dims),
+            before=(day,),
+            after=upper,
+        ):
+            found[day, dim, hi] = bits
     changed: list[tuple[int, int, int, int, bytes]] = []
     empty: list[tuple[int, int, int]] = []
     for key in keys:
