@@ -21,9 +21,31 @@
 #include <stdint.h>
 #include <string.h>
 #include <structmember.h>
+#include <time.h>
 
 static PyObject *str_type, *str_http, *str_path, *str_headers, *str_trackmw;
 static PyObject *str_send_full, *str_visitor, *str_send;
+
+/* -- the clock ----------------------------------------------------------------------- */
+
+static PyObject *time_time; /* time.time, which clock_now reads without calling it */
+
+/* The time `clock` (trackmw.asgi's _time) gives: time.time's own clock read here, as
+ * time.time reads it (CLOCK_REALTIME, to the nanosecond, as a double), when it is
+ * time.time; any other clock (a test's) called. -1.0 with an error set on error. */
+static double
+clock_now(PyObject *clock)
+{
+#ifdef CLOCK_REALTIME
+    struct timespec ts;
+    if (clock == time_time && clock_gettime(CLOCK_REALTIME, &ts) == 0)
+        return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+#endif
+    PyObject *time = PyObject_CallNoArgs(clock);
+    double now = time == NULL ? -1.0 : PyFloat_AsDouble(time);
+    Py_XDECREF(time);
+    return now;
+}
 
 /* -- the cookie state of a tracked page ------------------------------------------ */
 
@@ -119,9 +141,7 @@ cached_entry(PyObject *states, PyObject *cookie, double now, PyObject *clock)
         Py_RETURN_NONE;
     Py_INCREF(cached);
     if (clock != NULL) {
-        PyObject *time = PyObject_CallNoArgs(clock);
-        now = time == NULL ? -1.0 : PyFloat_AsDouble(time);
-        Py_XDECREF(time);
+        now = clock_now(clock);
         if (now == -1.0 && PyErr_Occurred()) {
             Py_DECREF(cached);
             return NULL;
@@ -1212,7 +1232,8 @@ let_go(PyObject *lazy, PyObject *over)
 /* -- Call: the awaitable of a request the C path takes ------------------------------ */
 
 /* What the middleware's Python coroutine would await, awaited in turn, without its
- * frame: for a tracked page, the app's awaitable, after which the request's visitor
+ * frame (and, called, a quiet page's send: call_send_quiet): for a tracked page, the
+ * app's awaitable, after which the request's visitor
  * is let go (its _scope and _send, as the Python path's `finally` does: the server's
  * send belongs to an object holding the scope, which holds the visitor, so keeping
  * them would leave a reference cycle per request); for a beacon, what `send` returns
@@ -1226,12 +1247,16 @@ typedef struct {
     Py_ssize_t next;    /* the index of the next message */
     PyObject *lazy;     /* the request's visitor, let go at the end; or NULL */
     PyObject *over;     /* what its _send becomes */
+    vectorcallfunc vectorcall; /* a page's Call is also its app's `send` (call_send_quiet) */
     char started, running, finished;
 } Call;
 
 static PyTypeObject CallType;
+static PyObject *call_send_quiet(PyObject *self, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames);
 
-/* A new Call awaiting `iter` (a reference this takes) then sending `messages`. */
+/* A new Call awaiting `iter` (a reference this takes; NULL for one whose app is called
+ * next: see entry_fast) then sending `messages`. */
 static PyObject *
 call_new(PyObject *iter, PyObject *send, PyObject *messages, PyObject *lazy, PyObject *over)
 {
@@ -1250,9 +1275,49 @@ call_new(PyObject *iter, PyObject *send, PyObject *messages, PyObject *lazy, PyO
     self->lazy = lazy;
     Py_XINCREF(over);
     self->over = over;
+    self->vectorcall = (vectorcallfunc)call_send_quiet;
     self->started = self->running = self->finished = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
+}
+
+/* A page's Call called as its app's `send` (entry_fast gives it for a quiet state):
+ * what LazyBase.send_quiet does, without a bound method made for each request. Once
+ * the request is over, what the visitor's _send became (`over`, which raises). */
+static PyObject *
+call_send_quiet(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Call *self = (Call *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "send_quiet() takes exactly one argument (%zd given)",
+                     nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames)));
+        return NULL;
+    }
+    PyObject *lazy = self->lazy;
+    if (lazy == NULL) {
+        if (self->over != NULL)
+            return PyObject_CallOneArg(self->over, args[0]);
+        PyErr_SetString(PyExc_TypeError, "a beacon's trackmw call is not a send");
+        return NULL;
+    }
+    Py_INCREF(lazy); /* held: the send may run any code */
+    PyObject *result = lazy_send_quiet((Lazy *)lazy, args[0]);
+    Py_DECREF(lazy);
+    return result;
+}
+
+/* A Call made for a page whose app's call failed: never to be awaited, its visitor let
+ * go (keeping the error set). */
+static void
+call_forget(Call *self)
+{
+    self->finished = 1;
+    PyObject *lazy = self->lazy;
+    self->lazy = NULL;
+    if (lazy != NULL)
+        let_go(lazy, self->over);
+    Py_DECREF(self);
 }
 
 /* A StopIteration raised in a coroutine's body becomes this RuntimeError (PEP 479):
@@ -1626,9 +1691,12 @@ static PyMethodDef call_methods[] = {
 static PyTypeObject CallType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "trackmw._speedups.Call",
-    .tp_doc = "The awaitable of a request trackmw's C path takes (see Entry).",
+    .tp_doc = "The awaitable of a request trackmw's C path takes (see Entry); for a page "
+              "whose cookie state is quiet, its app's send too (send_quiet).",
     .tp_basicsize = sizeof(Call),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Call, vectorcall),
+    .tp_call = PyVectorcall_Call,
     .tp_traverse = (traverseproc)call_traverse,
     .tp_clear = (inquiry)call_clear,
     .tp_dealloc = (destructor)call_dealloc,
@@ -1726,22 +1794,33 @@ entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
     lazy = lazy_in_scope((PyTypeObject *)plan->lazy_type, plan->core, scope, state, send);
     if (lazy == NULL)
         goto failed;
-    wrapped = PyObject_GetAttr((PyObject *)lazy, wrapper);
-    if (wrapped == NULL) { /* the visitor is in the scope: let go, as the request ends */
+    /* The request's awaitable, made before the app is called: for a quiet state it is
+     * the app's `send` too (call_send_quiet), one object less than a bound method. */
+    Call *call = (Call *)call_new(NULL, NULL, NULL, (PyObject *)lazy, plan->over);
+    if (call == NULL) { /* the visitor is in the scope: let go, as the request ends */
         let_go((PyObject *)lazy, plan->over);
         lazy = NULL;
         goto failed;
     }
-    PyObject *call[3] = {scope, receive, wrapped};
-    awaitable = PyObject_Vectorcall(plan->app, call, 3, NULL);
+    Py_CLEAR(lazy); /* the call holds it */
+    if (wrapper == str_send_quiet) {
+        Py_INCREF(call);
+        wrapped = (PyObject *)call;
+    }
+    else if ((wrapped = PyObject_GetAttr(call->lazy, wrapper)) == NULL) {
+        call_forget(call);
+        goto failed;
+    }
+    PyObject *app_args[3] = {scope, receive, wrapped};
+    awaitable = PyObject_Vectorcall(plan->app, app_args, 3, NULL);
     iter = awaitable == NULL ? NULL : await_iter(awaitable);
-    *out = iter == NULL ? NULL : call_new(iter, NULL, NULL, (PyObject *)lazy, plan->over);
-    if (*out == NULL) { /* raised: the Python path's `await` raises it too */
+    if (iter == NULL) { /* raised: the Python path's `await` raises it too */
         taken = FAILED;
-        let_go((PyObject *)lazy, plan->over);
-        lazy = NULL;
+        call_forget(call);
         goto done;
     }
+    call->iter = iter;
+    *out = (PyObject *)call;
     taken = TAKEN;
     goto done;
 failed:
@@ -1820,8 +1899,9 @@ entry_pixel(Plan *plan, PyObject *const *args, PyObject **out)
     PyObject *clock = plan_clock(plan);
     if (clock == NULL)
         goto failed;
-    now = PyObject_CallNoArgs(clock);
+    double seconds = clock_now(clock);
     Py_DECREF(clock);
+    now = seconds == -1.0 && PyErr_Occurred() ? NULL : PyFloat_FromDouble(seconds);
     if (now == NULL)
         goto failed;
     status = count_beacon(scope, plan->beacon_caches, plan->core, now);
@@ -3412,6 +3492,11 @@ PyInit__speedups(void)
         return NULL;
     kwnames_app = Py_BuildValue("(s)", "_app");
     if (kwnames_app == NULL)
+        return NULL;
+    PyObject *time_module = PyImport_ImportModule("time");
+    time_time = time_module == NULL ? NULL : PyObject_GetAttrString(time_module, "time");
+    Py_XDECREF(time_module);
+    if (time_time == NULL)
         return NULL;
     /* What quick_allow and quick_add mirror, the deque the pipeline buffers in, and the
      * cookie state count_beacon reads. */

@@ -13,7 +13,9 @@ Added as a Starlette app's outermost middleware, it moves ahead of Starlette's
 A tracked page whose ``Cookie`` header's state is cached (every returning visitor's)
 is taken in C when ``trackmw._speedups`` is built (``SPEEDUPS``): ``__call__`` does the
 header pass and the cache lookup, makes the ``LazyVisitor`` and calls the app, whose
-awaitable a C object awaits in place of a coroutine frame. The beacon's common case
+awaitable a C object (``Call``) awaits in place of a coroutine frame. For a returning
+visitor the app's ``send`` is that object too: it does what ``send_quiet`` does, one
+object a request less than a bound method. The beacon's common case
 (``Core.quick_beacon``, answered from its caches) and the cookie headers added to a
 response (``_add_headers``) have a C version too.
 Without the module (no C compiler at install, another Python, or

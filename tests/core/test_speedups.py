@@ -710,6 +710,14 @@ def test_the_middleware_takes_the_c_path_for_a_cached_state(
     assert [type(lazy) for lazy in seen] == [LazyVisitor, LazyVisitor]
 
 
+def _wrapper(send: Any) -> str | None:
+    """The name of the send wrapper an app was given. The C path gives a quiet state's
+    app the request's ``Call`` itself, which does what ``send_quiet`` does."""
+    if type(send).__name__ == "Call":
+        return "send_quiet"
+    return getattr(send, "__name__", None)
+
+
 def _run(
     kind: type[TrackingMiddleware], tracker: Tracker, scope: dict[str, Any]
 ) -> tuple[Any, ...]:
@@ -721,7 +729,7 @@ def _run(
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         lazy = scope.get("trackmw")
-        seen.append((None if lazy is None else lazy._state, getattr(send, "__name__", None)))
+        seen.append((None if lazy is None else lazy._state, _wrapper(send)))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -893,7 +901,7 @@ def test_the_c_path_picks_the_send_wrapper_the_state_calls_for(
     picked: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        picked.append(send.__name__)
+        picked.append(_wrapper(send))
         await _ok_app(scope, receive, send)
 
     scope = _returning_scope(tracker)
@@ -924,6 +932,104 @@ def test_the_middleware_is_an_asgi3_app_to_servers_that_inspect_it(
     config = uvicorn.Config(middleware, lifespan="off")
     config.load()
     assert config.interface == "asgi3"
+
+
+@needs_speedups
+def test_a_quiet_states_send_is_the_requests_call(make_tracker: Callable[..., Tracker]) -> None:
+    """For a quiet state the C path gives the app the request's ``Call`` as its send
+    (one object a request less than a bound ``send_quiet``), which does what
+    ``send_quiet`` does: messages pass on as they are until the app reads its visitor,
+    then go through ``send_full``, which adds the cookies the app's changes call for.
+    It takes one message, and once the request is over a send raises, as the Python
+    path's does."""
+    import asyncio
+    import time
+
+    tracker = make_tracker(secret_keys=["s" * 32], cookie_max_age=3600)
+    seen: list[Any] = []
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, receive: Any, app_send: Any) -> None:
+        seen.append(app_send)
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        if scope["path"] == "/reject":
+            scope["trackmw"]().reject()
+        await app_send(start)
+        await app_send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = TrackingMiddleware(app, tracker)
+    scope = {"type": "http", "method": "GET", "scheme": "http", "path": "/",
+             "headers": [(b"cookie", _cookie(tracker, time.time() - 60))]}
+    asyncio.run(middleware(dict(scope), None, send))  # the Python path caches the state
+    sent.clear()
+    call = middleware(dict(scope), None, send)
+    assert type(call).__name__ == "Call"
+    asyncio.run(_await(call))
+    assert seen[-1] is call
+    assert sent[0] == {"type": "http.response.start", "status": 200, "headers": []}
+    with pytest.raises(RuntimeError, match="the response is over"):
+        call({"type": "http.response.body", "body": b"late"})
+    with pytest.raises(TypeError, match="exactly one argument"):
+        call()
+    with pytest.raises(TypeError, match="exactly one argument"):
+        call(message={})
+
+    sent.clear()
+    call = middleware({**scope, "path": "/reject"}, None, send)
+    assert type(call).__name__ == "Call"
+    asyncio.run(_await(call))
+    assert seen[-1] is call
+    cookies = [v for k, v in sent[0]["headers"] if k == b"set-cookie"]
+    assert any(v.startswith(b"trackmw_consent=") for v in cookies)
+
+
+@needs_speedups
+def test_the_c_paths_read_the_clock_time_time_reads(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """Unpatched, ``trackmw.asgi._time`` is ``time.time``, whose clock the C paths read
+    themselves rather than call it: a cached state is taken only within its window, and
+    a beacon's hit has the time ``time.time`` gives. (The tests that patch ``_time``
+    check that another clock is called.)"""
+    import asyncio
+    import time
+
+    from trackmw import asgi
+
+    assert asgi._time is time.time
+    tracker = make_tracker()
+    scope = _returning_scope(tracker)
+    state = tracker.core.reader.states[b"a=1"][2]
+    middleware = TrackingMiddleware(_ok_app, tracker)
+
+    def taken(since: float, until: float) -> bool:
+        now = time.time()
+        tracker.core.reader.states[b"a=1"] = (now + since, now + until, state)
+        call = middleware(dict(scope), None, _discard)
+        asyncio.run(_await(call))
+        return type(call).__name__ == "Call"
+
+    assert taken(-60, 60)
+    assert not taken(60, 120)
+    assert not taken(-120, -60)
+
+    tracker = make_tracker(secret_keys=["s" * 32], cookie_max_age=3600)
+    middleware = TrackingMiddleware(_middleware(tracker).app, tracker)
+    beacon = {**_pixel_scope(tracker), "headers": [
+        (b"host", b"example.org"), (b"user-agent", b"Mozilla/5.0 test"),
+        (b"cookie", _cookie(tracker, time.time() - 60))]}
+    asyncio.run(middleware(dict(beacon), None, _discard))  # the Python path fills the caches
+    buffer = tracker.core.pipeline._buffer
+    buffer.clear()
+    before = time.time()
+    call = middleware(dict(beacon), None, _discard)
+    after = time.time()
+    assert type(call).__name__ == "Call" and len(buffer) == 1
+    assert before <= buffer[0].ts <= after
+    asyncio.run(_await(call))
 
 
 @needs_speedups
