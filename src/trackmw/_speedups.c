@@ -372,6 +372,34 @@ plain_method(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func,
     return plain;
 }
 
+/* Does `type` resolve `name` to `func`: is `func` what the first class of its MRO that
+ * defines `name` holds (so neither replaced nor overridden)? Cached by the type's
+ * version tag in *tag, as class_own is. 1 if so, 0 if not, -1 on error. */
+static int
+resolves_to(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *tag)
+{
+    if (*tag != 0 && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
+        type->tp_version_tag == *tag)
+        return 1;
+    *tag = 0;
+    PyObject *mro = type->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *found = dict == NULL ? NULL : PyDict_GetItemWithError(dict, name);
+        if (found != NULL) {
+            if (found != func)
+                return 0;
+            *tag = (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? type->tp_version_tag : 0;
+            return 1;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
 /* A value that must be an int (NULL: missing): it in *out, 1; 0 if it is missing,
  * another type or too large for a C long (the Python code decides). Never fails. */
 static int
@@ -1252,6 +1280,8 @@ typedef struct {
 } Call;
 
 static PyTypeObject CallType;
+static PyObject *lazy_send_quiet_method; /* LazyBase.send_quiet, the method descriptor */
+static unsigned int send_quiet_tag;      /* the lazy type's version tag it was found on */
 static PyObject *call_send_quiet(PyObject *self, PyObject *const *args, size_t nargsf,
                                  PyObject *kwnames);
 
@@ -1803,16 +1833,23 @@ entry_fast(Plan *plan, PyObject *const *args, PyObject **out)
         goto failed;
     }
     Py_CLEAR(lazy); /* the call holds it */
-    if (wrapper == str_send_quiet) {
+    /* Unless send_quiet is patched or overridden: the Python path's send is then that. */
+    int own = wrapper == str_send_quiet
+                  ? resolves_to(Py_TYPE(call->lazy), str_send_quiet, lazy_send_quiet_method,
+                                &send_quiet_tag)
+                  : 0;
+    if (own == 1) {
         Py_INCREF(call);
         wrapped = (PyObject *)call;
     }
-    else if ((wrapped = PyObject_GetAttr(call->lazy, wrapper)) == NULL) {
+    else if (own < 0 || (wrapped = PyObject_GetAttr(call->lazy, wrapper)) == NULL) {
         call_forget(call);
         goto failed;
     }
     PyObject *app_args[3] = {scope, receive, wrapped};
+    call->running = 1; /* not to be driven (as the app's send may be) before it awaits */
     awaitable = PyObject_Vectorcall(plan->app, app_args, 3, NULL);
+    call->running = 0;
     iter = awaitable == NULL ? NULL : await_iter(awaitable);
     if (iter == NULL) { /* raised: the Python path's `await` raises it too */
         taken = FAILED;
@@ -3546,6 +3583,13 @@ PyInit__speedups(void)
     if (PyType_Ready(&LazyType) < 0 || PyType_Ready(&PlanType) < 0 ||
         PyType_Ready(&CallType) < 0 || PyType_Ready(&EntryType) < 0)
         return NULL;
+    lazy_send_quiet_method = PyDict_GetItemWithError(LazyType.tp_dict, str_send_quiet);
+    if (lazy_send_quiet_method == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trackmw: LazyBase.send_quiet is missing");
+        return NULL;
+    }
+    Py_INCREF(lazy_send_quiet_method);
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;

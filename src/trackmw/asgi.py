@@ -14,8 +14,11 @@ A tracked page whose ``Cookie`` header's state is cached (every returning visito
 is taken in C when ``trackmw._speedups`` is built (``SPEEDUPS``): ``__call__`` does the
 header pass and the cache lookup, makes the ``LazyVisitor`` and calls the app, whose
 awaitable a C object (``Call``) awaits in place of a coroutine frame. For a returning
-visitor the app's ``send`` is that object too: it does what ``send_quiet`` does, one
-object a request less than a bound method. The beacon's common case
+visitor the app's ``send`` is that object too, unless ``send_quiet`` is patched: it does
+what ``send_quiet`` does, one object a request less than a bound method. (So that
+``send`` is awaitable itself, has no ``__self__`` and takes no weak reference; and a
+``Call`` dropped without ever being awaited, which its app's coroutine holds through
+``send``, is closed at the collector's next pass.) The beacon's common case
 (``Core.quick_beacon``, answered from its caches) and the cookie headers added to a
 response (``_add_headers``) have a C version too.
 Without the module (no C compiler at install, another Python, or
@@ -149,7 +152,8 @@ class _Decoded:
 
 class _ASGIVisitor(BaseLazyVisitor):
     """``scope["trackmw"]``: the request's ``Visitor``, built on first call (see
-    ``trackmw.visitor.LazyVisitor``), and the app's ``send``, wrapped.
+    ``trackmw.visitor.LazyVisitor``), and the app's ``send``, wrapped (on the C path, a
+    quiet state's wrapper is the request's ``Call``: see the module docstring).
 
     The wrappers (``send_quiet``, ``send_fresh``, ``send_full``) add the cookies the
     core asks for when the response starts. They are plain functions returning the

@@ -987,6 +987,79 @@ def test_a_quiet_states_send_is_the_requests_call(make_tracker: Callable[..., Tr
 
 
 @needs_speedups
+def test_a_patched_send_quiet_is_the_apps_send_as_in_python(
+    make_tracker: Callable[..., Tracker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's ``Call`` stands in for ``send_quiet`` only while that is
+    ``LazyBase``'s own: patched on the class (or overridden in the class the middleware
+    makes), the app gets the patched method, as on the Python path."""
+    import asyncio
+
+    tracker = make_tracker()
+    scope = _returning_scope(tracker)
+    state = tracker.core.reader.states[b"a=1"][2]
+    state.quiet, state.fresh = True, False
+    seen: list[Any] = []
+    patched: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(send)
+        await _ok_app(scope, receive, send)
+
+    def send_quiet(self: Any, message: Any) -> Any:
+        patched.append(message["type"])
+        return self._send(message)
+
+    middleware = TrackingMiddleware(app, tracker)
+    with monkeypatch.context() as patch:
+        patch.setattr(LazyVisitor, "send_quiet", send_quiet)
+        call = middleware(dict(scope), None, _discard)
+        assert type(call).__name__ == "Call"
+        asyncio.run(_await(call))
+        assert seen[-1] is not call and seen[-1].__func__ is send_quiet
+        assert patched == ["http.response.start", "http.response.body"]
+    call = middleware(dict(scope), None, _discard)
+    asyncio.run(_await(call))
+    assert seen[-1] is call and len(patched) == 2
+
+
+@needs_speedups
+def test_an_app_cannot_drive_its_send_before_the_middleware_returns(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """The ``Call`` an app gets as its send is the middleware's awaitable, made before
+    the app is called: an app that drives it (``send``, ``throw``, ``close``) from its
+    synchronous call is refused, as a running coroutine refuses, and the request goes
+    on."""
+    import asyncio
+
+    tracker = make_tracker()
+    scope = _returning_scope(tracker)
+    state = tracker.core.reader.states[b"a=1"][2]
+    state.quiet, state.fresh = True, False
+    refused: list[str] = []
+
+    def app(scope: Any, receive: Any, send: Any) -> Any:
+        for drive in (lambda: send.send(None), lambda: send.throw(ValueError), send.close):
+            try:
+                drive()
+            except ValueError as exc:
+                refused.append(str(exc))
+        return _ok_app(scope, receive, send)
+
+    sent: list[Any] = []
+
+    async def record(message: Any) -> None:
+        sent.append(message["type"])
+
+    call = TrackingMiddleware(app, tracker)(dict(scope), None, record)
+    assert type(call).__name__ == "Call"
+    assert refused == ["trackmw call already executing"] * 3
+    asyncio.run(_await(call))
+    assert sent == ["http.response.start", "http.response.body"]
+
+
+@needs_speedups
 def test_the_c_paths_read_the_clock_time_time_reads(
     make_tracker: Callable[..., Tracker],
 ) -> None:
@@ -1887,7 +1960,8 @@ def test_a_call_is_awaited_once_and_warns_when_never_awaited(
         unawaited = TrackingMiddleware(app, tracker)(_returning_scope(tracker), None, _discard)
         del unawaited
         gc.collect()
-    assert any("was never awaited" in str(w.message) for w in caught)
+    assert any("'TrackingMiddleware.__call__' was never awaited" in str(w.message)
+               for w in caught)
     assert asyncio.iscoroutine(call)  # send, throw, close and __await__: asyncio's test
 
 
