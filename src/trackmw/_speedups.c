@@ -326,55 +326,13 @@ PyDoc_STRVAR(beacon_doc,
 "cached_state, LazyBase.enter, allow and add, is the piece the tests hold to the\n"
 "Python path.");
 
-/* Is `name` in `type`'s own namespace still `func`? 1 if so, 0 if not, -1 on error.
- * Once found so, the answer is kept with the type's version tag (*tag), which CPython
- * invalidates whenever an attribute of the class (or of a base) is set or deleted, and
- * never hands out again: until then, nothing is looked up. (CPython 3.11 and 3.12 mark
- * a valid tag with Py_TPFLAGS_VALID_VERSION_TAG; from 3.13 the flag is never set, and
- * the lookup is made every time.) */
-static int
-class_own(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *tag)
-{
-    if (*tag != 0 && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
-        type->tp_version_tag == *tag)
-        return 1;
-    PyObject *found = PyDict_GetItemWithError(type->tp_dict, name);
-    if (found != func) {
-        *tag = 0;
-        return found == NULL && PyErr_Occurred() ? -1 : 0;
-    }
-    *tag = (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? type->tp_version_tag : 0;
-    return 1;
-}
-
-/* Is `obj` exactly of `type`, with its method `name` the class's own `func`: not
- * replaced on the class (see class_own, *tag), not shadowed on the instance? 1 if so,
- * 0 if not, -1 on error. */
-static int
-plain_method(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func,
-             unsigned int *tag)
-{
-    if (Py_TYPE(obj) != type)
-        return 0;
-    int own = class_own(type, name, func, tag);
-    if (own <= 0)
-        return own;
-    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-    if (dict == NULL)
-        return -1;
-    int plain = 0;
-    if (PyDict_CheckExact(dict)) {
-        plain = PyDict_GetItemWithError(dict, name) == NULL;
-        if (plain && PyErr_Occurred())
-            plain = -1;
-    }
-    Py_DECREF(dict);
-    return plain;
-}
-
 /* Does `type` resolve `name` to `func`: is `func` what the first class of its MRO that
- * defines `name` holds (so neither replaced nor overridden)? Cached by the type's
- * version tag in *tag, as class_own is. 1 if so, 0 if not, -1 on error. */
+ * defines `name` holds (neither replaced on the class nor overridden)? 1 if so, 0 if
+ * not, -1 on error. Once found so, the answer is kept with the type's version tag
+ * (*tag), which CPython invalidates whenever an attribute of the class (or of a base)
+ * is set or deleted, and never hands out again: until then, nothing is looked up.
+ * (CPython 3.11 and 3.12 mark a valid tag with Py_TPFLAGS_VALID_VERSION_TAG; from 3.13
+ * the flag is never set, and the lookup is made every time.) */
 static int
 resolves_to(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *tag)
 {
@@ -398,6 +356,31 @@ resolves_to(PyTypeObject *type, PyObject *name, PyObject *func, unsigned int *ta
             return -1;
     }
     return 0;
+}
+
+/* Is `obj` exactly of `type`, with its method `name` the class's own `func`: not
+ * replaced on the class (see resolves_to, *tag), not shadowed on the instance? 1 if so,
+ * 0 if not, -1 on error. */
+static int
+plain_method(PyObject *obj, PyTypeObject *type, PyObject *name, PyObject *func,
+             unsigned int *tag)
+{
+    if (Py_TYPE(obj) != type)
+        return 0;
+    int own = resolves_to(type, name, func, tag);
+    if (own <= 0)
+        return own;
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL)
+        return -1;
+    int plain = 0;
+    if (PyDict_CheckExact(dict)) {
+        plain = PyDict_GetItemWithError(dict, name) == NULL;
+        if (plain && PyErr_Occurred())
+            plain = -1;
+    }
+    Py_DECREF(dict);
+    return plain;
 }
 
 /* A value that must be an int (NULL: missing): it in *out, 1; 0 if it is missing,
@@ -466,7 +449,7 @@ quick_allow(PyObject *limiter, PyObject *key, double now)
     if (Py_TYPE(limiter) != limiter_type || !limiter_slots)
         return -2; /* another class, or RateLimiter's slots are not what they were */
     static unsigned int tag;
-    int own = class_own(limiter_type, str_allow, limiter_allow, &tag);
+    int own = resolves_to(limiter_type, str_allow, limiter_allow, &tag);
     if (own <= 0) /* allow patched on the class */
         return own < 0 ? -1 : -2;
     long limit, max_keys, n = 0;

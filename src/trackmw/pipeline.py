@@ -11,7 +11,8 @@ Nothing accepted is lost while the process lives:
 - A batch the store refuses is kept whole and retried with exponential backoff
   (``retry_min`` … ``retry_max`` seconds), and written exactly once when the store is
   back (a store writes a batch atomically, or not at all). A store whose ``send``
-  returns before the batch is written (Redis) keeps it and retries it the same way.
+  returns before the batch is written (Redis, SQLite, PostgreSQL) keeps it and retries it
+  the same way.
 - While the store is down, new hits wait in the buffer. Past ``buffer_size`` the oldest
   are dropped; the drops are counted (``Pipeline.dropped``) and logged once per
   ``flush_interval`` with the count.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -15,13 +16,14 @@ import pytest
 from bench.local import free_port
 
 from tests.conftest import SECRET, need_service
+from trackmw import Tracker
 from trackmw.errors import ConfigurationError, StoreError
 from trackmw.settings import Settings
 from trackmw.stores import Store, open_store, store_class
 from trackmw.stores import postgres_sql as sql
 
 from .conftest import PG_URL, postgres_up
-from .data import START, events, pageview
+from .data import START, batches, events, pageview
 
 pytestmark = pytest.mark.services
 
@@ -650,38 +652,34 @@ def test_postgres_stores_the_page_views_and_rollups_whoever_formats_them(
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"])
-def test_postgres_writes_batches_sent_one_after_another_in_groups(store_url: str) -> None:
+def test_postgres_writes_batches_sent_one_after_another_in_groups(store: Store) -> None:
     # The pipeline's writer, when behind, sends every batch it finds waiting and then
     # syncs: PostgreSQL holds them and writes up to group_events a transaction (one
     # batch id each), a group while the next one is prepared.
     pvs, choices = events(seed=8, n=12_000, days=2)
-    store = open_store(store_url)
-    try:
-        assert store.group_events == 5_000  # type: ignore[attr-defined]
-        for i in range(0, 3_000, 1_000):
-            store.send(pvs[i:i + 1_000], choices if i == 0 else [])
-        assert store.held() == 3_000 + len(choices)  # a group not yet full waits for sync
-        assert store.report(START, START + timedelta(days=1)).pageviews == 0
-        for i in range(3_000, 6_000, 1_000):
-            store.send(pvs[i:i + 1_000], [])  # the sixth: the first group is handed over
-        assert any(t.name.startswith("trackmw-postgres") for t in threading.enumerate())
-        for i in range(6_000, 12_000, 1_000):
-            store.send(pvs[i:i + 1_000], [])
-        store.sync()
-        assert store.held() == 0
-        with store._connection() as conn:  # type: ignore[attr-defined]
-            assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 3
-        r = store.report(START, START + timedelta(days=1))
-        assert (r.pageviews, r.bot_hits) == (
-            sum(not p.bot for p in pvs), sum(p.bot for p in pvs))
-        assert sum(r.consent.values()) == len(choices)
-    finally:
-        store.close()
+    assert store.group_events == 5_000  # type: ignore[attr-defined]
+    for n, batch in enumerate(batches(pvs[:3_000], 1_000)):
+        store.send(batch, choices if n == 0 else [])
+    assert store.held() == 3_000 + len(choices)  # a group not yet full waits for sync
+    assert store.report(START, START + timedelta(days=1)).pageviews == 0
+    for batch in batches(pvs[3_000:6_000], 1_000):
+        store.send(batch, [])  # the sixth: the first group is handed over
+    assert any(t.name.startswith("trackmw-postgres") for t in threading.enumerate())
+    for batch in batches(pvs[6_000:], 1_000):
+        store.send(batch, [])
+    store.sync()
+    assert store.held() == 0
+    with store._connection() as conn:  # type: ignore[attr-defined]
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 3
+    r = store.report(START, START + timedelta(days=1))
+    assert (r.pageviews, r.bot_hits) == (
+        sum(not p.bot for p in pvs), sum(p.bot for p in pvs))
+    assert sum(r.consent.values()) == len(choices)
 
 
 @pytest.mark.parametrize("store_kind", ["redis", "postgresql"])
 def test_events_still_buffered_at_process_exit_are_written_without_an_error(
-    store_url: str,
+    store_url: str, make_tracker: Callable[..., Tracker],
 ) -> None:
     # The atexit hook closes the pipeline after the interpreter stopped taking new
     # threads' work (PostgreSQL writes a group in a thread of its own when it can).
@@ -697,18 +695,12 @@ def test_events_still_buffered_at_process_exit_are_written_without_an_error(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, timeout=60)
     assert "trackmw" not in done.stderr
-    from trackmw import Tracker
-
-    tracker = Tracker(secret_keys=[SECRET], store=store_url)
-    try:
-        assert tracker.stats().pageviews == 100
-    finally:
-        tracker.close()
+    assert make_tracker(store=store_url).stats().pageviews == 100
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"])
 def test_postgres_writes_on_a_connection_of_its_own_when_no_thread_can_start(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # From Python 3.12 the interpreter starts no thread at process exit, when the
     # pipeline's atexit flush of a process that never wrote before opens the store:
@@ -717,18 +709,14 @@ def test_postgres_writes_on_a_connection_of_its_own_when_no_thread_can_start(
     def refuse(self: threading.Thread) -> None:
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
-    store = open_store(store_url)
-    try:
-        monkeypatch.setattr(threading.Thread, "start", refuse)
-        store.send([pageview(START, 1, "v1")], [])
-        store.sync()
-        store.write([pageview(START, 2, "v2")], [])
-        assert store.report(START, START).pageviews == 2
-        monkeypatch.undo()
-        store.write([pageview(START, 3, "v3")], [])  # the pool, once threads start again
-        assert store.report(START, START).pageviews == 3
-    finally:
-        store.close()
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    store.send([pageview(START, 1, "v1")], [])
+    store.sync()
+    store.write([pageview(START, 2, "v2")], [])
+    assert store.report(START, START).pageviews == 2
+    monkeypatch.undo()
+    store.write([pageview(START, 3, "v3")], [])  # the pool, once threads start again
+    assert store.report(START, START).pageviews == 3
 
 
 def _failing_transactions(monkeypatch: pytest.MonkeyPatch, fail: list[str]) -> list[str]:
@@ -740,14 +728,15 @@ def _failing_transactions(monkeypatch: pytest.MonkeyPatch, fail: list[str]) -> l
     real = PostgresStore._transaction
     happened: list[str] = []
 
-    def transaction(self: PostgresStore, conn: Any, batch: Any) -> None:
+    def transaction(self: PostgresStore, conn: Any, batch: Any) -> bool:
         how = fail.pop(0) if fail else ""
         happened.append(how)
         if how == "before":
             raise StoreError("the server went away")
-        real(self, conn, batch)
+        written = real(self, conn, batch)
         if how == "after":
             raise StoreError("the commit's reply was lost")
+        return written
 
     monkeypatch.setattr(PostgresStore, "_transaction", transaction)
     return happened
@@ -756,74 +745,62 @@ def _failing_transactions(monkeypatch: pytest.MonkeyPatch, fail: list[str]) -> l
 @pytest.mark.parametrize("store_kind", ["postgresql"])
 @pytest.mark.parametrize("how", ["before", "after"])
 def test_a_postgres_group_that_fails_in_its_thread_is_written_once_by_sync(
-    store_url: str, monkeypatch: pytest.MonkeyPatch, how: str
+    store: Store, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     pvs, choices = events(seed=9, n=7_000, days=1)
-    store = open_store(store_url)
-    try:
-        store.write(pvs[:10], [])  # connected: the next groups go to the store's thread
-        happened = _failing_transactions(monkeypatch, [how])
-        for i in range(10, 7_000, 1_000):
-            store.send(pvs[i:i + 1_000], choices if i == 10 else [])
-        store.sync()  # the first group failed in the thread, and was written here
-        assert happened == [how, "", ""]  # that group twice (the second time: once)
-        assert store.held() == 0
-        r = store.report(START, START)
-        assert (r.pageviews, r.bot_hits) == (sum(not p.bot for p in pvs),
-                                             sum(p.bot for p in pvs))
-        assert sum(r.consent.values()) == len(choices)
-    finally:
-        store.close()
+    store.write(pvs[:10], [])  # connected: the next groups go to the store's thread
+    happened = _failing_transactions(monkeypatch, [how])
+    for n, batch in enumerate(batches(pvs[10:], 1_000)):
+        store.send(batch, choices if n == 0 else [])
+    store.sync()  # the first group failed in the thread, and was written here
+    assert happened == [how, "", ""]  # that group twice (the second time: once)
+    assert store.held() == 0
+    r = store.report(START, START)
+    assert (r.pageviews, r.bot_hits) == (sum(not p.bot for p in pvs),
+                                         sum(p.bot for p in pvs))
+    assert sum(r.consent.values()) == len(choices)
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"])
 def test_a_postgres_group_that_cannot_be_written_is_kept_and_the_next_batch_refused(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pvs, _ = events(seed=10, n=12_000, days=1)
-    store = open_store(store_url)
-    try:
-        store.write(pvs[:10], [])
-        _failing_transactions(monkeypatch, ["before"] * 100)
-        for i in range(10, 6_010, 1_000):  # the sixth send hands the first group over
-            store.send(pvs[i:i + 1_000], [])
-        with pytest.raises(StoreError, match="went away"):
-            store.sync()
-        assert store.held() == 6_000  # the group that failed, and the batch after it
-        for i in range(6_010, 10_010, 1_000):
-            store.send(pvs[i:i + 1_000], [])  # held: the group is not full yet
-        with pytest.raises(StoreError, match="went away"):
-            store.send(pvs[10_010:11_010], [])  # it would start a group: refused
-        assert store.held() == 10_000
-        assert store.report(START, START).pageviews == sum(not p.bot for p in pvs[:10])
-        monkeypatch.undo()  # the server is back
-        store.send(pvs[10_010:12_000], [])  # the pipeline sends the refused batch again
+    store.write(pvs[:10], [])
+    _failing_transactions(monkeypatch, ["before"] * 100)
+    for batch in batches(pvs[10:6_010], 1_000):  # the sixth send hands the first group over
+        store.send(batch, [])
+    with pytest.raises(StoreError, match="went away"):
         store.sync()
-        assert store.held() == 0
-        assert store.report(START, START).pageviews == sum(not p.bot for p in pvs)
-    finally:
-        store.close()
+    assert store.held() == 6_000  # the group that failed, and the batch after it
+    for batch in batches(pvs[6_010:10_010], 1_000):
+        store.send(batch, [])  # held: the group is not full yet
+    with pytest.raises(StoreError, match="went away"):
+        store.send(pvs[10_010:11_010], [])  # it would start a group: refused
+    assert store.held() == 10_000
+    assert store.report(START, START).pageviews == sum(not p.bot for p in pvs[:10])
+    monkeypatch.undo()  # the server is back
+    store.send(pvs[10_010:12_000], [])  # the pipeline sends the refused batch again
+    store.sync()
+    assert store.held() == 0
+    assert store.report(START, START).pageviews == sum(not p.bot for p in pvs)
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"])
 def test_postgres_writes_without_pipeline_mode_where_libpq_lacks_it(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
 
     monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
     monkeypatch.setattr(psycopg.Connection, "pipeline", None)  # never entered
     pvs, choices = events(seed=11, n=3_000, days=1)
-    store = open_store(store_url)
-    try:
-        for i in range(0, 3_000, 1_000):
-            store.send(pvs[i:i + 1_000], choices if i == 0 else [])
-        store.sync()
-        r = store.report(START, START)
-        assert r.pageviews == sum(not p.bot for p in pvs)
-        assert sum(r.consent.values()) == len(choices)
-    finally:
-        store.close()
+    for n, batch in enumerate(batches(pvs, 1_000)):
+        store.send(batch, choices if n == 0 else [])
+    store.sync()
+    r = store.report(START, START)
+    assert r.pageviews == sum(not p.bot for p in pvs)
+    assert sum(r.consent.values()) == len(choices)
 
 
 def test_a_postgres_server_out_of_reach_is_waited_for_once_a_sync(

@@ -22,7 +22,7 @@ import pytest
 from trackmw.events import ConsentChoice, PageView
 from trackmw.stores.sqlite import SQLiteStore
 
-from .data import START, ts_of
+from .data import START, pageview, ts_of
 
 
 def _id(rng: random.Random) -> str:
@@ -32,12 +32,12 @@ def _id(rng: random.Random) -> str:
 def _views(rng: random.Random, day: int, visitors: list[str], users: dict[str, str],
            n: int) -> list[PageView]:
     when = START + timedelta(days=day)
-    d = when.isoformat()
     out = []
     for i in range(n):
         vid = rng.choice(visitors)
-        out.append(PageView(ts_of(when, i), d, vid, users.get(vid), f"/p/{rng.randrange(300)}",
-                            "news.example.org", None, "Chrome", "Linux", "desktop", False))
+        out.append(pageview(when, i, vid, f"/p/{rng.randrange(300)}",
+                            referrer="news.example.org", user=users.get(vid),
+                            cls=("Chrome", "Linux", "desktop")))
     return out
 
 

@@ -16,6 +16,7 @@ import pytest
 from trackmw.events import PageView
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SQLiteStore
+from trackmw.stores.sqlite_uniques import Uniques
 
 from .data import START, assert_same_report, ts_of
 
@@ -184,8 +185,6 @@ def test_a_purge_that_rolls_back_leaves_no_dimension_id_behind(
     # all-users dimensions; rolled back, their ids are gone, and the next dimensions
     # made would get the same ids: kept in the cache, two sets would count as one.
     sql, mem = stores
-    from trackmw.stores.sqlite_uniques import Uniques
-
     real = Uniques.purge
 
     def purge_then_fail(self: Uniques, conn: sqlite3.Connection, before: date) -> None:

@@ -61,8 +61,6 @@ def register(scheme: str, target: str) -> None:
 
 def store_class(url: str) -> type[Store]:
     """The store class for ``url``; ``ConfigurationError`` for an unknown scheme."""
-    import importlib
-
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             "store", f"{url!r} is not a store URL such as 'sqlite:///trackmw.db'"

@@ -151,7 +151,7 @@ class PostgresStore(Store):
 
     @contextmanager
     def _connection(self, transaction: bool = True) -> Iterator[Any]:
-        """A pooled connection inside a transaction (unless not ``transaction``: the
+        """A connection (``_pooled``) inside a transaction (unless not ``transaction``: the
         caller commits or rolls back); driver errors become ``StoreError``."""
         import psycopg
         from psycopg_pool import PoolTimeout
@@ -395,16 +395,19 @@ class PostgresStore(Store):
         part of), and those after it too."""
         with self._connection(transaction=False) as conn:
             try:
-                self._transaction(conn, batch)
+                written = self._transaction(conn, batch)
             except BaseException:
                 _rollback(conn)
                 raise
+        if not written:
+            return
         self._unsummarized += len(batch.pageviews)
         if self._unsummarized >= self.summarize_every:
             self._unsummarized = 0
             self._summarize()
 
-    def _transaction(self, conn: Any, batch: _Batch) -> None:
+    def _transaction(self, conn: Any, batch: _Batch) -> bool:
+        """Write ``batch`` on ``conn``: True, or False if it was written before."""
         with _together(conn):  # BEGIN, the lock, the batch's id
             conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._erasure_lock,))
             # The latest erasure, read after the lock (a statement of its own, so that its
@@ -417,7 +420,7 @@ class PostgresStore(Store):
         row = marked.fetchone()  # after the block: its results are in by then
         if row is None:
             conn.rollback()
-            return  # written already: its commit reply was lost, the retry is a no-op
+            return False  # written already: its commit reply was lost, the retry is a no-op
         kept = unerased(batch.pageviews, batch.consents, partial(_erasures, conn), row[0])
         self._utf8 = conn.info.encoding == "utf-8"
         if kept is not None or batch.utf8 != self._utf8:
@@ -443,6 +446,7 @@ class PostgresStore(Store):
             if self._writes % 1000 == 1:  # batch ids only need to outlive a retry
                 cur.execute("DELETE FROM batches WHERE at < now() - interval '2 days'")
             conn.commit()
+        return True
 
     def _summarize(self) -> None:
         """Summarize the page views' BRIN ranges that are not yet (see the module), after
@@ -482,7 +486,8 @@ class PostgresStore(Store):
         who = "visitor_id = %s" + (" OR user_id = %s" if user_id else "")
         args: tuple[str, ...] = (visitor_id, user_id) if user_id else (visitor_id,)
         with self._connection() as conn:
-            # Alone: no write is between reading the tombstones and committing (see write).
+            # Alone: no write is between reading the tombstones and committing (see
+            # ``_transaction``).
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._erasure_lock,))
             conn.execute(
                 "INSERT INTO erasures SELECT unnest(%s::text[]), %s ON CONFLICT (key) "

@@ -407,7 +407,7 @@ class SQLiteStore(Store):
                     "DELETE FROM pageview_groups WHERE rowid = ?", [(g,) for g in groups]
                 )
                 removed = len(victims)
-                self._uniques.rebuild(conn, victims)
+                self._uniques.remove(conn, victims)
                 removed += conn.execute(
                     "DELETE FROM consents WHERE visitor_id = ?", (visitor_id,)
                 ).rowcount
@@ -440,7 +440,7 @@ class SQLiteStore(Store):
                 self._uniques.purge(conn, before)
                 conn.execute("COMMIT")
             except BaseException:
-                self._uniques.rolled_back()  # purge may have made the all-visitors' ids
+                self._uniques.rolled_back()
                 _rollback(conn)
                 raise
             _truncate_wal(conn, self.path)

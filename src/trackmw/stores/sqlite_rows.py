@@ -5,9 +5,7 @@ a statement. ``executemany`` runs its statement once per row, through Python's d
 (bind, step, reset). ``insert_rows`` sends the rows as ``INSERT … VALUES (…), (…), …``
 instead, in statements of a power-of-two number of rows, so that the few statement texts
 stay in the connection's statement cache. Measured on a batch: page view groups (nine
-values a row) and the daily rollup's upserts take about half the time this way (schema
-3's link table's integer upserts took longer: SQLite's plan for a multi-row upsert cost
-more there than the driver's round).
+values a row) and the daily rollup's upserts take about half the time this way.
 """
 
 from __future__ import annotations

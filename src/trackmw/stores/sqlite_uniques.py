@@ -99,13 +99,13 @@ class Uniques:
             ordinals = self._ordinals(conn, sorted({key for key, _ in visits}), create=True)
             _change(conn, _split(visits, ordinals), BitMap.update)
 
-    def rebuild(self, conn: sqlite3.Connection, gone: Sequence[PageView]) -> None:
+    def remove(self, conn: sqlite3.Connection, gone: Sequence[PageView]) -> None:
         """Take these page views (deleted, being erased) out of the sets.
 
-        Each of their visitors and users leaves the sets of the days they were on; what
-        its remaining page views of those days show is added back (a user's other
-        visitors', say). An entity with no counted page view left (one not a bot's,
-        with a visitor) loses its ordinal and id.
+        Each of their visitors and users leaves the sets those views named, on the days
+        they were on; what its remaining page views of those days show is added back (a
+        user's other visitors', say). An entity with no counted page view left (one not a
+        bot's, with a visitor) loses its ordinal and id.
         """
         days: dict[str, set[int]] = {}
         for view in gone:  # bots' and anonymous views too: their entities may go
@@ -116,18 +116,11 @@ class Uniques:
                 days.setdefault("u:" + view.user_id, set()).add(day)
         if not days:
             return
-        ordinals = self._ordinals(conn, sorted(days), create=False)
-        out: dict[tuple[int, int], list[int]] = {}  # (day, hi) -> lower bits
-        for key, n in ordinals.items():
-            for day in days[key]:
-                out.setdefault((day, n >> _LOW_BITS), []).append(n & _LOW_MASK)
-        sets: Sets = {}
-        for (day, hi), low in sorted(out.items()):
-            for (dim,) in conn.execute(
-                "SELECT dim FROM uniq_sets WHERE day = ? AND hi = ?", (day, hi)
-            ).fetchall():
-                sets[day, dim, hi] = low
-        _change(conn, sets, BitMap.difference_update)
+        removed = self._visits(conn, stored.group(gone))  # the sets they are in
+        if removed:
+            ordinals = self._ordinals(conn, sorted({key for key, _ in removed}), create=False)
+            removed = {visit: dims for visit, dims in removed.items() if visit[0] in ordinals}
+            _change(conn, _split(removed, ordinals), BitMap.difference_update)
         rest: list[PageView] = []
         forgotten: list[tuple[str]] = []
         for key, wanted in days.items():
@@ -156,8 +149,9 @@ class Uniques:
         conn.execute("DELETE FROM uniq_sets WHERE day < ?", (before.toordinal(),))
         live: dict[int, BitMap] = {}
         for hi, bits in conn.execute(
-            "SELECT hi, bits FROM uniq_sets WHERE dim IN (?, ?)",
-            (self._id(conn, *ALL_VISITORS), self._id(conn, *ALL_USERS)),
+            "SELECT hi, bits FROM uniq_sets WHERE dim IN (SELECT id FROM uniq_dims "
+            "WHERE (kind, name) IN (VALUES (?, ?), (?, ?)))",
+            (*ALL_VISITORS, *ALL_USERS),
         ):
             found = live.get(hi)
             if found is None:
@@ -236,12 +230,9 @@ class Uniques:
 
     def dims(self, conn: sqlite3.Connection, kinds: Sequence[str]) -> dict[int, tuple[str, str]]:
         """The dimensions of these kinds, by id."""
-        marks = ",".join("?" * len(kinds))
-        rows = conn.execute(
-            f"SELECT id, kind, name FROM uniq_dims WHERE kind IN ({marks})",  # noqa: S608
-            tuple(kinds),
-        ).fetchall()
-        return {i: (k, n) for i, k, n in rows}
+        return {i: (k, n) for i, k, n in select_in(
+            conn, "SELECT id, kind, name FROM uniq_dims WHERE kind IN ({})", kinds
+        )}
 
     def page_dims(self, conn: sqlite3.Connection, paths: Sequence[str]) -> dict[int, str]:
         """The page dimensions of these paths, by id."""
@@ -270,7 +261,7 @@ class Uniques:
             else:
                 n = len(BitMap.union(*(BitMap.deserialize(bits) for _, bits in sets)))
             out[dim] = out.get(dim, 0) + n
-        return {dim: n for dim, n in out.items() if n > 0}
+        return out
 
     def per_day(
         self, conn: sqlite3.Connection, dim: int, since: date, until: date
