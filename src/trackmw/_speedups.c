@@ -117,43 +117,144 @@ missing:
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* The state `states` (CookieReader.states) caches for `cookie`, if its window holds
- * the time: a new reference; None (a new reference) if there is none; NULL on error.
- * The time is `now`, or when `clock` is not NULL what it returns (called only if
- * there is an entry to check). This is the lookup CookieReader.state and
- * Core.request_state make for a request without signals. */
+/* trackmw.cookiestate._CACHED_HEADER: a longer header's state is not cached. */
+#define CACHED_HEADER 4096
+
+/* Is `text[0:size]` one of the cookie names a state rests on
+ * (trackmw.cookiestate._STATE_NAMES)? */
+static int
+state_name(const char *text, Py_ssize_t size)
+{
+    return (size == 10 && memcmp(text, "trackmw_id", 10) == 0) ||
+           (size == 15 && memcmp(text, "trackmw_consent", 15) == 0) ||
+           (size == 13 && memcmp(text, "trackmw_prefs", 13) == 0);
+}
+
+/* trackmw.cookiestate.state_key of a Cookie header of bytes (a new reference): its
+ * trackmw_id, trackmw_consent and trackmw_prefs pairs, in order, each as name=value
+ * with the spaces and tabs around both taken off, joined by "; "; the header itself
+ * when that is all it is. None for None. NULL with no error set for a header longer
+ * than CACHED_HEADER (its state is not cached) or not bytes; NULL with an error set on
+ * failure. */
+static PyObject *
+cookie_state_key(PyObject *cookie)
+{
+    if (cookie == Py_None)
+        return Py_NewRef(cookie);
+    if (!PyBytes_CheckExact(cookie) || PyBytes_GET_SIZE(cookie) > CACHED_HEADER)
+        return NULL;
+    const char *text = PyBytes_AS_STRING(cookie), *end = text + PyBytes_GET_SIZE(cookie);
+    /* A pair never grows, and a separator by one byte at most: a part of n bytes
+     * written as a pair ends up at most n + 1 bytes long ("; " for ";"). */
+    char key[2 * CACHED_HEADER + 2];
+    Py_ssize_t size = 0;
+    for (const char *part = text;;) {
+        const char *semi = memchr(part, ';', (size_t)(end - part));
+        if (semi == NULL)
+            semi = end;
+        const char *eq = memchr(part, '=', (size_t)(semi - part));
+        if (eq != NULL) {
+            const char *name = part, *name_end = eq, *value = eq + 1, *value_end = semi;
+            while (name < name_end && (*name == ' ' || *name == '\t'))
+                name++;
+            while (name_end > name && (name_end[-1] == ' ' || name_end[-1] == '\t'))
+                name_end--;
+            if (state_name(name, name_end - name)) {
+                while (value < value_end && (*value == ' ' || *value == '\t'))
+                    value++;
+                while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t'))
+                    value_end--;
+                if (size > 0) {
+                    key[size++] = ';';
+                    key[size++] = ' ';
+                }
+                memcpy(key + size, name, (size_t)(name_end - name));
+                size += name_end - name;
+                key[size++] = '=';
+                memcpy(key + size, value, (size_t)(value_end - value));
+                size += value_end - value;
+            }
+        }
+        if (semi == end)
+            break;
+        part = semi + 1;
+    }
+    if (size == PyBytes_GET_SIZE(cookie) && memcmp(key, text, (size_t)size) == 0)
+        return Py_NewRef(cookie);
+    return PyBytes_FromStringAndSize(key, size);
+}
+
+PyDoc_STRVAR(state_key_doc,
+"state_key(cookie, /)\n--\n\n"
+"trackmw.cookiestate.state_key of a Cookie header of bytes (or None), as the C\n"
+"paths compute it; None for a header they leave to Python (one longer than\n"
+"trackmw.cookiestate._CACHED_HEADER, or not bytes).");
+
+static PyObject *
+state_key(PyObject *module, PyObject *cookie)
+{
+    PyObject *key = cookie_state_key(cookie);
+    if (key == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return key;
+}
+
+/* The state `states` (CookieReader.states) caches for the Cookie header `cookie`, if
+ * its window holds the time: a new reference; None (a new reference) if there is none;
+ * NULL on error. Looked up as CookieReader.state looks it up for a request without
+ * signals: by the header (a repeated one, or one that is its own key), then by its
+ * state_key. The time is `now`, or when `clock` is not NULL what it returns (called
+ * once, and only if there is an entry to check). */
 static PyObject *
 cached_entry(PyObject *states, PyObject *cookie, double now, PyObject *clock)
 {
-    if (!PyDict_CheckExact(states))
-        Py_RETURN_NONE;
-    Py_INCREF(cookie); /* held: a key's __eq__ or the clock may run any code */
-    PyObject *cached = PyDict_GetItemWithError(states, cookie); /* (not_before, not_after, state) */
-    Py_DECREF(cookie);
-    if (cached == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
-        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
-        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)))
-        Py_RETURN_NONE;
-    Py_INCREF(cached);
-    if (clock != NULL) {
-        now = clock_now(clock);
-        if (now == -1.0 && PyErr_Occurred()) {
+    if (!PyDict_CheckExact(states) ||
+        (cookie != Py_None &&
+         (!PyBytes_CheckExact(cookie) || PyBytes_GET_SIZE(cookie) > CACHED_HEADER)))
+        Py_RETURN_NONE; /* never cached */
+    PyObject *key = Py_NewRef(cookie); /* held: a key's __eq__ or the clock may run any code */
+    for (int by_key = 0;; by_key = 1) {
+        PyObject *cached = PyDict_GetItemWithError(states, key); /* (not_before, not_after, state) */
+        if (cached == NULL && PyErr_Occurred())
+            goto fail;
+        if (cached != NULL) {
+            if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
+                !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
+                !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)))
+                break; /* not an entry CookieReader makes: Python decides */
+            Py_INCREF(cached);
+            if (clock != NULL) {
+                now = clock_now(clock);
+                clock = NULL;
+                if (now == -1.0 && PyErr_Occurred()) {
+                    Py_DECREF(cached);
+                    goto fail;
+                }
+            }
+            if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
+                now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))) {
+                PyObject *state = Py_NewRef(PyTuple_GET_ITEM(cached, 2));
+                Py_DECREF(cached);
+                Py_DECREF(key);
+                return state;
+            }
             Py_DECREF(cached);
-            return NULL;
         }
+        if (by_key)
+            break;
+        PyObject *own = cookie_state_key(cookie);
+        if (own == NULL)
+            goto fail; /* (it cannot be too long: checked above) */
+        Py_DECREF(key);
+        key = own;
+        if (key == cookie)
+            break; /* the header is its own key: looked up already */
     }
-    PyObject *state = Py_None;
-    if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
-        now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1)))
-        state = PyTuple_GET_ITEM(cached, 2);
-    Py_INCREF(state);
-    Py_DECREF(cached);
-    return state;
+    Py_DECREF(key);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(key);
+    return NULL;
 }
 
 /* The cached CookieState of a tracked page's common case (see common_case and
@@ -3449,6 +3550,7 @@ sign_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"cached_state", (PyCFunction)(void (*)(void))cached_state, METH_FASTCALL, cached_state_doc},
+    {"state_key", state_key, METH_O, state_key_doc},
     {"beacon_headers", (PyCFunction)beacon_headers, METH_O, beacon_headers_doc},
     {"beacon", (PyCFunction)(void (*)(void))beacon, METH_FASTCALL, beacon_doc},
     {"allow", (PyCFunction)(void (*)(void))allow_hook, METH_FASTCALL, allow_doc},

@@ -2,7 +2,9 @@
 
 ``CookieReader.state`` verifies the ``trackmw_*`` cookies of a ``Cookie`` header,
 decides consent (with the request's DNT and GPC signals) and caches the result as an
-immutable ``CookieState`` shared by every request that sends the same header.
+immutable ``CookieState`` shared by every request that sends the same trackmw cookies
+(``state_key``): a site's own cookies beside them, a session re-signed each second
+say, do not make a returning visitor's request read and verify them again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from .signing import MAX_SKEW, CookieSigner, SignedValue
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["CONSENT_COOKIE", "ID_COOKIE", "PREFS_COOKIE", "CookieReader", "CookieState"]
+__all__ = [
+    "CONSENT_COOKIE",
+    "ID_COOKIE",
+    "PREFS_COOKIE",
+    "CookieReader",
+    "CookieState",
+    "state_key",
+]
 
 ID_COOKIE = "trackmw_id"
 CONSENT_COOKIE = "trackmw_consent"
@@ -25,6 +34,48 @@ PREFS_COOKIE = "trackmw_prefs"
 _STATE_CACHE = 10_000
 #: Longer ``Cookie`` headers are read each time rather than kept (at most ~40 MB held).
 _CACHED_HEADER = 4096
+#: The cookies a state rests on (``CookieReader._read_state``), as text and as bytes.
+_STATE_NAMES = (ID_COOKIE, CONSENT_COOKIE, PREFS_COOKIE)
+_STATE_NAMES_B = tuple(name.encode("ascii") for name in _STATE_NAMES)
+
+
+def state_key(cookie: Any) -> Any:
+    """What of a ``Cookie`` header (text, or bytes as ASGI servers give it) its state
+    rests on: its ``trackmw_id``, ``trackmw_consent`` and ``trackmw_prefs`` pairs, in
+    header order, each as ``name=value`` with the blanks around both taken off, joined
+    by ``"; "``. The header itself when that is all it is (no copy); ``None`` for none.
+
+    ``parse_cookies`` reads those pairs alone, and the state only what it returns for
+    those names: two headers with the same key have the same state, whatever else
+    they carry. (A site's own cookies change under a returning visitor: Starlette's
+    ``SessionMiddleware`` and Flask's permanent sessions sign theirs again every
+    second.) The C speedups compute the same key (``trackmw._speedups``).
+
+    >>> state_key("theme=dark; trackmw_id=a.b ;sid=9; trackmw_consent=c.d")
+    'trackmw_id=a.b; trackmw_consent=c.d'
+    """
+    if cookie is None:
+        return None
+    names: tuple[Any, ...]
+    split: Any  # the same steps on bytes as on text
+    eq: Any
+    blanks: Any
+    join: Any
+    if isinstance(cookie, bytes):
+        if b"trackmw_" not in cookie:
+            return b"" if cookie else cookie
+        names, split, eq, blanks, join = _STATE_NAMES_B, b";", b"=", b" \t", b"; "
+    else:
+        if "trackmw_" not in cookie:
+            return "" if cookie else cookie
+        names, split, eq, blanks, join = _STATE_NAMES, ";", "=", " \t", "; "
+    pairs = []
+    for part in cookie.split(split):
+        name, sep, value = part.partition(eq)
+        if sep and (name := name.strip(blanks)) in names:
+            pairs.append(name + eq + value.strip(blanks))
+    key = join.join(pairs)
+    return cookie if key == cookie else key
 
 
 class CookieState:
@@ -108,35 +159,55 @@ class CookieReader:
         self.id_signer = CookieSigner(keys, "trackmw.visitor", max_age)
         self.consent_signer = CookieSigner(keys, "trackmw.consent", max_age)
         self.prefs_signer = CookieSigner(keys, "trackmw.prefs", max_age)
-        #: Cached states by ``Cookie`` header (a tuple with the signals when one is on),
-        #: each as ``(not_before, not_after, state)``: the window in which every value
-        #: the state rests on is fresh, then the state (the C speedups read this too).
+        #: Cached states by ``state_key`` of the ``Cookie`` header (a tuple with the
+        #: signals when one is on), each as ``(not_before, not_after, state)``: the
+        #: window in which every value the state rests on is fresh, then the state (the
+        #: C speedups read this too). A header that is not its own key is kept as well,
+        #: with its key's entry, so that the Python paths look a repeated one up at once.
         self.states: dict[Any, tuple[float, float, CookieState]] = {}
 
     def state(self, cookie: str | bytes | None, dnt: bool, gpc: bool, now: float) -> CookieState:
         """What a ``Cookie`` header and the honoured signals say (cached by their text).
 
         ``cookie`` may be the raw header (bytes, as ASGI servers give it): it is decoded
-        only when its state is not cached. The same header always says the same thing,
-        except that its signed values age: a state is cached with the time window in
-        which all of them are fresh, and one where a value was rejected for its age is
-        never cached. So a returning visitor costs one dict lookup and two comparisons.
+        only when its state is not cached. The same trackmw cookies always say the
+        same thing (``state_key``), except that their signed values age: a state is
+        cached with the time window in which all of them are fresh, and one where a
+        value was rejected for its age is never cached. So a returning visitor costs one
+        dict lookup and two comparisons, or, when the header is new but its trackmw
+        cookies are not, the key's reading and one more lookup.
         """
-        key: Any = (cookie, dnt, gpc) if dnt or gpc else cookie
-        cached = self.states.get(key)
+        signals = dnt or gpc
+        key: Any = (cookie, dnt, gpc) if signals else cookie
+        states = self.states
+        cached = states.get(key)
         if cached is not None and cached[0] <= now <= cached[1]:
             return cached[2]
+        if cookie is not None and len(cookie) > _CACHED_HEADER:
+            text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie
+            return self._read_state(text, dnt, gpc, now)[2]  # read each time, never kept
+        own = state_key(cookie)
+        if own is not cookie:
+            own_key: Any = (own, dnt, gpc) if signals else own
+            entry = states.get(own_key)
+            if entry is None or not entry[0] <= now <= entry[1]:
+                text = own.decode("latin-1") if isinstance(own, bytes) else own or ""
+                entry = self._read_state(text, dnt, gpc, now)
+                self._keep(own_key, entry, now)
+            self._keep(key, entry, now)  # this header too, for the Python paths
+            return entry[2]
         text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie or ""
-        size = len(text)
-        if "trackmw_" not in text:
-            text = ""  # every visitor without our cookies is in the same state
         entry = self._read_state(text, dnt, gpc, now)
-        if entry[0] <= now <= entry[1] and size <= _CACHED_HEADER:
+        self._keep(key, entry, now)
+        return entry[2]
+
+    def _keep(self, key: Any, entry: tuple[float, float, CookieState], now: float) -> None:
+        """Cache ``entry`` under ``key`` if its window holds now."""
+        if entry[0] <= now <= entry[1]:
             states = self.states
             if len(states) >= _STATE_CACHE:
                 states.clear()
             states[key] = entry
-        return entry[2]
 
     def _read_state(
         self, cookie: str, dnt: bool, gpc: bool, now: float
