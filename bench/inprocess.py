@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import itertools
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trackmw.cookiestate import _STATE_CACHE
 from trackmw.settings import Settings
 
 from . import apps
@@ -121,6 +123,22 @@ def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, scope: dict[str, Any]
     async def batch(n: int) -> float:
         start = time.thread_time()
         for _ in range(n):
+            await app(dict(scope), _receive, _discard)
+        return time.thread_time() - start
+
+    return lambda n: loop.run_until_complete(batch(n))
+
+
+def asgi_cycling_runner(
+    loop: asyncio.AbstractEventLoop, app: Any, scopes: list[dict[str, Any]]
+) -> Callable:
+    """``asgi_runner`` over several scopes in turn, on from one batch to the next (each
+    request's headers differ from the last ``len(scopes) - 1`` requests')."""
+    turn = itertools.cycle(scopes)
+
+    async def batch(n: int) -> float:
+        start = time.thread_time()
+        for scope in itertools.islice(turn, n):
             await app(dict(scope), _receive, _discard)
         return time.thread_time() - start
 
@@ -235,6 +253,18 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
     tracked = apps.starlette_tracked(t)
     asgi("asgi.trackmw.returning", "+ trackmw, returning visitor", tracked,
          asgi_scope("/", cookie=returning), baseline="asgi.bare", after=t.flush)
+    # The site's own session cookie, signed again for each request (as Starlette's
+    # SessionMiddleware signs it again every second): the Cookie header is new each time.
+    signed = session.rpartition("; ")[2]  # session=<payload>.<time>.<signature>
+    base = asgi_scope("/")
+    resigned = [{**base, "headers": [*base["headers"],
+                                     (b"cookie", f"{returning}; {signed}{i:06d}".encode())]}
+                for i in range(ROTATING)]
+    variants.append(Variant(
+        "asgi.trackmw.resigned", "+ trackmw, returning visitor, the site's session re-signed",
+        asgi_cycling_runner(loop, tracked, resigned),
+        asgi_checker(loop, tracked, resigned[0], 200, False), "asgi.bare", t.flush,
+    ))
     asgi("asgi.trackmw.new", "+ trackmw, new visitor (cookie signed)", tracked,
          asgi_scope("/"), cookie=True, baseline="asgi.bare", after=t.flush)
     asgi("asgi.bare.static", "Starlette /static/x, bare", bare,
@@ -282,6 +312,10 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
              wsgi_environ("/", cookie=returning), baseline="wsgi.flask")
     return variants, notes
 
+
+#: Distinct Cookie headers the re-signed session variant sends in turn: more than
+#: trackmw keeps states of, as a site's visitors never send one header again.
+ROTATING = 2 * _STATE_CACHE
 
 #: Requests timed between two flushes of a variant's tracker: the pipeline's default
 #: ``batch_size``. A site's writer thread empties the buffer each time a batch fills,
