@@ -1037,7 +1037,7 @@ PyDoc_STRVAR(enter_doc,
 "(set as scope[\"trackmw\"] too), or None when the request is not that case: the\n"
 "first step of Entry's page path, on its own for the tests.\n\n"
 "prefixes: the paths that may be trackmw's own or excluded; states: the cached\n"
-"states by Cookie header (CookieReader.states); now: the time, for their window.");
+"states of Cookie headers (CookieReader.states); now: the time, for their window.");
 
 static PyObject *
 lazy_enter(PyObject *cls, PyObject *const *args, Py_ssize_t nargs)

@@ -13,6 +13,7 @@ from .visitor import Visitor
 _Scope = MutableMapping[str, Any]
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+def state_key(cookie: bytes | None, /) -> bytes | None: ...
 def cached_state(
     scope: _Scope,
     prefixes: tuple[str, ...],

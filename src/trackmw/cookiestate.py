@@ -32,7 +32,7 @@ CONSENT_COOKIE = "trackmw_consent"
 PREFS_COOKIE = "trackmw_prefs"
 #: Distinct ``Cookie`` headers whose state is kept (dropped all at once when full).
 _STATE_CACHE = 10_000
-#: Longer ``Cookie`` headers are read each time rather than kept (at most ~40 MB held).
+#: Longer ``Cookie`` headers are read each time rather than kept (at most ~45 MB held).
 _CACHED_HEADER = 4096
 #: The cookies a state rests on (``CookieReader._read_state``), as text and as bytes.
 _STATE_NAMES = (ID_COOKIE, CONSENT_COOKIE, PREFS_COOKIE)
@@ -150,7 +150,8 @@ class CookieState:
 
 
 class CookieReader:
-    """The signers of the three cookie kinds, and the cache of states by header."""
+    """The signers of the three cookie kinds, and the cache of states by header and by
+    the header's trackmw cookies (``state_key``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -167,7 +168,7 @@ class CookieReader:
         self.states: dict[Any, tuple[float, float, CookieState]] = {}
 
     def state(self, cookie: str | bytes | None, dnt: bool, gpc: bool, now: float) -> CookieState:
-        """What a ``Cookie`` header and the honoured signals say (cached by their text).
+        """What a ``Cookie`` header and the honoured signals say (cached).
 
         ``cookie`` may be the raw header (bytes, as ASGI servers give it): it is decoded
         only when its state is not cached. The same trackmw cookies always say the
@@ -189,12 +190,20 @@ class CookieReader:
         own = state_key(cookie)
         if own is not cookie:
             own_key: Any = (own, dnt, gpc) if signals else own
-            entry = states.get(own_key)
-            if entry is None or not entry[0] <= now <= entry[1]:
+            found = states.get(own_key)
+            fresh = found is not None and found[0] <= now <= found[1]
+            if found is not None and fresh:
+                entry = found
+            else:
                 text = own.decode("latin-1") if isinstance(own, bytes) else own or ""
                 entry = self._read_state(text, dnt, gpc, now)
+            # This header too, for the Python paths; before the key, so that a cache
+            # full at this header is cleared before the key's entry, not after it.
+            self._keep(key, entry, now)
+            # A key may be longer than its header (a ";" becomes "; "): never one past
+            # the cached size, which a header equal to it must not find.
+            if not fresh and len(own) <= _CACHED_HEADER:
                 self._keep(own_key, entry, now)
-            self._keep(key, entry, now)  # this header too, for the Python paths
             return entry[2]
         text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie or ""
         entry = self._read_state(text, dnt, gpc, now)

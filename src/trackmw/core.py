@@ -72,7 +72,7 @@ class Core:
         self.settings = settings
         self.pipeline = pipeline
         self.reader = CookieReader(settings)
-        self.state = self.reader.state  # what a Cookie header says (cached per header)
+        self.state = self.reader.state  # what a Cookie header says (cached)
         self._states = self.reader.states
         self.id_signer = self.reader.id_signer
         self.consent_signer = self.reader.consent_signer

@@ -90,10 +90,14 @@ def test_the_c_key_is_the_python_key(header: str, pad: int) -> None:
     assert (found is raw) == (expected is raw)
 
 
-def test_a_header_is_read_once_for_its_trackmw_cookies() -> None:
+def _reader() -> CookieReader:
     from trackmw.settings import Settings
 
-    reader = CookieReader(Settings(secret_keys=("k" * 32,), store="memory://"))
+    return CookieReader(Settings(secret_keys=("k" * 32,), store="memory://"))
+
+
+def test_a_header_is_read_once_for_its_trackmw_cookies() -> None:
+    reader = _reader()
     reads: list[str] = []
     real = reader._read_state
     reader._read_state = lambda text, *a: (reads.append(text), real(text, *a))[1]  # type: ignore[method-assign]
@@ -142,3 +146,32 @@ def test_a_returning_visitor_whose_site_cookies_change_is_read_once(
     views = client.tracker.store._pageviews  # type: ignore[attr-defined]
     assert [(v.visitor_id, v.path) for v in views] == [(first["id"], f"/a{i}") for i in range(5)]
     assert reads == [ours]  # at the first request only: its state is the next ones'
+
+
+def test_a_full_cache_keeps_the_key_it_reads() -> None:
+    from trackmw.cookiestate import _STATE_CACHE
+
+    reader = _reader()
+    reader.states.update({f"filler {i}": (0.0, 0.0, None) for i in range(_STATE_CACHE - 1)})
+    state = reader.state(b"sid=1; trackmw_id=q", False, False, 1e9)
+    assert reader.states[b"trackmw_id=q"][2] is state  # cleared before it, not after
+
+
+@pytest.mark.parametrize("via_c", [False, True] if SPEEDUPS else [False])
+def test_no_key_past_the_cached_size_is_kept(via_c: bool) -> None:
+    reader = _reader()
+    header = b"trackmw_id=a;" * 315  # 4,095 bytes; its key: 4,408
+    key = state_key(header)
+    assert len(header) <= _CACHED_HEADER < len(key)
+    reader.state(header, False, False, 1e9)
+    assert all(len(k) <= _CACHED_HEADER for k in reader.states)  # the header's own only
+    if via_c:
+        from trackmw import _speedups
+
+        scope = {"type": "http", "path": "/", "headers": [(b"cookie", key)]}
+        assert _speedups.cached_state(scope, (), reader.states, 1e9) is None
+    reads: list[str] = []
+    real = reader._read_state
+    reader._read_state = lambda text, *a: (reads.append(text), real(text, *a))[1]  # type: ignore[method-assign]
+    reader.state(key, False, False, 1e9)  # a header that is the long key: read, as in C
+    assert len(reads) == 1
