@@ -32,7 +32,7 @@ CONSENT_COOKIE = "trackmw_consent"
 PREFS_COOKIE = "trackmw_prefs"
 #: Distinct ``Cookie`` headers whose state is kept (dropped all at once when full).
 _STATE_CACHE = 10_000
-#: Longer ``Cookie`` headers are read each time rather than kept (at most ~45 MB held).
+#: Longer ``Cookie`` headers are read each time rather than kept (at most ~40 MB held).
 _CACHED_HEADER = 4096
 #: The cookies a state rests on (``CookieReader._read_state``), as text and as bytes.
 _STATE_NAMES = (ID_COOKIE, CONSENT_COOKIE, PREFS_COOKIE)
