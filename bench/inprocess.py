@@ -49,6 +49,12 @@ BROWSER_HEADERS = [
 ]
 
 
+#: Distinct Cookie headers the re-signed session variant sends in turn: more than
+#: trackmw keeps states of (the Python path keeps each new header's; the C path keeps
+#: none), as a site's visitors never send one header again.
+ROTATING = 2 * _STATE_CACHE
+
+
 @dataclass
 class Variant:
     """One thing to time."""
@@ -119,21 +125,12 @@ async def _discard(message: Any) -> None:
     return None
 
 
-def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, scope: dict[str, Any]) -> Callable:
-    async def batch(n: int) -> float:
-        start = time.thread_time()
-        for _ in range(n):
-            await app(dict(scope), _receive, _discard)
-        return time.thread_time() - start
-
-    return lambda n: loop.run_until_complete(batch(n))
-
-
-def asgi_cycling_runner(
+def asgi_runner(
     loop: asyncio.AbstractEventLoop, app: Any, scopes: list[dict[str, Any]]
 ) -> Callable:
-    """``asgi_runner`` over several scopes in turn, on from one batch to the next (each
-    request's headers differ from the last ``len(scopes) - 1`` requests')."""
+    """``n`` requests a batch, each with the next of ``scopes`` in turn, on from one
+    batch to the next (with several, each request's headers differ from the last
+    ``len(scopes) - 1`` requests')."""
     turn = itertools.cycle(scopes)
 
     async def batch(n: int) -> float:
@@ -233,11 +230,13 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
     session = apps.session_cookie()
     variants: list[Variant] = []
 
-    def asgi(name: str, label: str, app: Any, scope: dict[str, Any], status: int = 200,
-             cookie: bool = False, baseline: str | None = None, after: Any = None) -> None:
+    def asgi(name: str, label: str, app: Any, scope: dict[str, Any] | list[dict[str, Any]],
+             status: int = 200, cookie: bool = False, baseline: str | None = None,
+             after: Any = None) -> None:
+        scopes = scope if isinstance(scope, list) else [scope]
         variants.append(Variant(
-            name, label, asgi_runner(loop, app, scope),
-            asgi_checker(loop, app, scope, status, cookie), baseline, after,
+            name, label, asgi_runner(loop, app, scopes),
+            asgi_checker(loop, app, scopes[0], status, cookie), baseline, after,
         ))
 
     def wsgi(name: str, label: str, app: Any, environ: dict[str, Any], cookie: bool = False,
@@ -255,16 +254,13 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
          asgi_scope("/", cookie=returning), baseline="asgi.bare", after=t.flush)
     # The site's own session cookie, signed again for each request (as Starlette's
     # SessionMiddleware signs it again every second): the Cookie header is new each time.
-    signed = session.rpartition("; ")[2]  # session=<payload>.<time>.<signature>
+    # (The scopes share every header but the cookie.)
     base = asgi_scope("/")
     resigned = [{**base, "headers": [*base["headers"],
-                                     (b"cookie", f"{returning}; {signed}{i:06d}".encode())]}
+                                     (b"cookie", f"{session}{i:06d}; {returning}".encode())]}
                 for i in range(ROTATING)]
-    variants.append(Variant(
-        "asgi.trackmw.resigned", "+ trackmw, returning visitor, the site's session re-signed",
-        asgi_cycling_runner(loop, tracked, resigned),
-        asgi_checker(loop, tracked, resigned[0], 200, False), "asgi.bare", t.flush,
-    ))
+    asgi("asgi.trackmw.resigned", "+ trackmw, returning visitor, the site's session re-signed",
+         tracked, resigned, baseline="asgi.bare", after=t.flush)
     asgi("asgi.trackmw.new", "+ trackmw, new visitor (cookie signed)", tracked,
          asgi_scope("/"), cookie=True, baseline="asgi.bare", after=t.flush)
     asgi("asgi.bare.static", "Starlette /static/x, bare", bare,
@@ -312,10 +308,6 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
              wsgi_environ("/", cookie=returning), baseline="wsgi.flask")
     return variants, notes
 
-
-#: Distinct Cookie headers the re-signed session variant sends in turn: more than
-#: trackmw keeps states of, as a site's visitors never send one header again.
-ROTATING = 2 * _STATE_CACHE
 
 #: Requests timed between two flushes of a variant's tracker: the pipeline's default
 #: ``batch_size``. A site's writer thread empties the buffer each time a batch fills,

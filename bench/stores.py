@@ -195,7 +195,10 @@ def raw_postgres_rate(url: str, rows: list[PageView]) -> float:
 
             return _timed(write, rows)
     finally:  # on a connection of its own: the one above may be what failed
-        _drop_schema(url, schema)
+        try:
+            _drop_schema(url, schema)
+        except psycopg.Error:  # down: what failed above says so
+            pass
 
 
 def raw_redis_rate(url: str, rows: list[PageView]) -> float:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "asgi.bare",
     "asgi.trackmw.returning",
+    "asgi.trackmw.resigned",
     "asgi.trackmw.new",
     "asgi.bare.static",
     "asgi.trackmw.static",
@@ -82,6 +83,7 @@ def test_quick_inprocess_prints_a_table_and_writes_json(tmp_path: Path) -> None:
             assert entry["ratio"] > 0
         assert entry["label"] in stdout
     assert by_name["asgi.trackmw.returning"]["baseline"] == "asgi.bare"
+    assert by_name["asgi.trackmw.resigned"]["baseline"] == "asgi.bare"
     assert by_name["pixel.returning"]["baseline"] == "gif.raw"
     assert by_name["wsgi.trackmw.returning"]["baseline"] == "wsgi.flask"
 

@@ -78,6 +78,11 @@ def state_key(cookie: Any) -> Any:
     return cookie if key == cookie else key
 
 
+def _text(cookie: str | bytes | None) -> str:
+    """A ``Cookie`` header (or key) as text, decoded as ASGI servers encode it."""
+    return cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie or ""
+
+
 class CookieState:
     """What one ``Cookie`` header (with the request's signals) says about its visitor.
 
@@ -185,29 +190,24 @@ class CookieReader:
         if cached is not None and cached[0] <= now <= cached[1]:
             return cached[2]
         if cookie is not None and len(cookie) > _CACHED_HEADER:
-            text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie
-            return self._read_state(text, dnt, gpc, now)[2]  # read each time, never kept
+            return self._read_state(_text(cookie), dnt, gpc, now)[2]  # each time, never kept
         own = state_key(cookie)
+        own_key: Any = key
         if own is not cookie:
-            own_key: Any = (own, dnt, gpc) if signals else own
+            own_key = (own, dnt, gpc) if signals else own
             found = states.get(own_key)
-            fresh = found is not None and found[0] <= now <= found[1]
-            if found is not None and fresh:
-                entry = found
-            else:
-                text = own.decode("latin-1") if isinstance(own, bytes) else own or ""
-                entry = self._read_state(text, dnt, gpc, now)
+            if found is not None and found[0] <= now <= found[1]:
+                self._keep(key, found, now)  # this header too, for the Python paths
+                return found[2]
+        entry = self._read_state(_text(own), dnt, gpc, now)
+        if own_key is not key:
             # This header too, for the Python paths; before the key, so that a cache
             # full at this header is cleared before the key's entry, not after it.
             self._keep(key, entry, now)
-            # A key may be longer than its header (a ";" becomes "; "): never one past
-            # the cached size, which a header equal to it must not find.
-            if not fresh and len(own) <= _CACHED_HEADER:
-                self._keep(own_key, entry, now)
-            return entry[2]
-        text = cookie.decode("latin-1") if isinstance(cookie, bytes) else cookie or ""
-        entry = self._read_state(text, dnt, gpc, now)
-        self._keep(key, entry, now)
+        # A key may be longer than its header (a ";" becomes "; "): never one past the
+        # cached size, which a header equal to it must not find.
+        if own is None or len(own) <= _CACHED_HEADER:
+            self._keep(own_key, entry, now)
         return entry[2]
 
     def _keep(self, key: Any, entry: tuple[float, float, CookieState], now: float) -> None:

@@ -23,7 +23,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ import pytest
 from bench.local import RedisServer, free_port
 
 from tests.conftest import need_service, wait_for
+from tests.servers.running import report_days
 from trackmw.errors import StoreError
 from trackmw.events import Hit
 from trackmw.pipeline import Pipeline
@@ -57,8 +57,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def pageviews_in(url: str) -> int:
     store = open_store(url)
     try:
-        today = date.today()
-        return store.report(today - timedelta(days=1), today).pageviews
+        return store.report(*report_days()).pageviews
     finally:
         store.close()
 
@@ -94,8 +93,7 @@ def test_a_redis_outage_loses_and_duplicates_nothing(private_redis: RedisServer)
     assert site.proc.returncode in (0, -signal.SIGTERM)
     store = open_store(url)
     try:
-        today = date.today()
-        report = store.report(today - timedelta(days=1), today)
+        report = store.report(*report_days())
     finally:
         store.close()
     assert report.pageviews == 2000  # still: nothing was written twice
@@ -107,12 +105,6 @@ def test_a_redis_outage_loses_and_duplicates_nothing(private_redis: RedisServer)
 
 def hit(i: int) -> Hit:
     return Hit(time.time(), f"v{i % 10}", None, f"/hit/{i}", None, None, CHROME, "example.com")
-
-
-def _today() -> date:
-    """The day of ``time.time()`` in UTC, these pipelines' time zone: a test reports from
-    the day it started to this one, in case it ran over midnight."""
-    return datetime.now(UTC).date()
 
 
 def test_an_overflowing_buffer_drops_the_oldest_and_logs_the_count_once_per_interval(
@@ -132,7 +124,6 @@ def test_an_overflowing_buffer_drops_the_oldest_and_logs_the_count_once_per_inte
     server = RedisServer(tmp_path, port)
     caplog.set_level(logging.ERROR, logger="trackmw")
     try:
-        first = _today()
         for i in range(150):
             pipeline.add(hit(i))
         assert pipeline.dropped == 50
@@ -149,7 +140,7 @@ def test_an_overflowing_buffer_drops_the_oldest_and_logs_the_count_once_per_inte
         assert pipeline.drain() is True
         store = open_store(url)
         try:
-            assert store.report(first, _today()).pageviews == 200
+            assert store.report(*report_days()).pageviews == 200
             paths = {
                 pv["page"] for v in range(10) for pv in store.visitor_data(f"v{v}")["pageviews"]
             }
@@ -265,7 +256,6 @@ def _restart_under_a_pipeline(server: PostgresServer) -> None:
         timezone="UTC",
     )
     try:
-        first = _today()
         for i in range(300):
             pipeline.add(hit(i))
         assert pipeline.drain() is True  # the pool is open, its connections in use
@@ -279,7 +269,7 @@ def _restart_under_a_pipeline(server: PostgresServer) -> None:
         assert pipeline.drain() is True  # stale pooled connections are replaced
         store = open_store(url)
         try:
-            report = store.report(first, _today())
+            report = store.report(*report_days())
         finally:
             store.close()
         assert (report.pageviews, report.visitors) == (900, 10)
@@ -367,7 +357,6 @@ def test_an_erasure_reaches_a_batch_the_redis_store_still_holds(
 ) -> None:
     pipeline = Pipeline(lambda: private_store, flush_interval=3600, timezone="UTC")
     try:
-        first = _today()
         pipeline.add(hit(1))
         assert pipeline.flush() is True  # connected, the script loaded
         private_redis.stop()
@@ -379,6 +368,6 @@ def test_an_erasure_reaches_a_batch_the_redis_store_still_holds(
         assert pipeline.erase("gone") == 5  # written first, then erased with the rest
         assert (private_store.held(), len(pipeline), pipeline.written) == (0, 0, 6)
         assert private_store.visitor_data("gone")["pageviews"] == []
-        assert private_store.report(first, _today()).pageviews == 1
+        assert private_store.report(*report_days()).pageviews == 1
     finally:
         pipeline.close()

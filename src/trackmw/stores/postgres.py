@@ -329,6 +329,9 @@ class PostgresStore(Store):
     def _launch(self) -> None:
         """Prepare the held batches as one group, wait for the group in flight, then hand
         this one to the store's thread (which it starts the first time)."""
+        flight = self._flight
+        if flight is not None and flight.future is None:
+            self._settle()  # the group before failed: tried again before this one is formatted
         group = self._prepare(self._held.pageviews, self._held.consents)
         self._settle()  # raises if the group before could not be written: this one waits
         self._flight = group

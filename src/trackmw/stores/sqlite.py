@@ -19,6 +19,7 @@ rebuilding.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -186,17 +187,12 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._mine()
-        with self._held_lock:
-            if self.held():
-                # Sent and never written: tried now, for a second at most if the last try
-                # failed (the pipeline's close may have just waited busy_timeout for it).
-                try:
-                    if self._held_failed:
-                        self._conn().execute(f"PRAGMA busy_timeout = {int(_LAST_TRY * 1000)}")
-                    self._write_held()
-                except (StoreError, sqlite3.Error) as exc:
-                    log.error("trackmw: %r: %d events sent are not written: %s",
-                              self, self.held(), exc)
+        if self._held_failed and self.held():
+            # The last try failed: this one waits a second at most (the pipeline's close
+            # may have just waited busy_timeout for it).
+            with contextlib.suppress(StoreError, sqlite3.Error):  # sync says why
+                self._conn().execute(f"PRAGMA busy_timeout = {int(_LAST_TRY * 1000)}")
+        self._sync_at_close()
         for conn in self._connections():
             try:
                 conn.close()
