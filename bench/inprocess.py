@@ -25,7 +25,7 @@ import io
 import itertools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,16 +126,14 @@ async def _discard(message: Any) -> None:
 
 
 def asgi_runner(
-    loop: asyncio.AbstractEventLoop, app: Any, scopes: list[dict[str, Any]]
+    loop: asyncio.AbstractEventLoop, app: Any, scopes: Callable[[int], Iterable[dict[str, Any]]]
 ) -> Callable:
-    """``n`` requests a batch, each with the next of ``scopes`` in turn, on from one
-    batch to the next (with several, each request's headers differ from the last
-    ``len(scopes) - 1`` requests')."""
-    turn = itertools.cycle(scopes)
-
+    """``n`` requests a batch, with the ``n`` scopes ``scopes(n)`` gives, made before the
+    clock starts."""
     async def batch(n: int) -> float:
+        todo = scopes(n)
         start = time.thread_time()
-        for scope in itertools.islice(turn, n):
+        for scope in todo:
             await app(dict(scope), _receive, _discard)
         return time.thread_time() - start
 
@@ -230,13 +228,13 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
     session = apps.session_cookie()
     variants: list[Variant] = []
 
-    def asgi(name: str, label: str, app: Any, scope: dict[str, Any] | list[dict[str, Any]],
-             status: int = 200, cookie: bool = False, baseline: str | None = None,
-             after: Any = None) -> None:
-        scopes = scope if isinstance(scope, list) else [scope]
+    def asgi(name: str, label: str, app: Any,
+             scope: dict[str, Any] | Callable[[int], Iterable[dict[str, Any]]], status: int = 200,
+             cookie: bool = False, baseline: str | None = None, after: Any = None) -> None:
+        scopes = scope if callable(scope) else lambda n, one=scope: itertools.repeat(one, n)
         variants.append(Variant(
             name, label, asgi_runner(loop, app, scopes),
-            asgi_checker(loop, app, scopes[0], status, cookie), baseline, after,
+            asgi_checker(loop, app, next(iter(scopes(1))), status, cookie), baseline, after,
         ))
 
     def wsgi(name: str, label: str, app: Any, environ: dict[str, Any], cookie: bool = False,
@@ -254,11 +252,15 @@ def build(loop: asyncio.AbstractEventLoop, store_dir: str) -> tuple[list[Variant
          asgi_scope("/", cookie=returning), baseline="asgi.bare", after=t.flush)
     # The site's own session cookie, signed again for each request (as Starlette's
     # SessionMiddleware signs it again every second): the Cookie header is new each time.
-    # (The scopes share every header but the cookie.)
+    # Only the headers are kept between batches (bytes, which the garbage collector does
+    # not follow: thousands of scopes held would make every variant's collections dearer).
     base = asgi_scope("/")
-    resigned = [{**base, "headers": [*base["headers"],
-                                     (b"cookie", f"{session}{i:06d}; {returning}".encode())]}
-                for i in range(ROTATING)]
+    turn = itertools.cycle([f"{session}{i:06d}; {returning}".encode() for i in range(ROTATING)])
+
+    def resigned(n: int) -> list[dict[str, Any]]:
+        return [{**base, "headers": [*base["headers"], (b"cookie", cookie)]}
+                for cookie in itertools.islice(turn, n)]
+
     asgi("asgi.trackmw.resigned", "+ trackmw, returning visitor, the site's session re-signed",
          tracked, resigned, baseline="asgi.bare", after=t.flush)
     asgi("asgi.trackmw.new", "+ trackmw, new visitor (cookie signed)", tracked,
