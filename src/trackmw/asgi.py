@@ -511,11 +511,12 @@ class TrackingMiddleware:
         """The beacon's common case (``Core.quick_beacon``), from three headers read in
         one pass (``beacon_headers``): the status to answer with, or ``None`` to take the
         general path."""
-        if scope["method"] != "GET":
-            return None
         # (With the speedups, a beacon gets here only when the C count left it: the
         # caches did not hold it yet, or it is not the common case.)
-        found = beacon_headers(scope["headers"])
+        try:
+            found = beacon_headers(scope["headers"]) if scope["method"] == "GET" else None
+        except Exception:  # a scope no ASGI server makes: ``_pixel`` reads it, or says so
+            return None
         if found is None:
             return None
         cookie, agent, host = found
@@ -528,8 +529,17 @@ class TrackingMiddleware:
             return None
 
     async def _pixel(self, scope: Scope, send: Send) -> None:
-        """The beacon, from the whole request (``Core.pixel``)."""
-        await send_response(send, self.core.pixel(request_from_scope(scope, _CORE_HEADERS)))
+        """The beacon, from the whole request (``Core.pixel``); the GIF, not counted, if
+        the scope cannot be read (its headers or query not bytes, a key missing: a
+        server's or an outer middleware's mistake, never a client's)."""
+        try:
+            req = request_from_scope(scope, _CORE_HEADERS)
+        except Exception:  # never break the pixel
+            log.exception("trackmw: could not read the beacon's request; serving the GIF")
+            response = Response(200, PIXEL_HEADERS, GIF if scope.get("method") != "HEAD" else b"")
+        else:
+            response = self.core.pixel(req)
+        await send_response(send, response)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -540,8 +550,14 @@ class TrackingMiddleware:
         return lifespan_send
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """trackmw's endpoints other than the pixel (which ``_pixel`` answers)."""
-        req = request_from_scope(scope)
+        """trackmw's endpoints other than the pixel (which ``_pixel`` answers); 400 if the
+        scope cannot be read (as ``_pixel``)."""
+        try:
+            req = request_from_scope(scope)
+        except Exception:  # never a 500 from trackmw
+            log.exception("trackmw: could not read the request to %r; answering 400", scope["path"])
+            await send_response(send, text_response(400, "bad request"))
+            return
         body: bytes | None = b""
         if req.method in ("POST", "PUT", "DELETE", "PATCH"):
             body = await _read_body(receive)
