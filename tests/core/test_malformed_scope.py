@@ -28,7 +28,7 @@ MALFORMED: dict[str, dict[str, Any]] = {
     "a header value that is text": {"headers": [*HEADERS, (b"referer", "https://a.example/")]},
     "a header name that is text": {"headers": [*HEADERS, ("cookie", b"a=1")]},
     "a query that is text": {"query_string": "p=%2Fa"},
-    "a query that is None": {"query_string": None},
+    "no query": {"query_string": None},
     "no headers": {"headers": None},
     "a server address of one item": {"server": ("example.org",)},
 }
