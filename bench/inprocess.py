@@ -1,11 +1,12 @@
 """In-process cost per request: ASGI and WSGI apps called directly, no server, no socket.
 
 Each variant is an app plus the request it gets (an ASGI scope or a WSGI environ, with
-the headers a browser sends). ``measure`` first checks each variant answers as it
-should (status, and whether a cookie is set), then runs them interleaved: every round
-times a short batch of each variant in turn (forward, then backward in the next round,
-so a variant and its baseline always run close together), and the figure is the
-median batch's µs per request. A ratio is the median of the rounds' ratios, each taken
+the headers a browser sends; for the re-signed session, one of many scopes in turn).
+``measure`` first checks each variant answers as it should (status, and whether a
+cookie is set), then runs them interleaved: every round times a short batch of each
+variant in turn (forward, then backward in the next round, so a variant and its
+baseline always run close together), and the figure is the median batch's µs per
+request. A ratio is the median of the rounds' ratios, each taken
 between batches a moment apart: on a shared machine, that cancels most of the drift.
 
 The trackers record into a SQLite file, as a site would, but their writer thread is

@@ -134,7 +134,7 @@ def _timed(write: Callable[[list[PageView]], None], rows: list[PageView]) -> flo
 
 def raw_sqlite_rate(path: str, rows: list[PageView], indexes: int = 0) -> float:
     """Events/s of the plainest SQLite writer: WAL and the store's settings (its
-    ``PRAGMAS``: page cache, checkpoint interval), ``executemany`` of whole page views,
+    ``PRAGMAS``), ``executemany`` of whole page views,
     ``BATCH`` a transaction as in the issue's figure (the store writes five batches a
     transaction), into a table with no index or with ``indexes`` (visitor, then day and
     path).

@@ -130,6 +130,16 @@ state_name(const char *text, Py_ssize_t size)
            (size == 13 && memcmp(text, "trackmw_prefs", 13) == 0);
 }
 
+/* Narrow [*start, *end) past the spaces and tabs at either end (str.strip(" \t")). */
+static void
+trim_blanks(const char **start, const char **end)
+{
+    while (*start < *end && (**start == ' ' || **start == '\t'))
+        (*start)++;
+    while (*end > *start && ((*end)[-1] == ' ' || (*end)[-1] == '\t'))
+        (*end)--;
+}
+
 /* trackmw.cookiestate.state_key of a Cookie header of bytes (a new reference): its
  * trackmw_id, trackmw_consent and trackmw_prefs pairs, in order, each as name=value
  * with the spaces and tabs around both taken off, joined by "; "; the header itself
@@ -155,15 +165,9 @@ cookie_state_key(PyObject *cookie)
         const char *eq = memchr(part, '=', (size_t)(semi - part));
         if (eq != NULL) {
             const char *name = part, *name_end = eq, *value = eq + 1, *value_end = semi;
-            while (name < name_end && (*name == ' ' || *name == '\t'))
-                name++;
-            while (name_end > name && (name_end[-1] == ' ' || name_end[-1] == '\t'))
-                name_end--;
+            trim_blanks(&name, &name_end);
             if (state_name(name, name_end - name)) {
-                while (value < value_end && (*value == ' ' || *value == '\t'))
-                    value++;
-                while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t'))
-                    value_end--;
+                trim_blanks(&value, &value_end);
                 if (size > 0) {
                     key[size++] = ';';
                     key[size++] = ' ';

@@ -34,9 +34,14 @@ PREFS_COOKIE = "trackmw_prefs"
 _STATE_CACHE = 10_000
 #: Longer ``Cookie`` headers are read each time rather than kept (at most ~40 MB held).
 _CACHED_HEADER = 4096
-#: The cookies a state rests on (``CookieReader._read_state``), as text and as bytes.
+#: The cookies a state rests on (``CookieReader._read_state``).
 _STATE_NAMES = (ID_COOKIE, CONSENT_COOKIE, PREFS_COOKIE)
-_STATE_NAMES_B = tuple(name.encode("ascii") for name in _STATE_NAMES)
+#: What ``state_key`` reads a header by, for a header of text and one of bytes: the
+#: names' common start, the names, the separators, the blanks, and the keys' joint.
+_TEXT_KEY: Any = ("trackmw_", _STATE_NAMES, ";", "=", " \t", "; ")
+_BYTES_KEY: Any = (
+    b"trackmw_", tuple(name.encode("ascii") for name in _STATE_NAMES), b";", b"=", b" \t", b"; "
+)
 
 
 def state_key(cookie: Any) -> Any:
@@ -56,19 +61,11 @@ def state_key(cookie: Any) -> Any:
     """
     if cookie is None:
         return None
-    names: tuple[Any, ...]
-    split: Any  # the same steps on bytes as on text
-    eq: Any
-    blanks: Any
-    join: Any
-    if isinstance(cookie, bytes):
-        if b"trackmw_" not in cookie:
-            return b"" if cookie else cookie
-        names, split, eq, blanks, join = _STATE_NAMES_B, b";", b"=", b" \t", b"; "
-    else:
-        if "trackmw_" not in cookie:
-            return "" if cookie else cookie
-        names, split, eq, blanks, join = _STATE_NAMES, ";", "=", " \t", "; "
+    marker, names, split, eq, blanks, join = (
+        _BYTES_KEY if isinstance(cookie, bytes) else _TEXT_KEY
+    )  # the same steps on bytes as on text
+    if marker not in cookie:
+        return cookie[:0] if cookie else cookie  # every such header has the one state
     pairs = []
     for part in cookie.split(split):
         name, sep, value = part.partition(eq)

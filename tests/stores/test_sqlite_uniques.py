@@ -194,6 +194,7 @@ def test_a_purge_that_rolls_back_leaves_no_dimension_id_behind(
     monkeypatch.setattr(Uniques, "purge", purge_then_fail)
     with pytest.raises(Exception, match="disk I/O error"):
         sql.purge(START)
+    assert sql._conn().execute("SELECT count(*) FROM uniq_dims").fetchone() == (0,)
     monkeypatch.undo()
     write(sql, mem, *STEPS)
     assert_same(sql, mem)

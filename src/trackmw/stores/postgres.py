@@ -331,7 +331,7 @@ class PostgresStore(Store):
         this one to the store's thread (which it starts the first time)."""
         flight = self._flight
         if flight is not None and flight.future is None:
-            self._settle()  # the group before failed: tried again before this one is formatted
+            self._settle()  # the group before failed, or no thread took it: written first
         group = self._prepare(self._held.pageviews, self._held.consents)
         self._settle()  # raises if the group before could not be written: this one waits
         self._flight = group

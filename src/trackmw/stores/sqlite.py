@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import date
 from functools import partial
 from typing import Any
@@ -158,8 +158,7 @@ class SQLiteStore(Store):
         return conns
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(conn):
             # One statement at a time: executescript() would commit the transaction first.
             for statement in (_SCHEMA + stored.SCHEMA + UNIQUES_SCHEMA).split(";"):
                 if statement.strip():
@@ -178,12 +177,21 @@ class SQLiteStore(Store):
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+        self._schema_ready = True
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One write transaction, ``BEGIN IMMEDIATE`` to ``COMMIT``. On any error the
+        dimension ids it made leave the cache, before the ``ROLLBACK`` lets another
+        writer in (which would otherwise be given the same ids), and it rolls back."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             conn.execute("COMMIT")
         except BaseException:
             self._uniques.rolled_back()
             _rollback(conn)
             raise
-        self._schema_ready = True
 
     def close(self) -> None:
         self._mine()
@@ -252,8 +260,7 @@ class SQLiteStore(Store):
         groups = stored.group(pageviews)
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 # Asked inside the transaction: an erasure (BEGIN IMMEDIATE as well)
                 # comes wholly before or after this batch, never in between.
                 ((latest,),) = conn.execute("SELECT max(at) FROM erasures").fetchall()
@@ -272,11 +279,6 @@ class SQLiteStore(Store):
                 )
                 self._uniques.add(conn, groups)
                 conn.executemany("INSERT INTO consents VALUES (?,?,?,?,?,?,?,?)", consents)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._uniques.rolled_back()
-                _rollback(conn)
-                raise
         except sqlite3.Error as exc:
             raise StoreError(f"writing to {self.path} failed: {exc}") from exc
 
@@ -378,8 +380,7 @@ class SQLiteStore(Store):
     def erase(self, visitor_id: str, user_id: str | None = None) -> int:
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 conn.executemany(
                     "INSERT INTO erasures VALUES (?, ?) ON CONFLICT (key) "
                     "DO UPDATE SET at = max(at, excluded.at)",
@@ -407,11 +408,6 @@ class SQLiteStore(Store):
                 removed += conn.execute(
                     "DELETE FROM consents WHERE visitor_id = ?", (visitor_id,)
                 ).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                self._uniques.rolled_back()
-                _rollback(conn)
-                raise
             _truncate_wal(conn, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"erasing from {self.path} failed: {exc}") from exc
@@ -427,18 +423,12 @@ class SQLiteStore(Store):
         cut = before.isoformat()
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 removed = stored.purge(conn, cut)
                 removed += conn.execute("DELETE FROM consents WHERE day < ?", (cut,)).rowcount
                 conn.execute("DELETE FROM daily_counts WHERE day < ?", (cut,))
                 conn.execute("DELETE FROM erasures WHERE at < ?", (purge_horizon(before),))
                 self._uniques.purge(conn, before)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._uniques.rolled_back()
-                _rollback(conn)
-                raise
             _truncate_wal(conn, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"purging {self.path} failed: {exc}") from exc

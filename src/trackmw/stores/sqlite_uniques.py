@@ -86,8 +86,10 @@ class Uniques:
         self._days: dict[str, int] = {}
 
     def rolled_back(self) -> None:
-        """Call after a transaction that ran these methods rolled back: the dimension ids
-        it created are gone, so the cache goes (it is read again as needed)."""
+        """Call as a transaction that ran these methods fails, before its ``ROLLBACK``
+        (``SQLiteStore._transaction``): the dimension ids it created are about to be
+        gone, and another writer could be given them again, so the cache goes (it is
+        read again as needed)."""
         self._ids.clear()
 
     # -- writing ----------------------------------------------------------------------
