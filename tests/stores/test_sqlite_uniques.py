@@ -12,10 +12,13 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from pyroaring import BitMap
 
 from trackmw.events import PageView
+from trackmw.stores import sqlite_uniques
 from trackmw.stores.memory import MemoryStore
 from trackmw.stores.sqlite import SQLiteStore
+from trackmw.stores.sqlite_rows import IN_VALUES, MAX_VALUES
 from trackmw.stores.sqlite_uniques import Uniques
 
 from .data import START, assert_same_report, ts_of
@@ -221,3 +224,21 @@ def test_a_write_that_rolls_back_leaves_no_dimension_id_behind(
     write(sql, mem, [view(2, "v6", "/other", CHROME)], [view(2, "v7", "/new", PHONE)])
     write(sql, mem, *STEPS[1:])
     assert_same(sql, mem)
+
+
+def test_reading_a_days_sets_stays_under_the_variable_limit_of_older_sqlite() -> None:
+    """A day's sets are read with its dimensions (``IN_VALUES`` a statement) and, up to
+    ``_MAX_UPPER`` of them, its upper bits in one statement: it must fit the 999 bound
+    values a statement that SQLite allowed before 3.32 (and builds may still set)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_VALUES)
+        conn.executescript(sqlite_uniques.SCHEMA)
+        day = 739_947
+        # As many dimensions as one statement lists, and as many upper bits as are listed.
+        sets = {(day, dim, 0): [1] for dim in range(IN_VALUES)}
+        sets |= {(day, 0, hi): [2] for hi in range(sqlite_uniques._MAX_UPPER)}
+        sqlite_uniques._change(conn, sets, BitMap.update)
+        assert conn.execute("SELECT count(*) FROM uniq_sets").fetchone() == (len(sets),)
+    finally:
+        conn.close()
