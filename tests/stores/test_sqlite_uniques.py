@@ -1,5 +1,6 @@
 """SQLite's distinct counts: visitors who change browser class, ordinals past 16 bits,
-and what erasure and retention leave of the visitors' ids.
+what erasure and retention leave of the visitors' ids, and reading a day's sets within
+the bound values older SQLite allows a statement.
 
 Reports must equal the reference (the memory store) through every step: class changes
 in later batches, within one batch, on days arriving late, then erasure and retention.
