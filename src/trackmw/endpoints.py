@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from .errors import StoreError
 from .messages import Request, Response, private_headers
@@ -65,8 +65,14 @@ def not_allowed(allow: str) -> Response:
     return response
 
 
+#: What ``safe_next`` leaves as it is: every printable ASCII character (the value's
+#: ``%`` escapes included); the checks before it have refused the blanks and controls.
+_ASCII_PRINTABLE = "".join(map(chr, range(33, 127)))
+
+
 def safe_next(value: Any) -> str | None:
-    """``value`` if it is a path on this site, else ``None``.
+    """``value`` if it is a path on this site, else ``None``; its characters beyond
+    ASCII percent-encoded (as UTF-8), since a ``Location`` header carries ASCII only.
 
     Refused: anything not starting with exactly one ``/`` (``//host``, ``/\\host``,
     ``https:…``), backslashes, and control or space characters (browsers strip tabs and
@@ -74,6 +80,8 @@ def safe_next(value: Any) -> str | None:
 
     >>> safe_next("/thanks?x=1"), safe_next("//evil.example"), safe_next("/\\\\evil")
     ('/thanks?x=1', None, None)
+    >>> safe_next("/café?q=€")
+    '/caf%C3%A9?q=%E2%82%AC'
     """
     if not isinstance(value, str) or not value.startswith("/") or len(value) > 2048:
         return None
@@ -85,7 +93,12 @@ def safe_next(value: Any) -> str | None:
         return None
     if parts.scheme or parts.netloc:
         return None
-    return value
+    if value.isascii():
+        return value
+    try:  # a page whose path is not ASCII (a form's ``next`` is often the page's path)
+        return quote(value, safe=_ASCII_PRINTABLE)
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape
+        return None
 
 
 def origin_of(req: Request, https: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -66,6 +67,24 @@ def test_choices_are_recorded_as_proof(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
+    ("target", "location"),
+    [("/€", "/%E2%82%AC"), ("/日本?q=café#top", "/%E6%97%A5%E6%9C%AC?q=caf%C3%A9#top")],
+)
+@pytest.mark.parametrize("path", [CONSENT, ME + "/delete"])
+def test_a_next_beyond_ascii_is_percent_encoded(
+    client: Client, path: str, target: str, location: str
+) -> None:
+    """A page whose path is not ASCII puts it in the banner's ``next``: a ``Location``
+    header carries ASCII only (a server refuses the rest, answering 500)."""
+    client.page("/")
+    body = ("choice=reject&" if path == CONSENT else "") + "next=" + quote(target, safe="")
+    result = post(client, path, body)
+    assert result.status == 303
+    assert result.header("location") == location
+    assert result.cookies["trackmw_id"]["max-age"] == "0"  # the choice's cookies go too
+
+
+@pytest.mark.parametrize(
     "target",
     [
         "//evil.example/x",
@@ -80,8 +99,6 @@ def test_choices_are_recorded_as_proof(client: Client) -> None:
     ],
 )
 def test_open_redirects_are_refused(client: Client, target: str) -> None:
-    from urllib.parse import quote
-
     result = post(client, CONSENT, "choice=accept&next=" + quote(target, safe=""))
     assert result.status == 204
     assert result.header("location") is None
