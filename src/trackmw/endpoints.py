@@ -254,7 +254,8 @@ class Endpoints:
         if req.method not in ("GET", "HEAD"):
             return not_allowed("GET, DELETE")
         core = self.core
-        visitor = core.visitor(req)
+        state = core.request_state_of(req)
+        visitor = core.visitor_from_state(req, state)
         visitor_id = visitor._sent_id
         held: dict[str, Any] = {"pageviews": [], "consents": [], "user_ids": []}
         if visitor_id is not None:
@@ -268,7 +269,9 @@ class Endpoints:
             "id": visitor_id,
             "consent": visitor.consent.to_dict(),
             "preferences": dict(visitor.preferences),
-            "user_id": visitor.user_id,
+            # The user the id cookie names, as the id: also while a signal or a
+            # withdrawn choice leaves the visitor without analytics (``user_id`` None).
+            "user_id": state.user_id,
             **held,
         }
         return json_response(200, document)
@@ -286,12 +289,15 @@ class Endpoints:
         if via_form and body:
             data, _ = parse_body(req, body)
             target = safe_next(data.get("next"))
-        visitor = core.visitor(req)
+        state = core.request_state_of(req)
+        visitor = core.visitor_from_state(req, state)
         visitor_id = visitor._sent_id
         removed = 0
         if visitor_id is not None:
             try:
-                removed = core.pipeline.erase(visitor_id, visitor.user_id)
+                # The user the cookie names goes too, with or without analytics now: a
+                # request sending DNT or GPC erased this browser's views only.
+                removed = core.pipeline.erase(visitor_id, state.user_id)
             except StoreError as exc:
                 log.error("trackmw: erasing a visitor failed: %s", exc)
                 return text_response(503, "the store is unavailable; nothing was erased")

@@ -197,6 +197,27 @@ def test_erase_removes_everything_and_the_cookies(client: Client, how: str) -> N
     assert all(pv.user_id != "bob" for pv in store._pageviews)  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("signal", [{"dnt": "1"}, {"sec-gpc": "1"}])
+def test_a_signal_on_the_erasing_request_still_erases_the_linked_user(
+    client: Client, signal: dict[str, str]
+) -> None:
+    """The user the id cookie names is everything held about this visitor too: a
+    request sending DNT or GPC (analytics off for it) shows it and erases it."""
+    other = Client(client.kind, client.tracker)  # bob's other browser
+    other.page("/?do=login&arg=bob")
+    other.get("/_trackmw/pixel.gif", query="p=/elsewhere")
+    _, seen = client.page("/?do=login&arg=bob")
+    client.get("/_trackmw/pixel.gif", query="p=/here")
+    # Read without keeping its answer's cookies: with a signal, it deletes the id cookie.
+    cookie = "; ".join(f"{k}={v}" for k, v in client.jar.items())
+    me = client.request("GET", ME, headers=signal, cookie=cookie, use_jar=False)
+    assert me.json["id"] == seen["id"] and me.json["user_id"] == "bob"
+    result = client.request("DELETE", ME, headers=signal)
+    assert result.status == 200 and result.json["erased"] == 2
+    client.tracker.flush()
+    assert client.tracker.store._pageviews == []  # type: ignore[attr-defined]
+
+
 def test_erase_refuses_cross_origin(client: Client) -> None:
     client.page("/")
     result = client.request("DELETE", ME, headers={"origin": "https://evil.example"})
