@@ -158,7 +158,7 @@ def parse_body(req: Request, body: bytes) -> tuple[dict[str, Any], bool]:
     if ctype == "application/json":
         try:
             data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # the last: nested too deep
             raise BadRequest("malformed JSON") from None
         if not isinstance(data, dict):
             raise BadRequest("JSON body must be an object")

@@ -104,6 +104,12 @@ def test_open_redirects_are_refused(client: Client, target: str) -> None:
     assert result.header("location") is None
 
 
+@pytest.mark.parametrize("path", [CONSENT, ME + "/delete"])
+def test_json_nested_too_deep_is_a_400(client: Client, path: str) -> None:
+    result = post(client, path, "[" * 5_000, JSON)  # past the recursion limit, under MAX_BODY
+    assert result.status == 400 and result.body == b"malformed JSON"
+
+
 @pytest.mark.parametrize(
     "headers",
     [

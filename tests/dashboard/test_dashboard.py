@@ -151,6 +151,18 @@ def test_a_wrong_token_shows_the_form_again(make_client: MakeClient) -> None:
     assert client.get(DASH).status_code == 401
 
 
+def test_a_token_that_is_no_text_is_a_wrong_token(make_client: MakeClient) -> None:
+    """A JSON escape can name a lone surrogate, which UTF-8 cannot encode: the login
+    still answers 401, not an error."""
+    _, client = make_client(dashboard_token=TOKEN)
+    response = client.post(
+        LOGIN,
+        content=b'{"token": "\\ud800"}',
+        headers={**ORIGIN, "content-type": "application/json"},
+    )
+    assert response.status_code == 401 and "set-cookie" not in response.headers
+
+
 def test_login_from_another_origin_is_refused(make_client: MakeClient) -> None:
     _, client = make_client(dashboard_token=TOKEN)
     response = client.post(LOGIN, data={"token": TOKEN}, headers={"Origin": "http://evil.example"})

@@ -99,7 +99,8 @@ class Guard:
         """Is ``given`` the dashboard token? Constant time."""
         if self.token is None:
             return False
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        # "surrogatepass": a lone surrogate (a JSON escape) is a wrong token, not an error.
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self.token.encode())
 
     def bearer_ok(self, req: Request) -> bool:
         scheme, _, value = req.headers.get("authorization", "").strip().partition(" ")
