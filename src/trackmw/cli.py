@@ -321,7 +321,10 @@ def _erase(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _purge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.older_than < 0:
         raise UsageError("--older-than: must be 0 or more days")
-    before = today(_zone(args.timezone)) - timedelta(days=args.older_than)
+    now = today(_zone(args.timezone))
+    if args.older_than >= now.toordinal():
+        raise UsageError(f"--older-than: {args.older_than} days go back past the year 1")
+    before = now - timedelta(days=args.older_than)
     store = _open(args.store)
     try:
         removed = store.purge(before)

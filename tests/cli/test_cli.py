@@ -241,6 +241,7 @@ def test_the_default_range_is_30_days_to_today_in_the_timezone(
         (["--until", "tomorrow"], "until"),
         (["--since", D2, "--until", D1], "after"),
         (["--timezone", "Mars/Olympus"], "time zone"),
+        (["--until", "0001-01-05"], "no 30 days before it"),  # the calendar's first month
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(
@@ -317,9 +318,12 @@ def test_purge_deletes_old_days(capsys: pytest.CaptureFixture[str], store_url: s
     assert (doc["pageviews"], doc["visitors"]) == (2, 2)
 
 
-def test_purge_refuses_negative_days(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
-    code, _, err = run(capsys, "purge", "--store", store_url, "--older-than", "-1")
-    assert code == 2 and "--older-than" in err
+@pytest.mark.parametrize("days", ["-1", "1000000"])  # before today, or before the year 1
+def test_purge_refuses_days_out_of_range(
+    capsys: pytest.CaptureFixture[str], store_url: str, days: str
+) -> None:
+    code, _, err = run(capsys, "purge", "--store", store_url, "--older-than", days)
+    assert code == 2 and err.startswith("trackmw purge: --older-than")
 
 
 def test_the_progress_indicator_stays_off_when_stderr_is_not_a_terminal(

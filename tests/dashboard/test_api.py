@@ -170,6 +170,7 @@ def test_only_get_reads(make_client: MakeClient) -> None:
         ({"since": "2026-11-20", "until": "2026-11-10"}, "after"),
         ({"since": "2020-01-01", "until": "2026-11-10"}, "at most 366"),
         ({"since": "٢٠٢٦-١١-٠١"}, "since"),
+        ({"until": "0001-01-05"}, "no 30 days before it"),  # the calendar's first month
     ],
 )
 def test_bad_dates_get_400_with_a_reason(

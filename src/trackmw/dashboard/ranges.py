@@ -61,7 +61,12 @@ def report_range(
     (datetime.date(2026, 11, 1), datetime.date(2026, 11, 25))
     """
     end = parse_day("until", until) if until else today(tz, now)
-    start = parse_day("since", since) if since else end - timedelta(days=DEFAULT_DAYS - 1)
+    if since:
+        start = parse_day("since", since)
+    elif end.toordinal() < DEFAULT_DAYS:  # no 30 days before it in the calendar
+        raise RangeError(f"until: {end} leaves no {DEFAULT_DAYS} days before it; give since")
+    else:
+        start = end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
         raise RangeError(f"since ({start}) is after until ({end})")
     days = (end - start).days + 1
