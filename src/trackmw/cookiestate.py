@@ -94,6 +94,7 @@ class CookieState:
         "signals",
         "sent_id",
         "user_id",
+        "id_signed_at",
         "id_stale",
         "id_sent",
         "prefs_payload",
@@ -119,12 +120,14 @@ class CookieState:
         prefs_sent: bool,
         consent_stale: bool = False,
         prefs_stale: bool = False,
+        id_signed_at: float | None = None,
     ) -> None:
         self.record = record
         self.consent = consent
         self.signals = signals
         self.sent_id = sent_id
         self.user_id = user_id
+        self.id_signed_at = id_signed_at  # when the id cookie was first signed
         self.id_stale = id_stale
         self.id_sent = id_sent
         self.prefs_payload = prefs_payload
@@ -247,13 +250,14 @@ class CookieReader:
         s = self.settings
         consent = decide(record, mode=s.consent, policy_version=s.policy_version, dnt=dnt, gpc=gpc)
         id_values = cookies.get(ID_COOKIE)
-        sent_id = user_id = None
+        sent_id = user_id = id_signed_at = None
         id_stale = False
         for value in id_values or ():
             signed = load(self.id_signer, value)
             if signed is not None and _valid_id_payload(signed.payload):
                 sent_id = signed.payload[0]
                 user_id = signed.payload[1] if len(signed.payload) > 1 else None
+                id_signed_at = signed.signed_at
                 id_stale = signed.stale_key
                 break
         prefs_payload: Any = None
@@ -272,6 +276,7 @@ class CookieReader:
             signals=(dnt, gpc),
             sent_id=sent_id,
             user_id=user_id,
+            id_signed_at=id_signed_at,
             id_stale=id_stale,
             id_sent=id_values is not None,
             prefs_payload=prefs_payload,

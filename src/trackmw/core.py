@@ -215,6 +215,7 @@ class Core:
             prefs_payload=state.prefs_payload,
             prefs_sent=state.prefs_sent,
             sent_id=state.sent_id,
+            id_signed_at=state.id_signed_at,
         )
         if state.consent_stale:
             visitor._consent_dirty = True
@@ -250,13 +251,23 @@ class Core:
         req = visitor._req
         out: list[str] = []
 
-        def cookie(name: str, value: str | None, httponly: bool = True) -> None:
-            out.append(self.cookie_header(req, name, value, httponly))
+        def cookie(
+            name: str, value: str | None, httponly: bool = True, max_age: int | None = None
+        ) -> None:
+            out.append(self.cookie_header(req, name, value, httponly, max_age))
 
         if keep_id:
             if visitor._id_dirty:
                 payload = [visitor.id] if visitor.user_id is None else [visitor.id, visitor.user_id]
-                cookie(ID_COOKIE, self.id_signer.dumps(payload))
+                signed_at = visitor._id_signed_at
+                if visitor.id == visitor._sent_id and signed_at is not None:
+                    # Re-signed (a newer key; a user linked or forgotten): the cookie
+                    # keeps its first visit's date, so its 13 months are not extended.
+                    left = signed_at + self.settings.cookie_max_age - (req.now or time.time())
+                    value = self.id_signer.dumps(payload, signed_at)
+                    cookie(ID_COOKIE, value, max_age=max(1, int(left)))
+                else:
+                    cookie(ID_COOKIE, self.id_signer.dumps(payload))
         elif visitor._id_sent:
             cookie(ID_COOKIE, None)
         if visitor._consent_dirty and visitor._record is not None:
@@ -292,18 +303,30 @@ class Core:
         return visitor_id, f"{ID_COOKIE}={value}{self._id_tails[bool(secure)]}"
 
     def cookie_header(
-        self, req: Request, name: str, value: str | None, httponly: bool = True
+        self,
+        req: Request,
+        name: str,
+        value: str | None,
+        httponly: bool = True,
+        max_age: int | None = None,
     ) -> str:
         """``Set-Cookie`` for ``name`` (deleting it when ``value`` is ``None``), with the
         attributes the settings and the request call for: ``Domain`` when the host lies
-        inside ``cookie_domain``, ``Secure`` on https, the same whether set or deleted."""
+        inside ``cookie_domain``, ``Secure`` on https, the same whether set or deleted;
+        ``max_age``, when given, instead of ``cookie_max_age``."""
         secure = self.settings.cookie_secure
         if secure is None:
             secure = self.is_https(req)
-        return self._cookie(name, value, self.cookie_domain(req), secure, httponly)
+        return self._cookie(name, value, self.cookie_domain(req), secure, httponly, max_age)
 
     def _cookie(
-        self, name: str, value: str | None, domain: str | None, secure: bool, httponly: bool
+        self,
+        name: str,
+        value: str | None,
+        domain: str | None,
+        secure: bool,
+        httponly: bool,
+        max_age: int | None = None,
     ) -> str:
         s = self.settings
         if value is None:
@@ -313,7 +336,7 @@ class Core:
         return set_cookie_header(
             name,
             value,
-            max_age=s.cookie_max_age,
+            max_age=s.cookie_max_age if max_age is None else max_age,
             domain=domain,
             secure=secure,
             httponly=httponly,

@@ -140,11 +140,15 @@ class _Signer(TimestampSigner):
         self._sep = want_bytes(self.sep)
         self._stamp: tuple[int, bytes] = (-1, b"")  # (second, its text with the separator)
 
-    def sign(self, value: str | bytes) -> bytes:
+    def sign(self, value: str | bytes, stamp: bytes | None = None) -> bytes:
         """``TimestampSigner.sign``: the same bytes, with the timestamp's text reused
-        within its second."""
-        value = want_bytes(value) + self.stamp()
+        within its second. ``stamp``: another time's (``stamp_of``)."""
+        value = want_bytes(value) + (self.stamp() if stamp is None else stamp)
         return value + self._sep + self.get_signature(value)
+
+    def stamp_of(self, second: int) -> bytes:
+        """``stamp()`` for another second than the current one."""
+        return self._sep + base64url(int_to_bytes(second))
 
     def stamp(self) -> bytes:
         """The separator and the current timestamp, as ``sign`` appends them (made
@@ -225,19 +229,24 @@ class CookieSigner:
         self._sign_token = speedup("sign_token")
         self._sign_ids = speedup("sign_ids")
 
-    def dumps(self, payload: Any) -> str:
+    def dumps(self, payload: Any, signed_at: float | None = None) -> str:
         """Sign ``payload`` with the newest key; the result is cookie-safe text.
+
+        ``signed_at``: sign as of that time (a verified value's ``signed_at``) instead
+        of now, so that a value re-signed (under a newer key, with other contents) keeps
+        the age it had and expires when it would have.
 
         ``URLSafeTimedSerializer.dumps``, with the signer looked up once, not per call.
         itsdangerous tries zlib on every payload; it cannot shorten a few dozen bytes, and
         trying costs more than the HMAC, so only a longer payload goes its way.
         Compressed values still load.
         """
+        stamp = None if signed_at is None else self._signer.stamp_of(int(signed_at))
         text = _CompactJSON._dumps(payload).encode("utf-8")
         if len(text) >= _COMPRESS_FROM:
-            token: bytes = self._signer.sign(self._newest.dump_payload(payload))
+            token: bytes = self._signer.sign(self._newest.dump_payload(payload), stamp)
             return token.decode("ascii")
-        return self._signed(text)
+        return self._signed(text, stamp)
 
     def dumps_id(self, visitor_id: str) -> str:
         """``dumps([visitor_id])`` for an id of URL-safe characters (``Core.new_id``'s),

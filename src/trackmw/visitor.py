@@ -124,6 +124,7 @@ class Visitor:
         "_prefs_payload",
         "_erased",
         "_sent_id",
+        "_id_signed_at",
     )
 
     def __init__(
@@ -142,6 +143,7 @@ class Visitor:
         prefs_payload: Any,
         prefs_sent: bool,
         sent_id: str | None = None,
+        id_signed_at: float | None = None,
     ) -> None:
         self._core = core
         self._req = req
@@ -159,6 +161,7 @@ class Visitor:
         self._prefs_sent = prefs_sent
         self._erased = False
         self._sent_id = sent_id  # the verified id the browser sent, even without consent
+        self._id_signed_at = id_signed_at  # when its cookie was signed
 
     def __repr__(self) -> str:
         return (

@@ -99,6 +99,33 @@ def test_older_key_verifies_and_is_reissued_under_the_newest(client_for: Any) ->
     assert seen["id"] == VISITOR and result.all("set-cookie") == []
 
 
+@pytest.mark.parametrize(
+    ("key", "path", "payload"),
+    [
+        (OLD_SECRET, "/", [VISITOR]),  # re-issued under the newest key
+        (SECRET, "/?do=login&arg=alice", [VISITOR, "alice"]),  # a user linked
+        (SECRET, "/?do=login&arg=" + "a" * 60, [VISITOR, "a" * 60]),  # a payload zlib tries
+        (SECRET, "/?do=logout", [VISITOR]),  # the user forgotten
+    ],
+)
+def test_a_reissued_id_cookie_keeps_its_first_visits_date(
+    client_for: Any, key: str, path: str, payload: list[str]
+) -> None:
+    """The 13 months run from the first visit: re-signing the cookie neither restarts
+    its signature's age nor gives the browser a fresh ``Max-Age``."""
+    first_visit = int(time.time()) - 365 * 86400
+    sent = sign([VISITOR, "bob"] if "logout" in path else [VISITOR], key=key, at=first_visit)
+    client = client_for(secret_keys=[SECRET, OLD_SECRET])
+    result = client.get(path, cookie=f"trackmw_id={sent}", use_jar=False)
+    cookie = result.cookies["trackmw_id"]
+    got, signed_at = URLSafeTimedSerializer(SECRET, salt="trackmw.visitor").loads(
+        cookie["value"], return_timestamp=True
+    )
+    assert got == payload and int(signed_at.timestamp()) == first_visit
+    expires = first_visit + THIRTEEN_MONTHS
+    assert expires - 5 <= time.time() + int(cookie["max-age"]) <= expires
+
+
 def test_a_key_no_longer_listed_is_rejected(client_for: Any) -> None:
     client = client_for(secret_keys=[SECRET])
     _, seen = client.page("/", cookie=f"trackmw_id={sign([VISITOR], key=OLD_SECRET)}")
