@@ -30,13 +30,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import Any, TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .dashboard.ranges import RangeError, report_range, today
 from .errors import ConfigurationError, StoreError
-from .report import Report
+from .report import Report, days_before
 from .stores import Store, open_store
 
 __all__ = ["main"]
@@ -321,10 +320,10 @@ def _erase(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _purge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.older_than < 0:
         raise UsageError("--older-than: must be 0 or more days")
-    now = today(_zone(args.timezone))
-    if args.older_than >= now.toordinal():
-        raise UsageError(f"--older-than: {args.older_than} days go back past the year 1")
-    before = now - timedelta(days=args.older_than)
+    try:
+        before = days_before(today(_zone(args.timezone)), args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
     store = _open(args.store)
     try:
         removed = store.purge(before)

@@ -263,9 +263,8 @@ class Core:
                 if visitor.id == visitor._sent_id and signed_at is not None:
                     # Re-signed (a newer key; a user linked or forgotten): the cookie
                     # keeps its first visit's date, so its 13 months are not extended.
-                    left = signed_at + self.settings.cookie_max_age - (req.now or time.time())
-                    value = self.id_signer.dumps(payload, signed_at)
-                    cookie(ID_COOKIE, value, max_age=max(1, int(left)))
+                    left = self.id_signer.seconds_left(signed_at, req.now or time.time())
+                    cookie(ID_COOKIE, self.id_signer.dumps(payload, signed_at), max_age=left)
                 else:
                     cookie(ID_COOKIE, self.id_signer.dumps(payload))
         elif visitor._id_sent:

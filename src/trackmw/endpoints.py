@@ -96,9 +96,10 @@ def safe_next(value: Any) -> str | None:
     if value.isascii():
         return value
     try:  # a page whose path is not ASCII (a form's ``next`` is often the page's path)
-        return quote(value, safe=_ASCII_PRINTABLE)
+        encoded = quote(value, safe=_ASCII_PRINTABLE)
     except UnicodeEncodeError:  # a lone surrogate, from a JSON escape
         return None
+    return encoded if len(encoded) <= 2048 else None  # the cap holds for the header
 
 
 def origin_of(req: Request, https: bool) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .events import ConsentChoice, PageView
 
-__all__ = ["TOP_N", "Report", "build_report", "day_range"]
+__all__ = ["TOP_N", "Report", "build_report", "day_range", "days_before"]
 
 #: Breakdowns (pages, referrers, …) list at most this many rows, the largest first.
 TOP_N = 100
@@ -75,6 +75,18 @@ class Report:
 
 def day_range(since: date, until: date) -> list[date]:
     return [since + timedelta(days=i) for i in range((until - since).days + 1)]
+
+
+def days_before(day: date, days: int) -> date:
+    """``day`` less ``days`` (0 or more) days; ``ValueError`` when that falls before the
+    year 1, which ``date`` cannot hold (a report's default start, a purge's cut).
+
+    >>> days_before(date(2026, 11, 30), 29), days_before(date(1, 1, 30), 29)
+    (datetime.date(2026, 11, 1), datetime.date(1, 1, 1))
+    """
+    if days > day.toordinal() - 1:
+        raise ValueError(f"{days} days before {day} is before the year 1")
+    return day - timedelta(days=days)
 
 
 def ranked(counts: dict[str, int], key: str, limit: int = TOP_N) -> list[dict[str, Any]]:

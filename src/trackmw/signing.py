@@ -160,7 +160,7 @@ class _Signer(TimestampSigner):
         now = self.get_timestamp()
         pair = self._stamp
         if pair[0] != now:
-            pair = self._stamp = (now, self._sep + base64url(int_to_bytes(now)))
+            pair = self._stamp = (now, self.stamp_of(now))
         return pair  # one object: threads see either pair whole
 
     def get_signature(self, value: str | bytes) -> bytes:
@@ -352,6 +352,12 @@ class CookieSigner:
         """Is a verified value within its age (not expired, not from the future)?"""
         age = now - hit.signed_at
         return -MAX_SKEW <= age <= self.max_age
+
+    def seconds_left(self, signed_at: float, now: float) -> int:
+        """A fresh value's ``Max-Age``, signed at ``signed_at``: what is left of its age,
+        never more than ``max_age`` (a value signed up to ``MAX_SKEW`` ahead is fresh),
+        never less than a second."""
+        return min(self.max_age, max(1, int(signed_at + self.max_age - now)))
 
     def _verify(self, value: str) -> SignedValue | None:
         if not _canonical_signature(value):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from html import escape
 from typing import Any
 
 from .core import Core
 from .pipeline import Pipeline
-from .report import Report
+from .report import Report, days_before
 from .settings import Settings
 from .stores import Store, open_store
 from .visitor import Visitor
@@ -73,7 +73,7 @@ class Tracker:
         Events buffered in this process are written first.
         """
         until = until or self.today()
-        since = since or until - timedelta(days=29)
+        since = since or days_before(until, 29)  # ValueError in the calendar's first month
         if since > until:
             raise ValueError("since must not be after until")
         self.pipeline.flush()
@@ -104,8 +104,9 @@ class Tracker:
         """Delete events and consent records older than ``older_than_days`` days."""
         if older_than_days < 0:
             raise ValueError("older_than_days must be >= 0")
+        before = days_before(self.today(), older_than_days)  # ValueError past the year 1
         self.pipeline.flush()
-        return self.store.purge(self.today() - timedelta(days=older_than_days))
+        return self.store.purge(before)
 
     # -- the banner ------------------------------------------------------------------------
 

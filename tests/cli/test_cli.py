@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -318,11 +318,22 @@ def test_purge_deletes_old_days(capsys: pytest.CaptureFixture[str], store_url: s
     assert (doc["pageviews"], doc["visitors"]) == (2, 2)
 
 
-@pytest.mark.parametrize("days", ["-1", "1000000"])  # before today, or before the year 1
-def test_purge_refuses_days_out_of_range(
-    capsys: pytest.CaptureFixture[str], store_url: str, days: str
+@pytest.mark.parametrize("back", [-1, 0, 1])  # around the calendar's first day
+def test_purge_takes_days_back_to_the_year_1_and_no_further(
+    capsys: pytest.CaptureFixture[str], store_url: str, back: int
 ) -> None:
-    code, _, err = run(capsys, "purge", "--store", store_url, "--older-than", days)
+    days = datetime.now(UTC).date().toordinal() - 1 + back  # 0: back to 0001-01-01
+    code, out, err = run(
+        capsys, "purge", "--store", store_url, "--timezone", "UTC", "--older-than", str(days)
+    )
+    if back <= 0:
+        assert code == 0 and out.startswith("purged 0 records from before 0001-01-0")
+    else:
+        assert code == 2 and err.startswith("trackmw purge: --older-than")
+
+
+def test_purge_refuses_negative_days(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
+    code, _, err = run(capsys, "purge", "--store", store_url, "--older-than", "-1")
     assert code == 2 and err.startswith("trackmw purge: --older-than")
 
 

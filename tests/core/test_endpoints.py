@@ -96,6 +96,7 @@ def test_a_next_beyond_ascii_is_percent_encoded(
         "\\\\evil",
         " /x",
         "/\n/evil.example",
+        "/" + "日" * 700,  # 6,301 characters percent-encoded: past the 2,048 cap
     ],
 )
 def test_open_redirects_are_refused(client: Client, target: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
+import pytest
 from flask import Flask, render_template_string
 
 from trackmw import Tracker
@@ -189,3 +191,17 @@ def test_starlette_wrapped_from_outside_is_tracked_as_with_add_middleware(
         assert len(tracker.pipeline) == 1
     # Leaving the client ran the lifespan shutdown, which flushed the buffer.
     assert len(tracker.pipeline) == 0 and tracker.stats().pageviews == 1
+
+
+def test_the_python_api_takes_dates_back_to_the_year_1_and_no_further(make_tracker: Any) -> None:
+    tracker = make_tracker()
+    try:
+        with pytest.raises(ValueError, match="before the year 1"):
+            tracker.stats(until=date(1, 1, 5))  # no 30 days before it
+        assert tracker.stats(until=date(1, 1, 30)).pageviews == 0
+        days = tracker.today().toordinal() - 1  # back to 0001-01-01
+        assert tracker.purge(days) == 0
+        with pytest.raises(ValueError, match="before the year 1"):
+            tracker.purge(days + 1)
+    finally:
+        tracker.close()

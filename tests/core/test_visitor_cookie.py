@@ -126,6 +126,17 @@ def test_a_reissued_id_cookie_keeps_its_first_visits_date(
     assert expires - 5 <= time.time() + int(cookie["max-age"]) <= expires
 
 
+def test_a_reissued_id_cookie_signed_a_little_ahead_gets_no_more_than_13_months(
+    client_for: Any,
+) -> None:
+    """A cookie dated up to a minute ahead is fresh (another server's clock): its
+    ``Max-Age`` still stops at ``cookie_max_age``."""
+    client = client_for(secret_keys=[SECRET, OLD_SECRET])
+    sent = sign([VISITOR], key=OLD_SECRET, at=time.time() + 45)
+    cookie = client.get("/", cookie=f"trackmw_id={sent}", use_jar=False).cookies["trackmw_id"]
+    assert int(cookie["max-age"]) == THIRTEEN_MONTHS
+
+
 def test_a_key_no_longer_listed_is_rejected(client_for: Any) -> None:
     client = client_for(secret_keys=[SECRET])
     _, seen = client.page("/", cookie=f"trackmw_id={sign([VISITOR], key=OLD_SECRET)}")

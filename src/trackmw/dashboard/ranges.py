@@ -9,8 +9,10 @@ days, today included.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
+
+from ..report import days_before
 
 __all__ = ["DEFAULT_DAYS", "RangeError", "parse_day", "report_range", "today"]
 
@@ -63,10 +65,13 @@ def report_range(
     end = parse_day("until", until) if until else today(tz, now)
     if since:
         start = parse_day("since", since)
-    elif end.toordinal() < DEFAULT_DAYS:  # no 30 days before it in the calendar
-        raise RangeError(f"until: {end} leaves no {DEFAULT_DAYS} days before it; give since")
     else:
-        start = end - timedelta(days=DEFAULT_DAYS - 1)
+        try:
+            start = days_before(end, DEFAULT_DAYS - 1)
+        except ValueError:  # the calendar's first month
+            raise RangeError(
+                f"until: {end} leaves no {DEFAULT_DAYS} days before it; give since"
+            ) from None
     if start > end:
         raise RangeError(f"since ({start}) is after until ({end})")
     days = (end - start).days + 1

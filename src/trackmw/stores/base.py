@@ -424,7 +424,8 @@ def purge_horizon(before: date) -> float:
     so that no time zone can hold an event of a purged day that is still buffered)."""
     from datetime import datetime, time, timedelta
 
-    return datetime.combine(before - timedelta(days=1), time(), UTC).timestamp()
+    day = before - timedelta(days=1) if before > date.min else before  # no day before
+    return datetime.combine(day, time(), UTC).timestamp()
 
 
 def redact(url: str) -> str:
