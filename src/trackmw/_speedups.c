@@ -203,6 +203,38 @@ state_key(PyObject *module, PyObject *cookie)
     return key;
 }
 
+/* Look `key` up in `states` (CookieReader.states): 1 with a new reference to its state
+ * in *state if its window holds the time; 0 if there is no entry or its window does not
+ * hold the time; 2 if the entry is not one CookieReader makes (Python decides); -1 on
+ * error. The time is *now, or when *clock is not NULL what it returns: called once, and
+ * only if there is an entry to check (*clock is then set to NULL). */
+static int
+window_state(PyObject *states, PyObject *key, double *now, PyObject **clock, PyObject **state)
+{
+    PyObject *cached = PyDict_GetItemWithError(states, key); /* (not_before, not_after, state) */
+    if (cached == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
+        !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)))
+        return 2;
+    Py_INCREF(cached); /* held: the clock may run any code */
+    int found = 0;
+    if (*clock != NULL) {
+        *now = clock_now(*clock);
+        *clock = NULL;
+        if (*now == -1.0 && PyErr_Occurred())
+            found = -1;
+    }
+    if (found == 0 && PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= *now &&
+        *now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))) {
+        *state = Py_NewRef(PyTuple_GET_ITEM(cached, 2));
+        found = 1;
+    }
+    Py_DECREF(cached);
+    return found;
+}
+
 /* The state `states` (CookieReader.states) caches for the Cookie header `cookie`, if
  * its window holds the time: a new reference; None (a new reference) if there is none;
  * NULL on error. Looked up as CookieReader.state looks it up for a request without
@@ -216,49 +248,23 @@ cached_entry(PyObject *states, PyObject *cookie, double now, PyObject *clock)
         (cookie != Py_None &&
          (!PyBytes_CheckExact(cookie) || PyBytes_GET_SIZE(cookie) > CACHED_HEADER)))
         Py_RETURN_NONE; /* never cached */
-    PyObject *key = Py_NewRef(cookie); /* held: a key's __eq__ or the clock may run any code */
-    for (int by_key = 0;; by_key = 1) {
-        PyObject *cached = PyDict_GetItemWithError(states, key); /* (not_before, not_after, state) */
-        if (cached == NULL && PyErr_Occurred())
-            goto fail;
-        if (cached != NULL) {
-            if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 3 ||
-                !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 0)) ||
-                !PyFloat_CheckExact(PyTuple_GET_ITEM(cached, 1)))
-                break; /* not an entry CookieReader makes: Python decides */
-            Py_INCREF(cached);
-            if (clock != NULL) {
-                now = clock_now(clock);
-                clock = NULL;
-                if (now == -1.0 && PyErr_Occurred()) {
-                    Py_DECREF(cached);
-                    goto fail;
-                }
-            }
-            if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 0)) <= now &&
-                now <= PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(cached, 1))) {
-                PyObject *state = Py_NewRef(PyTuple_GET_ITEM(cached, 2));
-                Py_DECREF(cached);
-                Py_DECREF(key);
-                return state;
-            }
-            Py_DECREF(cached);
-        }
-        if (by_key)
-            break;
-        PyObject *own = cookie_state_key(cookie);
+    PyObject *state = NULL;
+    Py_INCREF(cookie); /* held: a key's __eq__ or the clock may run any code */
+    int found = window_state(states, cookie, &now, &clock, &state);
+    if (found == 0) { /* then by the header's trackmw cookies */
+        PyObject *own = cookie_state_key(cookie); /* (not too long: checked above) */
         if (own == NULL)
-            goto fail; /* (it cannot be too long: checked above) */
-        Py_DECREF(key);
-        key = own;
-        if (key == cookie)
-            break; /* the header is its own key: looked up already */
+            found = -1;
+        else {
+            if (own != cookie) /* else the header is its own key: looked up already */
+                found = window_state(states, own, &now, &clock, &state);
+            Py_DECREF(own);
+        }
     }
-    Py_DECREF(key);
-    Py_RETURN_NONE;
-fail:
-    Py_DECREF(key);
-    return NULL;
+    Py_DECREF(cookie);
+    if (found < 0)
+        return NULL;
+    return found == 1 ? state : Py_NewRef(Py_None);
 }
 
 /* The cached CookieState of a tracked page's common case (see common_case and

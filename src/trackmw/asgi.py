@@ -44,7 +44,7 @@ from .cookiestate import CookieState
 from .core import Core
 from .endpoints import MAX_BODY, text_response
 from .messages import PAGE_HEADERS, PRIVATE_ADDED, Request, Response, private_headers
-from .pixel import GIF, PIXEL_HEADERS
+from .pixel import GIF, PIXEL_HEADERS, gif_response
 from .tracker import Tracker
 from .visitor import LazyVisitor as BaseLazyVisitor
 from .visitor import RequestOver
@@ -536,7 +536,7 @@ class TrackingMiddleware:
             req = request_from_scope(scope, _CORE_HEADERS)
         except Exception:  # never break the pixel
             log.exception("trackmw: could not read the beacon's request; serving the GIF")
-            response = Response(200, PIXEL_HEADERS, GIF if scope.get("method") != "HEAD" else b"")
+            response = gif_response(scope.get("method", "GET"))
         else:
             response = self.core.pixel(req)
         await send_response(send, response)

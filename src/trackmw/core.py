@@ -38,7 +38,7 @@ from .cookiestate import CONSENT_COOKIE, ID_COOKIE, PREFS_COOKIE, CookieReader, 
 from .events import MAX_CAMPAIGN, MAX_LEN, MAX_UA, UNKNOWN_PAGE, ConsentChoice, Hit
 from .messages import Request, Response, private_headers
 from .normalize import local_day
-from .pixel import GIF, PIXEL_HEADERS, page_from_referer, parse_pixel_query, parsed_queries
+from .pixel import PIXEL_HEADERS, gif_response, page_from_referer, parse_pixel_query, parsed_queries
 from .ratelimit import RateLimiter
 from .signing import base64url
 from .visitor import Visitor
@@ -482,7 +482,7 @@ class Core:
                 headers.extend(("set-cookie", c) for c in cookies)
         except Exception:
             log.exception("trackmw: the pixel failed to record a hit; serving the GIF")
-        return Response(status, headers, GIF if req.method != "HEAD" else b"")
+        return gif_response(req.method, status, headers)
 
     def quick_beacon(
         self,

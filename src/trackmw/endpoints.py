@@ -257,7 +257,7 @@ class Endpoints:
         core = self.core
         state = core.request_state_of(req)
         visitor = core.visitor_from_state(req, state)
-        visitor_id = visitor._sent_id
+        visitor_id = state.sent_id  # verified, with or without analytics now
         held: dict[str, Any] = {"pageviews": [], "consents": [], "user_ids": []}
         if visitor_id is not None:
             try:
@@ -292,7 +292,7 @@ class Endpoints:
             target = safe_next(data.get("next"))
         state = core.request_state_of(req)
         visitor = core.visitor_from_state(req, state)
-        visitor_id = visitor._sent_id
+        visitor_id = state.sent_id  # verified, with or without analytics now
         removed = 0
         if visitor_id is not None:
             try:

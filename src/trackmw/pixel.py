@@ -12,8 +12,9 @@ import re
 from urllib.parse import unquote_plus, urlsplit
 
 from .events import MAX_CAMPAIGN, MAX_LEN
+from .messages import Response
 
-__all__ = ["GIF", "PIXEL_HEADERS", "parse_pixel_query"]
+__all__ = ["GIF", "PIXEL_HEADERS", "gif_response", "parse_pixel_query"]
 
 #: A transparent 1x1 GIF89a (43 bytes).
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
@@ -27,6 +28,15 @@ PIXEL_HEADERS: list[tuple[str, str]] = [
     ("content-length", str(len(GIF))),
     ("cache-control", "no-store, no-cache, must-revalidate, max-age=0"),
 ]
+
+
+
+def gif_response(
+    method: str, status: int = 200, headers: list[tuple[str, str]] = PIXEL_HEADERS
+) -> Response:
+    """The beacon's answer: the GIF, or no body to a ``HEAD``."""
+    return Response(status, headers, GIF if method != "HEAD" else b"")
+
 
 MAX_QUERY = 3 * MAX_LEN * 2 + 3 * MAX_CAMPAIGN + 64
 _KEYS = {"p": MAX_LEN, "r": MAX_LEN, "c": MAX_CAMPAIGN}

@@ -15,7 +15,7 @@ from typing import Any
 
 from .events import ConsentChoice, PageView
 
-__all__ = ["TOP_N", "Report", "build_report", "day_range", "days_before"]
+__all__ = ["DEFAULT_DAYS", "TOP_N", "Report", "build_report", "day_range", "days_before"]
 
 #: Breakdowns (pages, referrers, …) list at most this many rows, the largest first.
 TOP_N = 100
@@ -75,6 +75,10 @@ class Report:
 
 def day_range(since: date, until: date) -> list[date]:
     return [since + timedelta(days=i) for i in range((until - since).days + 1)]
+
+
+#: Days a report covers when no start is given (today and the 29 before it).
+DEFAULT_DAYS = 30
 
 
 def days_before(day: date, days: int) -> date:

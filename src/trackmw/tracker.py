@@ -9,7 +9,7 @@ from typing import Any
 
 from .core import Core
 from .pipeline import Pipeline
-from .report import Report, days_before
+from .report import DEFAULT_DAYS, Report, days_before
 from .settings import Settings
 from .stores import Store, open_store
 from .visitor import Visitor
@@ -73,7 +73,7 @@ class Tracker:
         Events buffered in this process are written first.
         """
         until = until or self.today()
-        since = since or days_before(until, 29)  # ValueError in the calendar's first month
+        since = since or days_before(until, DEFAULT_DAYS - 1)  # ValueError in year 1's first month
         if since > until:
             raise ValueError("since must not be after until")
         self.pipeline.flush()

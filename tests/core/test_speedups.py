@@ -25,7 +25,7 @@ from tests.core.harness import PurePythonMiddleware
 from trackmw import Tracker
 from trackmw.asgi import SPEEDUPS, LazyVisitor, PyLazyVisitor, TrackingMiddleware, _ASGIVisitor
 from trackmw.consent import ConsentRecord
-from trackmw.cookiestate import state_key
+from trackmw.cookiestate import _CACHED_HEADER, state_key
 from trackmw.events import PageView
 
 needs_speedups = pytest.mark.skipif(not SPEEDUPS, reason="trackmw._speedups is not built here")
@@ -129,7 +129,7 @@ def _python_lookup(core: Any, scope: dict[str, Any], prefixes: tuple[str, ...], 
     cached = states.get(cookie)
     if cached is not None and cached[0] <= now <= cached[1]:
         return cached[2]
-    if cookie is not None and len(cookie) > 4096:  # read each time, never cached
+    if cookie is not None and len(cookie) > _CACHED_HEADER:  # read each time, never cached
         return None
     cached = states.get(state_key(cookie))  # CookieReader.state's second lookup
     return cached[2] if cached is not None and cached[0] <= now <= cached[1] else None

@@ -12,11 +12,10 @@ import re
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from ..report import days_before
+from ..report import DEFAULT_DAYS, days_before
 
 __all__ = ["DEFAULT_DAYS", "RangeError", "parse_day", "report_range", "today"]
 
-DEFAULT_DAYS = 30
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
