@@ -38,8 +38,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
 
 from .errors import StoreError
@@ -52,6 +52,17 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline", "normalize"]
 
 log = logging.getLogger("trackmw")
+
+
+class Sink(Protocol):
+    """What the writer sends batches to (``Pipeline.sink``): a ``Store``, or an object
+    with a store's write half (``trackmw.writer.ProcessSink``)."""
+
+    def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None: ...
+    def held(self) -> int: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+    def after_fork(self) -> None: ...
 
 _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 
@@ -99,9 +110,14 @@ class Pipeline(_Lane):
         batch_size: int = 1_000,
         flush_interval: float = 1.0,
         timezone: str = "UTC",
+        sink_factory: Callable[[], Sink] | None = None,
     ) -> None:
         self._store_factory = store_factory
         self._store: Store | None = None
+        # Where batches are written, when not to the store itself (``writer="process"``:
+        # ``trackmw.writer.ProcessSink``, which takes raw hits).
+        self._sink_factory = sink_factory
+        self._sink: Sink | None = None
         self.buffer_size = buffer_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -152,9 +168,23 @@ class Pipeline(_Lane):
 
     @property
     def store(self) -> Store:
+        """The store: what reports, visitors' data and erasures read and change."""
         if self._store is None:
             self._store = self._store_factory()
         return self._store
+
+    @property
+    def sink(self) -> Sink:
+        """Where batches are written: the store, or what stands in for it."""
+        if self._sink_factory is None:
+            return self.store
+        if self._sink is None:
+            self._sink = self._sink_factory()
+        return self._sink
+
+    def _opened(self) -> list[Sink]:
+        """The sink and the store, those opened (each once)."""
+        return [x for x in (self._sink, self._store) if x is not None]
 
     # -- the writer ---------------------------------------------------------------------
 
@@ -218,7 +248,7 @@ class Pipeline(_Lane):
                         if batch is None:
                             break
                         self._pending = batch
-                    self.store.send(*batch)  # less erased visitors' events (Store.send)
+                    self.sink.send(*batch)  # less erased visitors' events (Store.send)
                     self._count(len(batch[0]) + len(batch[1]))
                     self._pending = None  # the store's now, until written
                 self._sync()
@@ -237,12 +267,12 @@ class Pipeline(_Lane):
 
     def _sync(self) -> None:
         """Wait until the store has written every batch it took (``Store.sync``)."""
-        self.store.sync()
+        self.sink.sync()
         self._count(0)
 
     def _count(self, taken: int) -> None:
         """The store took ``taken`` more events: count those it has written."""
-        held = self.store.held()
+        held = self.sink.held()
         self.written += self._sent + taken - held
         self._sent = held
 
@@ -263,7 +293,11 @@ class Pipeline(_Lane):
                     chunk.append(popleft())
             except IndexError:  # the request path dropped the oldest meanwhile
                 size = len(chunk)
-            normalize_batch(chunk, self.tz, pageviews, consents, _unreadable)
+            if self._sink_factory is None:
+                normalize_batch(chunk, self.tz, pageviews, consents, _unreadable)
+            else:  # a sink normalizes what it takes (ProcessSink, in its process)
+                for item in chunk:
+                    (pageviews if type(item) is Hit else consents).append(item)  # type: ignore[arg-type]
             size -= len(chunk)
             if size > 0 and clock() - since > _HOLD:
                 _offer_gil()
@@ -278,8 +312,9 @@ class Pipeline(_Lane):
         self._backoff = min(self.retry_max, max(self.retry_min, self._backoff * 2))
         if first or self._backoff >= self.retry_max:
             kind = "store error" if isinstance(exc, StoreError) else type(exc).__name__
-            # Not ``self.store``: when opening the store is what failed, that raises again.
-            store = "the store" if self._store is None else repr(self._store)
+            # Not ``self.sink``: when opening it is what failed, that raises again.
+            opened = self._sink if self._sink_factory is not None else self._store
+            store = "the store" if opened is None else repr(opened)
             log.error(
                 "trackmw: %s writing to %s: %s; %d events kept, retrying in %.1fs",
                 kind,
@@ -355,12 +390,13 @@ class Pipeline(_Lane):
         try:
             ok = self.drain()
         finally:
-            if self._store is not None:
+            for opened in self._opened():
                 try:
-                    self._store.close()  # a store still holding batches tries them once more
-                    self._count(0)
+                    opened.close()  # a store still holding batches tries them once more
+                    if opened is self._sink or self._sink_factory is None:
+                        self._count(0)
                 except Exception:
-                    log.exception("trackmw: closing the store failed")
+                    log.exception("trackmw: closing %r failed", opened)
             ok = ok or not len(self)  # the store's close may have written what it held
             if not ok:
                 log.error("trackmw: %d events could not be written at close", len(self))
@@ -379,8 +415,8 @@ class Pipeline(_Lane):
         self._buffer = deque()
         self._pending = None
         self._sent = 0
-        if self._store is not None:
-            self._store.after_fork()
+        for opened in self._opened():
+            opened.after_fork()
 
 
 def _unreadable(hit: Hit, exc: Exception) -> None:

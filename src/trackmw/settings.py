@@ -95,6 +95,7 @@ class Settings:
     buffer_size: int = 100_000
     batch_size: int = 1_000
     flush_interval: float = 1.0
+    writer: Literal["thread", "process"] = "thread"
     retention_days: int | None = None
     redis_uniques: Literal["hll", "exact"] = "hll"
     max_report_days: int = 366
@@ -119,7 +120,7 @@ class Settings:
 
         from .stores import store_class  # late: stores import settings' types
 
-        store_class(self.store)  # an unknown scheme raises ConfigurationError
+        store = store_class(self.store)  # an unknown scheme raises ConfigurationError
 
         if self.cookie_domain is not None:
             object.__setattr__(self, "cookie_domain", _check_domain(self.cookie_domain))
@@ -127,6 +128,13 @@ class Settings:
         _one_of("count_rejected", self.count_rejected, ("anonymous", "none"))
         _one_of("cookie_samesite", self.cookie_samesite, ("Lax", "Strict", "None"))
         _one_of("redis_uniques", self.redis_uniques, ("hll", "exact"))
+        _one_of("writer", self.writer, ("thread", "process"))
+        if self.writer == "process" and store.in_process(self.store):
+            raise ConfigurationError(
+                "writer",
+                f"{store.__name__} keeps its data in this process, where a writer process "
+                "cannot write; use writer='thread' (the default)",
+            )
         if self.cookie_samesite == "None" and self.cookie_secure is not True:
             raise ConfigurationError(
                 "cookie_samesite", "SameSite=None needs cookie_secure=True (browsers drop it)"

@@ -13,6 +13,7 @@ from .report import DEFAULT_DAYS, Report, days_before
 from .settings import Settings
 from .stores import Store, open_store
 from .visitor import Visitor
+from .writer import ProcessSink
 
 __all__ = ["Tracker", "get_visitor"]
 
@@ -38,6 +39,7 @@ class Tracker:
             batch_size=s.batch_size,
             flush_interval=s.flush_interval,
             timezone=s.timezone,
+            sink_factory=(lambda: ProcessSink(s)) if s.writer == "process" else None,
         )
         self.core = Core(s, self.pipeline)
 

@@ -97,6 +97,12 @@ class Store(ABC):
         self.settings = settings
 
     @classmethod
+    def in_process(cls, url: str) -> bool:
+        """Does the store at ``url`` keep its data in this process's memory, where a
+        writer in another process (``writer="process"``) could not write it?"""
+        return False
+
+    @classmethod
     def check_url(cls, url: str) -> None:
         """Raise ``ConfigurationError`` if ``url`` cannot name a store of this class."""
         return None

@@ -27,6 +27,10 @@ class MemoryStore(Store):
 
     schemes = ("memory",)
 
+    @classmethod
+    def in_process(cls, url: str) -> bool:
+        return True
+
     def __init__(self, url: str, settings: Any = None) -> None:
         super().__init__(url, settings)
         name = url.split("://", 1)[1]

@@ -121,6 +121,11 @@ class SQLiteStore(Store):
     def check_url(cls, url: str) -> None:
         cls.path_of(url)
 
+    @classmethod
+    def in_process(cls, url: str) -> bool:
+        return cls.path_of(url) == ":memory:"
+
+
     # -- connections -------------------------------------------------------------------
 
     def _mine(self) -> None:

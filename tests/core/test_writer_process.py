@@ -1,0 +1,300 @@
+"""``writer="process"``: the writer in a child process loses nothing and writes what the
+thread would (trackmw.writer).
+
+Real child processes and real SQLite files throughout; the faults are real too: the
+child killed with SIGKILL, the parent killed with SIGKILL, a store that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trackmw import Tracker
+from trackmw.errors import ConfigurationError, StoreError
+from trackmw.events import ConsentChoice, Hit
+from trackmw.writer import ProcessSink
+
+from ..conftest import SECRET, wait_for
+from .harness import BROWSER_UA
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="POSIX signals, and /proc to see a child end"
+)
+
+
+def hit(i: int, visitor: str = "v" * 22, user: str | None = None) -> Hit:
+    return Hit(time.time(), visitor, user, f"/p{i % 3}", None, None, BROWSER_UA, "testserver")
+
+
+def tracker_on(db: Path, **settings: Any) -> Tracker:
+    settings.setdefault("flush_interval", 3600)  # the tests flush themselves
+    return Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}", writer="process", **settings)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def dead(pid: int) -> bool:
+    """Has ``pid`` ended (a zombie, not yet reaped by its parent, or gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def sink_of(tracker: Tracker) -> ProcessSink:
+    sink = tracker.pipeline.sink
+    assert isinstance(sink, ProcessSink)
+    return sink
+
+
+def test_a_child_process_normalizes_and_writes_what_the_thread_would(tmp_path: Path) -> None:
+    hits = [hit(i, visitor=f"visitor-{i % 4:017d}", user="u1" if i % 4 == 0 else None)
+            for i in range(60)]
+    choice = ConsentChoice(time.time(), "2026-11-28", "c" * 22, True, False, "1")
+    reports = {}
+    for writer in ("thread", "process"):
+        db = tmp_path / f"{writer}.db"
+        tracker = Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}", writer=writer,
+                          flush_interval=3600)
+        for h in hits:
+            tracker.pipeline.add(h)
+        tracker.pipeline.add(choice)
+        assert tracker.flush()
+        assert tracker.pipeline.written == 61
+        reports[writer] = tracker.stats().to_dict()
+        if writer == "process":
+            pid = sink_of(tracker).pid
+            assert pid is not None and pid != os.getpid() and alive(pid)
+            assert tracker.visitor_data("visitor-" + "0" * 17)["pageviews"]
+        assert tracker.close()
+    assert reports["process"]["pageviews"] == 60
+    assert reports["process"]["consent"] == {"accepted": 1, "rejected": 0}
+    assert reports["process"] == reports["thread"]
+
+
+def test_close_ends_the_child_and_a_later_batch_starts_another(tmp_path: Path) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    assert tracker.flush()
+    first = sink_of(tracker).pid
+    assert first is not None
+    assert tracker.close()
+    assert sink_of(tracker).pid is None
+    assert not alive(first)  # exited, and reaped
+    tracker.pipeline.add(hit(1))
+    assert tracker.flush()
+    second = sink_of(tracker).pid
+    assert second is not None and second != first
+    assert tracker.stats().pageviews == 2
+    assert tracker.close()
+
+
+def test_an_erasure_waits_for_the_child_and_nothing_comes_back(tmp_path: Path) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    gone, kept = "g" * 22, "k" * 22
+    for i in range(10):
+        tracker.pipeline.add(hit(i, visitor=gone))
+        tracker.pipeline.add(hit(i, visitor=kept))
+    assert tracker.flush()  # written by the child
+    for i in range(5):
+        tracker.pipeline.add(hit(i, visitor=gone))  # still buffered here
+    sink = sink_of(tracker)
+    sink.send([hit(9, visitor=gone)], [])  # taken by the child, maybe held by its store
+    assert tracker.erase(gone) == 16
+    assert tracker.flush()
+    assert tracker.visitor_data(gone)["pageviews"] == []
+    assert tracker.stats().pageviews == 10
+    assert tracker.close()
+
+
+def test_a_killed_child_is_replaced_and_what_it_took_is_written_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    sink = sink_of(tracker)
+    sink.send([hit(i) for i in range(10)], [])  # the child's; its store holds them
+    first = sink.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: dead(first), "the child to die")
+    for i in range(10, 15):
+        tracker.pipeline.add(hit(i))
+    with caplog.at_level(logging.WARNING, logger="trackmw"):
+        assert tracker.flush()  # a new child: the dead one's batch first, then these
+    assert f"writer process {first} exited (code -9); starting another" in caplog.text
+    assert sink.pid not in (None, first)
+    assert tracker.stats().pageviews == 15
+    assert sink.held() == 0
+    assert tracker.close()
+
+
+def test_what_a_child_wrote_is_not_sent_to_the_next(tmp_path: Path) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    for i in range(5):
+        tracker.pipeline.add(hit(i))
+    assert tracker.flush()  # written: the sink owes nothing
+    first = sink_of(tracker).pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: dead(first), "the child to die")
+    assert sink_of(tracker).held() == 0
+    tracker.pipeline.add(hit(5))
+    assert tracker.flush()  # in a new child, sent only the new hit
+    assert tracker.stats().pageviews == 6
+    assert tracker.close()
+
+
+def test_a_child_whose_parent_is_killed_writes_what_it_holds(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from trackmw import Tracker
+        from trackmw.events import Hit
+        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
+                          writer="process", flush_interval=3600)
+        sink = tracker.pipeline.sink
+        now = time.time()
+        sink.send([Hit(now, "v" * 22, None, "/a", None, None, "Mozilla/5.0", "h")] * 25, [])
+        print(sink.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no close
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    child = int(run.stdout.strip())
+    wait_for(lambda: not alive(child), "the orphaned child to finish", timeout=30)
+    reader = Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}")
+    assert reader.stats().pageviews == 25
+    reader.close()
+
+
+def test_the_child_ignores_the_signals_sent_to_its_process_group(tmp_path: Path) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    assert tracker.flush()
+    pid = sink_of(tracker).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    tracker.pipeline.add(hit(1))
+    assert tracker.flush()
+    assert sink_of(tracker).pid == pid  # the same child
+    assert tracker.stats().pageviews == 2
+    assert tracker.close()
+
+
+def test_the_childs_store_errors_are_logged_here_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "not-yet"
+    tracker = tracker_on(missing / "x.db")
+    for i in range(3):
+        tracker.pipeline.add(hit(i))
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        assert not tracker.pipeline.flush()
+    assert len(tracker.pipeline) == 3  # kept
+    assert any("x.db" in r.getMessage() for r in caplog.records), caplog.text
+    missing.mkdir()
+    assert tracker.pipeline.flush()
+    assert tracker.stats().pageviews == 3
+    assert tracker.close()
+
+
+def test_a_child_that_cannot_start_leaves_the_events_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        assert not tracker.flush()
+    assert "could not start the writer process" in caplog.text
+    assert len(tracker.pipeline) == 1
+    with pytest.raises(StoreError):
+        sink_of(tracker).sync()
+    monkeypatch.undo()
+    assert tracker.flush()
+    assert tracker.stats().pageviews == 1
+    assert tracker.close()
+
+
+def test_the_childs_log_records_reach_this_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    bad = Hit(time.time(), "v" * 22, None, "/a", None, None, BROWSER_UA, "h")._replace(ts=1e300)
+    tracker.pipeline.add(bad)  # cannot be normalized: logged and left out, in the child
+    tracker.pipeline.add(hit(0))
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        assert tracker.flush()
+    assert "could not be normalized" in caplog.text
+    assert tracker.stats().pageviews == 1
+    assert tracker.close()
+
+
+def test_a_forked_process_starts_its_own_child(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    script = textwrap.dedent(f"""
+        import os, time
+        from trackmw import Tracker
+        from trackmw.events import Hit
+        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
+                          writer="process", flush_interval=3600)
+        def hit():
+            return Hit(time.time(), "v" * 22, None, "/a", None, None, "Mozilla/5.0", "h")
+        tracker.pipeline.add(hit())
+        assert tracker.flush()
+        parents = tracker.pipeline.sink.pid
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(3):
+                tracker.pipeline.add(hit())
+            ok = tracker.flush()
+            mine = tracker.pipeline.sink.pid
+            ok = ok and mine not in (None, parents) and tracker.close()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        tracker.pipeline.add(hit())
+        assert tracker.flush()
+        assert tracker.pipeline.sink.pid == parents
+        assert tracker.stats().pageviews == 5
+        assert tracker.close()
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("store", ["memory://", "sqlite:///:memory:"])
+def test_a_store_in_this_process_cannot_have_a_writer_process(store: str) -> None:
+    with pytest.raises(ConfigurationError, match="writer"):
+        Tracker(secret_keys=[SECRET], store=store, writer="process")
+
+
+def test_the_writer_setting_is_checked_and_read_from_the_environment(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="writer"):
+        Tracker(secret_keys=[SECRET], store="memory://", writer="fork")
+    tracker = Tracker.from_env(
+        {"TRACKMW_SECRET_KEYS": SECRET, "TRACKMW_STORE": f"sqlite:///{tmp_path}/x.db",
+         "TRACKMW_WRITER": "process"}
+    )
+    assert tracker.settings.writer == "process"
+    assert isinstance(tracker.pipeline.sink, ProcessSink)
+    assert Tracker(secret_keys=[SECRET], store="memory://").settings.writer == "thread"
+    tracker.close()
