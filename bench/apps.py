@@ -218,6 +218,11 @@ def starlette_tracked_app() -> Starlette:
     return starlette_tracked(make_tracker())
 
 
+def starlette_process_app() -> Starlette:
+    """trackmw added with ``add_middleware``, its writer in a process of its own."""
+    return starlette_tracked(make_tracker(writer="process"))
+
+
 def starlette_wrapped_app() -> ASGITracking:
     return starlette_wrapped(make_tracker())
 

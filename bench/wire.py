@@ -95,6 +95,8 @@ def servers(store_dir: str) -> tuple[list[Server], str | None]:
          pixel, returning, "wire.gif.raw"),
         ("wire.pixel.wrapped", "uvicorn: trackmw pixel, returning, trackmw wrapping the app",
          "u", "starlette_wrapped_app", pixel, returning, "wire.gif.raw"),
+        ("wire.pixel.process", "uvicorn: trackmw pixel, returning, writer in its own process",
+         "u", "starlette_process_app", pixel, returning, "wire.gif.raw"),
         ("wire.pixel.new", "uvicorn: trackmw pixel, new visitor", "u", "starlette_tracked_app",
          pixel, None, "wire.gif.raw"),
         ("wire.flask.bare", "gunicorn: Flask hello, bare", "g", "flask_bare_app", "/", returning,
