@@ -5,11 +5,14 @@ file; the Starlette example under uvicorn. Each gets 1,000 pixel hits from 10 vi
 (every visitor first loads a page to get its cookie) and a few Googlebot hits, sent
 over real sockets by a few threads. After a clean shutdown (SIGTERM, wait for the
 exit) the store must hold exactly 1,000 page views from 10 visitors, the bots apart:
-nothing lost in buffers at exit, nothing counted twice.
+nothing lost in buffers at exit, nothing counted twice. Each runs with the writer as a
+thread (the default) and in a process of its own (``writer="process"``: one child per
+worker, every one of them gone after the shutdown).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import SECRET
+from tests.conftest import SECRET, wait_for
 from tests.servers.running import (
     BOT_UA,
     BROWSER_UAS,
@@ -95,28 +98,86 @@ def _check(document: dict[str, Any]) -> None:
     assert {p["path"] for p in document["pages"]} == set(PAGES)
 
 
-def _run_and_count(tmp_path: Path, argv_for: Callable[[int], list[str]], last_line: str) -> None:
+def _writers(server: int) -> list[int]:
+    """The writer processes (``writer="process"``) that the server ``server`` (its pid)
+    or its workers started."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                commands[int(entry)] = fh.read()
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+
+    def under_server(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == server:
+                return True
+        return False
+
+    return [pid for pid, command in commands.items()
+            if b"trackmw.writer" in command and under_server(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _run_and_count(
+    tmp_path: Path, argv_for: Callable[[int], list[str]], last_line: str, writer: str,
+    workers: int,
+) -> None:
     db = tmp_path / "store.db"
     port = free_port()
     # A flush interval longer than the test: the workers keep every hit buffered until
-    # SIGTERM, so the count proves that shutting down loses nothing.
-    env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db), FLUSH_INTERVAL="3600")
+    # SIGTERM (with writer processes, all but whole batches of 100, which start them),
+    # so the count proves that shutting down loses nothing.
+    settings = {"WRITER": writer, "BATCH_SIZE": "100"} if writer == "process" else {}
+    env = server_env(SECRET_KEYS=SECRET, STORE=sqlite_url(db), FLUSH_INTERVAL="3600", **settings)
     with running(
         argv_for(port), env=env, cwd=tmp_path, log_path=tmp_path / "server.log", port=port
     ) as server:
         _load(port)
+        writers: list[int] = []
+        if writer == "process":
+
+            def started() -> bool:
+                writers[:] = _writers(server.proc.pid)
+                return len(writers) == workers
+
+            wait_for(started, f"{workers} writer processes")
         server.stop()
     assert stopped_cleanly(server, last_line), server.log()
+    assert not [pid for pid in writers if _alive(pid)]  # each closed by its worker
     since, until = report_days()
     document = report_via_cli(sqlite_url(db), since, until)  # the installed console script
     _check(document)
     assert report_via_tracker(sqlite_url(db), since, until) == document
 
 
-def test_flask_example_under_gunicorn_two_workers_counts_exactly(tmp_path: Path) -> None:
-    _run_and_count(tmp_path, lambda port: gunicorn_argv(port, workers=2), GUNICORN_DONE)
+WRITERS = pytest.mark.parametrize("writer", ["thread", "process"])
+
+
+@WRITERS
+def test_flask_example_under_gunicorn_two_workers_counts_exactly(
+    tmp_path: Path, writer: str
+) -> None:
+    _run_and_count(
+        tmp_path, lambda port: gunicorn_argv(port, workers=2), GUNICORN_DONE, writer, workers=2
+    )
     assert (tmp_path / "server.log").read_text().count("Booting worker with pid") == 2
 
 
-def test_starlette_example_under_uvicorn_counts_exactly(tmp_path: Path) -> None:
-    _run_and_count(tmp_path, uvicorn_argv, UVICORN_DONE)
+@WRITERS
+def test_starlette_example_under_uvicorn_counts_exactly(tmp_path: Path, writer: str) -> None:
+    _run_and_count(tmp_path, uvicorn_argv, UVICORN_DONE, writer, workers=1)
