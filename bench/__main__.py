@@ -66,6 +66,7 @@ TARGETS = {
     "wire.asgi.trackmw": ("ratio", ">=", 0.95),
     "wire.pixel": ("ratio", ">=", 0.85),
     "wire.pixel.wrapped": ("ratio", ">=", 0.85),
+    "wire.pixel.process": ("ratio", ">=", 0.85),
     "ua.cold": ("value", "<=", 50.0),
     "stores.sqlite": ("value", ">=", 100_000),
     "stores.redis": ("value", ">=", 200_000),

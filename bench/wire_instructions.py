@@ -52,6 +52,7 @@ VARIANTS = (
     "wire.gif.raw",
     "wire.pixel",
     "wire.pixel.wrapped",
+    "wire.pixel.process",
 )
 CONNECTIONS = 8
 #: A server under callgrind may take a minute or more to start on a slow VM.
