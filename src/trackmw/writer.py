@@ -62,6 +62,10 @@ _FRAME = struct.Struct("<BI")  # kind, payload length
 CONFIG, SEND, SYNC, CLOSE, REPLY = 1, 2, 3, 4, 5
 #: Settings the child is not given: it signs nothing and serves nothing.
 _PRIVATE = frozenset({"secret_keys", "dashboard_token", "authorize"})
+#: The child's first words on its replies' pipe: what a site hook printed there before
+#: (at the interpreter's start, before the pipe left fd 1) is skipped up to them.
+_HELLO = b"\x00trackmw-writer/1\x00"
+_MAX_NOISE = 1 << 16
 #: The child's stand-in for the secret keys, which ``Settings`` requires.
 _NO_KEY = "the-writer-process-signs-nothing"
 #: How long ``close`` waits for the child to write what it holds and exit.
@@ -74,12 +78,15 @@ def _write(stream: IO[bytes], kind: int, payload: bytes) -> None:
     stream.flush()
 
 
-def _read(stream: IO[bytes]) -> tuple[int, bytes] | None:
-    """The next frame, or ``None`` at the end of the stream."""
+def _read(stream: IO[bytes], only: int | None = None) -> tuple[int, bytes] | None:
+    """The next frame, or ``None`` at the end of the stream. A frame of another kind
+    than ``only`` (when given) is not read past its header: its length is not one."""
     head = stream.read(_FRAME.size)
     if len(head) < _FRAME.size:
         return None
     kind, size = _FRAME.unpack(head)
+    if only is not None and kind != only:
+        return kind, b""
     payload = stream.read(size)
     if len(payload) < size:
         return None
@@ -182,13 +189,23 @@ class ProcessSink:
         # The directory trackmw is imported from, first on the child's path: the child
         # runs the same trackmw whatever its working directory or environment.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = f"import sys; sys.path.insert(0, {root!r}); from trackmw.writer import main; main()"
+        # Its stdout, the replies' pipe, is moved off fd 1 before anything is imported:
+        # whatever prints there (a library, a site hook) goes to stderr instead.
+        code = (
+            "import os, sys; replies = os.dup(1); os.dup2(2, 1); "
+            f"sys.path.insert(0, {root!r}); from trackmw.writer import main; main(replies)"
+        )
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
         except OSError as exc:
             raise StoreError(f"could not start the writer process: {exc}") from exc
+        assert self._proc.stdout is not None
+        if not _skip_to_hello(self._proc.stdout):
+            proc, self._proc = self._proc, None
+            proc.kill()
+            raise _Exited(f"the writer process {proc.pid} did not start (code {_end(proc, 1.0)})")
         self._call(CONFIG, self._config)
         for payload in self._unsynced:
             self._held = self._call(SEND, payload)
@@ -209,19 +226,49 @@ class ProcessSink:
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         try:
             _write(proc.stdin, kind, payload)
-            frame = _read(proc.stdout)
-        except (OSError, ValueError):  # a broken pipe; a closed file
+            frame = _read(proc.stdout, REPLY)
+        except (OSError, ValueError):  # a broken pipe, a closed file
             frame = None
-        if frame is None:
+        reply = None if frame is None else _reply(*frame)
+        if reply is None:
             self._proc = None
+            why = "exited"
+            if frame is not None:  # alive, but its stdout carries something else
+                why = "answered out of turn"
+                proc.kill()
             code = _end(proc, 1.0)
-            raise _Exited(f"the writer process {proc.pid} exited (code {code})")
-        ok, value, logs = marshal.loads(frame[1])
+            raise _Exited(f"the writer process {proc.pid} {why} (code {code})")
+        ok, value, logs = reply
         for level, message in logs:
             log.log(level, "%s", message)
         if not ok:
             raise StoreError(value)
         return int(value)
+
+
+def _skip_to_hello(stream: IO[bytes]) -> bool:
+    """Read ``stream`` up to the child's ``_HELLO`` (``False``: it ended, or sent more
+    than ``_MAX_NOISE`` bytes of something else first)."""
+    seen = bytearray()
+    while not seen.endswith(_HELLO):
+        if len(seen) > _MAX_NOISE:
+            return False
+        byte = stream.read(1)
+        if not byte:
+            return False
+        seen += byte
+    return True
+
+
+def _reply(kind: int, payload: bytes) -> tuple[bool, Any, list[tuple[int, str]]] | None:
+    """A reply frame's ``(ok, value, logs)``; ``None`` if it is not one."""
+    if kind != REPLY:
+        return None
+    try:
+        ok, value, logs = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError):
+        return None
+    return bool(ok), value, logs
 
 
 class _Exited(StoreError):
@@ -274,8 +321,9 @@ class _Forward(logging.Handler):
         self.records.append((record.levelno, message))
 
 
-def main() -> None:
-    """The child: read requests from stdin until it ends or ``CLOSE`` comes."""
+def main(replies_fd: int | None = None) -> None:
+    """The child: read requests from stdin until it ends or ``CLOSE`` comes, and answer
+    on ``replies_fd`` (by default, stdout moved off fd 1, which then goes to stderr)."""
     from zoneinfo import ZoneInfo
 
     from .normalize import normalize_batch
@@ -284,8 +332,12 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # stdout carries the replies alone
+    if replies_fd is None:
+        replies_fd = os.dup(1)
+        os.dup2(2, 1)
+    requests, replies = sys.stdin.buffer, os.fdopen(replies_fd, "wb")
+    replies.write(_HELLO)
+    replies.flush()
     forward = _Forward()
     logger = logging.getLogger("trackmw")
     logger.addHandler(forward)

@@ -235,6 +235,48 @@ def test_a_child_that_cannot_start_leaves_the_events_kept(
     assert tracker.close()
 
 
+def test_what_a_site_hook_prints_as_the_child_starts_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import sys\nprint('hello from a site hook', flush=True)\n"
+        "sys.stdout.buffer.write(bytes(range(256)))\nsys.stdout.flush()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(hooks))  # the child's environment
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    assert tracker.flush()
+    assert tracker.stats().pageviews == 1
+    assert tracker.close()
+
+
+def test_a_child_whose_replies_carry_something_else_is_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    assert tracker.flush()
+    sink = sink_of(tracker)
+    first = sink.pid
+    assert first is not None and sink._proc is not None and sink._proc.stdout is not None
+    # Write into the replies' pipe as a stray print in the child would (a 4 GB length).
+    pipe = os.readlink(f"/proc/self/fd/{sink._proc.stdout.fileno()}")
+    (fd,) = [f for f in os.listdir(f"/proc/{first}/fd")
+             if os.readlink(f"/proc/{first}/fd/{f}") == pipe]
+    with open(f"/proc/{first}/fd/{fd}", "wb") as stray:
+        stray.write(b"\xff\xff\xff\xff\xff and more")
+    tracker.pipeline.add(hit(1))
+    with caplog.at_level(logging.WARNING, logger="trackmw"):
+        assert tracker.flush()  # not stuck reading 4 GB: a new child
+    assert f"writer process {first} answered out of turn" in caplog.text
+    assert sink.pid not in (None, first)
+    assert dead(first)
+    assert tracker.stats().pageviews == 2
+    assert tracker.close()
+
+
 def test_the_childs_log_records_reach_this_process(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
