@@ -8,25 +8,34 @@ beacon (README, "Performance"). With ``writer="process"`` that thread only ships
 raw hits, marshalled, to a child process (``ProcessSink``); the child normalizes them
 and writes them to the store with a GIL of its own. The request path is the same.
 
-The child is ``python -c 'from trackmw.writer import main; main()'``, started on the
-first batch and spoken to over its stdin and stdout: frames of a kind byte, a length and
-a ``marshal`` payload (plain tuples of strings and numbers; nothing is unpickled). Each
-request gets one reply: ``(True, events the store holds, logs)`` or ``(False, the
-error, logs)``, the logs being the child's ``trackmw`` log records, which the parent
-logs again through its own ``trackmw`` logger.
+The child is ``python -c '... from trackmw.writer import main; main(...)'``, run by
+this process's interpreter on the first batch (a tracker that records nothing starts
+none), with this process's import path, the store class this process registered for
+the URL's scheme, and the settings less the secrets; none of the ``TRACKMW_*``
+variables is in its environment. It is spoken to over its stdin and a pipe that was
+its stdout, moved off fd 1 before anything is imported (so that what prints there goes
+to stderr): frames of a kind byte, a length and a ``marshal`` payload (plain tuples of
+strings and numbers; nothing is unpickled). Each request gets one reply, within
+``REPLY_WAIT`` seconds: ``(True, value, logs)`` or ``(False, the error, logs)``, the logs
+being the child's ``trackmw`` log records, which the parent logs again through its own
+``trackmw`` logger. A child that does not answer in time, or answers out of turn, is
+killed and treated as one that died.
 
 Nothing accepted is lost:
 
 - A batch is the child's once its ``SEND`` is answered; a failure there leaves it with
   the pipeline, which retries it as it retries a store's (``Store.send``).
-- Until a ``SYNC`` says the store has written everything, the sink keeps what it sent. If
-  the child dies, the next call starts a new one and sends those batches again first.
-  (A batch the child had written just before it died is then written twice: at least
+- The sink keeps each batch it sent until the store has written it: each reply says
+  how many events the store holds, and a store writes the batches it took in their
+  order (at most ``MAX_UNSYNCED`` are kept: a ``SYNC`` comes first). If the child dies,
+  the next call starts a new one and sends those batches again first; if that fails,
+  the new child is ended too, and the next call starts over. (A write the child
+  committed just before it died, its reply lost, is then written again: at least
   once, where a store's own failure has each batch written exactly once.)
-- If the parent dies, even by ``kill -9``, the child reads the end of its stdin, writes
-  what its store holds, and exits. It ignores SIGINT and SIGTERM, which a terminal or a
-  service manager sends to the whole process group: the parent's shutdown, which
-  flushes through it, closes it.
+- If the parent dies, even by ``kill -9``, even while waiting for a reply, the child
+  reads the end of its stdin (or fails to answer), writes what its store holds, and
+  exits. It ignores SIGINT and SIGTERM, which a terminal or a service manager sends to
+  the whole process group: the parent's shutdown, which flushes through it, closes it.
 - After ``os.fork()`` (gunicorn ``--preload``), the forked process starts a child of its
   own on its first batch and leaves its parent's alone.
 
@@ -43,10 +52,12 @@ import dataclasses
 import logging
 import marshal
 import os
+import select
 import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -70,6 +81,14 @@ _MAX_NOISE = 1 << 16
 _NO_KEY = "the-writer-process-signs-nothing"
 #: How long ``close`` waits for the child to write what it holds and exit.
 CLOSE_WAIT = 30.0
+#: How long a request waits for its reply, and a new child for its first words: past
+#: that, the child is ended as one that died (the next call starts another).
+REPLY_WAIT = 60.0
+START_WAIT = 60.0
+#: Batches sent and not yet confirmed written, at most (a ``sync`` comes first): what a
+#: dead child's successor is sent again, and may write twice.
+MAX_UNSYNCED = 5
+_CHUNK = 1 << 16
 
 
 def _write(stream: IO[bytes], kind: int, payload: bytes) -> None:
@@ -78,15 +97,12 @@ def _write(stream: IO[bytes], kind: int, payload: bytes) -> None:
     stream.flush()
 
 
-def _read(stream: IO[bytes], only: int | None = None) -> tuple[int, bytes] | None:
-    """The next frame, or ``None`` at the end of the stream. A frame of another kind
-    than ``only`` (when given) is not read past its header: its length is not one."""
+def _read(stream: IO[bytes]) -> tuple[int, bytes] | None:
+    """The next frame, or ``None`` at the end of the stream (the child's requests)."""
     head = stream.read(_FRAME.size)
     if len(head) < _FRAME.size:
         return None
     kind, size = _FRAME.unpack(head)
-    if only is not None and kind != only:
-        return kind, b""
     payload = stream.read(size)
     if len(payload) < size:
         return None
@@ -99,30 +115,34 @@ class ProcessSink:
 
     It has a store's write half (``send``, ``held``, ``sync``, ``close``,
     ``after_fork``), and takes ``Hit`` and ``ConsentChoice`` tuples as they were
-    buffered: the child normalizes them.
+    buffered: the child normalizes them. A sink that has sent nothing starts no child.
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._config = marshal.dumps(
-            (
-                {
-                    f.name: getattr(settings, f.name)
-                    for f in dataclasses.fields(settings)
-                    if f.name not in _PRIVATE
-                },
-                log.getEffectiveLevel(),
-            )
-        )
+        from .stores.base import registered
+
+        scheme = settings.store.split("://", 1)[0].lower()
+        fields = {
+            f.name: _plain_value(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)
+            if f.name not in _PRIVATE
+        }
+        # The store's class as this process found it (``stores.register`` included), and
+        # this process's import path, so that the child finds the same modules.
+        paths = [p for p in sys.path if type(p) is str]
+        where = (scheme, registered(scheme))
+        self._config = marshal.dumps((fields, log.getEffectiveLevel(), paths, where))
         self._url = settings.store
         self._proc: subprocess.Popen[bytes] | None = None
-        self._unsynced: list[bytes] = []  # SEND payloads the store may not have written
+        # SEND payloads the store may not have written, oldest first, with the events the
+        # child gave the store of each.
+        self._unsynced: list[tuple[bytes, int]] = []
         self._held = 0
 
     def __repr__(self) -> str:
         from .stores.base import redact
 
-        pid = self._proc.pid if self._proc is not None else None
-        return f"<ProcessSink pid={pid} store={redact(self._url)!r}>"
+        return f"<ProcessSink pid={self.pid} store={redact(self._url)!r}>"
 
     @property
     def pid(self) -> int | None:
@@ -138,9 +158,11 @@ class ProcessSink:
         try:
             payload = marshal.dumps(batch)
         except ValueError:  # a subclass of str (or of a number) where plain values go
-            payload = marshal.dumps(tuple([_plain(item) for item in part] for part in batch))
-        self._held = self._request(SEND, payload)
-        self._unsynced.append(payload)
+            payload = marshal.dumps(_plain_value(batch))
+        if len(self._unsynced) >= MAX_UNSYNCED:
+            self.sync()  # what a dead child's successor is sent again stays short
+        self._unsynced.append((payload, self._request(SEND, payload)))
+        self._trim()
 
     def held(self) -> int:
         """Events sent that are not known to be written."""
@@ -148,9 +170,11 @@ class ProcessSink:
 
     def sync(self) -> None:
         """Return once the child's store has written every batch sent."""
-        self._held = self._request(SYNC)
-        if not self._held:
-            self._unsynced.clear()
+        if self._proc is None and not self._unsynced:
+            self._held = 0
+            return  # nothing sent: no child to start
+        self._request(SYNC)
+        self._trim()
 
     def close(self) -> None:
         """Have the child write what its store holds, and exit. The sink starts a new
@@ -159,9 +183,8 @@ class ProcessSink:
         if proc is None:
             return
         try:
-            self._held = self._call(CLOSE)
-            if not self._held:
-                self._unsynced.clear()
+            self._call(CLOSE)
+            self._trim()
         finally:
             self._proc = None
             _end(proc, CLOSE_WAIT)
@@ -182,33 +205,13 @@ class ProcessSink:
 
     # -- the child ----------------------------------------------------------------------
 
-    def _started(self) -> None:
-        """Start the child if none runs, and send it again what a dead one took."""
-        if self._proc is not None:
-            return
-        # The directory trackmw is imported from, first on the child's path: the child
-        # runs the same trackmw whatever its working directory or environment.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        # Its stdout, the replies' pipe, is moved off fd 1 before anything is imported:
-        # whatever prints there (a library, a site hook) goes to stderr instead.
-        code = (
-            "import os, sys; replies = os.dup(1); os.dup2(2, 1); "
-            f"sys.path.insert(0, {root!r}); from trackmw.writer import main; main(replies)"
-        )
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
-        except OSError as exc:
-            raise StoreError(f"could not start the writer process: {exc}") from exc
-        assert self._proc.stdout is not None
-        if not _skip_to_hello(self._proc.stdout):
-            proc, self._proc = self._proc, None
-            proc.kill()
-            raise _Exited(f"the writer process {proc.pid} did not start (code {_end(proc, 1.0)})")
-        self._call(CONFIG, self._config)
-        for payload in self._unsynced:
-            self._held = self._call(SEND, payload)
+    def _trim(self) -> None:
+        """Let go of the batches the store has written: the oldest, all but those its
+        ``held`` events are (a store writes the batches it took in their order)."""
+        unsynced, held = self._unsynced, self._held
+        total = sum(n for _, n in unsynced)
+        while unsynced and total - unsynced[0][1] >= held:
+            total -= unsynced.pop(0)[1]
 
     def _request(self, kind: int, payload: bytes = b"") -> int:
         """``_call``, in a new child if the one there was has died (once)."""
@@ -220,21 +223,79 @@ class ProcessSink:
         self._started()
         return self._call(kind, payload)
 
+    def _started(self) -> None:
+        """Start the child if none runs, and send it again what a dead one took. If any
+        of that fails, the new child is ended: the next call starts over."""
+        if self._proc is not None:
+            return
+        if not sys.executable or getattr(sys, "frozen", False):
+            raise StoreError(
+                f"this process's interpreter ({sys.executable!r}) cannot start the writer "
+                "process; use writer='thread'"
+            )
+        # The directory trackmw is imported from, first on the child's path: the child
+        # runs the same trackmw whatever its working directory or environment. Its
+        # stdout, the replies' pipe, is moved off fd 1 before anything is imported:
+        # whatever prints there (a library, a site hook) goes to stderr instead.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            "import os, sys; replies = os.dup(1); os.dup2(2, 1); "
+            f"sys.path.insert(0, {root!r}); from trackmw.writer import main; main(replies)"
+        )
+        # Its settings come through the pipe: none of TRACKMW_* (the secret keys, the
+        # dashboard token) through its environment.
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TRACKMW_")}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                bufsize=0,
+            )
+        except OSError as exc:
+            raise StoreError(f"could not start the writer process: {exc}") from exc
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)  # a write waits in select, with a deadline
+        self._proc = proc
+        try:
+            if not _skip_to_hello(proc):
+                raise _Exited(f"the writer process {proc.pid} did not start")
+            self._call(CONFIG, self._config)
+            for payload, _ in self._unsynced:
+                self._call(SEND, payload)
+        except BaseException:
+            if self._proc is proc:
+                self._proc = None
+                proc.kill()
+                _end(proc, 1.0)
+            raise
+
     def _call(self, kind: int, payload: bytes = b"") -> int:
-        """One request and its reply: the events the store holds, or ``StoreError``."""
+        """One request and its reply (``REPLY_WAIT`` seconds at most), or
+        ``StoreError``. The reply says what the store holds (kept as ``held``) and, to a
+        ``SEND``, how many events the child gave it (returned)."""
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        deadline = time.monotonic() + REPLY_WAIT
+        why = "exited"
         try:
-            _write(proc.stdin, kind, payload)
-            frame = _read(proc.stdout, REPLY)
+            _write_all(proc.stdin.fileno(), _FRAME.pack(kind, len(payload)) + payload, deadline)
+            head = _read_exact(proc.stdout.fileno(), _FRAME.size, deadline)
+            reply = None
+            if head is not None:
+                why = "answered out of turn"
+                got, size = _FRAME.unpack(head)
+                if got == REPLY:  # else its length is not one: not read
+                    body = _read_exact(proc.stdout.fileno(), size, deadline)
+                    reply = None if body is None else _reply(body)
+        except TimeoutError:
+            why, reply = f"did not answer in {REPLY_WAIT:.0f}s", None
         except (OSError, ValueError):  # a broken pipe, a closed file
-            frame = None
-        reply = None if frame is None else _reply(*frame)
+            why, reply = "exited", None
         if reply is None:
             self._proc = None
-            why = "exited"
-            if frame is not None:  # alive, but its stdout carries something else
-                why = "answered out of turn"
+            if why != "exited":
                 proc.kill()
             code = _end(proc, 1.0)
             raise _Exited(f"the writer process {proc.pid} {why} (code {code})")
@@ -243,27 +304,56 @@ class ProcessSink:
             log.log(level, "%s", message)
         if not ok:
             raise StoreError(value)
-        return int(value)
+        self._held, given = value
+        return int(given)
 
 
-def _skip_to_hello(stream: IO[bytes]) -> bool:
-    """Read ``stream`` up to the child's ``_HELLO`` (``False``: it ended, or sent more
-    than ``_MAX_NOISE`` bytes of something else first)."""
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write ``data`` to the non-blocking ``fd`` by ``deadline`` (``TimeoutError``)."""
+    view = memoryview(data)
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([], [fd], [], left)[1]:
+            raise TimeoutError
+        try:
+            view = view[os.write(fd, view[:_CHUNK]) :]
+        except BlockingIOError:
+            continue
+
+
+def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
+    """``size`` bytes from ``fd`` by ``deadline`` (``TimeoutError``); ``None`` at its end."""
+    data = bytearray()
+    while len(data) < size:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, min(size - len(data), _CHUNK))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _skip_to_hello(proc: subprocess.Popen[bytes]) -> bool:
+    """Read the child's stdout up to its ``_HELLO`` (``False``: it ended, or sent more
+    than ``_MAX_NOISE`` bytes of something else first); ``START_WAIT`` seconds at most."""
+    assert proc.stdout is not None
+    fd, deadline = proc.stdout.fileno(), time.monotonic() + START_WAIT
     seen = bytearray()
-    while not seen.endswith(_HELLO):
-        if len(seen) > _MAX_NOISE:
-            return False
-        byte = stream.read(1)
-        if not byte:
-            return False
-        seen += byte
+    try:
+        while not seen.endswith(_HELLO):
+            byte = _read_exact(fd, 1, deadline)
+            if byte is None or len(seen) > _MAX_NOISE:
+                return False
+            seen += byte
+    except TimeoutError:
+        return False
     return True
 
 
-def _reply(kind: int, payload: bytes) -> tuple[bool, Any, list[tuple[int, str]]] | None:
-    """A reply frame's ``(ok, value, logs)``; ``None`` if it is not one."""
-    if kind != REPLY:
-        return None
+def _reply(payload: bytes) -> tuple[bool, Any, list[tuple[int, str]]] | None:
+    """A reply's ``(ok, value, logs)``; ``None`` if it is not one."""
     try:
         ok, value, logs = marshal.loads(payload)
     except (EOFError, ValueError, TypeError):
@@ -272,19 +362,26 @@ def _reply(kind: int, payload: bytes) -> tuple[bool, Any, list[tuple[int, str]]]
 
 
 class _Exited(StoreError):
-    """The child is gone (its pipe broke, or it ended without a reply)."""
+    """The child is gone (its pipe broke, or it ended without a reply), or was ended
+    (it did not answer in time, or answered out of turn)."""
 
 
-def _plain(item: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``item`` with each value that ``marshal`` refuses made a plain one."""
-    return tuple(
-        v if v is None or type(v) in (str, float, int, bool)
-        else str(v) if isinstance(v, str)
-        else bool(v) if isinstance(v, bool)
-        else int(v) if isinstance(v, int)
-        else float(v)
-        for v in item
-    )
+def _plain_value(value: Any) -> Any:
+    """``value`` with what ``marshal`` refuses (a subclass of ``str``, of a number, of
+    a tuple or list: a ``StrEnum``, a settings library's URL type) made plain."""
+    if value is None or type(value) in (str, float, int, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, tuple | list):
+        return tuple(_plain_value(v) for v in value)
+    return value  # marshal says what it refuses
 
 
 def _end(proc: subprocess.Popen[bytes], wait: float) -> int | None:
@@ -328,7 +425,7 @@ def main(replies_fd: int | None = None) -> None:
 
     from .normalize import normalize_batch
     from .pipeline import _unreadable
-    from .stores import Store, open_store
+    from .stores import Store, open_store, register
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -343,41 +440,62 @@ def main(replies_fd: int | None = None) -> None:
     logger.addHandler(forward)
     logger.propagate = False
 
+    def answer(ok: bool, value: Any) -> bool:
+        """Send a reply; ``False`` if the parent is gone."""
+        try:
+            _write(replies, REPLY, marshal.dumps((ok, value, forward.records)))
+        except OSError:  # the parent died waiting for it
+            return False
+        finally:
+            forward.records = []
+        return True
+
     first = _read(requests)
     if first is None or first[0] != CONFIG:
         return
-    fields, level = marshal.loads(first[1])
-    logger.setLevel(level)
-    settings = Settings(secret_keys=(_NO_KEY,), **fields)
-    tz = ZoneInfo(settings.timezone)
+    try:
+        fields, level, paths, (scheme, target) = marshal.loads(first[1])
+        logger.setLevel(level)
+        sys.path[1:1] = [p for p in paths if p not in sys.path]
+        if target is not None:
+            register(scheme, target)  # a store the parent registered
+        settings = Settings(secret_keys=(_NO_KEY,), **fields)
+        tz = ZoneInfo(settings.timezone)
+    except Exception as exc:  # the parent logs it, and tries again later
+        answer(False, f"the writer process could not start: {type(exc).__name__}: {exc}")
+        return
+    if not answer(True, (0, 0)):
+        return
     store: Store | None = None
-    _write(replies, REPLY, marshal.dumps((True, 0, [])))
 
     while (frame := _read(requests)) is not None:
         kind, payload = frame
+        given = 0
+        if kind == CLOSE and store is None:
+            answer(True, (0, 0))
+            return
         try:
             if store is None:
-                if kind == CLOSE:
-                    _write(replies, REPLY, marshal.dumps((True, 0, forward.records)))
-                    return
                 store = open_store(settings.store, settings)
             if kind == SEND:
                 hits, choices = marshal.loads(payload)
                 pageviews: list[PageView] = []
                 normalize_batch([Hit._make(h) for h in hits], tz, pageviews, [], _unreadable)
-                store.send(pageviews, [ConsentChoice._make(c) for c in choices])
+                consents = [ConsentChoice._make(c) for c in choices]
+                store.send(pageviews, consents)
+                given = len(pageviews) + len(consents)
             elif kind == SYNC:
                 store.sync()
             elif kind == CLOSE:
                 store.close()
-            reply: tuple[Any, ...] = (True, store.held())
+            reply: tuple[bool, Any] = (True, (store.held(), given))
         except StoreError as exc:
             reply = (False, str(exc))
         except Exception as exc:  # a bug must not end the child: the parent retries
             logger.exception("trackmw: the writer process failed")
             reply = (False, f"{type(exc).__name__}: {exc}")
-        _write(replies, REPLY, marshal.dumps((*reply, forward.records)))
-        forward.records = []
+        if not answer(*reply):
+            break  # the parent is gone: as at the end of its requests
         if kind == CLOSE:
             return
     # The parent is gone (its end of the pipe closed without CLOSE): write what is held.

@@ -227,8 +227,6 @@ def test_a_child_that_cannot_start_leaves_the_events_kept(
         assert not tracker.flush()
     assert "could not start the writer process" in caplog.text
     assert len(tracker.pipeline) == 1
-    with pytest.raises(StoreError):
-        sink_of(tracker).sync()
     monkeypatch.undo()
     assert tracker.flush()
     assert tracker.stats().pageviews == 1
@@ -340,3 +338,238 @@ def test_the_writer_setting_is_checked_and_read_from_the_environment(tmp_path: P
     assert isinstance(tracker.pipeline.sink, ProcessSink)
     assert Tracker(secret_keys=[SECRET], store="memory://").settings.writer == "thread"
     tracker.close()
+
+
+# -- faults found by review ------------------------------------------------------------------
+
+
+def test_a_child_whose_parent_dies_waiting_for_a_reply_writes_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "x.db"
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        import trackmw.writer as w
+        from trackmw import Tracker
+        from trackmw.events import Hit
+        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
+                          writer="process", flush_interval=3600)
+        sink = tracker.pipeline.sink
+        def hit(i, agent="Mozilla/5.0"):
+            return Hit(time.time(), "v" * 22, None, "/a", None, None, agent, "h")
+        for b in range(4):
+            sink.send([hit(i) for i in range(1000)], [])  # held by the child's store
+        print(sink.pid, flush=True)
+        def killed(*args):  # dies as the request is sent, before its reply is read
+            os.kill(os.getpid(), signal.SIGKILL)
+        w._read_exact = killed
+        # 1,000 User-Agents the child has not seen: it is still at work when this dies
+        agents = [f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{{i}}.0" for i in range(1000)]
+        sink.send([hit(i, agent) for i, agent in enumerate(agents)], [])
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    child = int(run.stdout.strip())
+    wait_for(lambda: not alive(child), "the orphaned child to finish", timeout=60)
+    reader = Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}")
+    assert reader.stats().pageviews == 5000
+    reader.close()
+
+
+def test_a_backlog_sent_to_a_child_that_dies_midway_is_written_once(tmp_path: Path) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    pipeline = tracker.pipeline
+    for b in range(12):
+        for i in range(1000):
+            pipeline._buffer.append(hit(i)._replace(page=f"/batch{b:02d}"))
+    sink = sink_of(tracker)
+    send, sent = sink.send, []
+
+    def dies_before_the_eighth(pageviews: Any, consents: Any) -> None:
+        sent.append(len(pageviews))
+        if len(sent) == 8:
+            os.kill(sink.pid or 0, signal.SIGKILL)
+            wait_for(lambda: dead(sink.pid or 0), "the child to die")
+        send(pageviews, consents)
+
+    sink.send = dies_before_the_eighth  # type: ignore[method-assign]
+    assert tracker.flush()
+    report = tracker.stats()
+    assert report.pageviews == 12_000
+    assert {p["path"]: p["pageviews"] for p in report.to_dict()["pages"]} == {
+        f"/batch{b:02d}": 1000 for b in range(12)
+    }
+    assert tracker.close()
+
+
+def test_a_resend_that_fails_ends_the_new_child_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A SQLite store that refuses batches while a file says it is down (the fault: a
+    # store that refuses the batches a new child is sent again).
+    (tmp_path / "refusing.py").write_text(textwrap.dedent("""
+        import os
+        from trackmw.errors import StoreError
+        from trackmw.stores.sqlite import SQLiteStore
+
+        class RefusingStore(SQLiteStore):
+            schemes = ("refusing",)
+
+            def send(self, pageviews, consents):
+                if os.path.exists(self.path_of(self.url) + ".down"):
+                    raise StoreError("down for a moment")
+                super().send(pageviews, consents)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from trackmw.stores import base
+
+    monkeypatch.setitem(base._REGISTRY, "refusing", "refusing:RefusingStore")
+    db = tmp_path / "x.db"
+    tracker = Tracker(secret_keys=[SECRET], store=f"refusing:///{db}", writer="process",
+                      flush_interval=3600)
+    sink = sink_of(tracker)
+    # The child's store holds up to 5,000 events: the third batch has it write the first
+    # two, and hold the third.
+    for b in range(3):
+        sink.send([hit(i)._replace(page=f"/batch{b}") for i in range(2000)], [])
+    first = sink.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: dead(first), "the child to die")
+    down = tmp_path / "x.db.down"
+    down.touch()
+    with caplog.at_level(logging.ERROR, logger="trackmw"), pytest.raises(StoreError, match="down"):
+        sink.sync()  # a new child, which refuses what it is sent again: ended
+    assert sink.pid is None
+    down.unlink()
+    sink.sync()  # another one, sent the third batch again (the first two were written)
+    report = tracker.stats()
+    assert {p["path"]: p["pageviews"] for p in report.to_dict()["pages"]} == {
+        f"/batch{b}": 2000 for b in range(3)
+    }
+    assert tracker.close()
+
+
+def test_a_tracker_that_records_nothing_starts_no_child(tmp_path: Path) -> None:
+    before = _writer_children()
+    tracker = tracker_on(tmp_path / "x.db")
+    assert tracker.stats().pageviews == 0
+    assert tracker.flush()
+    assert tracker.visitor_data("v" * 22)["pageviews"] == []
+    assert sink_of(tracker).pid is None
+    assert _writer_children() <= before
+    assert tracker.close()
+    assert _writer_children() <= before
+
+
+def _writer_children() -> set[int]:
+    """The writer processes this one has started (and not yet reaped)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if parent == os.getpid() and b"trackmw.writer" in fh.read():
+                    found.add(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_store_registered_here_is_found_by_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "site_stores.py").write_text(textwrap.dedent("""
+        from trackmw.stores.sqlite import SQLiteStore
+
+        class AuditedStore(SQLiteStore):
+            schemes = ("audited",)
+
+            def send(self, pageviews, consents):
+                with open(self.path_of(self.url) + ".audit", "a") as fh:
+                    fh.write(f"{len(pageviews)}\\n")
+                super().send(pageviews, consents)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process's path, not the environment
+    from trackmw.stores import base, register
+
+    monkeypatch.setitem(base._REGISTRY, "audited", "site_stores:AuditedStore")
+    register("audited", "site_stores:AuditedStore")
+    db = tmp_path / "x.db"
+    tracker = Tracker(secret_keys=[SECRET], store=f"audited:///{db}", writer="process",
+                      flush_interval=3600)
+    for i in range(7):
+        tracker.pipeline.add(hit(i))
+    assert tracker.flush()
+    assert (tmp_path / "x.db.audit").read_text() == "7\n"  # written by the child
+    assert tracker.stats().pageviews == 7
+    assert tracker.close()
+
+
+def test_settings_of_str_subclasses_reach_the_child(tmp_path: Path) -> None:
+    class Text(str):
+        pass
+
+    tracker = Tracker(secret_keys=[SECRET], store=Text(f"sqlite:///{tmp_path}/x.db"),
+                      writer="process", exclude_paths=(Text("/static"),), flush_interval=3600)
+    tracker.pipeline.add(hit(0)._replace(page=Text("/a"), host=Text("h")))
+    assert tracker.flush()
+    assert tracker.stats().pageviews == 1
+    assert tracker.close()
+
+
+def test_a_child_that_stops_answering_is_ended_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trackmw.writer
+
+    monkeypatch.setattr(trackmw.writer, "REPLY_WAIT", 1.0)
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    assert tracker.flush()
+    stopped = sink_of(tracker).pid
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)  # hung: alive, and silent
+    tracker.pipeline.add(hit(1))
+    with caplog.at_level(logging.WARNING, logger="trackmw"):
+        assert tracker.flush()
+    assert f"writer process {stopped} did not answer in 1s" in caplog.text
+    assert dead(stopped)
+    assert tracker.stats().pageviews == 2
+    assert tracker.close()
+
+
+def test_the_child_gets_no_secret_through_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRACKMW_SECRET_KEYS", SECRET)
+    monkeypatch.setenv("TRACKMW_DASHBOARD_TOKEN", "a-dashboard-token-0123")
+    monkeypatch.setenv("TRACKMW_STORE", f"sqlite:///{tmp_path}/x.db")
+    monkeypatch.setenv("TRACKMW_WRITER", "process")
+    tracker = Tracker.from_env()
+    tracker.pipeline.add(hit(0))
+    assert tracker.flush()
+    pid = sink_of(tracker).pid
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        environ = fh.read()
+    assert b"TRACKMW_" not in environ and SECRET.encode() not in environ
+    assert b"a-dashboard-token-0123" not in environ
+    assert tracker.close()
+
+
+def test_an_interpreter_that_cannot_start_the_child_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = tracker_on(tmp_path / "x.db")
+    tracker.pipeline.add(hit(0))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # as PyInstaller sets it
+    with caplog.at_level(logging.ERROR, logger="trackmw"):
+        assert not tracker.flush()
+    assert "cannot start the writer process; use writer='thread'" in caplog.text
+    monkeypatch.undo()
+    assert tracker.flush()
+    assert tracker.close()

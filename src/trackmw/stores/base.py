@@ -59,6 +59,11 @@ def register(scheme: str, target: str) -> None:
     _REGISTRY[scheme] = target
 
 
+def registered(scheme: str) -> str | None:
+    """The ``"module:Class"`` that ``scheme://`` URLs open (``None``: no such scheme)."""
+    return _REGISTRY.get(scheme)
+
+
 def store_class(url: str) -> type[Store]:
     """The store class for ``url``; ``ConfigurationError`` for an unknown scheme."""
     if not isinstance(url, str) or "://" not in url:
