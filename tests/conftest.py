@@ -37,6 +37,15 @@ def wait_for(
         time.sleep(poll)
 
 
+def alive(pid: int) -> bool:
+    """Is process ``pid`` running (or a zombie not yet reaped)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.fixture
 def make_tracker() -> Iterator[object]:
     """``make_tracker(**settings)``: a tracker (``memory://`` by default), closed after."""

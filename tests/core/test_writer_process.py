@@ -24,7 +24,7 @@ from trackmw.errors import ConfigurationError, StoreError
 from trackmw.events import ConsentChoice, Hit
 from trackmw.writer import ProcessSink
 
-from ..conftest import SECRET, wait_for
+from ..conftest import SECRET, alive, wait_for
 from .harness import BROWSER_UA
 
 pytestmark = pytest.mark.skipif(
@@ -41,12 +41,21 @@ def tracker_on(db: Path, **settings: Any) -> Tracker:
     return Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}", writer="process", **settings)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def process_script(db: Path, body: str) -> str:
+    """A script for a process of its own: a tracker on ``db`` with a writer process
+    (``tracker``, its ``sink``, ``hit()`` to make a hit), then ``body``."""
+    prelude = f"""
+        import os, signal, time
+        import trackmw.writer
+        from trackmw import Tracker
+        from trackmw.events import Hit
+        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
+                          writer="process", flush_interval=3600)
+        sink = tracker.pipeline.sink
+        def hit(agent="Mozilla/5.0"):
+            return Hit(time.time(), "v" * 22, None, "/a", None, None, agent, "h")
+    """
+    return textwrap.dedent(prelude) + textwrap.dedent(body)
 
 
 def dead(pid: int) -> bool:
@@ -56,6 +65,21 @@ def dead(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def written_after_the_parent_is_killed(db: Path, script: str) -> int:
+    """Run ``script``, which prints its writer process's pid and kills itself; once
+    the orphaned child has finished, the page views in ``db``."""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    child = int(run.stdout.strip())
+    wait_for(lambda: not alive(child), "the orphaned child to finish", timeout=60)
+    reader = Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}")
+    try:
+        return reader.stats().pageviews
+    finally:
+        reader.close()
 
 
 def sink_of(tracker: Tracker) -> ProcessSink:
@@ -163,26 +187,12 @@ def test_what_a_child_wrote_is_not_sent_to_the_next(tmp_path: Path) -> None:
 
 def test_a_child_whose_parent_is_killed_writes_what_it_holds(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
-    script = textwrap.dedent(f"""
-        import os, signal, sys, time
-        from trackmw import Tracker
-        from trackmw.events import Hit
-        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
-                          writer="process", flush_interval=3600)
-        sink = tracker.pipeline.sink
-        now = time.time()
-        sink.send([Hit(now, "v" * 22, None, "/a", None, None, "Mozilla/5.0", "h")] * 25, [])
+    script = process_script(db, """
+        sink.send([hit()] * 25, [])
         print(sink.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no close
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == -signal.SIGKILL, run.stderr
-    child = int(run.stdout.strip())
-    wait_for(lambda: not alive(child), "the orphaned child to finish", timeout=30)
-    reader = Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}")
-    assert reader.stats().pageviews == 25
-    reader.close()
+    assert written_after_the_parent_is_killed(db, script) == 25
 
 
 def test_the_child_ignores_the_signals_sent_to_its_process_group(tmp_path: Path) -> None:
@@ -291,14 +301,7 @@ def test_the_childs_log_records_reach_this_process(
 
 def test_a_forked_process_starts_its_own_child(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
-    script = textwrap.dedent(f"""
-        import os, time
-        from trackmw import Tracker
-        from trackmw.events import Hit
-        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
-                          writer="process", flush_interval=3600)
-        def hit():
-            return Hit(time.time(), "v" * 22, None, "/a", None, None, "Mozilla/5.0", "h")
+    script = process_script(db, """
         tracker.pipeline.add(hit())
         assert tracker.flush()
         parents = tracker.pipeline.sink.pid
@@ -347,34 +350,18 @@ def test_a_child_whose_parent_dies_waiting_for_a_reply_writes_what_it_holds(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "x.db"
-    script = textwrap.dedent(f"""
-        import os, signal, time
-        import trackmw.writer as w
-        from trackmw import Tracker
-        from trackmw.events import Hit
-        tracker = Tracker(secret_keys=[{SECRET!r}], store={f"sqlite:///{db}"!r},
-                          writer="process", flush_interval=3600)
-        sink = tracker.pipeline.sink
-        def hit(i, agent="Mozilla/5.0"):
-            return Hit(time.time(), "v" * 22, None, "/a", None, None, agent, "h")
+    script = process_script(db, """
         for b in range(4):
-            sink.send([hit(i) for i in range(1000)], [])  # held by the child's store
+            sink.send([hit()] * 1000, [])  # held by the child's store
         print(sink.pid, flush=True)
         def killed(*args):  # dies as the request is sent, before its reply is read
             os.kill(os.getpid(), signal.SIGKILL)
-        w._read_exact = killed
+        trackmw.writer._read_exact = killed
         # 1,000 User-Agents the child has not seen: it is still at work when this dies
-        agents = [f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{{i}}.0" for i in range(1000)]
-        sink.send([hit(i, agent) for i, agent in enumerate(agents)], [])
+        agents = [f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{i}.0" for i in range(1000)]
+        sink.send([hit(agent) for agent in agents], [])
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == -signal.SIGKILL, run.stderr
-    child = int(run.stdout.strip())
-    wait_for(lambda: not alive(child), "the orphaned child to finish", timeout=60)
-    reader = Tracker(secret_keys=[SECRET], store=f"sqlite:///{db}")
-    assert reader.stats().pageviews == 5000
-    reader.close()
+    assert written_after_the_parent_is_killed(db, script) == 5000
 
 
 def test_a_backlog_sent_to_a_child_that_dies_midway_is_written_once(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import SECRET, wait_for
+from tests.conftest import SECRET, alive, wait_for
 from tests.servers.running import (
     BOT_UA,
     BROWSER_UAS,
@@ -125,14 +125,6 @@ def _writers(server: int) -> list[int]:
             if b"trackmw.writer" in command and under_server(pid)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _run_and_count(
     tmp_path: Path, argv_for: Callable[[int], list[str]], last_line: str, writer: str,
     workers: int,
@@ -158,7 +150,7 @@ def _run_and_count(
             wait_for(started, f"{workers} writer processes")
         server.stop()
     assert stopped_cleanly(server, last_line), server.log()
-    assert not [pid for pid in writers if _alive(pid)]  # each closed by its worker
+    assert not [pid for pid in writers if alive(pid)]  # each closed by its worker
     since, until = report_days()
     document = report_via_cli(sqlite_url(db), since, until)  # the installed console script
     _check(document)
