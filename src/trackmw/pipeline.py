@@ -23,6 +23,10 @@ Nothing accepted is lost while the process lives:
   connections; nothing opened in the parent is used in the child. A fork waits for a
   write under way to finish, so that no lock inside the store is held across it.
 
+With a ``sink_factory`` (``writer="process"``), batches go, raw, to the sink it makes
+(``trackmw.writer.ProcessSink``), which has a store's write half and normalizes and
+writes them in a process of its own; the store still serves reads and erasures.
+
 The largest loss on ``kill -9`` is what was buffered and not yet written: at most
 ``flush_interval`` seconds of events (plus what the store took and had not yet
 committed: a batch in flight to Redis, or the batches SQLite and PostgreSQL hold to
@@ -97,7 +101,11 @@ class _Lane:
 
 
 class Pipeline(_Lane):
-    """Buffer and background writer for one store."""
+    """Buffer and background writer for one store.
+
+    ``store_factory`` opens the store (on first use); ``sink_factory``, if given, makes
+    what the writer sends batches to instead (raw: the sink normalizes them).
+    """
 
     retry_min = 0.5
     retry_max = 30.0

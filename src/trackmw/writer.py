@@ -85,13 +85,14 @@ CLOSE_WAIT = 30.0
 #: that, the child is ended as one that died (the next call starts another).
 REPLY_WAIT = 60.0
 START_WAIT = 60.0
-#: Batches sent and not yet confirmed written, at most (a ``sync`` comes first): what a
-#: dead child's successor is sent again, and may write twice.
+#: Batches sent and not known to be written, at most (a ``sync`` comes first): what a
+#: dead child's successor may be sent again.
 MAX_UNSYNCED = 5
 _CHUNK = 1 << 16
 
 
 def _write(stream: IO[bytes], kind: int, payload: bytes) -> None:
+    """One frame (the child's replies; the parent writes with a deadline, ``_call``)."""
     stream.write(_FRAME.pack(kind, len(payload)))
     stream.write(payload)
     stream.flush()

@@ -125,7 +125,6 @@ class SQLiteStore(Store):
     def in_process(cls, url: str) -> bool:
         return cls.path_of(url) == ":memory:"
 
-
     # -- connections -------------------------------------------------------------------
 
     def _mine(self) -> None:
