@@ -166,8 +166,9 @@ class ProcessSink:
         self._trim()
 
     def held(self) -> int:
-        """Events sent that are not known to be written."""
-        return self._held
+        """Events sent that are not known to be written: those of the batches the sink
+        keeps (a dead child's included, which a new one is sent again)."""
+        return sum(n for _, n in self._unsynced)
 
     def sync(self) -> None:
         """Return once the child's store has written every batch sent."""
@@ -309,13 +310,22 @@ class ProcessSink:
         return int(given)
 
 
+def _ready(fd: int, event: int, deadline: float) -> None:
+    """Wait until ``fd`` is ready for ``event`` (``select.POLLIN``, ``POLLOUT``), or
+    ``TimeoutError`` at ``deadline``. (``poll``, not ``select``: a busy server's pipes
+    can have numbers past ``select``'s 1,024.)"""
+    poller = select.poll()
+    poller.register(fd, event)
+    left = deadline - time.monotonic()
+    if left <= 0 or not poller.poll(left * 1000):
+        raise TimeoutError
+
+
 def _write_all(fd: int, data: bytes, deadline: float) -> None:
     """Write ``data`` to the non-blocking ``fd`` by ``deadline`` (``TimeoutError``)."""
     view = memoryview(data)
     while view:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([], [fd], [], left)[1]:
-            raise TimeoutError
+        _ready(fd, select.POLLOUT, deadline)
         try:
             view = view[os.write(fd, view[:_CHUNK]) :]
         except BlockingIOError:
@@ -326,9 +336,7 @@ def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
     """``size`` bytes from ``fd`` by ``deadline`` (``TimeoutError``); ``None`` at its end."""
     data = bytearray()
     while len(data) < size:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError
+        _ready(fd, select.POLLIN, deadline)
         chunk = os.read(fd, min(size - len(data), _CHUNK))
         if not chunk:
             return None

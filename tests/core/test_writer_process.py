@@ -429,6 +429,7 @@ def test_a_resend_that_fails_ends_the_new_child_and_loses_nothing(
     with caplog.at_level(logging.ERROR, logger="trackmw"), pytest.raises(StoreError, match="down"):
         sink.sync()  # a new child, which refuses what it is sent again: ended
     assert sink.pid is None
+    assert sink.held() == 2000  # still owed: not counted as written
     down.unlink()
     sink.sync()  # another one, sent the third batch again (the first two were written)
     report = tracker.stats()
@@ -560,3 +561,25 @@ def test_an_interpreter_that_cannot_start_the_child_is_said_so(
     monkeypatch.undo()
     assert tracker.flush()
     assert tracker.close()
+
+
+def test_a_process_with_many_files_open_still_writes(tmp_path: Path) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this machine allows {hard} open files; the test needs 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # a busy server's
+    try:
+        tracker = tracker_on(tmp_path / "x.db")
+        tracker.pipeline.add(hit(0))
+        assert tracker.flush()  # the child's pipes are past fd 1,024
+        proc = sink_of(tracker)._proc
+        assert proc is not None and proc.stdout is not None and proc.stdout.fileno() > 1024
+        assert tracker.stats().pageviews == 1
+        assert tracker.close()
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
