@@ -57,6 +57,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import IO, Any
@@ -70,7 +71,7 @@ __all__ = ["ProcessSink", "main"]
 log = logging.getLogger("trackmw")
 
 _FRAME = struct.Struct("<BI")  # kind, payload length
-CONFIG, SEND, SYNC, CLOSE, REPLY = 1, 2, 3, 4, 5
+CONFIG, SEND, SYNC, CLOSE, REPLY, WORKING = 1, 2, 3, 4, 5, 6
 #: Settings the child is not given: it signs nothing and serves nothing.
 _PRIVATE = frozenset({"secret_keys", "dashboard_token", "authorize"})
 #: The child's first words on its replies' pipe: what a site hook printed there before
@@ -82,13 +83,16 @@ _NO_KEY = "the-writer-process-signs-nothing"
 #: How long ``close`` waits for the child to write what it holds and exit.
 CLOSE_WAIT = 30.0
 #: How long a request waits for its reply, and a new child for its first words: past
-#: that, the child is ended as one that died (the next call starts another).
+#: that, the child is ended as one that died (the next call starts another). A child at
+#: work on a long request (a store's schema upgrade, say) says so (``WORKING``) every
+#: quarter of it, and each time the wait starts again.
 REPLY_WAIT = 60.0
 START_WAIT = 60.0
 #: Batches sent and not known to be written, at most (a ``sync`` comes first): what a
 #: dead child's successor may be sent again.
 MAX_UNSYNCED = 5
 _CHUNK = 1 << 16
+_WORKING = _FRAME.pack(WORKING, 0)
 
 
 def _write(stream: IO[bytes], kind: int, payload: bytes) -> None:
@@ -132,7 +136,9 @@ class ProcessSink:
         # this process's import path, so that the child finds the same modules.
         paths = [p for p in sys.path if type(p) is str]
         where = (scheme, registered(scheme))
-        self._config = marshal.dumps((fields, log.getEffectiveLevel(), paths, where))
+        self._config = marshal.dumps(
+            (fields, log.getEffectiveLevel(), paths, where, REPLY_WAIT / 4)
+        )
         self._url = settings.store
         self._proc: subprocess.Popen[bytes] | None = None
         # SEND payloads the store may not have written, oldest first, with the events the
@@ -283,7 +289,8 @@ class ProcessSink:
         why = "exited"
         try:
             _write_all(proc.stdin.fileno(), _FRAME.pack(kind, len(payload)) + payload, deadline)
-            head = _read_exact(proc.stdout.fileno(), _FRAME.size, deadline)
+            while (head := _read_exact(proc.stdout.fileno(), _FRAME.size, deadline)) == _WORKING:
+                deadline = time.monotonic() + REPLY_WAIT  # at work: the wait starts again
             reply = None
             if head is not None:
                 why = "answered out of turn"
@@ -449,21 +456,37 @@ def main(replies_fd: int | None = None) -> None:
     logger.addHandler(forward)
     logger.propagate = False
 
+    writing = threading.Lock()  # the replies' pipe: a reply, or a sign of work
+    busy = threading.Event()  # a request is under way
+
     def answer(ok: bool, value: Any) -> bool:
         """Send a reply; ``False`` if the parent is gone."""
-        try:
-            _write(replies, REPLY, marshal.dumps((ok, value, forward.records)))
-        except OSError:  # the parent died waiting for it
-            return False
-        finally:
-            forward.records = []
+        with writing:
+            busy.clear()
+            try:
+                _write(replies, REPLY, marshal.dumps((ok, value, forward.records)))
+            except OSError:  # the parent died waiting for it
+                return False
+            finally:
+                forward.records = []
         return True
+
+    def at_work(every: float) -> None:
+        """While a request is under way, say so every ``every`` seconds."""
+        while True:
+            time.sleep(every)
+            with writing:
+                if busy.is_set():
+                    try:
+                        _write(replies, WORKING, b"")
+                    except OSError:
+                        return
 
     first = _read(requests)
     if first is None or first[0] != CONFIG:
         return
     try:
-        fields, level, paths, (scheme, target) = marshal.loads(first[1])
+        fields, level, paths, (scheme, target), every = marshal.loads(first[1])
         logger.setLevel(level)
         sys.path[1:1] = [p for p in paths if p not in sys.path]
         if target is not None:
@@ -475,6 +498,7 @@ def main(replies_fd: int | None = None) -> None:
         return
     if not answer(True, (0, 0)):
         return
+    threading.Thread(target=at_work, args=(every,), name="trackmw-at-work", daemon=True).start()
     store: Store | None = None
 
     while (frame := _read(requests)) is not None:
@@ -483,6 +507,7 @@ def main(replies_fd: int | None = None) -> None:
         if kind == CLOSE and store is None:
             answer(True, (0, 0))
             return
+        busy.set()
         try:
             if store is None:
                 store = open_store(settings.store, settings)

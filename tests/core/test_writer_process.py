@@ -82,6 +82,25 @@ def written_after_the_parent_is_killed(db: Path, script: str) -> int:
         reader.close()
 
 
+def site_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str, source: str) -> None:
+    """Register, for ``scheme://`` URLs, the store class that ``source`` defines (with
+    ``os``, ``time``, ``StoreError`` and ``SQLiteStore`` at hand) in a module on this
+    process's import path only, as a site registers its own."""
+    module = f"site_store_{scheme}"
+    prelude = """
+        import os, time
+        from trackmw.errors import StoreError
+        from trackmw.stores.sqlite import SQLiteStore
+    """
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(prelude) + textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))  # not in the environment: the child's
+    from trackmw.stores import base, register
+
+    name = textwrap.dedent(source).split("class ", 1)[1].split("(", 1)[0]
+    monkeypatch.setitem(base._REGISTRY, scheme, f"{module}:{name}")  # undone after
+    register(scheme, f"{module}:{name}")
+
+
 def sink_of(tracker: Tracker) -> ProcessSink:
     sink = tracker.pipeline.sink
     assert isinstance(sink, ProcessSink)
@@ -395,23 +414,13 @@ def test_a_resend_that_fails_ends_the_new_child_and_loses_nothing(
 ) -> None:
     # A SQLite store that refuses batches while a file says it is down (the fault: a
     # store that refuses the batches a new child is sent again).
-    (tmp_path / "refusing.py").write_text(textwrap.dedent("""
-        import os
-        from trackmw.errors import StoreError
-        from trackmw.stores.sqlite import SQLiteStore
-
+    site_store(tmp_path, monkeypatch, "refusing", """
         class RefusingStore(SQLiteStore):
-            schemes = ("refusing",)
-
             def send(self, pageviews, consents):
                 if os.path.exists(self.path_of(self.url) + ".down"):
                     raise StoreError("down for a moment")
                 super().send(pageviews, consents)
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from trackmw.stores import base
-
-    monkeypatch.setitem(base._REGISTRY, "refusing", "refusing:RefusingStore")
+    """)
     db = tmp_path / "x.db"
     tracker = Tracker(secret_keys=[SECRET], store=f"refusing:///{db}", writer="process",
                       flush_interval=3600)
@@ -471,22 +480,13 @@ def _writer_children() -> set[int]:
 def test_a_store_registered_here_is_found_by_the_child(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "site_stores.py").write_text(textwrap.dedent("""
-        from trackmw.stores.sqlite import SQLiteStore
-
+    site_store(tmp_path, monkeypatch, "audited", """
         class AuditedStore(SQLiteStore):
-            schemes = ("audited",)
-
             def send(self, pageviews, consents):
                 with open(self.path_of(self.url) + ".audit", "a") as fh:
                     fh.write(f"{len(pageviews)}\\n")
                 super().send(pageviews, consents)
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))  # this process's path, not the environment
-    from trackmw.stores import base, register
-
-    monkeypatch.setitem(base._REGISTRY, "audited", "site_stores:AuditedStore")
-    register("audited", "site_stores:AuditedStore")
+    """)
     db = tmp_path / "x.db"
     tracker = Tracker(secret_keys=[SECRET], store=f"audited:///{db}", writer="process",
                       flush_interval=3600)
@@ -583,3 +583,25 @@ def test_a_process_with_many_files_open_still_writes(tmp_path: Path) -> None:
         for fd in opened:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_child_at_work_longer_than_the_wait_is_not_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trackmw.writer
+
+    monkeypatch.setattr(trackmw.writer, "REPLY_WAIT", 1.0)
+    site_store(tmp_path, monkeypatch, "slow", """
+        class SlowStore(SQLiteStore):  # as a long schema upgrade on the first write
+            def send(self, pageviews, consents):
+                time.sleep(3)
+                super().send(pageviews, consents)
+    """)
+    tracker = Tracker(secret_keys=[SECRET], store=f"slow:///{tmp_path}/x.db", writer="process",
+                      flush_interval=3600)
+    tracker.pipeline.add(hit(0))
+    with caplog.at_level(logging.WARNING, logger="trackmw"):
+        assert tracker.flush()  # 3 s of work, saying so each quarter of a second
+    assert "did not answer" not in caplog.text
+    assert tracker.stats().pageviews == 1
+    assert tracker.close()
