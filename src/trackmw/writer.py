@@ -16,7 +16,9 @@ variables is in its environment. It is spoken to over its stdin and a pipe that 
 its stdout, moved off fd 1 before anything is imported (so that what prints there goes
 to stderr): frames of a kind byte, a length and a ``marshal`` payload (plain tuples of
 strings and numbers; nothing is unpickled). Each request gets one reply, within
-``REPLY_WAIT`` seconds: ``(True, value, logs)`` or ``(False, the error, logs)``, the logs
+``REPLY_WAIT`` seconds of the request or of the child's last sign of work (``WORKING``,
+sent every quarter of that while a request is under way): ``(True, value, logs)`` or
+``(False, the error, logs)``, the logs
 being the child's ``trackmw`` log records, which the parent logs again through its own
 ``trackmw`` logger. A child that does not answer in time, or answers out of turn, is
 killed and treated as one that died.
