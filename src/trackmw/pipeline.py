@@ -60,9 +60,12 @@ log = logging.getLogger("trackmw")
 
 class Sink(Protocol):
     """What the writer sends batches to (``Pipeline.sink``): a ``Store``, or an object
-    with a store's write half (``trackmw.writer.ProcessSink``)."""
+    with a store's write half (``trackmw.writer.ProcessSink``), whose ``send`` says how
+    many of the batch's events it kept (those it could not normalize are left out)."""
 
-    def send(self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]) -> None: ...
+    def send(
+        self, pageviews: Sequence[PageView], consents: Sequence[ConsentChoice]
+    ) -> int | None: ...
     def held(self) -> int: ...
     def sync(self) -> None: ...
     def close(self) -> None: ...
@@ -256,8 +259,8 @@ class Pipeline(_Lane):
                         if batch is None:
                             break
                         self._pending = batch
-                    self.sink.send(*batch)  # less erased visitors' events (Store.send)
-                    self._count(len(batch[0]) + len(batch[1]))
+                    kept = self.sink.send(*batch)  # less erased visitors' events (Store.send)
+                    self._count(len(batch[0]) + len(batch[1]) if kept is None else kept)
                     self._pending = None  # the store's now, until written
                 self._sync()
             except Exception as exc:  # the store's errors must never escape the thread

@@ -12,7 +12,8 @@ The child is ``python -c '... from trackmw.writer import main; main(...)'``, run
 this process's interpreter on the first batch (a tracker that records nothing starts
 none), with this process's import path, the store class this process registered for
 the URL's scheme, and the settings less the secrets; none of the ``TRACKMW_*``
-variables is in its environment. It is spoken to over its stdin and a pipe that was
+variables is in its environment. It is spoken to over its stdin (a socket, so that a
+request to a child that has died is an error, not a SIGPIPE) and a pipe that was
 its stdout, moved off fd 1 before anything is imported (so that what prints there goes
 to stderr): frames of a kind byte, a length and a ``marshal`` payload (plain tuples of
 strings and numbers; nothing is unpickled). Each request gets one reply, within
@@ -56,6 +57,7 @@ import marshal
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -95,6 +97,7 @@ START_WAIT = 60.0
 MAX_UNSYNCED = 5
 _CHUNK = 1 << 16
 _WORKING = _FRAME.pack(WORKING, 0)
+_NO_SIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)  # Linux; elsewhere Python ignores SIGPIPE
 
 
 def _write(stream: IO[bytes], kind: int, payload: bytes) -> None:
@@ -143,6 +146,10 @@ class ProcessSink:
         )
         self._url = settings.store
         self._proc: subprocess.Popen[bytes] | None = None
+        # Requests go through a socket, not a pipe: sent with MSG_NOSIGNAL, a request to
+        # a child that has died is an error, never a SIGPIPE (which kills a process that
+        # has put SIGPIPE back to its default).
+        self._sock: socket.socket | None = None
         # SEND payloads the store may not have written, oldest first, with the events the
         # child gave the store of each.
         self._unsynced: list[tuple[bytes, int]] = []
@@ -160,9 +167,11 @@ class ProcessSink:
 
     # -- a store's write half -----------------------------------------------------------
 
-    def send(self, pageviews: Sequence[Any], consents: Sequence[ConsentChoice]) -> None:
+    def send(self, pageviews: Sequence[Any], consents: Sequence[ConsentChoice]) -> int:
         """Hand one batch to the child: ``pageviews`` are raw hits (``Hit``), as the
-        pipeline buffered them (``Pipeline._take`` leaves them to the child)."""
+        pipeline buffered them (``Pipeline._take`` leaves them to the child). Returns
+        how many events the child gave the store (hits it could not normalize are
+        logged and left out, as the thread leaves them out)."""
         batch = ([tuple(h) for h in pageviews], [tuple(c) for c in consents])
         try:
             payload = marshal.dumps(batch)
@@ -170,8 +179,10 @@ class ProcessSink:
             payload = marshal.dumps(_plain_value(batch))
         if len(self._unsynced) >= MAX_UNSYNCED:
             self.sync()  # what a dead child's successor is sent again stays short
-        self._unsynced.append((payload, self._request(SEND, payload)))
+        given = self._request(SEND, payload)
+        self._unsynced.append((payload, given))
         self._trim()
+        return given
 
     def held(self) -> int:
         """Events sent that are not known to be written: those of the batches the sink
@@ -189,26 +200,25 @@ class ProcessSink:
     def close(self) -> None:
         """Have the child write what its store holds, and exit. The sink starts a new
         child if it is used again."""
-        proc = self._proc
-        if proc is None:
+        proc, sock = self._proc, self._sock
+        if proc is None or sock is None:
             return
         try:
             self._call(CLOSE)
             self._trim()
         finally:
-            self._proc = None
-            _end(proc, CLOSE_WAIT)
+            self._proc = self._sock = None
+            _end(proc, sock, CLOSE_WAIT)
 
     def after_fork(self) -> None:
         """In a forked process: leave the parent's child alone; start one's own later."""
-        proc, self._proc = self._proc, None
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        if sock is not None:
+            sock.close()  # this process's copy only (no shutdown)
         if proc is not None:
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    try:
-                        os.close(stream.fileno())  # this process's copy only
-                    except OSError:
-                        pass
+            if proc.stdout is not None:
+                proc.stdout.close()
             proc.returncode = 0  # not this process's to wait for
         self._unsynced = []
         self._held = 0
@@ -255,19 +265,22 @@ class ProcessSink:
         # Its settings come through the pipe: none of TRACKMW_* (the secret keys, the
         # dashboard token) through its environment.
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TRACKMW_")}
+        ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", code],
-                stdin=subprocess.PIPE,
+                stdin=theirs.fileno(),
                 stdout=subprocess.PIPE,
                 env=env,
                 bufsize=0,
             )
         except OSError as exc:
+            ours.close()
             raise StoreError(f"could not start the writer process: {exc}") from exc
-        assert proc.stdin is not None
-        os.set_blocking(proc.stdin.fileno(), False)  # a write waits in select, with a deadline
-        self._proc = proc
+        finally:
+            theirs.close()
+        ours.setblocking(False)  # a request waits in poll, with a deadline
+        self._proc, self._sock = proc, ours
         try:
             if not _skip_to_hello(proc):
                 raise _Exited(f"the writer process {proc.pid} did not start")
@@ -276,21 +289,21 @@ class ProcessSink:
                 self._call(SEND, payload)
         except BaseException:
             if self._proc is proc:
-                self._proc = None
+                self._proc = self._sock = None
                 proc.kill()
-                _end(proc, 1.0)
+                _end(proc, ours, 1.0)
             raise
 
     def _call(self, kind: int, payload: bytes = b"") -> int:
         """One request and its reply (``REPLY_WAIT`` seconds at most), or
         ``StoreError``. The reply says what the store holds (kept as ``held``) and, to a
         ``SEND``, how many events the child gave it (returned)."""
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        proc, sock = self._proc, self._sock
+        assert proc is not None and sock is not None and proc.stdout is not None
         deadline = time.monotonic() + REPLY_WAIT
         why = "exited"
         try:
-            _write_all(proc.stdin.fileno(), _FRAME.pack(kind, len(payload)) + payload, deadline)
+            _send_all(sock, _FRAME.pack(kind, len(payload)) + payload, deadline)
             while (head := _read_exact(proc.stdout.fileno(), _FRAME.size, deadline)) == _WORKING:
                 deadline = time.monotonic() + REPLY_WAIT  # at work: the wait starts again
             reply = None
@@ -305,10 +318,10 @@ class ProcessSink:
         except (OSError, ValueError):  # a broken pipe, a closed file
             why, reply = "exited", None
         if reply is None:
-            self._proc = None
+            self._proc = self._sock = None
             if why != "exited":
                 proc.kill()
-            code = _end(proc, 1.0)
+            code = _end(proc, sock, 1.0)
             raise _Exited(f"the writer process {proc.pid} {why} (code {code})")
         ok, value, logs = reply
         for level, message in logs:
@@ -330,13 +343,14 @@ def _ready(fd: int, event: int, deadline: float) -> None:
         raise TimeoutError
 
 
-def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    """Write ``data`` to the non-blocking ``fd`` by ``deadline`` (``TimeoutError``)."""
+def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Send ``data`` on the non-blocking ``sock`` by ``deadline`` (``TimeoutError``);
+    a closed peer is ``OSError`` (``EPIPE``), not a signal."""
     view = memoryview(data)
     while view:
-        _ready(fd, select.POLLOUT, deadline)
+        _ready(sock.fileno(), select.POLLOUT, deadline)
         try:
-            view = view[os.write(fd, view[:_CHUNK]) :]
+            view = view[sock.send(view[:_CHUNK], _NO_SIGNAL) :]
         except BlockingIOError:
             continue
 
@@ -402,15 +416,15 @@ def _plain_value(value: Any) -> Any:
     return value  # marshal says what it refuses
 
 
-def _end(proc: subprocess.Popen[bytes], wait: float) -> int | None:
-    """Close the child's pipes and reap it: killed if it does not exit in ``wait``
-    seconds."""
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
+def _end(proc: subprocess.Popen[bytes], sock: socket.socket, wait: float) -> int | None:
+    """Close the child's socket and pipe and reap it: killed if it does not exit in
+    ``wait`` seconds."""
+    sock.close()
+    if proc.stdout is not None:
+        try:
+            proc.stdout.close()
+        except OSError:
+            pass
     try:
         return proc.wait(wait)
     except subprocess.TimeoutExpired:

@@ -314,6 +314,7 @@ def test_the_childs_log_records_reach_this_process(
     with caplog.at_level(logging.ERROR, logger="trackmw"):
         assert tracker.flush()
     assert "could not be normalized" in caplog.text
+    assert tracker.pipeline.written == 1  # as the thread counts: the one written
     assert tracker.stats().pageviews == 1
     assert tracker.close()
 
@@ -605,3 +606,25 @@ def test_a_child_at_work_longer_than_the_wait_is_not_ended(
     assert "did not answer" not in caplog.text
     assert tracker.stats().pageviews == 1
     assert tracker.close()
+
+
+def test_a_dead_childs_requests_do_not_kill_a_process_that_dies_of_sigpipe(
+    tmp_path: Path,
+) -> None:
+    script = process_script(tmp_path / "x.db", """
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as some command-line apps do
+        tracker.pipeline.add(hit())
+        assert tracker.flush()
+        first = sink.pid
+        os.kill(first, signal.SIGKILL)
+        while open(f"/proc/{first}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)  # dead: its end of the requests' channel is closed
+        tracker.pipeline.add(hit())
+        assert tracker.flush()  # an error, then a new child: not a SIGPIPE
+        assert sink.pid != first
+        assert tracker.stats().pageviews == 2
+        assert tracker.close()
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr)
