@@ -401,13 +401,16 @@ class Pipeline(_Lane):
         try:
             ok = self.drain()
         finally:
-            for opened in self._opened():
-                try:
-                    opened.close()  # a store still holding batches tries them once more
-                    if opened is self._sink or self._sink_factory is None:
-                        self._count(0)
-                except Exception:
-                    log.exception("trackmw: closing %r failed", opened)
+            # Under the lock, as a drain: an erasure or a report meanwhile waits (a
+            # writer process's requests must not interleave with its closing).
+            with self._lock:
+                for opened in self._opened():
+                    try:
+                        opened.close()  # a store still holding batches tries them once more
+                        if opened is self._sink or self._sink_factory is None:
+                            self._count(0)
+                    except Exception:
+                        log.exception("trackmw: closing %r failed", opened)
             ok = ok or not len(self)  # the store's close may have written what it held
             if not ok:
                 log.error("trackmw: %d events could not be written at close", len(self))
