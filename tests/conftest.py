@@ -46,6 +46,33 @@ def alive(pid: int) -> bool:
     return True
 
 
+def writer_processes(ancestor: int) -> set[int]:
+    """The writer processes (``writer="process"``) that ``ancestor`` (a pid) or its
+    descendants started, from ``/proc`` (Linux)."""
+    parents: dict[int, int] = {}
+    writers = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if b"trackmw.writer" in fh.read():
+                    writers.add(int(entry))
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == ancestor:
+                return True
+        return False
+
+    return {pid for pid in writers if descends(pid)}
+
+
 @pytest.fixture
 def make_tracker() -> Iterator[object]:
     """``make_tracker(**settings)``: a tracker (``memory://`` by default), closed after."""

@@ -404,13 +404,14 @@ class Pipeline(_Lane):
             # Under the lock, as a drain: an erasure or a report meanwhile waits (a
             # writer process's requests must not interleave with its closing).
             with self._lock:
-                for opened in self._opened():
+                opened = self._opened()
+                for each in opened:
                     try:
-                        opened.close()  # a store still holding batches tries them once more
-                        if opened is self._sink or self._sink_factory is None:
-                            self._count(0)
+                        each.close()  # a store still holding batches tries them once more
                     except Exception:
-                        log.exception("trackmw: closing %r failed", opened)
+                        log.exception("trackmw: closing %r failed", each)
+                if opened:
+                    self._count(0)  # what the closing wrote
             ok = ok or not len(self)  # the store's close may have written what it held
             if not ok:
                 log.error("trackmw: %d events could not be written at close", len(self))

@@ -153,7 +153,6 @@ class ProcessSink:
         # SEND payloads the store may not have written, oldest first, with the events the
         # child gave the store of each.
         self._unsynced: list[tuple[bytes, int]] = []
-        self._held = 0
 
     def __repr__(self) -> str:
         from .stores.base import redact
@@ -179,9 +178,9 @@ class ProcessSink:
             payload = marshal.dumps(_plain_value(batch))
         if len(self._unsynced) >= MAX_UNSYNCED:
             self.sync()  # what a dead child's successor is sent again stays short
-        given = self._request(SEND, payload)
+        held, given = self._request(SEND, payload)
         self._unsynced.append((payload, given))
-        self._trim()
+        self._trim(held)
         return given
 
     def held(self) -> int:
@@ -192,48 +191,66 @@ class ProcessSink:
     def sync(self) -> None:
         """Return once the child's store has written every batch sent."""
         if self._proc is None and not self._unsynced:
-            self._held = 0
             return  # nothing sent: no child to start
-        self._request(SYNC)
-        self._trim()
+        self._trim(self._request(SYNC)[0])
 
     def close(self) -> None:
         """Have the child write what its store holds, and exit. The sink starts a new
         child if it is used again."""
-        proc, sock = self._proc, self._sock
-        if proc is None or sock is None:
+        if self._proc is None:
             return
         try:
-            self._call(CLOSE)
-            self._trim()
+            self._trim(self._call(CLOSE)[0])
         finally:
-            self._proc = self._sock = None
-            _end(proc, sock, CLOSE_WAIT)
+            self._end(CLOSE_WAIT)
 
     def after_fork(self) -> None:
         """In a forked process: leave the parent's child alone; start one's own later."""
-        proc, sock = self._proc, self._sock
-        self._proc = self._sock = None
-        if sock is not None:
-            sock.close()  # this process's copy only (no shutdown)
+        proc = self._let_go()
         if proc is not None:
-            if proc.stdout is not None:
-                proc.stdout.close()
             proc.returncode = 0  # not this process's to wait for
         self._unsynced = []
-        self._held = 0
 
     # -- the child ----------------------------------------------------------------------
 
-    def _trim(self) -> None:
+    def _let_go(self) -> subprocess.Popen[bytes] | None:
+        """Forget the child, closing this process's ends of its socket and pipe (no
+        shutdown: a forked process's copies only)."""
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        if sock is not None:
+            sock.close()
+        if proc is not None and proc.stdout is not None:
+            try:
+                proc.stdout.close()
+            except OSError:
+                pass
+        return proc
+
+    def _end(self, wait: float, kill: bool = False) -> int | None:
+        """Let the child go (killed first if ``kill``) and reap it within ``wait``
+        seconds (then killed): its exit code."""
+        if kill and self._proc is not None:
+            self._proc.kill()
+        proc = self._let_go()
+        if proc is None:
+            return None
+        try:
+            return proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            log.error("trackmw: writer process %d did not exit in %.0fs; killed", proc.pid, wait)
+            proc.kill()
+            return proc.wait()
+
+    def _trim(self, held: int) -> None:
         """Let go of the batches the store has written: the oldest, all but those its
         ``held`` events are (a store writes the batches it took in their order)."""
-        unsynced, held = self._unsynced, self._held
+        unsynced = self._unsynced
         total = sum(n for _, n in unsynced)
         while unsynced and total - unsynced[0][1] >= held:
             total -= unsynced.pop(0)[1]
 
-    def _request(self, kind: int, payload: bytes = b"") -> int:
+    def _request(self, kind: int, payload: bytes = b"") -> tuple[int, int]:
         """``_call``, in a new child if the one there was has died (once)."""
         try:
             self._started()
@@ -289,15 +306,13 @@ class ProcessSink:
                 self._call(SEND, payload)
         except BaseException:
             if self._proc is proc:
-                self._proc = self._sock = None
-                proc.kill()
-                _end(proc, ours, 1.0)
+                self._end(1.0, kill=True)
             raise
 
-    def _call(self, kind: int, payload: bytes = b"") -> int:
+    def _call(self, kind: int, payload: bytes = b"") -> tuple[int, int]:
         """One request and its reply (``REPLY_WAIT`` seconds at most), or
-        ``StoreError``. The reply says what the store holds (kept as ``held``) and, to a
-        ``SEND``, how many events the child gave it (returned)."""
+        ``StoreError``: the events the store holds, and, to a ``SEND``, how many the
+        child gave it."""
         proc, sock = self._proc, self._sock
         assert proc is not None and sock is not None and proc.stdout is not None
         deadline = time.monotonic() + REPLY_WAIT
@@ -318,18 +333,15 @@ class ProcessSink:
         except (OSError, ValueError):  # a broken pipe, a closed file
             why, reply = "exited", None
         if reply is None:
-            self._proc = self._sock = None
-            if why != "exited":
-                proc.kill()
-            code = _end(proc, sock, 1.0)
+            code = self._end(1.0, kill=why != "exited")
             raise _Exited(f"the writer process {proc.pid} {why} (code {code})")
         ok, value, logs = reply
         for level, message in logs:
             log.log(level, "%s", message)
         if not ok:
             raise StoreError(value)
-        self._held, given = value
-        return int(given)
+        held, given = value
+        return int(held), int(given)
 
 
 def _ready(fd: int, event: int, deadline: float) -> None:
@@ -414,23 +426,6 @@ def _plain_value(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return tuple(_plain_value(v) for v in value)
     return value  # marshal says what it refuses
-
-
-def _end(proc: subprocess.Popen[bytes], sock: socket.socket, wait: float) -> int | None:
-    """Close the child's socket and pipe and reap it: killed if it does not exit in
-    ``wait`` seconds."""
-    sock.close()
-    if proc.stdout is not None:
-        try:
-            proc.stdout.close()
-        except OSError:
-            pass
-    try:
-        return proc.wait(wait)
-    except subprocess.TimeoutExpired:
-        log.error("trackmw: the writer process %d did not exit in %.0fs; killed", proc.pid, wait)
-        proc.kill()
-        return proc.wait()
 
 
 # -- the child process ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ from trackmw.errors import ConfigurationError, StoreError
 from trackmw.events import ConsentChoice, Hit
 from trackmw.writer import ProcessSink
 
-from ..conftest import SECRET, alive, wait_for
+from ..conftest import SECRET, alive, wait_for, writer_processes
 from .harness import BROWSER_UA
 
 pytestmark = pytest.mark.skipif(
@@ -450,32 +450,15 @@ def test_a_resend_that_fails_ends_the_new_child_and_loses_nothing(
 
 
 def test_a_tracker_that_records_nothing_starts_no_child(tmp_path: Path) -> None:
-    before = _writer_children()
+    before = writer_processes(os.getpid())
     tracker = tracker_on(tmp_path / "x.db")
     assert tracker.stats().pageviews == 0
     assert tracker.flush()
     assert tracker.visitor_data("v" * 22)["pageviews"] == []
     assert sink_of(tracker).pid is None
-    assert _writer_children() <= before
+    assert writer_processes(os.getpid()) <= before
     assert tracker.close()
-    assert _writer_children() <= before
-
-
-def _writer_children() -> set[int]:
-    """The writer processes this one has started (and not yet reaped)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if parent == os.getpid() and b"trackmw.writer" in fh.read():
-                    found.add(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
+    assert writer_processes(os.getpid()) <= before
 
 
 def test_a_store_registered_here_is_found_by_the_child(

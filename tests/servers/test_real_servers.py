@@ -12,7 +12,6 @@ worker, every one of them gone after the shutdown).
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import SECRET, alive, wait_for
+from tests.conftest import SECRET, alive, wait_for, writer_processes
 from tests.servers.running import (
     BOT_UA,
     BROWSER_UAS,
@@ -98,33 +97,6 @@ def _check(document: dict[str, Any]) -> None:
     assert {p["path"] for p in document["pages"]} == set(PAGES)
 
 
-def _writers(server: int) -> list[int]:
-    """The writer processes (``writer="process"``) that the server ``server`` (its pid)
-    or its workers started."""
-    parents: dict[int, int] = {}
-    commands: dict[int, bytes] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                commands[int(entry)] = fh.read()
-        except (OSError, ValueError):  # gone meanwhile
-            continue
-
-    def under_server(pid: int) -> bool:
-        while pid > 1:
-            pid = parents.get(pid, 0)
-            if pid == server:
-                return True
-        return False
-
-    return [pid for pid, command in commands.items()
-            if b"trackmw.writer" in command and under_server(pid)]
-
-
 def _run_and_count(
     tmp_path: Path, argv_for: Callable[[int], list[str]], last_line: str, writer: str,
     workers: int,
@@ -144,7 +116,7 @@ def _run_and_count(
         if writer == "process":
 
             def started() -> bool:
-                writers[:] = _writers(server.proc.pid)
+                writers[:] = writer_processes(server.proc.pid)
                 return len(writers) == workers
 
             wait_for(started, f"{workers} writer processes")
